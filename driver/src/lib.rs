@@ -1,0 +1,3 @@
+//! # nvme-dio: the driver (skeleton, see issue 4).
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! # nvme-dio-emu: a software NVMe controller (skeleton, see issue 4).

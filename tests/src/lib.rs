@@ -1,0 +1,3 @@
+//! Integration tests live in `tests/`; this library holds their shared fixtures.
+
+#![forbid(unsafe_code)]
