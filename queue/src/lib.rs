@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 pub mod entry;
+pub mod opcode;
+pub mod regs;
 pub mod status;
 pub mod types;
 

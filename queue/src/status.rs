@@ -226,7 +226,13 @@ impl Status {
 impl fmt::Display for Status {
     /// `Invalid PRP Offset (sct 0, sc 0x13, DNR)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (sct {}, sc {:#04x}", self.name(), self.sct(), self.sc())?;
+        write!(
+            f,
+            "{} (sct {}, sc {:#04x}",
+            self.name(),
+            self.sct(),
+            self.sc()
+        )?;
         if self.more() {
             f.write_str(", More")?;
         }
@@ -264,6 +270,9 @@ mod tests {
         assert_eq!(s.to_string(), "Invalid PRP Offset (sct 0, sc 0x13, DNR)");
         let q = Status::new(sct::COMMAND_SPECIFIC, csc::INVALID_QUEUE_SIZE);
         assert_eq!(q.to_string(), "Invalid Queue Size (sct 1, sc 0x02)");
-        assert_eq!(Status::new(0, sc::LBA_OUT_OF_RANGE).name(), "LBA Out of Range");
+        assert_eq!(
+            Status::new(0, sc::LBA_OUT_OF_RANGE).name(),
+            "LBA Out of Range"
+        );
     }
 }

@@ -51,7 +51,9 @@ impl PageSize {
     /// A page size of `bytes`, if it is a power of two in 4 KiB ..= 128 MiB.
     pub const fn new(bytes: usize) -> Option<PageSize> {
         if bytes.is_power_of_two() && bytes >= 4096 && bytes <= (128 << 20) {
-            Some(PageSize { shift: bytes.trailing_zeros() as u8 })
+            Some(PageSize {
+                shift: bytes.trailing_zeros() as u8,
+            })
         } else {
             None
         }
@@ -59,7 +61,11 @@ impl PageSize {
 
     /// The page size for the CAP.MPSMIN/MPSMAX or CC.MPS encoding `2^(12 + mps)`.
     pub const fn from_mps(mps: u8) -> Option<PageSize> {
-        if mps <= 15 { Some(PageSize { shift: 12 + mps }) } else { None }
+        if mps <= 15 {
+            Some(PageSize { shift: 12 + mps })
+        } else {
+            None
+        }
     }
 
     /// Size in bytes.
@@ -96,7 +102,11 @@ pub struct QueueSize(u32);
 impl QueueSize {
     /// A queue of `entries` slots, if 2 ..= 65 536 (one slot always stays empty).
     pub const fn new(entries: u32) -> Option<QueueSize> {
-        if entries >= 2 && entries <= 65_536 { Some(QueueSize(entries)) } else { None }
+        if entries >= 2 && entries <= 65_536 {
+            Some(QueueSize(entries))
+        } else {
+            None
+        }
     }
 
     /// The real number of slots.
