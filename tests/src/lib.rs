@@ -1,3 +1,5 @@
 //! Integration tests live in `tests/`; this library holds their shared fixtures.
 
 #![forbid(unsafe_code)]
+
+pub mod vm;

@@ -1,0 +1,600 @@
+#!/usr/bin/env python3
+"""The VM harness shared by ci/vm-test and ci/vm-bench.
+
+One run: make sure the host tools and a Debian 6.12 cloud kernel are present (cached in
+ci/cache/), build static guest binaries, pack a busybox initramfs, boot QEMU (TCG, q35, an
+intel-iommu, several emulated NVMe controllers at fixed PCI addresses), stream the serial
+console, and judge the run: libtest result lines, end markers, guest panics, a wall-clock
+timeout, and the QEMU trace oracle (pci_nvme_ub_* never, pci_nvme_err_* only when a test
+declared it). See ci/vm/README.md for the guest side (matrix file, env vars, markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / "ci" / "cache"
+OUT = ROOT / "ci" / "out"
+VM_DIR = ROOT / "ci" / "vm"
+
+TARGET = "x86_64-unknown-linux-gnu"
+
+# ---------------------------------------------------------------------------------------------
+# What goes into the guest. Extend these lists; nothing else needs to change.
+#
+# VM_TESTS: integration test targets (cargo `--test NAME` of a package). Each one is run in the
+# guest, one after the other, as `BIN --test-threads=1 [filter args]`.
+VM_TESTS: list[tuple[str, str]] = [
+    ("nvme-dio-tests", "vm"),
+]
+# EXTRA_BINS: other binaries copied to the guest's /bin (a test may run them by name):
+# ("bin", package, name) or ("example", package, name). A missing one fails the build.
+EXTRA_BINS: list[tuple[str, str, str]] = []
+
+# Kernel modules, in load order (FACTS.md section 1). null_blk is copied in, not loaded.
+MODULES = ["irqbypass", "vfio", "vfio_iommu_type1", "vfio-pci-core", "vfio-pci"]
+EXTRA_MODULES = ["null_blk"]
+
+KERNEL_META = "linux-image-6.12-cloud-amd64"
+APT_PACKAGES = {
+    # command or file that shows the package is installed -> package
+    "qemu-system-x86_64": "qemu-system-x86",
+    "/bin/busybox": "busybox-static",
+    "cpio": "cpio",
+    "zstd": "zstd",
+    "xz": "xz-utils",
+}
+
+QEMU_BASE = [
+    "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1G", "-smp", "2",
+    "-machine", "q35,kernel-irqchip=split",
+    "-device", "intel-iommu,intremap=on,caching-mode=on",
+    "-nographic", "-no-reboot", "-vga", "none", "-nic", "none",
+]
+CMDLINE = "console=ttyS0 intel_iommu=on quiet panic=-1"
+
+
+# ---------------------------------------------------------------------------------------------
+# The device matrix. Each controller sits at a fixed slot on pcie.0, so its BDF is known here
+# and written to the guest's /matrix (format in ci/vm/README.md).
+
+
+@dataclasses.dataclass
+class Namespace:
+    nsid: int
+    size_mib: int  # backing size; ignored for null-co
+
+
+@dataclasses.dataclass
+class Controller:
+    slot: int
+    role: str
+    serial: str
+    mdts: int
+    lba_size: int
+    namespaces: list[Namespace]
+    null_co: bool = False  # back by QEMU's null-co driver instead of a raw file
+
+    @property
+    def bdf(self) -> str:
+        return f"0000:00:{self.slot:02x}.0"
+
+    def matrix_line(self) -> str:
+        ns = ",".join(
+            f"{n.nsid}:{n.size_mib * 1024 * 1024 // self.lba_size}" for n in self.namespaces
+        )
+        return f"{self.bdf} {self.role} {self.serial} {self.mdts} {self.lba_size} {ns}"
+
+    def qemu_args(self, imgdir: Path) -> list[str]:
+        cid = f"ctrl{self.slot:02x}"
+        args: list[str] = []
+        drives = []
+        for n in self.namespaces:
+            did = f"{cid}n{n.nsid}"
+            if self.null_co:
+                size = n.size_mib * 1024 * 1024
+                args += ["-drive", f"driver=null-co,read-zeroes=on,size={size},if=none,id={did}"]
+            else:
+                img = imgdir / f"{did}.img"
+                with open(img, "wb") as f:
+                    f.truncate(n.size_mib * 1024 * 1024)
+                args += ["-drive", f"file={img},if=none,id={did},format=raw,cache=unsafe"]
+            drives.append(did)
+        blk = f"logical_block_size={self.lba_size},physical_block_size={self.lba_size}"
+        ctrl = f"nvme,id={cid},serial={self.serial},mdts={self.mdts},bus=pcie.0,addr=0x{self.slot:x}"
+        if len(self.namespaces) == 1 and self.namespaces[0].nsid == 1:
+            args += ["-device", f"{ctrl},drive={drives[0]},{blk}"]
+        else:
+            args += ["-device", ctrl]
+            for n, did in zip(self.namespaces, drives):
+                args += ["-device", f"nvme-ns,drive={did},bus={cid},nsid={n.nsid},{blk}"]
+        return args
+
+
+TEST_MATRIX = [
+    Controller(0x04, "default", "dflt0001", 7, 4096, [Namespace(1, 64)]),
+    Controller(0x05, "mdts2", "mdts0002", 2, 4096, [Namespace(1, 64)]),
+    Controller(0x06, "mdts0", "mdts0000", 0, 4096, [Namespace(1, 64)]),
+    Controller(0x07, "ns512", "lba00512", 7, 512, [Namespace(1, 32), Namespace(2, 32)]),
+]
+BENCH_MATRIX = [
+    Controller(0x04, "bench", "null0001", 7, 4096, [Namespace(1, 1024)], null_co=True),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Host preparation
+
+
+def log(msg: str) -> None:
+    print(f"vm: {msg}", flush=True)
+
+
+def die(msg: str, code: int = 1) -> None:
+    print(f"vm: error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def have(tool: str) -> bool:
+    return Path(tool).exists() if tool.startswith("/") else shutil.which(tool) is not None
+
+
+_apt_updated = False
+
+
+def apt_update() -> None:
+    global _apt_updated
+    if not _apt_updated:
+        log("apt-get update")
+        run(["apt-get", "update", "-qq"])
+        _apt_updated = True
+
+
+def ensure_host_tools() -> None:
+    missing = sorted({pkg for tool, pkg in APT_PACKAGES.items() if not have(tool)})
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        die(f"missing host packages {missing}; install them as root: apt-get install -y {' '.join(missing)}")
+    apt_update()
+    log(f"apt-get install {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "install", "-y", "-qq", *missing], env=env, stdout=subprocess.DEVNULL)
+
+
+def resolve_kernel_package() -> str | None:
+    """The versioned image package the meta package currently depends on, or None."""
+    p = subprocess.run(
+        ["apt-cache", "depends", KERNEL_META], capture_output=True, text=True
+    )
+    m = re.search(r"Depends:\s*(linux-image-6\.12\.\S+-cloud-amd64)", p.stdout)
+    return m.group(1) if m else None
+
+
+def kernel_dir(pkg: str) -> Path:
+    return CACHE / "kernel" / pkg
+
+
+def ensure_kernel() -> Path:
+    """Returns a cache dir holding vmlinuz and modules/*.ko; fetches only when not cached."""
+    pkg = resolve_kernel_package()
+    if pkg and (kernel_dir(pkg) / "ready").exists():
+        return kernel_dir(pkg)
+    if pkg is None:
+        # The apt lists may be stale: use what is cached before touching the network.
+        cached = sorted((CACHE / "kernel").glob("*/ready")) if (CACHE / "kernel").exists() else []
+        if cached:
+            return cached[-1].parent
+        apt_update()
+        pkg = resolve_kernel_package()
+        if pkg is None:
+            die(f"apt cannot resolve {KERNEL_META}: check /etc/apt/sources.list* (it comes from bookworm-security)")
+    kdir = kernel_dir(pkg)
+    if kdir.exists():
+        shutil.rmtree(kdir)
+    kdir.mkdir(parents=True)
+    log(f"fetching kernel {pkg}")
+    # As root into a root-owned dir: tell apt not to drop to its _apt user for this download.
+    run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", pkg], cwd=kdir,
+        stdout=subprocess.DEVNULL)
+    debs = list(kdir.glob("*.deb"))
+    if len(debs) != 1:
+        die(f"apt-get download {pkg} gave {debs}")
+    root = kdir / "root"
+    run(["dpkg-deb", "-x", str(debs[0]), str(root)])
+    vmlinuz = sorted(root.glob("boot/vmlinuz-*"))
+    if not vmlinuz:
+        die(f"{debs[0]} has no boot/vmlinuz-*")
+    shutil.copy(vmlinuz[0], kdir / "vmlinuz")
+    mods = kdir / "modules"
+    mods.mkdir()
+    for name in MODULES + EXTRA_MODULES:
+        found = list(root.glob(f"lib/modules/*/kernel/**/{name}.ko*")) + list(
+            root.glob(f"usr/lib/modules/*/kernel/**/{name}.ko*")
+        )
+        if len(found) != 1:
+            die(f"kernel module {name}: found {found} in {debs[0]}")
+        src = found[0]
+        dst = mods / f"{name}.ko"
+        if src.suffix == ".xz":
+            with open(dst, "wb") as f:
+                run(["xz", "-dc", str(src)], stdout=f)
+        elif src.suffix == ".zst":
+            with open(dst, "wb") as f:
+                run(["zstd", "-dcq", str(src)], stdout=f)
+        else:
+            shutil.copy(src, dst)
+    # Keep only what the harness uses: the deb and the extracted tree are large.
+    shutil.rmtree(root)
+    for d in debs:
+        d.unlink()
+    (kdir / "ready").write_text(pkg + "\n")
+    return kdir
+
+
+# ---------------------------------------------------------------------------------------------
+# Guest binaries
+
+
+def cargo_build(args: list[str]) -> list[tuple[str, str]]:
+    """Runs a static cargo build for the guest; returns (target name, executable) pairs."""
+    env = dict(os.environ, RUSTFLAGS="-C target-feature=+crt-static", CARGO_TERM_COLOR="never")
+    cmd = ["cargo", *args, "--target", TARGET, "--message-format=json-render-diagnostics"]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        return []
+    out = []
+    for line in p.stdout.splitlines():
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
+            out.append((msg["target"]["name"], msg["executable"]))
+    return out
+
+
+def build_tests() -> list[tuple[str, Path]]:
+    args = ["test", "--no-run"]
+    for pkg, test in VM_TESTS:
+        args += ["-p", pkg, "--test", test]
+    log("building guest tests: cargo " + " ".join(args))
+    built = dict(cargo_build(args))
+    missing = [t for _, t in VM_TESTS if t not in built]
+    if missing:
+        die(f"cargo did not build the VM test targets {missing}")
+    return [(t, Path(built[t])) for _, t in VM_TESTS]
+
+
+def build_bins(bins: list[tuple[str, str, str]]) -> list[tuple[str, Path]] | None:
+    if not bins:
+        return []
+    args = ["build"]
+    for kind, pkg, name in bins:
+        args += ["-p", pkg, f"--{kind}", name]
+    log("building guest binaries: cargo " + " ".join(args))
+    built = dict(cargo_build(args))
+    if any(name not in built for _, _, name in bins):
+        return None
+    return [(name, Path(built[name])) for _, _, name in bins]
+
+
+# ---------------------------------------------------------------------------------------------
+# Initramfs
+
+
+def pack_initramfs(
+    work: Path,
+    kdir: Path,
+    matrix: list[Controller],
+    tests: list[tuple[str, Path]],
+    bins: list[tuple[str, Path]],
+    run_script: str,
+) -> Path:
+    root = work / "initramfs"
+    for d in ["bin", "sbin", "dev", "proc", "sys", "tmp", "lib/modules", "vm/tests"]:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/busybox", root / "bin/busybox")
+    applets = subprocess.run(
+        ["/bin/busybox", "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for a in applets:
+        if a != "busybox":
+            (root / "bin" / a).symlink_to("busybox")
+    os.mknod(root / "dev/console", 0o600 | 0o020000, os.makedev(5, 1))
+    os.mknod(root / "dev/null", 0o666 | 0o020000, os.makedev(1, 3))
+    for m in MODULES + EXTRA_MODULES:
+        shutil.copy(kdir / "modules" / f"{m}.ko", root / "lib/modules")
+    (root / "vm/modules").write_text("\n".join(MODULES) + "\n")
+    for name, path in tests:
+        shutil.copy(path, root / "vm/tests" / name)
+    for name, path in bins:
+        dst = root / "bin" / name
+        if dst.exists() or dst.is_symlink():
+            dst.unlink()
+        shutil.copy(path, dst)
+    header = "# bdf role serial mdts lba_size namespaces(nsid:blocks,...)\n"
+    (root / "matrix").write_text(header + "".join(c.matrix_line() + "\n" for c in matrix))
+    (root / "vm/run").write_text(run_script)
+    shutil.copy(VM_DIR / "init", root / "init")
+    os.chmod(root / "init", 0o755)
+    img = work / "initramfs.cpio"
+    files = subprocess.run(
+        ["find", ".", "-mindepth", "1"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    with open(img, "wb") as f:
+        run(["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"], cwd=root, input=files.encode(), stdout=f)
+    return img
+
+
+# ---------------------------------------------------------------------------------------------
+# Boot and judge
+
+
+@dataclasses.dataclass
+class Boot:
+    console: list[str]
+    exit_code: int | None  # QEMU's, None when killed on timeout
+    timed_out: bool
+    seconds: float
+
+
+def boot(work: Path, kdir: Path, initrd: Path, matrix: list[Controller], trace: Path,
+         timeout: float, console_log: Path, echo) -> Boot:
+    imgdir = work / "disks"
+    imgdir.mkdir(exist_ok=True)
+    cmd = [*QEMU_BASE, "-kernel", str(kdir / "vmlinuz"), "-initrd", str(initrd),
+           "-append", CMDLINE,
+           "-trace", "pci_nvme_ub_*", "-trace", "pci_nvme_err_*", "-D", str(trace)]
+    for c in matrix:
+        cmd += c.qemu_args(imgdir)
+    (work / "qemu.cmd").write_text(" ".join(cmd) + "\n")
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    timed_out = threading.Event()
+
+    def kill():
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    lines: list[str] = []
+    with open(console_log, "w") as clog:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n").replace("\r", "")
+            # Drop terminal escape sequences the guest or QEMU may send.
+            line = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1bc", "", line)
+            lines.append(line)
+            clog.write(line + "\n")
+            echo(line)
+    code = proc.wait()
+    timer.cancel()
+    return Boot(lines, None if timed_out.is_set() else code, timed_out.is_set(),
+                time.monotonic() - start)
+
+
+RESULT = re.compile(r"^test (\S+) \.\.\. (ok|FAILED|ignored)\b")
+EXPECT = re.compile(r"VM-EXPECT-ERR: (pci_nvme_err_\w+)")
+TRACE_EVENT = re.compile(r"\b(pci_nvme_(?:ub|err)_\w+)")
+
+
+def trace_violations(trace: Path, console: list[str]) -> tuple[list[str], set[str]]:
+    allowed = {m.group(1) for line in console for m in EXPECT.finditer(line)}
+    bad = []
+    text = trace.read_text(errors="replace") if trace.exists() else ""
+    for line in text.splitlines():
+        m = TRACE_EVENT.search(line)
+        if not m:
+            continue
+        ev = m.group(1)
+        if ev.startswith("pci_nvme_ub_") or ev not in allowed:
+            bad.append(line)
+    return bad, allowed
+
+
+def guest_failures(b: Boot, planned: list[str]) -> list[str]:
+    """Reasons the boot itself went wrong (independent of test results)."""
+    why = []
+    text = "\n".join(b.console)
+    if b.timed_out:
+        why.append(f"timeout: the guest ran longer than {b.seconds:.0f} s and QEMU was killed "
+                   "(a hang: see the last console lines above)")
+    if "Kernel panic" in text:
+        why.append("guest kernel panic")
+    for m in re.finditer(r"^VM-FATAL: (.*)$", text, re.M):
+        why.append(f"guest init: {m.group(1)}")
+    for name in planned:
+        if not re.search(rf"^VM-END {re.escape(name)} rc=\d+$", text, re.M):
+            why.append(f"no end marker for {name} (it crashed, hung, or the guest died)")
+    if not re.search(r"^VM-DONE$", text, re.M):
+        why.append("no VM-DONE marker: init did not finish")
+    if b.exit_code not in (0, None):
+        why.append(f"QEMU exited with status {b.exit_code}")
+    return why
+
+
+def prepare(timeout_default: float):
+    ensure_host_tools()
+    return ensure_kernel()
+
+
+# ---------------------------------------------------------------------------------------------
+# Modes
+
+
+def mode_test(args) -> int:
+    t0 = time.monotonic()
+    kdir = prepare(args.timeout)
+    if args.test_bin:
+        tests = []
+        for spec in args.test_bin:
+            name, _, path = spec.partition("=")
+            if not path or not Path(path).is_file():
+                die(f"--test-bin {spec!r}: expected NAME=PATH of a static test binary")
+            tests.append((name, Path(path)))
+    else:
+        tests = build_tests()
+    bins = build_bins(EXTRA_BINS)
+    if bins is None:
+        die("an EXTRA_BINS binary did not build")
+    filt = " ".join(shq(a) for a in args.filter)
+    script = "".join(
+        f"run_test {name} {filt}\n" for name, _ in tests
+    )
+    OUT.mkdir(parents=True, exist_ok=True)
+    out = OUT / "vm-test"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir()
+    with tempfile.TemporaryDirectory(prefix="nvme-dio-vm-") as tmp:
+        work = Path(tmp)
+        initrd = pack_initramfs(work, kdir, TEST_MATRIX, tests, bins or [], script)
+        log(f"booting: {len(TEST_MATRIX)} controllers, initramfs {initrd.stat().st_size >> 20} MiB, "
+            f"timeout {args.timeout:.0f} s")
+        trace = out / "trace.log"
+        b = boot(work, kdir, initrd, TEST_MATRIX, trace, args.timeout, out / "console.log",
+                 echo=lambda l: print(l, flush=True))
+        shutil.copy(work / "qemu.cmd", out / "qemu.cmd")
+
+    passed = failed = skipped = 0
+    failed_names, skipped_names = [], []
+    for line in b.console:
+        m = RESULT.match(line)
+        if not m:
+            continue
+        if m.group(2) == "ok":
+            passed += 1
+        elif m.group(2) == "FAILED":
+            failed += 1
+            failed_names.append(m.group(1))
+        else:
+            skipped += 1
+            skipped_names.append(m.group(1))
+    problems = guest_failures(b, [n for n, _ in tests])
+    rcs = re.findall(r"^VM-END (\S+) rc=(\d+)$", "\n".join(b.console), re.M)
+    for name, rc in rcs:
+        if rc != "0" and failed == 0:
+            problems.append(f"{name} exited with status {rc} but no test reported FAILED")
+    bad, allowed = trace_violations(trace, b.console)
+    if bad:
+        problems.append(f"trace oracle: {len(bad)} QEMU NVMe event(s) not expected by any test "
+                        f"(allowed: {sorted(allowed) or 'none'}):")
+        problems += [f"  {l}" for l in bad[:20]]
+        if len(bad) > 20:
+            problems.append(f"  ... {len(bad) - 20} more in {trace}")
+    if passed + failed + skipped == 0 and not problems:
+        problems.append("no test ran (a filter that matched nothing?)")
+
+    print()
+    for n in failed_names:
+        print(f"vm: FAILED {n}")
+    for n in skipped_names:
+        print(f"vm: SKIPPED {n} (ignored tests fail the VM suite)")
+    for p in problems:
+        print(f"vm: {p}")
+    print(f"vm: console {out / 'console.log'}, trace {trace}")
+    print(f"vm: boot+tests {b.seconds:.1f} s, wall {time.monotonic() - t0:.1f} s")
+    print(f"vm: {passed} passed, {failed} failed, {skipped} skipped")
+    return 0 if not (failed or skipped or problems) else 1
+
+
+def shq(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+BENCH_BIN = ("bin", "nvme-dio-cli", "nvme-dio")
+IOPS = re.compile(r"\biops\b\D{0,20}?([0-9][0-9_,.]*)\s*([kKmM])?", re.I)
+
+
+def mode_bench(args) -> int:
+    t0 = time.monotonic()
+    kdir = prepare(args.timeout)
+    bins = build_bins([BENCH_BIN])
+    if not bins:
+        print("vm-bench: the nvme-dio CLI (package nvme-dio-cli, bin nvme-dio) does not build "
+              "for the guest yet; nothing to benchmark", file=sys.stderr)
+        return 2
+    OUT.mkdir(parents=True, exist_ok=True)
+    out = OUT / "vm-bench"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir()
+    bdf = BENCH_MATRIX[0].bdf
+    script = (VM_DIR / "bench.sh").read_text().replace("@BDF@", bdf).replace(
+        "@SECONDS@", str(args.seconds))
+    with tempfile.TemporaryDirectory(prefix="nvme-dio-vm-") as tmp:
+        work = Path(tmp)
+        initrd = pack_initramfs(work, kdir, BENCH_MATRIX, [], bins, script)
+        log(f"booting bench guest, timeout {args.timeout:.0f} s")
+        trace = out / "trace.log"
+        b = boot(work, kdir, initrd, BENCH_MATRIX, trace, args.timeout, out / "console.log",
+                 echo=lambda l: print(l, flush=True))
+    problems = guest_failures(b, ["vfio-qd1", "vfio-qd32", "io_uring-qd1", "io_uring-qd32"])
+    text = "\n".join(b.console)
+    figures: dict[str, float] = {}
+    for name in ["vfio-qd1", "vfio-qd32", "io_uring-qd1", "io_uring-qd32"]:
+        sect = re.search(rf"^VM-BEGIN {re.escape(name)}$(.*?)^VM-END {re.escape(name)} rc=0$",
+                         text, re.M | re.S)
+        if not sect:
+            problems.append(f"{name}: no successful run")
+            continue
+        m = IOPS.search(sect.group(1))
+        if not m:
+            problems.append(f"{name}: no IOPS figure in its output")
+            continue
+        v = float(m.group(1).replace("_", "").replace(",", ""))
+        v *= {"k": 1e3, "m": 1e6}.get((m.group(2) or "").lower(), 1)
+        figures[name] = v
+    bad, _ = trace_violations(trace, b.console)
+    if bad:
+        problems.append(f"trace oracle: {len(bad)} unexpected QEMU NVMe event(s), first: {bad[0]}")
+    print()
+    for qd in ("qd1", "qd32"):
+        v, k = figures.get(f"vfio-{qd}"), figures.get(f"io_uring-{qd}")
+        if v and k:
+            print(f"vm-bench: 4k randread {qd.upper():5} nvme-dio {v/1e3:8.1f} k IOPS   "
+                  f"kernel io_uring {k/1e3:8.1f} k IOPS   ratio {v/k:5.2f}x")
+    for p in problems:
+        print(f"vm-bench: {p}")
+    print(f"vm-bench: console {out / 'console.log'}; wall {time.monotonic() - t0:.1f} s")
+    return 1 if problems else 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="mode", required=True)
+    t = sub.add_parser("test", help="run the VM test suite")
+    t.add_argument("--timeout", type=float, default=float(os.environ.get("VM_TIMEOUT", 900)),
+                   help="kill the guest after this many seconds (default 900, env VM_TIMEOUT)")
+    t.add_argument("--test-bin", action="append", default=[], metavar="NAME=PATH",
+                   help="run this prebuilt static test binary instead of building VM_TESTS")
+    t.add_argument("filter", nargs="*", help="libtest arguments for every test binary (e.g. a name filter)")
+    bn = sub.add_parser("bench", help="nvme-dio vs the kernel's io_uring path, one boot")
+    bn.add_argument("--timeout", type=float, default=float(os.environ.get("VM_TIMEOUT", 900)))
+    bn.add_argument("--seconds", type=int, default=10, help="run time of each bench figure")
+    args = ap.parse_args()
+    os.chdir(ROOT)
+    return mode_test(args) if args.mode == "test" else mode_bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
