@@ -303,8 +303,13 @@ mod tests {
                         if let Some(iova) = a.alloc(len, align) {
                             prop_assert_eq!(iova % align, 0);
                             prop_assert!(iova >= IOVA_FLOOR);
-                            prop_assert!(ranges.iter().any(|r| r.start <= iova && iova + len <= r.end),
+                            // Adjacent input ranges are merged, so check against the merged
+                            // ranges, and that both ends lie in an input range.
+                            prop_assert!(a.ranges().iter().any(|r| r.start <= iova && iova + len <= r.end),
                                 "{:#x}+{:#x} outside ranges", iova, len);
+                            for p in [iova, iova + len - 1] {
+                                prop_assert!(ranges.iter().any(|r| r.contains(&p)), "{:#x} outside input", p);
+                            }
                             for &(s, l) in &live {
                                 prop_assert!(iova + len <= s || s + l <= iova,
                                     "overlap {:#x}+{:#x} with {:#x}+{:#x}", iova, len, s, l);

@@ -390,8 +390,13 @@ impl DmaMemory {
 }
 
 fn check_align(align: usize, page: PageKind) -> Result<usize, Error> {
+    if align != 0 && !align.is_power_of_two() {
+        return Err(Error::InvalidArgument {
+            what: format!("alignment {align} (must be a power of two, at most {page})"),
+        });
+    }
     let align = align.max(4);
-    if !align.is_power_of_two() || align > page.size() {
+    if align > page.size() {
         return Err(Error::InvalidArgument {
             what: format!("alignment {align} (must be a power of two, at most {page})"),
         });

@@ -1,1 +1,524 @@
+//! Memory tests. Every test that creates DMA memory holds `SERIAL`: the hugepage tests change
+//! the system's hugepage reservation, and the others must not eat the pages they reserve.
+
 use super::*;
+use std::sync::Mutex;
+
+const MIB: usize = 1 << 20;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read_u64(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Raises the hugepage reservation so that `free` pages of `page` are free; gives the old
+/// reservation back on drop (also when the test fails).
+struct Reservation {
+    page: PageKind,
+    prev: u64,
+}
+
+impl Reservation {
+    fn ensure_free(page: PageKind, free: u64) -> Result<Reservation, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root: cannot reserve hugepages".into());
+        }
+        let path = page.nr_hugepages_path();
+        let prev = read_u64(path).ok_or_else(|| format!("cannot read {path}"))?;
+        let now_free = page.free_pages().ok_or("no hugepage pool of this size")?;
+        let r = Reservation { page, prev };
+        if now_free < free {
+            let want = prev + (free - now_free);
+            std::fs::write(path, format!("{want}\n"))
+                .map_err(|e| format!("cannot write {path}: {e}"))?;
+            let got = page.free_pages().unwrap_or(0);
+            if got < free {
+                return Err(format!(
+                    "asked the kernel for {want} {page} pages, only {got} free (memory fragmented?)"
+                ));
+                // `r` drops here and restores the old reservation.
+            }
+        }
+        Ok(r)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let path = self.page.nr_hugepages_path();
+        if let Err(e) = std::fs::write(path, format!("{}\n", self.prev)) {
+            eprintln!("could not restore {path} to {}: {e}", self.prev);
+        }
+    }
+}
+
+macro_rules! skip {
+    ($($arg:tt)*) => {{
+        eprintln!("SKIPPED: {}", format!($($arg)*));
+        return;
+    }};
+}
+
+fn small_opts() -> MemoryOptions {
+    MemoryOptions { page: PageKind::Huge2M, region_bytes: 2 * MIB, allow_fallback: true }
+}
+
+fn mem_with(mapper: &Arc<RecordingMapper>, opts: MemoryOptions) -> DmaMemory {
+    DmaMemory::new(mapper.clone(), opts).expect("DMA memory")
+}
+
+#[test]
+fn alloc_is_zeroed_aligned_and_host_pointer_matches_the_mapping() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let buf = mem.alloc(4096, 4096).unwrap();
+    assert!(buf.iova() >= crate::IOVA_FLOOR);
+    assert_eq!(buf.iova() % 4096, 0);
+    assert_eq!(buf.len(), 4096);
+    let mut out = vec![0xffu8; 4096];
+    buf.copy_to_slice(0, &mut out).unwrap();
+    assert!(out.iter().all(|&b| b == 0));
+    buf.write_u64(8, 0xdead_beef_cafe_f00d);
+    // What the emulated controller does: translate the IOVA through the mapping it was given.
+    let p = mapper.translate(buf.iova() + 8, 8).expect("IOVA is mapped") as *const u64;
+    // SAFETY: the mapping is live (mem and buf exist) and 8-aligned; volatile read.
+    assert_eq!(unsafe { p.read_volatile() }, 0xdead_beef_cafe_f00d);
+}
+
+#[test]
+fn one_map_per_region_growth_and_dedicated_regions() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    assert_eq!(mapper.map_calls(), 1);
+    // 2 MiB region: 500 x 4 KiB fit without another map.
+    let bufs: Vec<_> = (0..500).map(|_| mem.alloc(4096, 4096).unwrap()).collect();
+    assert_eq!(mapper.map_calls(), 1, "allocations inside a region must not map again");
+    // The rest of the region cannot hold 64 KiB: a new region is mapped.
+    let more = mem.alloc(64 * 1024, 4096).unwrap();
+    assert_eq!(mapper.map_calls(), 2);
+    assert_eq!(mem.region_count(), 2);
+    // Larger than region_bytes: a dedicated region, unmapped as soon as the buffer goes.
+    let big = mem.alloc(5 * MIB, 4096).unwrap();
+    assert_eq!(big.len(), 5 * MIB);
+    assert_eq!(mapper.map_calls(), 3);
+    assert_eq!(mem.region_count(), 2);
+    let big_iova = big.iova();
+    drop(big);
+    assert_eq!(mapper.unmap_calls(), 1);
+    assert!(mapper.translate(big_iova, 1).is_none());
+    // All IOVAs distinct and inside mappings.
+    let mut iovas: Vec<u64> = bufs.iter().map(|b| b.iova()).collect();
+    iovas.push(more.iova());
+    iovas.sort_unstable();
+    iovas.dedup();
+    assert_eq!(iovas.len(), 501);
+    for b in &bufs {
+        assert!(mapper.translate(b.iova(), b.len()).is_some());
+    }
+    drop(bufs);
+    drop(more);
+    drop(mem);
+    assert!(mapper.mappings().is_empty(), "every region unmapped: {:x?}", mapper.mappings());
+    assert_eq!(mapper.unmap_calls(), 3);
+}
+
+#[test]
+fn buffers_keep_their_region_mapped_after_the_memory_is_dropped() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let buf = mem.alloc(512, 512).unwrap();
+    drop(mem);
+    assert_eq!(mapper.mappings().len(), 1);
+    buf.write_u32(0, 7);
+    assert_eq!(buf.read_u32(0), 7);
+    drop(buf);
+    assert!(mapper.mappings().is_empty());
+}
+
+#[test]
+fn freed_space_is_reused_and_zeroed_again() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let a = mem.alloc(8192, 4096).unwrap();
+    let iova = a.iova();
+    a.fill(0xab);
+    drop(a);
+    let b = mem.alloc(8192, 4096).unwrap();
+    assert_eq!(b.iova(), iova, "first fit reuses the freed range");
+    let mut out = vec![1u8; 8192];
+    b.copy_to_slice(0, &mut out).unwrap();
+    assert!(out.iter().all(|&x| x == 0), "alloc must zero reused memory");
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    assert!(matches!(mem.alloc(0, 4096), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(mem.alloc(64, 3), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(mem.alloc(64, 4 * MIB), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(mem.pool(0, 4, 64), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(mem.pool(64, 0, 64), Err(Error::InvalidArgument { .. })));
+    let zero = MemoryOptions { region_bytes: 0, ..small_opts() };
+    assert!(matches!(DmaMemory::new(mapper.clone(), zero), Err(Error::InvalidArgument { .. })));
+    // Alignment below 4 is raised to 4.
+    let b = mem.alloc(3, 1).unwrap();
+    assert_eq!(b.iova() % 4, 0);
+}
+
+#[test]
+fn iovas_stay_inside_the_mapper_ranges() {
+    let _g = serial();
+    // QEMU's ranges above the MSI hole only.
+    let mapper = Arc::new(RecordingMapper::with_ranges(vec![0xfef0_0000..0x80_0000_0000]));
+    let mem = mem_with(&mapper, small_opts());
+    let b = mem.alloc(4096, 4096).unwrap();
+    assert!(b.iova() >= 0xfef0_0000 && b.iova() < 0x80_0000_0000, "{:#x}", b.iova());
+    assert_eq!(mapper.mappings()[0].0 % (2 * MIB as u64), 0, "regions are 2 MiB aligned");
+}
+
+#[test]
+fn out_of_iova_space_is_a_clear_error() {
+    let _g = serial();
+    // 1 MiB floor + 2 MiB alignment leaves no room for a 2 MiB region below 3 MiB.
+    let mapper = Arc::new(RecordingMapper::with_ranges(vec![0..3 * MIB as u64]));
+    let err = DmaMemory::new(mapper.clone(), small_opts()).unwrap_err();
+    assert!(matches!(err, Error::OutOfIova { .. }), "{err}");
+    assert!(err.to_string().contains("no IOVA space left"), "{err}");
+    assert!(mapper.mappings().is_empty());
+}
+
+#[test]
+fn copies_are_bounds_checked_and_follow_the_view() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let mut b = mem.alloc(4096, 4096).unwrap();
+    let base = b.iova();
+    assert!(matches!(
+        b.copy_from_slice(4000, &[1u8; 97]),
+        Err(Error::OutOfBounds { offset: 4000, len: 97, size: 4096 })
+    ));
+    let mut out = [0u8; 16];
+    assert!(b.copy_to_slice(4090, &mut out).is_err());
+    assert!(b.copy_to_slice(usize::MAX, &mut out).is_err());
+    // Nothing was written by the refused copy.
+    b.copy_to_slice(4000, &mut out).unwrap();
+    assert_eq!(out, [0u8; 16]);
+    b.copy_from_slice(4080, &[9u8; 16]).unwrap();
+
+    // A view at an odd in-page offset: iova/len follow, offsets are view-relative.
+    b.set_view(512, 1024).unwrap();
+    assert_eq!(b.iova(), base + 512);
+    assert_eq!(b.len(), 1024);
+    assert_eq!(b.capacity(), 4096);
+    b.copy_from_slice(0, b"hello").unwrap();
+    assert!(b.copy_from_slice(1020, b"hello").is_err());
+    assert!(matches!(b.set_view(4000, 97), Err(Error::OutOfBounds { .. })));
+    assert!(b.set_view(usize::MAX, 2).is_err());
+    assert_eq!(b.len(), 1024, "a refused set_view leaves the view alone");
+    b.set_view(4096, 0).unwrap();
+    assert!(b.is_empty());
+    b.reset_view();
+    assert_eq!((b.iova(), b.len()), (base, 4096));
+    let mut hello = [0u8; 5];
+    b.copy_to_slice(512, &mut hello).unwrap();
+    assert_eq!(&hello, b"hello");
+    let mut tail = [0u8; 16];
+    b.copy_to_slice(4080, &mut tail).unwrap();
+    assert_eq!(tail, [9u8; 16]);
+}
+
+#[test]
+fn slot_accessors_are_little_endian_and_in_order() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let b = mem.alloc(4096, 4096).unwrap();
+    let q: [u64; 8] = std::array::from_fn(|i| 0x0101_0101_0101_0101 * i as u64 + 0x1000 + i as u64);
+    b.write_qwords(64, &q);
+    let mut raw = [0u8; 64];
+    b.copy_to_slice(64, &mut raw).unwrap();
+    for (i, chunk) in raw.chunks_exact(8).enumerate() {
+        assert_eq!(u64::from_le_bytes(chunk.try_into().unwrap()), q[i]);
+    }
+    b.copy_from_slice(128, &[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0x80]).unwrap();
+    assert_eq!(b.read_dwords(128), [1, 2, 3, 0x8000_0004]);
+    assert_eq!(b.read_u64(64), q[0]);
+    b.write_u32(4092, 0xfeed);
+    assert_eq!(b.read_u32(4092), 0xfeed);
+}
+
+#[test]
+#[should_panic(expected = "past the end of the buffer")]
+fn word_access_past_the_end_panics() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let b = mem.alloc(64, 64).unwrap();
+    b.read_u64(60);
+}
+
+#[test]
+#[should_panic(expected = "not 4-byte aligned")]
+fn misaligned_word_access_panics() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let b = mem.alloc(64, 64).unwrap();
+    b.write_u32(2, 1);
+}
+
+#[test]
+#[should_panic(expected = "past the end of the buffer")]
+fn qword_slot_past_the_view_panics() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let mut b = mem.alloc(4096, 4096).unwrap();
+    b.set_view(0, 100).unwrap();
+    b.write_qwords(64, &[0; 8]);
+}
+
+#[test]
+fn pool_blocks_are_aligned_distinct_and_come_back() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let pool = mem.pool(100, 8, 128).unwrap();
+    assert_eq!((pool.block_size(), pool.capacity(), pool.available()), (100, 8, 8));
+    let blocks: Vec<_> = (0..8).map(|_| pool.alloc().unwrap()).collect();
+    assert!(pool.alloc().is_none(), "pool of 8 gave a 9th block");
+    assert_eq!(pool.available(), 0);
+    let mut iovas: Vec<u64> = blocks.iter().map(|b| b.iova()).collect();
+    assert!(iovas.iter().all(|i| i % 128 == 0));
+    iovas.sort_unstable();
+    iovas.dedup();
+    assert_eq!(iovas.len(), 8);
+    assert!(iovas.windows(2).all(|w| w[1] - w[0] >= 128), "blocks overlap");
+    for b in &blocks {
+        assert_eq!(b.len(), 100);
+        let mut z = [1u8; 100];
+        b.copy_to_slice(0, &mut z).unwrap();
+        assert_eq!(z, [0u8; 100], "fresh pool blocks are zero");
+        assert!(b.copy_from_slice(1, &[0; 100]).is_err());
+    }
+    drop(blocks);
+    assert_eq!(pool.available(), 8);
+    // Blocks outlive the pool handle; the pool's memory outlives both.
+    let b = pool.alloc().unwrap();
+    let iova = b.iova();
+    drop(pool);
+    b.write_u32(0, 5);
+    assert!(mapper.translate(iova, 100).is_some());
+    drop(b);
+}
+
+#[test]
+fn pool_memory_is_given_back_to_the_region() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let pool = mem.pool(4096, 256, 4096).unwrap(); // 1 MiB of the 2 MiB region
+    let first = pool.alloc().unwrap().iova();
+    drop(pool);
+    // The whole region is free again: a 2 MiB allocation fits without a new map.
+    let all = mem.alloc(2 * MIB, 4096).unwrap();
+    assert_eq!(mapper.map_calls(), 1);
+    assert!(all.iova() <= first);
+}
+
+#[test]
+fn pool_under_concurrent_alloc_free_loses_nothing() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    const BLOCKS: usize = 64;
+    let pool = mem.pool(512, BLOCKS, 512).unwrap();
+    let threads = 4;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                let mut got = 0usize;
+                for round in 0..3000u64 {
+                    let want = 1 + (round as usize * 7 + t) % 24;
+                    let mut held = Vec::with_capacity(want);
+                    for _ in 0..want {
+                        match pool.alloc() {
+                            Some(b) => held.push(b),
+                            None => break,
+                        }
+                    }
+                    let tag = |i: usize| ((t as u64) << 56) | (round << 16) | i as u64;
+                    for (i, b) in held.iter().enumerate() {
+                        b.write_u64(0, tag(i));
+                        b.write_u64(504, !tag(i));
+                    }
+                    std::thread::yield_now();
+                    for (i, b) in held.iter().enumerate() {
+                        // Another thread holding the same block would have overwritten this.
+                        assert_eq!(b.read_u64(0), tag(i), "block {:#x} handed out twice", b.iova());
+                        assert_eq!(b.read_u64(504), !tag(i));
+                    }
+                    got += held.len();
+                }
+                got
+            })
+        })
+        .collect();
+    let total: usize = handles.into_iter().map(|h| h.join().expect("worker panicked")).sum();
+    assert!(total > 0);
+    assert_eq!(pool.available(), BLOCKS, "blocks lost under concurrency");
+    let all: Vec<_> = (0..BLOCKS).map(|_| pool.alloc().expect("every block back")).collect();
+    let mut iovas: Vec<u64> = all.iter().map(|b| b.iova()).collect();
+    iovas.sort_unstable();
+    iovas.dedup();
+    assert_eq!(iovas.len(), BLOCKS);
+}
+
+#[test]
+fn recording_mapper_refuses_overlap_double_unmap_and_out_of_range() {
+    let m = RecordingMapper::with_ranges(vec![0..(1 << 30)]);
+    let host = std::ptr::null_mut::<u8>().wrapping_add(0x1000);
+    // SAFETY: RecordingMapper never dereferences `host`; it only records it.
+    unsafe {
+        m.map(1 << 20, host, 1 << 20).unwrap();
+        assert!(m.map((1 << 20) + 4096, host, 4096).is_err(), "overlap accepted");
+        assert!(m.map(0, host, (1 << 20) + 1).is_err(), "overlap from below accepted");
+        assert!(m.map(1 << 30, host, 4096).is_err(), "out of range accepted");
+    }
+    assert!(m.unmap(1 << 20, 4096).is_err(), "partial unmap accepted");
+    m.unmap(1 << 20, 1 << 20).unwrap();
+    assert!(matches!(m.unmap(1 << 20, 1 << 20), Err(Error::Mapping { op: "unmap", .. })));
+}
+
+// ---- hugepages, for real ----
+
+#[test]
+fn hugepages_back_regions_and_are_given_back() {
+    let _g = serial();
+    let res = match Reservation::ensure_free(PageKind::Huge2M, 8) {
+        Ok(r) => r,
+        Err(why) => skip!("hugepage test needs 8 free 2 MiB pages: {why}"),
+    };
+    let before = PageKind::Huge2M.free_pages().unwrap();
+    let mapper = Arc::new(RecordingMapper::new());
+    let opts = MemoryOptions { page: PageKind::Huge2M, region_bytes: 4 * MIB, allow_fallback: false };
+    let mem = DmaMemory::new(mapper.clone(), opts).expect("hugepage region");
+    assert!(!mem.is_fallback());
+    assert_eq!(PageKind::Huge2M.free_pages().unwrap(), before - 2, "region is two hugepages");
+    let b = mem.alloc(MIB, 4096).unwrap();
+    assert!(b.is_huge());
+    let data: Vec<u8> = (0..MIB).map(|i| (i * 31 % 251) as u8).collect();
+    b.copy_from_slice(0, &data).unwrap();
+    let mut back = vec![0u8; MIB];
+    b.copy_to_slice(0, &mut back).unwrap();
+    assert_eq!(back, data);
+    // The mapping is 2 MiB aligned both in IOVA and host space (one IOMMU large page).
+    let (iova, host, len) = mapper.mappings()[0];
+    assert_eq!((iova % (2 * MIB as u64), host % (2 * MIB), len), (0, 0, 4 * MIB));
+    drop(b);
+    drop(mem);
+    assert!(mapper.mappings().is_empty());
+    assert_eq!(PageKind::Huge2M.free_pages().unwrap(), before, "hugepages given back");
+    drop(res);
+}
+
+#[test]
+fn no_free_hugepages_is_a_clear_error_or_a_flagged_fallback() {
+    let _g = serial();
+    if read_u64("/proc/sys/vm/nr_overcommit_hugepages").unwrap_or(0) != 0 {
+        skip!("nr_overcommit_hugepages is set: the kernel would hand out surplus pages");
+    }
+    let free = PageKind::Huge2M.free_pages().unwrap_or(0);
+    let total = PageKind::Huge2M.total_pages().unwrap_or(0);
+    let pages = free + 4; // more than are free
+    let mapper = Arc::new(RecordingMapper::new());
+    let opts = MemoryOptions {
+        page: PageKind::Huge2M,
+        region_bytes: pages as usize * 2 * MIB,
+        allow_fallback: false,
+    };
+    let err = DmaMemory::new(mapper.clone(), opts).unwrap_err();
+    match &err {
+        Error::NoHugepages { page, needed, free: f, suggest, .. } => {
+            assert_eq!(*page, PageKind::Huge2M);
+            assert_eq!(*needed, pages);
+            assert_eq!(*f, free);
+            assert!(*suggest >= total + 4);
+        }
+        other => panic!("expected NoHugepages, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("need {pages}")), "{msg}");
+    assert!(msg.contains("echo ") && msg.contains("> /proc/sys/vm/nr_hugepages"), "{msg}");
+    assert!(msg.contains("nvme-dio setup --hugepages"), "{msg}");
+    assert!(mapper.mappings().is_empty());
+
+    let mem = DmaMemory::new(mapper.clone(), MemoryOptions { allow_fallback: true, ..opts })
+        .expect("fallback to ordinary pages");
+    assert!(mem.is_fallback(), "fallback must be reported");
+    let b = mem.alloc(4096, 4096).unwrap();
+    assert!(!b.is_huge());
+    b.write_u64(0, 1);
+    assert_eq!(mapper.map_calls(), 1);
+}
+
+#[test]
+fn one_gib_pages_when_they_can_be_reserved() {
+    let _g = serial();
+    if PageKind::Huge1G.free_pages().is_none() {
+        skip!("kernel has no 1 GiB hugepage pool");
+    }
+    let res = match Reservation::ensure_free(PageKind::Huge1G, 1) {
+        Ok(r) => r,
+        Err(why) => skip!("1 GiB hugepage test: {why}"),
+    };
+    let mapper = Arc::new(RecordingMapper::new());
+    let opts = MemoryOptions { page: PageKind::Huge1G, region_bytes: 1, allow_fallback: false };
+    let mem = DmaMemory::new(mapper.clone(), opts).expect("1 GiB region");
+    assert!(!mem.is_fallback());
+    let (iova, host, len) = mapper.mappings()[0];
+    assert_eq!((iova % (1 << 30), host % (1 << 30), len), (0, 0, 1 << 30));
+    let b = mem.alloc(4096, 4096).unwrap();
+    assert!(b.is_huge());
+    b.write_u64(0, 42);
+    assert_eq!(b.read_u64(0), 42);
+    drop(b);
+    drop(mem);
+    drop(res);
+}
+
+#[test]
+fn reservation_guard_restores_on_failure() {
+    let _g = serial();
+    let path = PageKind::Huge2M.nr_hugepages_path();
+    let before = match read_u64(path) {
+        Some(v) => v,
+        None => skip!("no {path}"),
+    };
+    let r = std::panic::catch_unwind(|| {
+        let _res = match Reservation::ensure_free(PageKind::Huge2M, 2) {
+            Ok(r) => r,
+            Err(why) => {
+                eprintln!("SKIPPED (inner): {why}");
+                return;
+            }
+        };
+        panic!("test body fails while pages are reserved");
+    });
+    let _ = r;
+    assert_eq!(read_u64(path), Some(before), "reservation not given back after a panic");
+}
