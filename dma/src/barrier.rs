@@ -20,7 +20,7 @@
 //!
 //! ## Other architectures
 //!
-//! Weakly ordered CPUs reorder stores and loads, so a full [`fence`] is used there. Note that
+//! Weakly ordered CPUs reorder stores and loads, so a full [`fence`](std::sync::atomic::fence) is used there. Note that
 //! on aarch64 a Rust `fence(SeqCst)` is a `dmb ish`; ordering against a device strictly needs
 //! the outer-shareable domain (`dmb osh`) — nvme-dio is only tested on x86_64.
 

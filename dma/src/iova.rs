@@ -81,8 +81,14 @@ impl RangeAllocator {
         if len == 0 {
             return Err(bad);
         }
-        let end = start.checked_add(len).ok_or(Error::IovaFree { iova: start, len })?;
-        if !self.managed.iter().any(|r| r.start <= start && end <= r.end) {
+        let end = start
+            .checked_add(len)
+            .ok_or(Error::IovaFree { iova: start, len })?;
+        if !self
+            .managed
+            .iter()
+            .any(|r| r.start <= start && end <= r.end)
+        {
             return Err(bad);
         }
         // The free block starting at or before `start` must end at or before it...
@@ -151,7 +157,9 @@ impl IovaAllocator {
             .iter()
             .map(|r| r.start.max(IOVA_FLOOR)..r.end)
             .filter(|r| r.start < r.end);
-        Self { inner: RangeAllocator::new(clipped) }
+        Self {
+            inner: RangeAllocator::new(clipped),
+        }
     }
 
     /// Allocates `len` bytes of IOVA space aligned to `align` (a power of two).
@@ -187,6 +195,8 @@ impl IovaAllocator {
 }
 
 #[cfg(test)]
+// A list of one IOVA range is exactly what these tests mean.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -274,7 +284,8 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (1u64..(3 * MIB), 2u8..22).prop_map(|(len, align_shift)| Op::Alloc { len, align_shift }),
+            (1u64..(3 * MIB), 2u8..22)
+                .prop_map(|(len, align_shift)| Op::Alloc { len, align_shift }),
             any::<usize>().prop_map(|pick| Op::Free { pick }),
         ]
     }

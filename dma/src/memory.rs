@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crossbeam_queue::ArrayQueue;
 use memmap2::{MmapOptions, MmapRaw};
 
+use crate::Error;
 use crate::device::DmaMapper;
 use crate::iova::{IovaAllocator, RangeAllocator};
-use crate::Error;
 
 /// Hugepage size for DMA regions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -118,7 +118,11 @@ pub struct MemoryOptions {
 
 impl Default for MemoryOptions {
     fn default() -> Self {
-        Self { page: PageKind::Huge2M, region_bytes: 32 << 20, allow_fallback: false }
+        Self {
+            page: PageKind::Huge2M,
+            region_bytes: 32 << 20,
+            allow_fallback: false,
+        }
     }
 }
 
@@ -231,7 +235,9 @@ impl DmaMemory {
     /// for a zero `region_bytes`; the mapper's error if mapping fails.
     pub fn new(mapper: Arc<dyn DmaMapper>, opts: MemoryOptions) -> Result<DmaMemory, Error> {
         if opts.region_bytes == 0 {
-            return Err(Error::InvalidArgument { what: "MemoryOptions::region_bytes is 0".into() });
+            return Err(Error::InvalidArgument {
+                what: "MemoryOptions::region_bytes is 0".into(),
+            });
         }
         let iova = Arc::new(Mutex::new(IovaAllocator::new(&mapper.iova_ranges())));
         let mem = DmaMemory {
@@ -298,18 +304,30 @@ impl DmaMemory {
             });
         }
         let align = check_align(align, self.inner.opts.page)?;
-        let stride = block_size.checked_next_multiple_of(align).ok_or_else(|| {
-            Error::InvalidArgument { what: format!("block size {block_size} overflows") }
-        })?;
-        let total = stride.checked_mul(count).ok_or_else(|| Error::InvalidArgument {
-            what: format!("pool of {count} x {stride} bytes overflows"),
-        })?;
+        let stride =
+            block_size
+                .checked_next_multiple_of(align)
+                .ok_or_else(|| Error::InvalidArgument {
+                    what: format!("block size {block_size} overflows"),
+                })?;
+        let total = stride
+            .checked_mul(count)
+            .ok_or_else(|| Error::InvalidArgument {
+                what: format!("pool of {count} x {stride} bytes overflows"),
+            })?;
         let (region, offset, fresh) = self.alloc_raw(total, align)?;
         let free = ArrayQueue::new(count);
         for i in 0..count as u32 {
             free.push(i).expect("queue has room for every block");
         }
-        let inner = Arc::new(PoolInner { region, offset, total, stride, block_size, free });
+        let inner = Arc::new(PoolInner {
+            region,
+            offset,
+            total,
+            stride,
+            block_size,
+            free,
+        });
         if !fresh {
             // SAFETY: offset..offset+total lies inside the region (the heap allocator handed
             // it out) and nobody else uses it yet; a raw write creates no reference.
@@ -322,14 +340,18 @@ impl DmaMemory {
     /// fresh from the kernel (already zero).
     fn alloc_raw(&self, len: usize, align: usize) -> Result<(Arc<Region>, usize, bool), Error> {
         if len == 0 {
-            return Err(Error::InvalidArgument { what: "DMA allocation of 0 bytes".into() });
+            return Err(Error::InvalidArgument {
+                what: "DMA allocation of 0 bytes".into(),
+            });
         }
         let align = check_align(align, self.inner.opts.page)?;
         let page = self.inner.opts.page.size();
         let region_bytes = self.inner.opts.region_bytes.next_multiple_of(page);
         if len > region_bytes {
             let region = self.new_region(len)?;
-            let off = lock(&region.heap).alloc(len as u64, align as u64).expect("fits");
+            let off = lock(&region.heap)
+                .alloc(len as u64, align as u64)
+                .expect("fits");
             return Ok((region, off as usize, true));
         }
         let mut regions = lock(&self.inner.regions);
@@ -339,7 +361,9 @@ impl DmaMemory {
             }
         }
         let region = self.new_region(region_bytes)?;
-        let off = lock(&region.heap).alloc(len as u64, align as u64).expect("fits");
+        let off = lock(&region.heap)
+            .alloc(len as u64, align as u64)
+            .expect("fits");
         regions.push(region.clone());
         Ok((region, off as usize, true))
     }
@@ -348,9 +372,11 @@ impl DmaMemory {
     fn new_region(&self, len: usize) -> Result<Arc<Region>, Error> {
         let opts = self.inner.opts;
         let page = opts.page;
-        let len = len.checked_next_multiple_of(page.size()).ok_or_else(|| {
-            Error::InvalidArgument { what: format!("{len} bytes overflow a page multiple") }
-        })?;
+        let len =
+            len.checked_next_multiple_of(page.size())
+                .ok_or_else(|| Error::InvalidArgument {
+                    what: format!("{len} bytes overflow a page multiple"),
+                })?;
         let (map, huge) = match map_hugepages(page, len) {
             Ok(m) => (m, true),
             Err(e) if opts.allow_fallback && matches!(e, Error::NoHugepages { .. }) => {
@@ -363,17 +389,20 @@ impl DmaMemory {
         let host = map.as_mut_ptr();
         let iova = {
             let mut a = lock(&self.inner.iova);
-            a.alloc(len as u64, page.size() as u64).ok_or_else(|| Error::OutOfIova {
-                len: len as u64,
-                align: page.size() as u64,
-                ranges: format!("{:x?}", a.ranges()),
-            })?
+            a.alloc(len as u64, page.size() as u64)
+                .ok_or_else(|| Error::OutOfIova {
+                    len: len as u64,
+                    align: page.size() as u64,
+                    ranges: format!("{:x?}", a.ranges()),
+                })?
         };
         // SAFETY: `host..host+len` is a mapping this region owns until Region::drop, which
         // unmaps the IOVA before the mapping is released (and leaks the mapping if the unmap
         // fails). No reference to it exists, and none is ever made.
         if let Err(e) = unsafe { self.inner.mapper.map(iova, host, len) } {
-            lock(&self.inner.iova).free(iova, len as u64).expect("just allocated");
+            lock(&self.inner.iova)
+                .free(iova, len as u64)
+                .expect("just allocated");
             return Err(e);
         }
         Ok(Arc::new(Region {
@@ -382,7 +411,7 @@ impl DmaMemory {
             len,
             iova,
             huge,
-            heap: Mutex::new(RangeAllocator::new([0..len as u64])),
+            heap: Mutex::new(RangeAllocator::new(std::iter::once(0..len as u64))),
             mapper: self.inner.mapper.clone(),
             iova_alloc: self.inner.iova.clone(),
         }))
@@ -406,19 +435,33 @@ fn check_align(align: usize, page: PageKind) -> Result<usize, Error> {
 
 /// `MAP_HUGETLB | MAP_POPULATE` of `len` bytes (a multiple of the page size).
 fn map_hugepages(page: PageKind, len: usize) -> Result<MmapRaw, Error> {
-    let res = MmapOptions::new().len(len).huge(Some(page.shift())).populate().map_anon();
+    let res = MmapOptions::new()
+        .len(len)
+        .huge(Some(page.shift()))
+        .populate()
+        .map_anon();
     match res {
         Ok(m) => Ok(MmapRaw::from(m)),
         // The hugetlb reservation is made at mmap time: ENOMEM means too few free pages
         // (EINVAL: no pool of that size at all, e.g. 1 GiB pages unsupported).
         Err(source)
-            if matches!(source.raw_os_error(), Some(libc::ENOMEM) | Some(libc::EINVAL)) =>
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::ENOMEM) | Some(libc::EINVAL)
+            ) =>
         {
             let needed = (len / page.size()) as u64;
             let free = page.free_pages().unwrap_or(0);
             let total = page.total_pages().unwrap_or(0);
             let suggest = total + needed.saturating_sub(free);
-            Err(Error::NoHugepages { page, needed, free, total, suggest, source })
+            Err(Error::NoHugepages {
+                page,
+                needed,
+                free,
+                total,
+                suggest,
+                source,
+            })
         }
         Err(source) => Err(Error::Mmap { len, source }),
     }
@@ -541,7 +584,11 @@ impl DmaBuf {
                 self.view_len = len;
                 Ok(())
             }
-            _ => Err(Error::OutOfBounds { offset, len, size: self.cap }),
+            _ => Err(Error::OutOfBounds {
+                offset,
+                len,
+                size: self.cap,
+            }),
         }
     }
 
@@ -556,7 +603,8 @@ impl DmaBuf {
     #[track_caller]
     fn word_ptr(&self, off: usize, size: usize, align: usize, what: &str) -> *mut u8 {
         assert!(
-            off.checked_add(size).is_some_and(|end| end <= self.view_len),
+            off.checked_add(size)
+                .is_some_and(|end| end <= self.view_len),
             "DmaBuf::{what}: offset {off} + {size} bytes is past the end of the buffer ({} bytes visible)",
             self.view_len
         );
@@ -662,7 +710,11 @@ impl DmaBuf {
                 // SAFETY: in bounds of the view, hence of the region's mapping.
                 Ok(unsafe { self.region.host.add(self.offset + self.view_off + off) })
             }
-            _ => Err(Error::OutOfBounds { offset: off, len, size: self.view_len }),
+            _ => Err(Error::OutOfBounds {
+                offset: off,
+                len,
+                size: self.view_len,
+            }),
         }
     }
 
@@ -694,7 +746,9 @@ impl DmaBuf {
 
     /// Sets every visible byte to `byte`.
     pub fn fill(&self, byte: u8) {
-        let p = self.span(0, self.view_len).expect("the whole view is in bounds");
+        let p = self
+            .span(0, self.view_len)
+            .expect("the whole view is in bounds");
         // SAFETY: the whole view is inside the mapping; raw write, no reference.
         unsafe { p.write_bytes(byte, self.view_len) };
     }
@@ -751,7 +805,10 @@ impl DmaPool {
             self.inner.region.clone(),
             offset,
             self.inner.block_size,
-            Origin::Pool { pool: self.inner.clone(), index },
+            Origin::Pool {
+                pool: self.inner.clone(),
+                index,
+            },
         ))
     }
 
@@ -791,7 +848,7 @@ impl Default for RecordingMapper {
 impl RecordingMapper {
     /// A mapper accepting IOVAs in `[0, 512 GiB)`, like QEMU's vIOMMU.
     pub fn new() -> Self {
-        Self::with_ranges(vec![0..(512u64 << 30)])
+        Self::with_ranges(std::iter::once(0..(512u64 << 30)).collect())
     }
 
     /// A mapper accepting IOVAs in `ranges` (half-open).
@@ -806,7 +863,10 @@ impl RecordingMapper {
 
     /// Current mappings as `(iova, host address, len)`, sorted by IOVA.
     pub fn mappings(&self) -> Vec<(u64, usize, usize)> {
-        lock(&self.maps).iter().map(|(&i, &(h, l))| (i, h, l)).collect()
+        lock(&self.maps)
+            .iter()
+            .map(|(&i, &(h, l))| (i, h, l))
+            .collect()
     }
 
     /// Host pointer for `iova..iova+len` if it lies inside one mapping.
@@ -831,13 +891,23 @@ impl RecordingMapper {
 
 impl DmaMapper for RecordingMapper {
     unsafe fn map(&self, iova: u64, host: *mut u8, len: usize) -> Result<(), Error> {
-        let refuse = |reason: String| Error::Mapping { op: "map", iova, len, reason };
-        let end = iova.checked_add(len as u64).ok_or_else(|| refuse("overflow".into()))?;
+        let refuse = |reason: String| Error::Mapping {
+            op: "map",
+            iova,
+            len,
+            reason,
+        };
+        let end = iova
+            .checked_add(len as u64)
+            .ok_or_else(|| refuse("overflow".into()))?;
         if len == 0 {
             return Err(refuse("zero length".into()));
         }
         if !self.ranges.iter().any(|r| r.start <= iova && end <= r.end) {
-            return Err(refuse(format!("outside the IOVA ranges {:x?}", self.ranges)));
+            return Err(refuse(format!(
+                "outside the IOVA ranges {:x?}",
+                self.ranges
+            )));
         }
         let mut maps = lock(&self.maps);
         if let Some((&s, &(_, l))) = maps.range(..end).next_back() {

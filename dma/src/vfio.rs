@@ -40,9 +40,9 @@ use vfio_bindings::bindings::vfio::{
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioError, VfioOps, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::Error;
 use crate::device::{Bar0, DmaMapper, PciFunction};
 use crate::memory::{DmaMemory, MemoryOptions};
-use crate::Error;
 
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
 vmm_sys_util::ioctl_io_nr!(VFIO_IOMMU_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 12);
@@ -66,7 +66,9 @@ const PCI_COMMAND_MASTER: u16 = 1 << 2;
 ///
 /// [`Error::BadPciAddress`] if the text is not a PCI address.
 pub fn parse_bdf(bdf: &str) -> Result<String, Error> {
-    let bad = || Error::BadPciAddress { bdf: bdf.to_string() };
+    let bad = || Error::BadPciAddress {
+        bdf: bdf.to_string(),
+    };
     let parts: Vec<&str> = bdf.split(':').collect();
     let (dom, bus, devfn) = match parts.as_slice() {
         [d, b, df] => (*d, *b, *df),
@@ -114,7 +116,10 @@ pub fn check_sysfs(sysfs: &Path, bdf: &str) -> Result<SysfsDevice, Error> {
     let bdf = parse_bdf(bdf)?;
     let path = sysfs.join("bus/pci/devices").join(&bdf);
     if !path.exists() {
-        return Err(Error::DeviceNotFound { bdf, path: path.display().to_string() });
+        return Err(Error::DeviceNotFound {
+            bdf,
+            path: path.display().to_string(),
+        });
     }
     let group_link = std::fs::read_link(path.join("iommu_group"))
         .map_err(|_| Error::NoIommu { bdf: bdf.clone() })?;
@@ -127,18 +132,30 @@ pub fn check_sysfs(sysfs: &Path, bdf: &str) -> Result<SysfsDevice, Error> {
     if driver.as_deref() != Some("vfio-pci") {
         return Err(Error::NotBoundToVfio { bdf, driver });
     }
-    let group_dir = sysfs.join("kernel/iommu_groups").join(group.to_string()).join("devices");
+    let group_dir = sysfs
+        .join("kernel/iommu_groups")
+        .join(group.to_string())
+        .join("devices");
     // A missing group directory (odd sysfs) is left to the kernel's own viability check.
     if let Ok(entries) = std::fs::read_dir(&group_dir) {
         let mut others: Vec<(String, Option<String>)> = entries
             .filter_map(|e| e.ok())
-            .map(|e| (e.file_name().to_string_lossy().into_owned(), driver_of(&e.path())))
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    driver_of(&e.path()),
+                )
+            })
             .collect();
         others.sort();
         for (device, drv) in others {
             if let Some(drv) = drv {
                 if !VFIO_FRIENDLY_DRIVERS.contains(&drv.as_str()) {
-                    return Err(Error::GroupNotViable { group, device, driver: drv });
+                    return Err(Error::GroupNotViable {
+                        group,
+                        device,
+                        driver: drv,
+                    });
                 }
             }
         }
@@ -151,13 +168,19 @@ pub fn check_sysfs(sysfs: &Path, bdf: &str) -> Result<SysfsDevice, Error> {
 /// IOVA-range capability is absent or malformed.
 pub fn parse_iommu_info_ranges(buf: &[u8]) -> Option<Vec<Range<u64>>> {
     let u32_at = |o: usize| -> Option<u32> {
-        Some(u32::from_ne_bytes(buf.get(o..o.checked_add(4)?)?.try_into().ok()?))
+        Some(u32::from_ne_bytes(
+            buf.get(o..o.checked_add(4)?)?.try_into().ok()?,
+        ))
     };
     let u16_at = |o: usize| -> Option<u16> {
-        Some(u16::from_ne_bytes(buf.get(o..o.checked_add(2)?)?.try_into().ok()?))
+        Some(u16::from_ne_bytes(
+            buf.get(o..o.checked_add(2)?)?.try_into().ok()?,
+        ))
     };
     let u64_at = |o: usize| -> Option<u64> {
-        Some(u64::from_ne_bytes(buf.get(o..o.checked_add(8)?)?.try_into().ok()?))
+        Some(u64::from_ne_bytes(
+            buf.get(o..o.checked_add(8)?)?.try_into().ok()?,
+        ))
     };
     // struct vfio_iommu_type1_info { argsz, flags, iova_pgsizes: u64, cap_offset, pad }
     let flags = u32_at(4)?;
@@ -249,12 +272,18 @@ fn query_iova_ranges(container: &VfioContainer) -> (Vec<Range<u64>>, Option<Stri
     let fallback = |why: String| (vec![FALLBACK_IOVA_RANGES], Some(why));
     let need = match ask(&mut buf) {
         Ok(n) => n as usize,
-        Err(e) => return fallback(format!("VFIO_IOMMU_GET_INFO failed ({e}); assuming [1 MiB, 512 GiB)")),
+        Err(e) => {
+            return fallback(format!(
+                "VFIO_IOMMU_GET_INFO failed ({e}); assuming [1 MiB, 512 GiB)"
+            ));
+        }
     };
     if need > base {
         buf = vec![0; need.div_ceil(8)];
         if let Err(e) = ask(&mut buf) {
-            return fallback(format!("VFIO_IOMMU_GET_INFO failed ({e}); assuming [1 MiB, 512 GiB)"));
+            return fallback(format!(
+                "VFIO_IOMMU_GET_INFO failed ({e}); assuming [1 MiB, 512 GiB)"
+            ));
         }
     }
     let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
@@ -267,10 +296,13 @@ fn query_iova_ranges(container: &VfioContainer) -> (Vec<Range<u64>>, Option<Stri
 }
 
 fn memlock_limit() -> Option<u64> {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes one rlimit into the struct we own.
     let ret = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) };
-    (ret == 0 && rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur as u64)
+    (ret == 0 && rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur)
 }
 
 impl DmaMapper for VfioMapper {
@@ -294,14 +326,22 @@ impl DmaMapper for VfioMapper {
                     }),
                 }
             }
-            Err(source) => Err(Error::Vfio { op: "DMA map", bdf: "container".into(), source }),
+            Err(source) => Err(Error::Vfio {
+                op: "DMA map",
+                bdf: "container".into(),
+                source,
+            }),
         }
     }
 
     fn unmap(&self, iova: u64, len: usize) -> Result<(), Error> {
         self.container
             .vfio_dma_unmap(iova, len)
-            .map_err(|source| Error::Vfio { op: "DMA unmap", bdf: "container".into(), source })?;
+            .map_err(|source| Error::Vfio {
+                op: "DMA unmap",
+                bdf: "container".into(),
+                source,
+            })?;
         self.pinned.fetch_sub(len as u64, Ordering::Relaxed);
         Ok(())
     }
@@ -330,7 +370,10 @@ unsafe impl Sync for VfioBar {}
 
 impl fmt::Debug for VfioBar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VfioBar").field("ptr", &self.ptr).field("len", &self.len).finish()
+        f.debug_struct("VfioBar")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -413,13 +456,22 @@ impl fmt::Debug for VfioFunction {
 fn map_open_err(bdf: &str, group: u32, op: &'static str, e: VfioError) -> Error {
     match e {
         VfioError::OpenContainer(source) if source.kind() == io::ErrorKind::NotFound => {
-            Error::VfioMissing { path: "/dev/vfio/vfio".into(), source }
+            Error::VfioMissing {
+                path: "/dev/vfio/vfio".into(),
+                source,
+            }
         }
         VfioError::OpenGroup(source, _) if source.raw_os_error() == Some(libc::EBUSY) => {
-            Error::DeviceBusy { bdf: bdf.to_string(), source }
+            Error::DeviceBusy {
+                bdf: bdf.to_string(),
+                source,
+            }
         }
         VfioError::OpenGroup(source, _) if source.kind() == io::ErrorKind::NotFound => {
-            Error::VfioMissing { path: format!("/dev/vfio/{group}"), source }
+            Error::VfioMissing {
+                path: format!("/dev/vfio/{group}"),
+                source,
+            }
         }
         VfioError::GroupViable => Error::GroupNotViable {
             group,
@@ -430,7 +482,11 @@ fn map_open_err(bdf: &str, group: u32, op: &'static str, e: VfioError) -> Error 
             bdf: bdf.to_string(),
             source: io::Error::from_raw_os_error(libc::EBUSY),
         },
-        source => Error::Vfio { op, bdf: bdf.to_string(), source },
+        source => Error::Vfio {
+            op,
+            bdf: bdf.to_string(),
+            source,
+        },
     }
 }
 
@@ -447,8 +503,15 @@ impl VfioFunction {
     pub fn open(bdf: &str) -> Result<VfioFunction, Error> {
         let sys = check_sysfs(Path::new("/sys"), bdf)?;
         let bdf = sys.bdf.clone();
-        if let Err(source) = OpenOptions::new().read(true).write(true).open("/dev/vfio/vfio") {
-            return Err(Error::VfioMissing { path: "/dev/vfio/vfio".into(), source });
+        if let Err(source) = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/vfio/vfio")
+        {
+            return Err(Error::VfioMissing {
+                path: "/dev/vfio/vfio".into(),
+                source,
+            });
         }
         let container = Arc::new(
             VfioContainer::new(None).map_err(|e| map_open_err(&bdf, sys.group, "container", e))?,
@@ -460,7 +523,9 @@ impl VfioFunction {
         );
         let bar = map_bar0(&device, &bdf)?;
         let (ranges, note) = query_iova_ranges(&container);
-        let msix = device.get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX).map_or(0, |i| i.count);
+        let msix = device
+            .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
+            .map_or(0, |i| i.count);
         let f = VfioFunction {
             bar,
             bdf,
@@ -527,7 +592,11 @@ impl VfioFunction {
             }
         };
         if n < 0 {
-            let op = if write { "config space write" } else { "config space read" };
+            let op = if write {
+                "config space write"
+            } else {
+                "config space read"
+            };
             return Err(Error::os(op, io::Error::last_os_error()));
         }
         if n as usize != len {
@@ -549,7 +618,9 @@ impl VfioFunction {
         let mut v = 0u32;
         self.config_io(offset, (&raw mut v).cast(), 4, false)?;
         if offset == 0 && v == u32::MAX {
-            return Err(Error::DeviceGone { bdf: self.bdf.clone() });
+            return Err(Error::DeviceGone {
+                bdf: self.bdf.clone(),
+            });
         }
         Ok(u32::from_le(v))
     }
@@ -572,7 +643,12 @@ impl VfioFunction {
     ///
     /// [`Error::Os`] if the write or read fails; [`Error::ConfigWrite`] if the value did not
     /// stick.
-    pub fn config_write16_checked(&self, offset: u64, value: u16, check_mask: u16) -> Result<(), Error> {
+    pub fn config_write16_checked(
+        &self,
+        offset: u64,
+        value: u16,
+        check_mask: u16,
+    ) -> Result<(), Error> {
         let mut le = value.to_le();
         self.config_io(offset, (&raw mut le).cast(), 2, true)?;
         let back = self.config_read16(offset)?;
@@ -622,13 +698,18 @@ impl VfioFunction {
 }
 
 fn map_bar0(device: &VfioDevice, bdf: &str) -> Result<VfioBar, Error> {
-    let bad = |reason: String| Error::Bar { bdf: bdf.to_string(), reason };
+    let bad = |reason: String| Error::Bar {
+        bdf: bdf.to_string(),
+        reason,
+    };
     let idx = VFIO_PCI_BAR0_REGION_INDEX;
     let size = device.get_region_size(idx) as usize;
     let offset = device.get_region_offset(idx);
     let flags = device.get_region_flags(idx);
     if size < 4096 {
-        return Err(bad(format!("size {size:#x} (an NVMe BAR0 has at least 4 KiB)")));
+        return Err(bad(format!(
+            "size {size:#x} (an NVMe BAR0 has at least 4 KiB)"
+        )));
     }
     if flags & VFIO_REGION_INFO_FLAG_MMAP == 0 {
         return Err(bad("vfio-pci does not allow mmap of it".into()));
@@ -639,10 +720,13 @@ fn map_bar0(device: &VfioDevice, bdf: &str) -> Result<VfioBar, Error> {
         Err(whole) => {
             // Without IRQ remapping vfio-pci refuses to mmap the MSI-X table inside BAR0 and
             // offers sparse areas instead: the registers and doorbells sit in the first one.
-            let first = device.get_region_caps(idx).into_iter().find_map(|c| match c {
-                VfioRegionInfoCap::SparseMmap(s) => s.areas.into_iter().find(|a| a.offset == 0),
-                _ => None,
-            });
+            let first = device
+                .get_region_caps(idx)
+                .into_iter()
+                .find_map(|c| match c {
+                    VfioRegionInfoCap::SparseMmap(s) => s.areas.into_iter().find(|a| a.offset == 0),
+                    _ => None,
+                });
             match first {
                 Some(a) if a.size >= 4096 => MmapOptions::new()
                     .offset(offset)
@@ -653,7 +737,11 @@ fn map_bar0(device: &VfioDevice, bdf: &str) -> Result<VfioBar, Error> {
             }
         }
     };
-    Ok(VfioBar { ptr: map.as_mut_ptr(), len: map.len(), _map: map })
+    Ok(VfioBar {
+        ptr: map.as_mut_ptr(),
+        len: map.len(),
+        _map: map,
+    })
 }
 
 impl PciFunction for VfioFunction {
@@ -686,16 +774,25 @@ impl PciFunction for VfioFunction {
         let refs: Vec<&EventFd> = fds.iter().map(|f| f.as_ref()).collect();
         self.device
             .enable_msix(refs)
-            .map_err(|source| Error::Vfio { op: "enable MSI-X", bdf: self.bdf.clone(), source })?;
+            .map_err(|source| Error::Vfio {
+                op: "enable MSI-X",
+                bdf: self.bdf.clone(),
+                source,
+            })?;
         *self.msix_fds.lock().unwrap_or_else(|e| e.into_inner()) = fds.clone();
         Ok(fds)
     }
 
     fn disable_msix(&self) -> Result<(), Error> {
-        self.device
-            .disable_msix()
-            .map_err(|source| Error::Vfio { op: "disable MSI-X", bdf: self.bdf.clone(), source })?;
-        self.msix_fds.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.device.disable_msix().map_err(|source| Error::Vfio {
+            op: "disable MSI-X",
+            bdf: self.bdf.clone(),
+            source,
+        })?;
+        self.msix_fds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         Ok(())
     }
 
@@ -705,9 +802,9 @@ impl PciFunction for VfioFunction {
         if ret != 0 {
             let e = io::Error::last_os_error();
             return Err(match e.raw_os_error() {
-                Some(libc::EINVAL) | Some(libc::ENOTTY) => {
-                    Error::ResetUnsupported { bdf: self.bdf.clone() }
-                }
+                Some(libc::EINVAL) | Some(libc::ENOTTY) => Error::ResetUnsupported {
+                    bdf: self.bdf.clone(),
+                },
                 _ => Error::os("VFIO_DEVICE_RESET", e),
             });
         }
@@ -769,13 +866,21 @@ pub fn vm_smoke_test(bdf: &str) -> Result<SmokeReport, Error> {
     let cap = bar.read64(0);
     let vs = bar.read32(8);
     if cap == u64::MAX || vs == u32::MAX {
-        return Err(Error::DeviceGone { bdf: f.bdf().to_string() });
+        return Err(Error::DeviceGone {
+            bdf: f.bdf().to_string(),
+        });
     }
-    let mem = f.dma_memory(MemoryOptions { region_bytes: 2 << 20, allow_fallback: true, ..Default::default() })?;
+    let mem = f.dma_memory(MemoryOptions {
+        region_bytes: 2 << 20,
+        allow_fallback: true,
+        ..Default::default()
+    })?;
     let buf = mem.alloc(4096, 4096)?;
     buf.write_u64(0, 0x1234_5678_9abc_def0);
     if buf.read_u64(0) != 0x1234_5678_9abc_def0 {
-        return Err(Error::InvalidArgument { what: "DMA buffer did not hold a written value".into() });
+        return Err(Error::InvalidArgument {
+            what: "DMA buffer did not hold a written value".into(),
+        });
     }
     let msix_vectors = f.msix_vectors();
     let msix_enabled = msix_vectors.min(2);

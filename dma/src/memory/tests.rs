@@ -1,6 +1,8 @@
 //! Memory tests. Every test that creates DMA memory holds `SERIAL`: the hugepage tests change
 //! the system's hugepage reservation, and the others must not eat the pages they reserve.
 
+// A list of one IOVA range is exactly what these tests mean.
+#![allow(clippy::single_range_in_vec_init)]
 use super::*;
 use std::sync::Mutex;
 
@@ -66,7 +68,11 @@ macro_rules! skip {
 }
 
 fn small_opts() -> MemoryOptions {
-    MemoryOptions { page: PageKind::Huge2M, region_bytes: 2 * MIB, allow_fallback: true }
+    MemoryOptions {
+        page: PageKind::Huge2M,
+        region_bytes: 2 * MIB,
+        allow_fallback: true,
+    }
 }
 
 fn mem_with(mapper: &Arc<RecordingMapper>, opts: MemoryOptions) -> DmaMemory {
@@ -100,7 +106,11 @@ fn one_map_per_region_growth_and_dedicated_regions() {
     assert_eq!(mapper.map_calls(), 1);
     // 2 MiB region: 500 x 4 KiB fit without another map.
     let bufs: Vec<_> = (0..500).map(|_| mem.alloc(4096, 4096).unwrap()).collect();
-    assert_eq!(mapper.map_calls(), 1, "allocations inside a region must not map again");
+    assert_eq!(
+        mapper.map_calls(),
+        1,
+        "allocations inside a region must not map again"
+    );
     // The rest of the region cannot hold 64 KiB: a new region is mapped.
     let more = mem.alloc(64 * 1024, 4096).unwrap();
     assert_eq!(mapper.map_calls(), 2);
@@ -126,7 +136,11 @@ fn one_map_per_region_growth_and_dedicated_regions() {
     drop(bufs);
     drop(more);
     drop(mem);
-    assert!(mapper.mappings().is_empty(), "every region unmapped: {:x?}", mapper.mappings());
+    assert!(
+        mapper.mappings().is_empty(),
+        "every region unmapped: {:x?}",
+        mapper.mappings()
+    );
     assert_eq!(mapper.unmap_calls(), 3);
 }
 
@@ -165,13 +179,34 @@ fn bad_arguments_are_errors() {
     let _g = serial();
     let mapper = Arc::new(RecordingMapper::new());
     let mem = mem_with(&mapper, small_opts());
-    assert!(matches!(mem.alloc(0, 4096), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(mem.alloc(64, 3), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(mem.alloc(64, 4 * MIB), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(mem.pool(0, 4, 64), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(mem.pool(64, 0, 64), Err(Error::InvalidArgument { .. })));
-    let zero = MemoryOptions { region_bytes: 0, ..small_opts() };
-    assert!(matches!(DmaMemory::new(mapper.clone(), zero), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        mem.alloc(0, 4096),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        mem.alloc(64, 3),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        mem.alloc(64, 4 * MIB),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        mem.pool(0, 4, 64),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        mem.pool(64, 0, 64),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let zero = MemoryOptions {
+        region_bytes: 0,
+        ..small_opts()
+    };
+    assert!(matches!(
+        DmaMemory::new(mapper.clone(), zero),
+        Err(Error::InvalidArgument { .. })
+    ));
     // Alignment below 4 is raised to 4.
     let b = mem.alloc(3, 1).unwrap();
     assert_eq!(b.iova() % 4, 0);
@@ -181,11 +216,21 @@ fn bad_arguments_are_errors() {
 fn iovas_stay_inside_the_mapper_ranges() {
     let _g = serial();
     // QEMU's ranges above the MSI hole only.
-    let mapper = Arc::new(RecordingMapper::with_ranges(vec![0xfef0_0000..0x80_0000_0000]));
+    let mapper = Arc::new(RecordingMapper::with_ranges(vec![
+        0xfef0_0000..0x80_0000_0000,
+    ]));
     let mem = mem_with(&mapper, small_opts());
     let b = mem.alloc(4096, 4096).unwrap();
-    assert!(b.iova() >= 0xfef0_0000 && b.iova() < 0x80_0000_0000, "{:#x}", b.iova());
-    assert_eq!(mapper.mappings()[0].0 % (2 * MIB as u64), 0, "regions are 2 MiB aligned");
+    assert!(
+        b.iova() >= 0xfef0_0000 && b.iova() < 0x80_0000_0000,
+        "{:#x}",
+        b.iova()
+    );
+    assert_eq!(
+        mapper.mappings()[0].0 % (2 * MIB as u64),
+        0,
+        "regions are 2 MiB aligned"
+    );
 }
 
 #[test]
@@ -208,7 +253,11 @@ fn copies_are_bounds_checked_and_follow_the_view() {
     let base = b.iova();
     assert!(matches!(
         b.copy_from_slice(4000, &[1u8; 97]),
-        Err(Error::OutOfBounds { offset: 4000, len: 97, size: 4096 })
+        Err(Error::OutOfBounds {
+            offset: 4000,
+            len: 97,
+            size: 4096
+        })
     ));
     let mut out = [0u8; 16];
     assert!(b.copy_to_slice(4090, &mut out).is_err());
@@ -225,7 +274,10 @@ fn copies_are_bounds_checked_and_follow_the_view() {
     assert_eq!(b.capacity(), 4096);
     b.copy_from_slice(0, b"hello").unwrap();
     assert!(b.copy_from_slice(1020, b"hello").is_err());
-    assert!(matches!(b.set_view(4000, 97), Err(Error::OutOfBounds { .. })));
+    assert!(matches!(
+        b.set_view(4000, 97),
+        Err(Error::OutOfBounds { .. })
+    ));
     assert!(b.set_view(usize::MAX, 2).is_err());
     assert_eq!(b.len(), 1024, "a refused set_view leaves the view alone");
     b.set_view(4096, 0).unwrap();
@@ -253,7 +305,8 @@ fn slot_accessors_are_little_endian_and_in_order() {
     for (i, chunk) in raw.chunks_exact(8).enumerate() {
         assert_eq!(u64::from_le_bytes(chunk.try_into().unwrap()), q[i]);
     }
-    b.copy_from_slice(128, &[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0x80]).unwrap();
+    b.copy_from_slice(128, &[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0x80])
+        .unwrap();
     assert_eq!(b.read_dwords(128), [1, 2, 3, 0x8000_0004]);
     assert_eq!(b.read_u64(64), q[0]);
     b.write_u32(4092, 0xfeed);
@@ -297,7 +350,10 @@ fn pool_blocks_are_aligned_distinct_and_come_back() {
     let mapper = Arc::new(RecordingMapper::new());
     let mem = mem_with(&mapper, small_opts());
     let pool = mem.pool(100, 8, 128).unwrap();
-    assert_eq!((pool.block_size(), pool.capacity(), pool.available()), (100, 8, 8));
+    assert_eq!(
+        (pool.block_size(), pool.capacity(), pool.available()),
+        (100, 8, 8)
+    );
     let blocks: Vec<_> = (0..8).map(|_| pool.alloc().unwrap()).collect();
     assert!(pool.alloc().is_none(), "pool of 8 gave a 9th block");
     assert_eq!(pool.available(), 0);
@@ -306,7 +362,10 @@ fn pool_blocks_are_aligned_distinct_and_come_back() {
     iovas.sort_unstable();
     iovas.dedup();
     assert_eq!(iovas.len(), 8);
-    assert!(iovas.windows(2).all(|w| w[1] - w[0] >= 128), "blocks overlap");
+    assert!(
+        iovas.windows(2).all(|w| w[1] - w[0] >= 128),
+        "blocks overlap"
+    );
     for b in &blocks {
         assert_eq!(b.len(), 100);
         let mut z = [1u8; 100];
@@ -369,7 +428,12 @@ fn pool_under_concurrent_alloc_free_loses_nothing() {
                     std::thread::yield_now();
                     for (i, b) in held.iter().enumerate() {
                         // Another thread holding the same block would have overwritten this.
-                        assert_eq!(b.read_u64(0), tag(i), "block {:#x} handed out twice", b.iova());
+                        assert_eq!(
+                            b.read_u64(0),
+                            tag(i),
+                            "block {:#x} handed out twice",
+                            b.iova()
+                        );
                         assert_eq!(b.read_u64(504), !tag(i));
                     }
                     got += held.len();
@@ -378,10 +442,15 @@ fn pool_under_concurrent_alloc_free_loses_nothing() {
             })
         })
         .collect();
-    let total: usize = handles.into_iter().map(|h| h.join().expect("worker panicked")).sum();
+    let total: usize = handles
+        .into_iter()
+        .map(|h| h.join().expect("worker panicked"))
+        .sum();
     assert!(total > 0);
     assert_eq!(pool.available(), BLOCKS, "blocks lost under concurrency");
-    let all: Vec<_> = (0..BLOCKS).map(|_| pool.alloc().expect("every block back")).collect();
+    let all: Vec<_> = (0..BLOCKS)
+        .map(|_| pool.alloc().expect("every block back"))
+        .collect();
     let mut iovas: Vec<u64> = all.iter().map(|b| b.iova()).collect();
     iovas.sort_unstable();
     iovas.dedup();
@@ -395,13 +464,22 @@ fn recording_mapper_refuses_overlap_double_unmap_and_out_of_range() {
     // SAFETY: RecordingMapper never dereferences `host`; it only records it.
     unsafe {
         m.map(1 << 20, host, 1 << 20).unwrap();
-        assert!(m.map((1 << 20) + 4096, host, 4096).is_err(), "overlap accepted");
-        assert!(m.map(0, host, (1 << 20) + 1).is_err(), "overlap from below accepted");
+        assert!(
+            m.map((1 << 20) + 4096, host, 4096).is_err(),
+            "overlap accepted"
+        );
+        assert!(
+            m.map(0, host, (1 << 20) + 1).is_err(),
+            "overlap from below accepted"
+        );
         assert!(m.map(1 << 30, host, 4096).is_err(), "out of range accepted");
     }
     assert!(m.unmap(1 << 20, 4096).is_err(), "partial unmap accepted");
     m.unmap(1 << 20, 1 << 20).unwrap();
-    assert!(matches!(m.unmap(1 << 20, 1 << 20), Err(Error::Mapping { op: "unmap", .. })));
+    assert!(matches!(
+        m.unmap(1 << 20, 1 << 20),
+        Err(Error::Mapping { op: "unmap", .. })
+    ));
 }
 
 // ---- hugepages, for real ----
@@ -415,10 +493,18 @@ fn hugepages_back_regions_and_are_given_back() {
     };
     let before = PageKind::Huge2M.free_pages().unwrap();
     let mapper = Arc::new(RecordingMapper::new());
-    let opts = MemoryOptions { page: PageKind::Huge2M, region_bytes: 4 * MIB, allow_fallback: false };
+    let opts = MemoryOptions {
+        page: PageKind::Huge2M,
+        region_bytes: 4 * MIB,
+        allow_fallback: false,
+    };
     let mem = DmaMemory::new(mapper.clone(), opts).expect("hugepage region");
     assert!(!mem.is_fallback());
-    assert_eq!(PageKind::Huge2M.free_pages().unwrap(), before - 2, "region is two hugepages");
+    assert_eq!(
+        PageKind::Huge2M.free_pages().unwrap(),
+        before - 2,
+        "region is two hugepages"
+    );
     let b = mem.alloc(MIB, 4096).unwrap();
     assert!(b.is_huge());
     let data: Vec<u8> = (0..MIB).map(|i| (i * 31 % 251) as u8).collect();
@@ -428,11 +514,18 @@ fn hugepages_back_regions_and_are_given_back() {
     assert_eq!(back, data);
     // The mapping is 2 MiB aligned both in IOVA and host space (one IOMMU large page).
     let (iova, host, len) = mapper.mappings()[0];
-    assert_eq!((iova % (2 * MIB as u64), host % (2 * MIB), len), (0, 0, 4 * MIB));
+    assert_eq!(
+        (iova % (2 * MIB as u64), host % (2 * MIB), len),
+        (0, 0, 4 * MIB)
+    );
     drop(b);
     drop(mem);
     assert!(mapper.mappings().is_empty());
-    assert_eq!(PageKind::Huge2M.free_pages().unwrap(), before, "hugepages given back");
+    assert_eq!(
+        PageKind::Huge2M.free_pages().unwrap(),
+        before,
+        "hugepages given back"
+    );
     drop(res);
 }
 
@@ -453,7 +546,13 @@ fn no_free_hugepages_is_a_clear_error_or_a_flagged_fallback() {
     };
     let err = DmaMemory::new(mapper.clone(), opts).unwrap_err();
     match &err {
-        Error::NoHugepages { page, needed, free: f, suggest, .. } => {
+        Error::NoHugepages {
+            page,
+            needed,
+            free: f,
+            suggest,
+            ..
+        } => {
             assert_eq!(*page, PageKind::Huge2M);
             assert_eq!(*needed, pages);
             assert_eq!(*f, free);
@@ -463,12 +562,21 @@ fn no_free_hugepages_is_a_clear_error_or_a_flagged_fallback() {
     }
     let msg = err.to_string();
     assert!(msg.contains(&format!("need {pages}")), "{msg}");
-    assert!(msg.contains("echo ") && msg.contains("> /proc/sys/vm/nr_hugepages"), "{msg}");
+    assert!(
+        msg.contains("echo ") && msg.contains("> /proc/sys/vm/nr_hugepages"),
+        "{msg}"
+    );
     assert!(msg.contains("nvme-dio setup --hugepages"), "{msg}");
     assert!(mapper.mappings().is_empty());
 
-    let mem = DmaMemory::new(mapper.clone(), MemoryOptions { allow_fallback: true, ..opts })
-        .expect("fallback to ordinary pages");
+    let mem = DmaMemory::new(
+        mapper.clone(),
+        MemoryOptions {
+            allow_fallback: true,
+            ..opts
+        },
+    )
+    .expect("fallback to ordinary pages");
     assert!(mem.is_fallback(), "fallback must be reported");
     let b = mem.alloc(4096, 4096).unwrap();
     assert!(!b.is_huge());
@@ -487,7 +595,11 @@ fn one_gib_pages_when_they_can_be_reserved() {
         Err(why) => skip!("1 GiB hugepage test: {why}"),
     };
     let mapper = Arc::new(RecordingMapper::new());
-    let opts = MemoryOptions { page: PageKind::Huge1G, region_bytes: 1, allow_fallback: false };
+    let opts = MemoryOptions {
+        page: PageKind::Huge1G,
+        region_bytes: 1,
+        allow_fallback: false,
+    };
     let mem = DmaMemory::new(mapper.clone(), opts).expect("1 GiB region");
     assert!(!mem.is_fallback());
     let (iova, host, len) = mapper.mappings()[0];
@@ -520,5 +632,9 @@ fn reservation_guard_restores_on_failure() {
         panic!("test body fails while pages are reserved");
     });
     let _ = r;
-    assert_eq!(read_u64(path), Some(before), "reservation not given back after a panic");
+    assert_eq!(
+        read_u64(path),
+        Some(before),
+        "reservation not given back after a panic"
+    );
 }
