@@ -1,0 +1,886 @@
+//! The controller state machine: registers (NVMe Base 2.0, 3.1.4), queues, completion
+//! posting, interrupts, held (delayed/dropped/AER) commands and fault application.
+//!
+//! Everything here runs under the one lock of [`crate::function::Shared`]: a doorbell write
+//! takes it once and processes every new entry of that queue.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nvme_dio_queue::regs::{Cc, shn, shst};
+use nvme_dio_queue::status::sct;
+use nvme_dio_queue::{Sqe, Status};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::{Backing, EmuConfig};
+use crate::fault::{Action, Faults};
+use crate::mem::Table;
+
+/// Counters, read with [`crate::EmuFunction::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmuStats {
+    /// Admin commands processed (any opcode).
+    pub admin: u64,
+    /// Read commands processed (including failed ones).
+    pub reads: u64,
+    /// Write commands processed.
+    pub writes: u64,
+    /// Flush commands processed.
+    pub flushes: u64,
+    /// Write Zeroes commands processed.
+    pub write_zeroes: u64,
+    /// Dataset Management commands processed.
+    pub dsm: u64,
+    /// Other I/O opcodes (all failed with Invalid Command Opcode).
+    pub other_io: u64,
+    /// I/O commands completed with an error status.
+    pub io_errors: u64,
+    /// Completion queue entries written to host memory (including injected extra ones).
+    pub completions: u64,
+    /// Completions that found their CQ full and were held until the head doorbell moved.
+    pub cq_full_holds: u64,
+    /// Injected faults that fired.
+    pub faults_fired: u64,
+    /// Undefined-behaviour events recorded (see [`crate::EmuFunction::ub_events`]).
+    pub ub_events: u64,
+    /// MSI-X eventfd signals.
+    pub interrupts: u64,
+}
+
+/// An I/O or admin submission queue.
+#[derive(Debug)]
+pub(crate) struct Sq {
+    pub(crate) base: u64,
+    pub(crate) size: u32,
+    pub(crate) head: u32,
+    pub(crate) tail: u32,
+    pub(crate) cqid: u16,
+    pub(crate) hint: usize,
+}
+
+/// A completion the CQ had no room for (or an extra injected one waiting its turn).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pending {
+    pub(crate) sqid: u16,
+    pub(crate) cid: u16,
+    pub(crate) result: u32,
+    pub(crate) status: Status,
+}
+
+/// A completion queue.
+#[derive(Debug)]
+pub(crate) struct Cq {
+    pub(crate) base: u64,
+    pub(crate) size: u32,
+    pub(crate) head: u32,
+    pub(crate) tail: u32,
+    pub(crate) phase: bool,
+    pub(crate) ien: bool,
+    pub(crate) iv: u16,
+    pub(crate) hint: usize,
+    pub(crate) irq_pending: bool,
+    /// Completions waiting for room, oldest first.
+    pub(crate) pending: VecDeque<Pending>,
+    /// Submission queues posting here (a CQ with SQs cannot be deleted).
+    pub(crate) sqs: u16,
+}
+
+/// A command whose completion is held: dropped, delayed, or an Async Event Request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Held {
+    pub(crate) sqid: u16,
+    pub(crate) cid: u16,
+    pub(crate) result: u32,
+    pub(crate) status: Status,
+    /// Post once this instant has passed; `None` = never (dropped or AER).
+    pub(crate) deadline: Option<Instant>,
+    /// An Async Event Request (counts against AERL).
+    pub(crate) aer: bool,
+}
+
+/// A namespace and its store.
+#[derive(Debug)]
+pub(crate) struct Namespace {
+    pub(crate) blocks: u64,
+    pub(crate) lba_shift: u32,
+    pub(crate) ms: u16,
+    pub(crate) ram: bool,
+    pub(crate) noiob: u16,
+    pub(crate) data: Vec<u8>,
+    pub(crate) meta: Vec<u8>,
+}
+
+/// Result of executing one command.
+pub(crate) enum Outcome {
+    /// Post a completion with this result and status.
+    Done(u32, Status),
+    /// Hold it (Async Event Request); never posted unless aborted.
+    Hold,
+}
+
+/// Shadow doorbell and EventIdx buffers (Doorbell Buffer Config, Base 2.0, 5.8).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dbbuf {
+    pub(crate) shadow: u64,
+    pub(crate) eventidx: u64,
+    pub(crate) hint: usize,
+}
+
+/// Status helpers.
+pub(crate) fn st(sct_: u8, sc_: u8) -> Status {
+    Status::new(sct_, sc_).with_dnr()
+}
+pub(crate) const fn generic(sc_: u8) -> Status {
+    Status::new(sct::GENERIC, sc_).with_dnr()
+}
+
+/// The whole controller.
+#[derive(Debug)]
+pub(crate) struct State {
+    // Hot: touched for every command.
+    pub(crate) table: Table,
+    pub(crate) sqs: Vec<Option<Sq>>,
+    pub(crate) cqs: Vec<Option<Cq>>,
+    pub(crate) ns: Vec<Namespace>,
+    pub(crate) faults: Faults,
+    pub(crate) page: u64,
+    pub(crate) mdts_bytes: u64,
+    pub(crate) data_hint: usize,
+    pub(crate) list_hint: usize,
+    pub(crate) stats: EmuStats,
+    pub(crate) irq_list: Vec<u16>,
+    /// CSTS.RDY as the host currently sees it.
+    pub(crate) rdy: bool,
+    pub(crate) cfs: bool,
+    /// CC.EN was accepted (queues exist).
+    pub(crate) enabled: bool,
+    pub(crate) delayed: usize,
+    pub(crate) dbbuf: Option<Dbbuf>,
+
+    // Cold: registers and configuration.
+    pub(crate) cfg: EmuConfig,
+    pub(crate) cc: u32,
+    pub(crate) shst: u8,
+    pub(crate) aqa: u32,
+    pub(crate) asq: u64,
+    pub(crate) acq: u64,
+    pub(crate) intms: u32,
+    rdy_target: bool,
+    rdy_at: Instant,
+    pub(crate) held: Vec<Held>,
+    pub(crate) msix: Vec<Arc<EventFd>>,
+    pub(crate) ub: Vec<String>,
+    /// Granted (SQs, CQs) from Set Features Number of Queues.
+    pub(crate) nq: (u16, u16),
+    pub(crate) int_coalescing: u32,
+    pub(crate) vwc_enabled: bool,
+    pub(crate) aers: u32,
+    pub(crate) power_on: Instant,
+    pub(crate) bytes_read: u64,
+    pub(crate) bytes_written: u64,
+}
+
+/// Async Event Request Limit (zero-based, Identify Controller AERL): 4 outstanding.
+pub(crate) const AERL: u32 = 3;
+
+impl State {
+    pub(crate) fn new(cfg: EmuConfig) -> State {
+        let nq = cfg.max_ioqpairs as usize + 1;
+        let ns = cfg
+            .namespaces
+            .iter()
+            .map(|n| {
+                let ram = n.backing == Backing::Ram;
+                Namespace {
+                    blocks: n.blocks,
+                    lba_shift: n.lba_size.trailing_zeros(),
+                    ms: n.metadata_size,
+                    ram,
+                    noiob: n.noiob,
+                    data: if ram {
+                        vec![0; (n.blocks * n.lba_size as u64) as usize]
+                    } else {
+                        Vec::new()
+                    },
+                    meta: if ram {
+                        vec![0; (n.blocks * n.metadata_size as u64) as usize]
+                    } else {
+                        Vec::new()
+                    },
+                }
+            })
+            .collect();
+        State {
+            table: Table::default(),
+            sqs: (0..nq).map(|_| None).collect(),
+            cqs: (0..nq).map(|_| None).collect(),
+            ns,
+            faults: Faults::default(),
+            page: 4096 << cfg.mpsmin,
+            mdts_bytes: if cfg.mdts == 0 {
+                0
+            } else {
+                (4096u64 << cfg.mpsmin) << cfg.mdts
+            },
+            data_hint: 0,
+            list_hint: 0,
+            stats: EmuStats::default(),
+            irq_list: Vec::with_capacity(nq),
+            rdy: false,
+            cfs: false,
+            enabled: false,
+            delayed: 0,
+            dbbuf: None,
+            cc: 0,
+            shst: 0,
+            aqa: 0,
+            asq: 0,
+            acq: 0,
+            intms: 0,
+            rdy_target: false,
+            rdy_at: Instant::now(),
+            held: Vec::new(),
+            msix: Vec::new(),
+            ub: Vec::new(),
+            nq: (cfg.max_ioqpairs, cfg.max_ioqpairs),
+            int_coalescing: 0,
+            vwc_enabled: cfg.vwc,
+            aers: 0,
+            power_on: Instant::now(),
+            bytes_read: 0,
+            bytes_written: 0,
+            cfg,
+        }
+    }
+
+    /// Records an undefined-behaviour event (the host did something a real controller may
+    /// ignore or misbehave on). QEMU traces these as `pci_nvme_ub_*`.
+    #[cold]
+    pub(crate) fn ub(&mut self, what: String) {
+        self.stats.ub_events += 1;
+        self.ub.push(what);
+    }
+
+    /// Enters the fatal state (CSTS.CFS), as a controller does on an internal error.
+    #[cold]
+    pub(crate) fn fatal(&mut self, why: String) {
+        self.cfs = true;
+        self.ub(format!("controller fatal: {why}"));
+    }
+
+    // ---------------------------------------------------------------- registers
+
+    /// Brings CSTS.RDY up to date with CC.EN after the ready delay.
+    pub(crate) fn update_ready(&mut self) {
+        if self.rdy != self.rdy_target && Instant::now() >= self.rdy_at {
+            self.rdy = self.rdy_target;
+        }
+    }
+
+    pub(crate) fn csts(&mut self) -> u32 {
+        self.update_ready();
+        self.rdy as u32 | (self.cfs as u32) << 1 | (self.shst as u32 & 3) << 2
+    }
+
+    fn set_rdy_target(&mut self, target: bool) {
+        self.rdy_target = target;
+        self.rdy_at = Instant::now() + self.cfg.ready_delay;
+        if self.cfg.ready_delay == Duration::ZERO {
+            self.rdy = target;
+        }
+    }
+
+    pub(crate) fn write_cc(&mut self, v: u32) {
+        let old = Cc(self.cc);
+        let new = Cc(v);
+        self.update_ready();
+        if !old.en() && new.en() {
+            if self.rdy {
+                self.ub(format!(
+                    "CC.EN set to 1 (CC={v:#010x}) while CSTS.RDY is still 1: wait for RDY=0 after clearing EN"
+                ));
+            }
+            self.cc = v;
+            match self.start() {
+                Ok(()) => {
+                    self.cfs = false;
+                    self.enabled = true;
+                    self.set_rdy_target(true);
+                }
+                Err(why) => {
+                    // QEMU: nvme_start_ctrl failed -> CSTS = CFS.
+                    self.cfs = true;
+                    self.ub.push(format!("controller enable failed (CSTS.CFS set): {why}"));
+                    self.stats.ub_events += 1;
+                }
+            }
+        } else if old.en() && !new.en() {
+            self.cc = v;
+            self.reset_ctrl();
+            self.set_rdy_target(false);
+        } else {
+            let fixed = !(1u32 | 0x3 << 14);
+            if old.en() && (old.0 ^ v) & fixed != 0 {
+                self.ub(format!(
+                    "CC changed from {:#010x} to {v:#010x} while enabled (only SHN may change)",
+                    old.0
+                ));
+            }
+            self.cc = v;
+        }
+        match new.shn() {
+            shn::NORMAL | shn::ABRUPT => self.shst = shst::COMPLETE,
+            _ => {
+                if old.shn() != shn::NONE {
+                    self.shst = shst::NORMAL;
+                }
+            }
+        }
+    }
+
+    /// CC.EN 0 -> 1: validate like QEMU's `nvme_start_ctrl` (and a little more) and create
+    /// the admin queues.
+    fn start(&mut self) -> Result<(), String> {
+        let cc = Cc(self.cc);
+        let mps = (self.cc >> 7) & 0xf;
+        if mps < self.cfg.mpsmin as u32 || mps > self.cfg.mpsmax as u32 {
+            return Err(format!(
+                "CC.MPS {mps} outside CAP.MPSMIN..=MPSMAX {}..={}",
+                self.cfg.mpsmin, self.cfg.mpsmax
+            ));
+        }
+        let page = 4096u64 << mps;
+        if cc.iosqes() != 6 || cc.iocqes() != 4 {
+            return Err(format!(
+                "CC.IOSQES {} / IOCQES {} must be 6 / 4",
+                cc.iosqes(),
+                cc.iocqes()
+            ));
+        }
+        if !matches!(cc.css(), 0 | 6 | 7) {
+            return Err(format!("CC.CSS {} not supported", cc.css()));
+        }
+        if cc.ams() != 0 {
+            return Err(format!("CC.AMS {} not supported (CAP.AMS = 0)", cc.ams()));
+        }
+        let asqs = self.aqa & 0xfff;
+        let acqs = (self.aqa >> 16) & 0xfff;
+        if asqs == 0 || acqs == 0 {
+            return Err(format!("AQA {:#010x}: admin queue size of 1", self.aqa));
+        }
+        if self.asq & (page - 1) != 0 || self.acq & (page - 1) != 0 {
+            return Err(format!(
+                "ASQ {:#x} / ACQ {:#x} not aligned to the {page}-byte page",
+                self.asq, self.acq
+            ));
+        }
+        if self.asq == 0 || self.acq == 0 {
+            return Err("ASQ or ACQ is 0".to_string());
+        }
+        self.page = page;
+        self.mdts_bytes = if self.cfg.mdts == 0 {
+            0
+        } else {
+            (4096u64 << self.cfg.mpsmin) << self.cfg.mdts
+        };
+        self.sqs[0] = Some(Sq {
+            base: self.asq,
+            size: asqs + 1,
+            head: 0,
+            tail: 0,
+            cqid: 0,
+            hint: 0,
+        });
+        self.cqs[0] = Some(Cq {
+            base: self.acq,
+            size: acqs + 1,
+            head: 0,
+            tail: 0,
+            phase: true,
+            ien: true,
+            iv: 0,
+            hint: 0,
+            irq_pending: false,
+            pending: VecDeque::new(),
+            sqs: 1,
+        });
+        Ok(())
+    }
+
+    /// Controller reset (CC.EN 1 -> 0): queues, held commands and features are gone.
+    pub(crate) fn reset_ctrl(&mut self) {
+        for q in &mut self.sqs {
+            *q = None;
+        }
+        for q in &mut self.cqs {
+            *q = None;
+        }
+        self.held.clear();
+        self.delayed = 0;
+        self.aers = 0;
+        self.dbbuf = None;
+        self.nq = (self.cfg.max_ioqpairs, self.cfg.max_ioqpairs);
+        self.int_coalescing = 0;
+        self.vwc_enabled = self.cfg.vwc;
+        self.enabled = false;
+        self.irq_list.clear();
+        self.shst = shst::NORMAL;
+    }
+
+    /// Function-level reset: everything back to power-on, MSI-X off.
+    pub(crate) fn flr(&mut self) {
+        self.reset_ctrl();
+        self.cc = 0;
+        self.aqa = 0;
+        self.asq = 0;
+        self.acq = 0;
+        self.intms = 0;
+        self.cfs = false;
+        self.rdy = false;
+        self.rdy_target = false;
+        self.msix.clear();
+    }
+
+    // ---------------------------------------------------------------- doorbells
+
+    /// A doorbell write: `idx` is (offset - 0x1000) / stride: `2 * qid` for an SQ tail,
+    /// `2 * qid + 1` for a CQ head.
+    pub(crate) fn doorbell(&mut self, idx: usize, value: u32) {
+        if self.delayed > 0 {
+            self.poll_delayed();
+        }
+        if !self.rdy {
+            self.update_ready();
+        }
+        if !self.enabled || !self.rdy {
+            self.ub(format!(
+                "doorbell {idx} written with {value} while CSTS.RDY=0 (CC.EN={}): wait for RDY=1",
+                self.cc & 1
+            ));
+            return;
+        }
+        if self.cfs {
+            return; // a failed controller processes nothing; not the host's fault
+        }
+        let qid = idx / 2;
+        if idx % 2 == 0 {
+            self.sq_tail(qid, value);
+        } else {
+            self.cq_head(qid, value);
+        }
+        if !self.irq_list.is_empty() {
+            self.flush_irqs();
+        }
+    }
+
+    pub(crate) fn sq_tail(&mut self, qid: usize, value: u32) {
+        let Some(Some(sq)) = self.sqs.get_mut(qid) else {
+            self.ub(format!("SQ {qid} tail doorbell written ({value}) but no such queue"));
+            return;
+        };
+        if value >= sq.size {
+            let size = sq.size;
+            self.ub(format!(
+                "SQ {qid} tail doorbell {value} >= queue size {size}: ignored"
+            ));
+            return;
+        }
+        sq.tail = value;
+        self.process_sq(qid);
+    }
+
+    pub(crate) fn cq_head(&mut self, qid: usize, value: u32) {
+        let Some(Some(cq)) = self.cqs.get_mut(qid) else {
+            self.ub(format!("CQ {qid} head doorbell written ({value}) but no such queue"));
+            return;
+        };
+        if value >= cq.size {
+            let size = cq.size;
+            self.ub(format!(
+                "CQ {qid} head doorbell {value} >= queue size {size}: ignored"
+            ));
+            return;
+        }
+        // The new head may only consume entries the controller has posted.
+        let used = (cq.tail + cq.size - cq.head) % cq.size;
+        let advance = (value + cq.size - cq.head) % cq.size;
+        if advance > used {
+            let (h, t) = (cq.head, cq.tail);
+            self.ub(format!(
+                "CQ {qid} head doorbell {value} passes the posted entries (head {h}, tail {t}): ignored"
+            ));
+            return;
+        }
+        cq.head = value;
+        if !cq.pending.is_empty() {
+            self.drain_pending(qid);
+        }
+        if let Some(db) = self.dbbuf {
+            if qid != 0 {
+                let off = self.db_offset(2 * qid + 1);
+                let mut h = db.hint;
+                self.table.write_u32(db.eventidx + off, value, &mut h);
+            }
+        }
+    }
+
+    pub(crate) fn db_offset(&self, idx: usize) -> u64 {
+        (idx as u64) * (4u64 << self.cfg.dstrd)
+    }
+
+    /// Fetches and executes every entry between head and tail of SQ `qid`.
+    pub(crate) fn process_sq(&mut self, qid: usize) {
+        loop {
+            if self.cfs {
+                return;
+            }
+            let Some(Some(sq)) = self.sqs.get_mut(qid) else {
+                return;
+            };
+            if sq.head == sq.tail {
+                break;
+            }
+            let iova = sq.base + sq.head as u64 * 64;
+            let Some(q) = self.table.read_sqe(iova, &mut sq.hint) else {
+                let head = sq.head;
+                self.fatal(format!(
+                    "SQ {qid} entry {head} at IOVA {iova:#x} is not mapped"
+                ));
+                return;
+            };
+            sq.head = if sq.head + 1 == sq.size { 0 } else { sq.head + 1 };
+            let cqid = sq.cqid;
+            let sqe = Sqe::from_qwords(q);
+            self.execute(qid as u16, cqid, &sqe);
+        }
+        if let Some(db) = self.dbbuf {
+            if qid != 0 {
+                if let Some(Some(sq)) = self.sqs.get(qid) {
+                    let tail = sq.tail;
+                    let off = self.db_offset(2 * qid);
+                    let mut h = db.hint;
+                    self.table.write_u32(db.eventidx + off, tail, &mut h);
+                }
+            }
+        }
+    }
+
+    /// Thread mode with shadow doorbells: picks up tails and heads the host wrote only to
+    /// the shadow buffer.
+    pub(crate) fn poll_shadow(&mut self) {
+        let Some(db) = self.dbbuf else {
+            return;
+        };
+        for qid in 1..self.sqs.len() {
+            let mut h = db.hint;
+            if let Some(sq) = &self.sqs[qid] {
+                let off = self.db_offset(2 * qid);
+                if let Some(v) = self.table.read_u32(db.shadow + off, &mut h) {
+                    if v != sq.tail {
+                        self.sq_tail(qid, v);
+                    }
+                }
+            }
+            if let Some(cq) = &self.cqs[qid] {
+                let off = self.db_offset(2 * qid + 1);
+                if let Some(v) = self.table.read_u32(db.shadow + off, &mut h) {
+                    if v != cq.head {
+                        self.cq_head(qid, v);
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_cmd(&mut self, admin: bool, opc: u8) {
+        use nvme_dio_queue::opcode::nvm;
+        let s = &mut self.stats;
+        if admin {
+            s.admin += 1;
+            return;
+        }
+        match opc {
+            nvm::READ => s.reads += 1,
+            nvm::WRITE => s.writes += 1,
+            nvm::FLUSH => s.flushes += 1,
+            nvm::WRITE_ZEROES => s.write_zeroes += 1,
+            nvm::DATASET_MANAGEMENT => s.dsm += 1,
+            _ => s.other_io += 1,
+        }
+    }
+
+    /// Executes one command and delivers its completion, applying an armed fault.
+    fn execute(&mut self, sqid: u16, cqid: u16, sqe: &Sqe) {
+        let admin = sqid == 0;
+        self.count_cmd(admin, sqe.opc);
+        let action = if self.faults.armed.is_empty() {
+            None
+        } else {
+            self.faults.take(admin, sqe.opc)
+        };
+        if let Some(Action::Status(status)) = action {
+            self.stats.faults_fired += 1;
+            if !admin && !status.is_success() {
+                self.stats.io_errors += 1;
+            }
+            self.post(cqid, sqid, sqe.cid, 0, status.with_phase(false));
+            return;
+        }
+        let out = if admin {
+            self.admin(sqe)
+        } else {
+            self.io(sqe)
+        };
+        let (result, status) = match out {
+            Outcome::Done(r, s) => (r, s),
+            Outcome::Hold => {
+                self.held.push(Held {
+                    sqid,
+                    cid: sqe.cid,
+                    result: 0,
+                    status: Status::SUCCESS,
+                    deadline: None,
+                    aer: true,
+                });
+                return;
+            }
+        };
+        if !admin && !status.is_success() {
+            self.stats.io_errors += 1;
+        }
+        let Some(action) = action else {
+            self.post(cqid, sqid, sqe.cid, result, status);
+            return;
+        };
+        self.stats.faults_fired += 1;
+        match action {
+            Action::Status(_) => unreachable!("handled above"),
+            Action::Drop | Action::Delay(_) => {
+                let deadline = match action {
+                    Action::Delay(d) => {
+                        self.delayed += 1;
+                        Some(Instant::now() + d)
+                    }
+                    _ => None,
+                };
+                self.held.push(Held {
+                    sqid,
+                    cid: sqe.cid,
+                    result,
+                    status,
+                    deadline,
+                    aer: false,
+                });
+            }
+            Action::DuplicateCqe => {
+                self.post(cqid, sqid, sqe.cid, result, status);
+                self.post(cqid, sqid, sqe.cid, result, status);
+            }
+            Action::StaleCqe => {
+                self.post(cqid, sqid, sqe.cid, result, status);
+                let stale = [0x8000u16, 0x4000, 0x2000, 0x1000, 0x0800, 0x0001]
+                    .iter()
+                    .map(|m| sqe.cid ^ m)
+                    .find(|&c| !self.cid_outstanding(sqid, c))
+                    .unwrap_or(sqe.cid);
+                self.post(cqid, sqid, stale, 0, Status::SUCCESS);
+            }
+        }
+    }
+
+    /// True if `cid` is held, or sits in SQ `sqid` between head and tail (not fetched yet).
+    fn cid_outstanding(&mut self, sqid: u16, cid: u16) -> bool {
+        if self.held.iter().any(|h| h.sqid == sqid && h.cid == cid) {
+            return true;
+        }
+        let Some(Some(sq)) = self.sqs.get_mut(sqid as usize) else {
+            return false;
+        };
+        let mut i = sq.head;
+        while i != sq.tail {
+            if let Some(q) = self.table.read_sqe(sq.base + i as u64 * 64, &mut sq.hint) {
+                if (q[0] >> 16) as u16 == cid {
+                    return true;
+                }
+            }
+            i = (i + 1) % sq.size;
+        }
+        false
+    }
+
+    // ---------------------------------------------------------------- completions
+
+    /// Posts a completion to CQ `cqid`, or holds it if the CQ is full (a controller never
+    /// overruns the host's CQ).
+    pub(crate) fn post(&mut self, cqid: u16, sqid: u16, cid: u16, result: u32, status: Status) {
+        let Some(Some(cq)) = self.cqs.get_mut(cqid as usize) else {
+            return;
+        };
+        let p = Pending {
+            sqid,
+            cid,
+            result,
+            status,
+        };
+        let next = if cq.tail + 1 == cq.size { 0 } else { cq.tail + 1 };
+        if next == cq.head || !cq.pending.is_empty() {
+            cq.pending.push_back(p);
+            self.stats.cq_full_holds += 1;
+            return;
+        }
+        self.write_cqe(cqid as usize, p);
+    }
+
+    /// Writes `p` into the next slot of CQ `cqid` (which has room).
+    fn write_cqe(&mut self, cqid: usize, p: Pending) {
+        let sqhd = match self.sqs.get(p.sqid as usize) {
+            Some(Some(sq)) => sq.head,
+            _ => 0,
+        };
+        let Some(Some(cq)) = self.cqs.get_mut(cqid) else {
+            return;
+        };
+        let d = [
+            p.result,
+            0,
+            sqhd & 0xffff | (p.sqid as u32) << 16,
+            p.cid as u32 | (p.status.with_phase(cq.phase).raw() as u32) << 16,
+        ];
+        let iova = cq.base + cq.tail as u64 * 16;
+        if !self.table.write_cqe(iova, d, &mut cq.hint) {
+            let tail = cq.tail;
+            self.fatal(format!(
+                "CQ {cqid} entry {tail} at IOVA {iova:#x} is not mapped (or not 4-byte aligned in host memory)"
+            ));
+            return;
+        }
+        cq.tail += 1;
+        if cq.tail == cq.size {
+            cq.tail = 0;
+            cq.phase = !cq.phase;
+        }
+        if cq.ien && !cq.irq_pending {
+            cq.irq_pending = true;
+            self.irq_list.push(cqid as u16);
+        }
+        self.stats.completions += 1;
+    }
+
+    /// Posts held-for-room completions of CQ `cqid` while it has room.
+    fn drain_pending(&mut self, cqid: usize) {
+        loop {
+            let Some(Some(cq)) = self.cqs.get_mut(cqid) else {
+                return;
+            };
+            let next = if cq.tail + 1 == cq.size { 0 } else { cq.tail + 1 };
+            if next == cq.head {
+                return;
+            }
+            let Some(p) = cq.pending.pop_front() else {
+                return;
+            };
+            self.write_cqe(cqid, p);
+            if self.cfs {
+                return;
+            }
+        }
+    }
+
+    /// Signals the MSI-X vectors of CQs that got entries.
+    pub(crate) fn flush_irqs(&mut self) {
+        let mut list = std::mem::take(&mut self.irq_list);
+        for &cqid in &list {
+            if let Some(Some(cq)) = self.cqs.get_mut(cqid as usize) {
+                cq.irq_pending = false;
+                if let Some(fd) = self.msix.get(cq.iv as usize) {
+                    // An eventfd write only fails on counter overflow (never, with +1s).
+                    let _ = fd.write(1);
+                    self.stats.interrupts += 1;
+                }
+            }
+        }
+        list.clear();
+        self.irq_list = list;
+    }
+
+    /// Posts delayed completions whose time has come.
+    pub(crate) fn poll_delayed(&mut self) {
+        if self.delayed == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.held.len() {
+            let h = self.held[i];
+            if h.deadline.is_some_and(|d| d <= now) {
+                self.held.remove(i);
+                self.delayed -= 1;
+                let cqid = match self.sqs.get(h.sqid as usize) {
+                    Some(Some(sq)) => sq.cqid,
+                    _ => continue, // its SQ was deleted: nothing to post to
+                };
+                self.post(cqid, h.sqid, h.cid, h.result, h.status);
+            } else {
+                i += 1;
+            }
+        }
+        if !self.irq_list.is_empty() {
+            self.flush_irqs();
+        }
+    }
+
+    /// The earliest deadline of a delayed completion.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.held.iter().filter_map(|h| h.deadline).min()
+    }
+
+    /// Completes a held command with `status` (Abort, SQ deletion). Returns false if it
+    /// was not held.
+    pub(crate) fn complete_held(&mut self, sqid: u16, cid: u16, status: Status) -> bool {
+        let Some(i) = self
+            .held
+            .iter()
+            .position(|h| h.sqid == sqid && h.cid == cid)
+        else {
+            return false;
+        };
+        let h = self.held.remove(i);
+        if h.deadline.is_some() {
+            self.delayed -= 1;
+        }
+        if h.aer {
+            self.aers -= 1;
+        }
+        if let Some(Some(sq)) = self.sqs.get(sqid as usize) {
+            let cqid = sq.cqid;
+            self.post(cqid, sqid, cid, 0, status);
+        }
+        true
+    }
+
+    /// A readable summary for `Debug`-style diagnostics in tests.
+    pub(crate) fn describe_queues(&self) -> String {
+        let mut s = String::new();
+        for (i, q) in self.sqs.iter().enumerate() {
+            if let Some(q) = q {
+                let _ = write!(s, "sq{i}(h{} t{} cq{}) ", q.head, q.tail, q.cqid);
+            }
+        }
+        for (i, q) in self.cqs.iter().enumerate() {
+            if let Some(q) = q {
+                let _ = write!(
+                    s,
+                    "cq{i}(h{} t{} p{} pend{}) ",
+                    q.head,
+                    q.tail,
+                    q.phase as u8,
+                    q.pending.len()
+                );
+            }
+        }
+        s
+    }
+}
+

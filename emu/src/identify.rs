@@ -1,0 +1,126 @@
+//! Identify data structures and log pages, written byte by byte at the spec's offsets.
+//!
+//! This is deliberately independent of `nvme_dio_queue::identify` (the driver's parser), so
+//! a wrong offset on either side shows up as a test failure rather than cancelling out.
+//! Offsets: Identify Controller, NVMe Base 2.0 section 5.17.2.1; Identify Namespace (NVM
+//! command set), NVM Command Set 1.0 section 4.1.5.1; Active Namespace ID list, Base 2.0
+//! 5.17.2.2; Error Information and SMART / Health logs, Base 2.0 5.16.1.2 and 5.16.1.3.
+
+use crate::ctrl::{AERL, Namespace, State};
+
+/// Every Identify data structure is 4096 bytes.
+pub(crate) const IDENTIFY_LEN: usize = 4096;
+
+fn put_str(page: &mut [u8], at: usize, len: usize, s: &str) {
+    let f = &mut page[at..at + len];
+    f.fill(b' ');
+    f[..s.len()].copy_from_slice(s.as_bytes());
+}
+
+fn put16(page: &mut [u8], at: usize, v: u16) {
+    page[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put32(page: &mut [u8], at: usize, v: u32) {
+    page[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put64(page: &mut [u8], at: usize, v: u64) {
+    page[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Identify Controller (CNS 01h).
+pub(crate) fn controller(s: &State) -> Vec<u8> {
+    let c = &s.cfg;
+    let mut p = vec![0u8; IDENTIFY_LEN];
+    put16(&mut p, 0, 0x1b36); // VID (as QEMU)
+    put16(&mut p, 2, 0x1af4); // SSVID
+    put_str(&mut p, 4, 20, &c.serial); // SN
+    put_str(&mut p, 24, 40, &c.model); // MN
+    put_str(&mut p, 64, 8, &c.firmware); // FR
+    p[72] = 6; // RAB
+    p[73..76].copy_from_slice(&[0x00, 0x54, 0x52]); // IEEE OUI
+    p[77] = c.mdts; // MDTS
+    put16(&mut p, 78, 0); // CNTLID
+    put32(&mut p, 80, 0x0001_0400); // VER 1.4.0
+    p[111] = 1; // CNTRLTYPE: I/O controller
+    let oacs: u16 = if c.dbbuf { 1 << 8 } else { 0 };
+    put16(&mut p, 256, oacs); // OACS
+    p[258] = 3; // ACL (zero-based: 4 Aborts)
+    p[259] = AERL as u8; // AERL (zero-based)
+    p[260] = 0x02; // FRMW: one slot
+    p[262] = 3; // ELPE (zero-based: 4 error log entries)
+    p[263] = 0; // NPSS (zero-based: one power state)
+    p[512] = 0x66; // SQES: 64 bytes min and max
+    p[513] = 0x44; // CQES: 16 bytes min and max
+    put32(&mut p, 516, s.ns.len() as u32); // NN
+    put16(&mut p, 520, 1 << 2 | 1 << 3); // ONCS: Dataset Management, Write Zeroes
+    p[525] = if c.vwc { 0x07 } else { 0 }; // VWC: present, FFFFFFFFh flush supported
+    put32(&mut p, 536, if c.sgl { 0x1 } else { 0 }); // SGLS: supported, byte aligned
+    put_str(
+        &mut p,
+        768,
+        256,
+        &format!("nqn.2024-01.invalid.nvme-dio:emu:{}", c.serial),
+    ); // SUBNQN
+    // Power state 0 descriptor: MP 25.00 W (centiwatts), like QEMU.
+    put16(&mut p, 2048, 2500);
+    // SUBNQN is NUL-padded, not space-padded.
+    for b in &mut p[768..1024] {
+        if *b == b' ' {
+            *b = 0;
+        }
+    }
+    p
+}
+
+/// Identify Namespace (CNS 00h) for the NVM command set.
+pub(crate) fn namespace(ns: &Namespace) -> Vec<u8> {
+    let mut p = vec![0u8; IDENTIFY_LEN];
+    put64(&mut p, 0, ns.blocks); // NSZE
+    put64(&mut p, 8, ns.blocks); // NCAP
+    put64(&mut p, 16, ns.blocks); // NUSE
+    p[24] = 0; // NSFEAT
+    p[25] = 0; // NLBAF (zero-based: one format)
+    p[26] = 0; // FLBAS: format 0, metadata in a separate buffer
+    p[27] = if ns.ms != 0 { 1 << 1 } else { 0 }; // MC: separate buffer (MPTR)
+    p[33] = if ns.ram { 0x01 } else { 0 }; // DLFEAT: deallocated blocks read as zeroes
+    put16(&mut p, 72, ns.noiob); // NOIOB
+    // LBAF0: MS 15:0, LBADS 23:16, RP 25:24.
+    put32(&mut p, 128, ns.ms as u32 | ns.lba_shift << 16);
+    p
+}
+
+/// Active Namespace ID list (CNS 02h): active NSIDs greater than `after`, ascending.
+pub(crate) fn active_list(count: usize, after: u32) -> Vec<u8> {
+    let mut p = vec![0u8; IDENTIFY_LEN];
+    let ids = (after as u64 + 1..=count as u64).take(1024);
+    for (i, id) in ids.enumerate() {
+        put32(&mut p, i * 4, id as u32);
+    }
+    p
+}
+
+/// Error Information log: ELPE+1 entries of 64 bytes, all empty (no errors logged).
+pub(crate) fn error_log() -> Vec<u8> {
+    vec![0u8; 4 * 64]
+}
+
+/// SMART / Health Information log (512 bytes), plausible values from the counters.
+pub(crate) fn smart_log(s: &State) -> Vec<u8> {
+    let mut p = vec![0u8; 512];
+    p[0] = s.cfs as u8 * 0x04; // critical warning: reliability degraded when fatal
+    put16(&mut p, 1, 273 + 40); // composite temperature, kelvin (40 C)
+    p[3] = 100; // available spare
+    p[4] = 10; // available spare threshold
+    p[5] = 0; // percentage used
+    let put128 = |p: &mut [u8], at: usize, v: u64| p[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    // Data units are thousands of 512-byte units, rounded up.
+    put128(&mut p, 32, s.bytes_read.div_ceil(512_000));
+    put128(&mut p, 48, s.bytes_written.div_ceil(512_000));
+    put128(&mut p, 64, s.stats.reads);
+    put128(&mut p, 80, s.stats.writes);
+    put128(&mut p, 112, 1); // power cycles
+    put128(&mut p, 128, s.power_on.elapsed().as_secs() / 3600); // power-on hours
+    p
+}
