@@ -124,7 +124,9 @@ impl State {
         let fid = (s.cdw10 & 0xff) as u8;
         if !matches!(
             fid,
-            feature::NUMBER_OF_QUEUES | feature::INTERRUPT_COALESCING | feature::VOLATILE_WRITE_CACHE
+            feature::NUMBER_OF_QUEUES
+                | feature::INTERRUPT_COALESCING
+                | feature::VOLATILE_WRITE_CACHE
         ) {
             return Err(generic(sc::INVALID_FIELD));
         }
@@ -321,7 +323,8 @@ impl State {
             return Err(generic(sc::INVALID_FIELD));
         }
         let mut h = 0;
-        if !self.table.check(shadow, self.page, &mut h) || !self.table.check(eventidx, self.page, &mut h)
+        if !self.table.check(shadow, self.page, &mut h)
+            || !self.table.check(eventidx, self.page, &mut h)
         {
             return Err(generic(sc::DATA_TRANSFER_ERROR));
         }

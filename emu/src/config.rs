@@ -158,15 +158,17 @@ impl EmuConfig {
         if !(2..=65536).contains(&self.mqes) {
             return bad(format!("mqes {} must be 2..=65536", self.mqes));
         }
-        if self.dstrd > 15 || self.mpsmin > 15 || self.mpsmax > 15 || self.mpsmin > self.mpsmax
-        {
+        if self.dstrd > 15 || self.mpsmin > 15 || self.mpsmax > 15 || self.mpsmin > self.mpsmax {
             return bad(format!(
                 "dstrd {} / mpsmin {} / mpsmax {} out of range (0..=15, mpsmin <= mpsmax)",
                 self.dstrd, self.mpsmin, self.mpsmax
             ));
         }
         if self.max_ioqpairs == 0 || self.max_ioqpairs == u16::MAX {
-            return bad(format!("max_ioqpairs {} must be 1..65535", self.max_ioqpairs));
+            return bad(format!(
+                "max_ioqpairs {} must be 1..65535",
+                self.max_ioqpairs
+            ));
         }
         if self.msix_vectors > 2048 {
             return bad(format!("msix_vectors {} exceeds 2048", self.msix_vectors));
@@ -179,7 +181,11 @@ impl EmuConfig {
         }
         for (i, ns) in self.namespaces.iter().enumerate() {
             if ns.lba_size != 512 && ns.lba_size != 4096 {
-                return bad(format!("namespace {}: lba_size {} is not 512 or 4096", i + 1, ns.lba_size));
+                return bad(format!(
+                    "namespace {}: lba_size {} is not 512 or 4096",
+                    i + 1,
+                    ns.lba_size
+                ));
             }
             if ns.blocks == 0 {
                 return bad(format!("namespace {}: zero blocks", i + 1));

@@ -312,7 +312,8 @@ impl State {
                 Err(why) => {
                     // QEMU: nvme_start_ctrl failed -> CSTS = CFS.
                     self.cfs = true;
-                    self.ub.push(format!("controller enable failed (CSTS.CFS set): {why}"));
+                    self.ub
+                        .push(format!("controller enable failed (CSTS.CFS set): {why}"));
                     self.stats.ub_events += 1;
                 }
             }
@@ -477,7 +478,9 @@ impl State {
 
     pub(crate) fn sq_tail(&mut self, qid: usize, value: u32) {
         let Some(Some(sq)) = self.sqs.get_mut(qid) else {
-            self.ub(format!("SQ {qid} tail doorbell written ({value}) but no such queue"));
+            self.ub(format!(
+                "SQ {qid} tail doorbell written ({value}) but no such queue"
+            ));
             return;
         };
         if value >= sq.size {
@@ -493,7 +496,9 @@ impl State {
 
     pub(crate) fn cq_head(&mut self, qid: usize, value: u32) {
         let Some(Some(cq)) = self.cqs.get_mut(qid) else {
-            self.ub(format!("CQ {qid} head doorbell written ({value}) but no such queue"));
+            self.ub(format!(
+                "CQ {qid} head doorbell written ({value}) but no such queue"
+            ));
             return;
         };
         if value >= cq.size {
@@ -550,7 +555,11 @@ impl State {
                 ));
                 return;
             };
-            sq.head = if sq.head + 1 == sq.size { 0 } else { sq.head + 1 };
+            sq.head = if sq.head + 1 == sq.size {
+                0
+            } else {
+                sq.head + 1
+            };
             let cqid = sq.cqid;
             let sqe = Sqe::from_qwords(q);
             self.execute(qid as u16, cqid, &sqe);
@@ -628,11 +637,7 @@ impl State {
             self.post(cqid, sqid, sqe.cid, 0, status.with_phase(false));
             return;
         }
-        let out = if admin {
-            self.admin(sqe)
-        } else {
-            self.io(sqe)
-        };
+        let out = if admin { self.admin(sqe) } else { self.io(sqe) };
         let (result, status) = match out {
             Outcome::Done(r, s) => (r, s),
             Outcome::Hold => {
@@ -724,7 +729,11 @@ impl State {
             result,
             status,
         };
-        let next = if cq.tail + 1 == cq.size { 0 } else { cq.tail + 1 };
+        let next = if cq.tail + 1 == cq.size {
+            0
+        } else {
+            cq.tail + 1
+        };
         if next == cq.head || !cq.pending.is_empty() {
             cq.pending.push_back(p);
             self.stats.cq_full_holds += 1;
@@ -774,7 +783,11 @@ impl State {
             let Some(Some(cq)) = self.cqs.get_mut(cqid) else {
                 return;
             };
-            let next = if cq.tail + 1 == cq.size { 0 } else { cq.tail + 1 };
+            let next = if cq.tail + 1 == cq.size {
+                0
+            } else {
+                cq.tail + 1
+            };
             if next == cq.head {
                 return;
             }
@@ -883,4 +896,3 @@ impl State {
         s
     }
 }
-

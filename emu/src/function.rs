@@ -10,11 +10,11 @@ use nvme_dio_dma::{Bar0, DmaMapper, PciFunction};
 use nvme_dio_queue::regs;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::EmuError;
 use crate::config::{EmuConfig, Mode};
 use crate::ctrl::{EmuStats, State};
 use crate::fault::Fault;
 use crate::mem::{IOVA_RANGE, Mapping, TableError};
-use crate::EmuError;
 
 /// What the BAR, the mapper and the thread share.
 #[derive(Debug)]
@@ -76,7 +76,9 @@ impl Bar0 for EmuBar {
         let mut s = sh.lock();
         s.poll_delayed();
         if offset % 4 != 0 || offset + 4 > sh.bar_len {
-            s.ub(format!("32-bit read at misaligned or out-of-range offset {offset:#x}"));
+            s.ub(format!(
+                "32-bit read at misaligned or out-of-range offset {offset:#x}"
+            ));
             return 0;
         }
         match offset {
@@ -85,7 +87,9 @@ impl Bar0 for EmuBar {
             regs::VS => 0x0001_0400,
             regs::INTMS | regs::INTMC => {
                 if !s.msix.is_empty() {
-                    s.ub(format!("INTMS/INTMC read at {offset:#x} with MSI-X enabled"));
+                    s.ub(format!(
+                        "INTMS/INTMC read at {offset:#x} with MSI-X enabled"
+                    ));
                 }
                 s.intms
             }
@@ -127,20 +131,26 @@ impl Bar0 for EmuBar {
                     "doorbell write {value} at {offset:#x} (queue {}) beyond the supported queues",
                     i / 2
                 )),
-                None => s.ub(format!("doorbell write at {offset:#x} not on the doorbell stride")),
+                None => s.ub(format!(
+                    "doorbell write at {offset:#x} not on the doorbell stride"
+                )),
             }
             return;
         }
         let mut s = sh.lock();
         s.poll_delayed();
         if offset % 4 != 0 || offset + 4 > sh.bar_len {
-            s.ub(format!("32-bit write {value:#x} at misaligned or out-of-range offset {offset:#x}"));
+            s.ub(format!(
+                "32-bit write {value:#x} at misaligned or out-of-range offset {offset:#x}"
+            ));
             return;
         }
         match offset {
             regs::INTMS | regs::INTMC => {
                 if !s.msix.is_empty() {
-                    s.ub(format!("INTMS/INTMC written at {offset:#x} with MSI-X enabled"));
+                    s.ub(format!(
+                        "INTMS/INTMC written at {offset:#x} with MSI-X enabled"
+                    ));
                     return;
                 }
                 if offset == regs::INTMS {
@@ -178,7 +188,9 @@ impl Bar0 for EmuBar {
                 };
             }
             regs::NSSR => s.ub(format!("NSSR written ({value:#x}) but CAP.NSSRS = 0")),
-            o => s.ub(format!("32-bit write {value:#x} to read-only or reserved register {o:#x}")),
+            o => s.ub(format!(
+                "32-bit write {value:#x} to read-only or reserved register {o:#x}"
+            )),
         }
     }
 
@@ -310,7 +322,9 @@ impl EmuFunction {
             let h = std::thread::Builder::new()
                 .name("nvme-emu".to_string())
                 .spawn(move || run_thread(&sh))
-                .map_err(|e| EmuError::Thread { source: Arc::new(e) })?;
+                .map_err(|e| EmuError::Thread {
+                    source: Arc::new(e),
+                })?;
             *shared.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(h.thread().clone());
             Some(h)
         } else {
@@ -404,7 +418,9 @@ impl EmuFunction {
         let bad = EmuError::NoSuchBlock { nsid, lba };
         let i = s.ns_index(nsid).map_err(|_| bad.clone())?;
         let ns = &s.ns[i];
-        let start = (lba as usize).checked_shl(ns.lba_shift).ok_or(bad.clone())?;
+        let start = (lba as usize)
+            .checked_shl(ns.lba_shift)
+            .ok_or(bad.clone())?;
         let src = ns.data.get(start..start + buf.len()).ok_or(bad)?;
         buf.copy_from_slice(src);
         Ok(())
@@ -421,7 +437,9 @@ impl EmuFunction {
         let bad = EmuError::NoSuchBlock { nsid, lba };
         let i = s.ns_index(nsid).map_err(|_| bad.clone())?;
         let ns = &mut s.ns[i];
-        let start = (lba as usize).checked_shl(ns.lba_shift).ok_or(bad.clone())?;
+        let start = (lba as usize)
+            .checked_shl(ns.lba_shift)
+            .ok_or(bad.clone())?;
         let dst = ns.data.get_mut(start..start + buf.len()).ok_or(bad)?;
         dst.copy_from_slice(buf);
         Ok(())
@@ -499,11 +517,7 @@ impl PciFunction for EmuFunction {
 
     fn describe(&self) -> String {
         let s = self.shared.lock();
-        format!(
-            "emu ({:?} mode, {} namespace(s))",
-            s.cfg.mode,
-            s.ns.len()
-        )
+        format!("emu ({:?} mode, {} namespace(s))", s.cfg.mode, s.ns.len())
     }
 }
 

@@ -313,7 +313,10 @@ impl State {
             }
             nvm::WRITE_ZEROES => {
                 let i = self.ns_index(s.nsid)?;
-                let (slba, nlb) = (s.cdw10 as u64 | (s.cdw11 as u64) << 32, (s.cdw12 & 0xffff) as u64 + 1);
+                let (slba, nlb) = (
+                    s.cdw10 as u64 | (s.cdw11 as u64) << 32,
+                    (s.cdw12 & 0xffff) as u64 + 1,
+                );
                 self.check_range(i, slba, nlb)?;
                 self.zero(i, slba, nlb);
                 Ok(())
@@ -356,7 +359,10 @@ impl State {
     fn zero(&mut self, i: usize, slba: u64, nlb: u64) {
         let ns = &mut self.ns[i];
         if ns.ram {
-            let (a, b) = ((slba << ns.lba_shift) as usize, ((slba + nlb) << ns.lba_shift) as usize);
+            let (a, b) = (
+                (slba << ns.lba_shift) as usize,
+                ((slba + nlb) << ns.lba_shift) as usize,
+            );
             ns.data[a..b].fill(0);
             let ms = ns.ms as usize;
             ns.meta[slba as usize * ms..(slba + nlb) as usize * ms].fill(0);

@@ -65,6 +65,7 @@
 //! per-vector MSI-X masking, end-to-end protection, controller memory buffer, namespaces
 //! management, more than one LBA format per namespace.
 
+mod admin;
 pub mod config;
 mod ctrl;
 pub mod fault;
@@ -72,7 +73,6 @@ mod function;
 mod identify;
 mod io;
 mod mem;
-mod admin;
 
 #[cfg(test)]
 mod tests;
@@ -92,14 +92,18 @@ pub enum EmuError {
         what: String,
     },
     /// The background thread of `Mode::Thread` could not be started.
-    #[error("cannot spawn the emulator thread ({source}); use Mode::Inline or raise the thread limit")]
+    #[error(
+        "cannot spawn the emulator thread ({source}); use Mode::Inline or raise the thread limit"
+    )]
     Thread {
         /// The OS error.
         #[source]
         source: std::sync::Arc<std::io::Error>,
     },
     /// A block outside a RAM namespace was addressed.
-    #[error("namespace {nsid} has no stored block {lba} (no such namespace, not RAM-backed, or past its end)")]
+    #[error(
+        "namespace {nsid} has no stored block {lba} (no such namespace, not RAM-backed, or past its end)"
+    )]
     NoSuchBlock {
         /// Namespace.
         nsid: u32,

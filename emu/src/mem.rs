@@ -52,7 +52,11 @@ impl Table {
     }
 
     pub(crate) fn remove(&mut self, iova: u64, len: u64) -> Result<(), TableError> {
-        match self.maps.iter().position(|x| x.iova == iova && x.len == len) {
+        match self
+            .maps
+            .iter()
+            .position(|x| x.iova == iova && x.len == len)
+        {
             Some(i) => {
                 self.maps.remove(i);
                 Ok(())
@@ -120,9 +124,7 @@ impl Table {
             // under the same lock the caller holds, and `DmaMapper::map`'s contract keeps the
             // memory allocated until unmap); `src[off..off+n]` is in bounds; the regions do
             // not overlap because the host buffer is not our slice.
-            unsafe {
-                std::ptr::copy_nonoverlapping(src.as_ptr().add(off), host as *mut u8, n)
-            };
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(off), host as *mut u8, n) };
         })
     }
 
@@ -254,30 +256,62 @@ mod tests {
         let mut t = Table::default();
         let mut a = vec![0u8; 0x3000];
         let host = a.as_mut_ptr() as usize;
-        t.insert(Mapping { iova: 0x10000, len: 0x2000, host }).unwrap();
-        t.insert(Mapping { iova: 0x12000, len: 0x1000, host: host + 0x2000 }).unwrap();
+        t.insert(Mapping {
+            iova: 0x10000,
+            len: 0x2000,
+            host,
+        })
+        .unwrap();
+        t.insert(Mapping {
+            iova: 0x12000,
+            len: 0x1000,
+            host: host + 0x2000,
+        })
+        .unwrap();
         assert!(matches!(
-            t.insert(Mapping { iova: 0x11000, len: 0x1000, host }),
+            t.insert(Mapping {
+                iova: 0x11000,
+                len: 0x1000,
+                host
+            }),
             Err(TableError::Overlap)
         ));
         assert!(matches!(
-            t.insert(Mapping { iova: 0, len: 0x1000, host }),
+            t.insert(Mapping {
+                iova: 0,
+                len: 0x1000,
+                host
+            }),
             Err(TableError::OutOfRange)
         ));
         assert!(matches!(
-            t.insert(Mapping { iova: (1 << 39) - 0x1000, len: 0x2000, host }),
+            t.insert(Mapping {
+                iova: (1 << 39) - 0x1000,
+                len: 0x2000,
+                host
+            }),
             Err(TableError::OutOfRange)
         ));
         let mut hint = 7;
         assert_eq!(t.translate(0x10010, 16, &mut hint), Some(host + 0x10));
         assert_eq!(hint, 0);
-        assert_eq!(t.translate(0x11ff0, 0x20, &mut hint), None, "spans two mappings");
+        assert_eq!(
+            t.translate(0x11ff0, 0x20, &mut hint),
+            None,
+            "spans two mappings"
+        );
         // ... but a copy across adjacent mappings works.
         assert!(t.write(0x11ff0, &[7u8; 0x20], &mut hint));
         assert_eq!(a[0x1ff0..0x2010], [7u8; 0x20]);
-        assert!(!t.check(0x12f00, 0x200, &mut hint), "runs past the last mapping");
+        assert!(
+            !t.check(0x12f00, 0x200, &mut hint),
+            "runs past the last mapping"
+        );
         t.remove(0x10000, 0x2000).unwrap();
-        assert!(matches!(t.remove(0x10000, 0x2000), Err(TableError::NotMapped)));
+        assert!(matches!(
+            t.remove(0x10000, 0x2000),
+            Err(TableError::NotMapped)
+        ));
         assert_eq!(t.translate(0x10010, 16, &mut hint), None);
         drop(a);
     }
