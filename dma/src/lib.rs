@@ -12,8 +12,9 @@
 //! * **DMA memory** ([`DmaMemory`]) is a set of *regions*: hugepage mappings (2 MiB pages,
 //!   1 GiB on request; ordinary pinned pages only if the caller allows the fallback), each
 //!   populated up front and mapped into the IOMMU **once**, at an IOVA from the container's
-//!   [`IovaAllocator`] (inside the ranges the IOMMU accepts, never below 1 MiB). Regions are
-//!   unmapped when the last buffer in them is gone. Buffers ([`DmaBuf`]) are carved out of
+//!   [`IovaAllocator`] (inside the ranges the IOMMU accepts, never below 1 MiB). A region is
+//!   unmapped when the [`DmaMemory`] and the last buffer in it are gone (a region dedicated to
+//!   one large buffer: when that buffer is dropped). Buffers ([`DmaBuf`]) are carved out of
 //!   regions; a [`DmaPool`] holds fixed-size blocks with lock-free allocate/free.
 //!
 //! ## Device-memory rules
@@ -51,7 +52,7 @@ pub mod vfio;
 pub use device::{Bar0, DmaMapper, PciFunction};
 pub use iova::{IOVA_FLOOR, IovaAllocator};
 pub use memory::{DmaBuf, DmaMemory, DmaPool, MemoryOptions, PageKind, RecordingMapper};
-pub use vfio::{VfioBar, VfioFunction, VfioMapper, vm_smoke_test};
+pub use vfio::{SmokeReport, VfioBar, VfioFunction, VfioMapper, parse_bdf, vm_smoke_test};
 
 use std::io;
 

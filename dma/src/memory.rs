@@ -265,6 +265,11 @@ impl DmaMemory {
         self.inner.fallback.load(Ordering::Relaxed)
     }
 
+    /// The mapper regions are mapped through.
+    pub fn mapper(&self) -> &Arc<dyn DmaMapper> {
+        &self.inner.mapper
+    }
+
     /// Number of regions currently held (dedicated ones not included).
     pub fn region_count(&self) -> usize {
         lock(&self.inner.regions).len()

@@ -503,15 +503,22 @@ impl VfioFunction {
     pub fn open(bdf: &str) -> Result<VfioFunction, Error> {
         let sys = check_sysfs(Path::new("/sys"), bdf)?;
         let bdf = sys.bdf.clone();
-        if let Err(source) = OpenOptions::new()
+        match OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/vfio/vfio")
         {
-            return Err(Error::VfioMissing {
-                path: "/dev/vfio/vfio".into(),
-                source,
-            });
+            Ok(_) => {}
+            Err(source) if source.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::VfioMissing {
+                    path: "/dev/vfio/vfio".into(),
+                    source,
+                });
+            }
+            Err(source) => {
+                let op = "open /dev/vfio/vfio (run as root, or give your user access to it)";
+                return Err(Error::os(op, source));
+            }
         }
         let container = Arc::new(
             VfioContainer::new(None).map_err(|e| map_open_err(&bdf, sys.group, "container", e))?,
@@ -573,39 +580,56 @@ impl VfioFunction {
         self.device.as_raw_fd()
     }
 
-    fn config_io(&self, offset: u64, buf: *mut u8, len: usize, write: bool) -> Result<(), Error> {
+    /// Where `offset..offset+len` of config space sits in the device fd.
+    fn config_pos(&self, offset: u64, len: usize) -> Result<libc::off_t, Error> {
         let base = self.device.get_region_offset(VFIO_PCI_CONFIG_REGION_INDEX);
         let size = self.device.get_region_size(VFIO_PCI_CONFIG_REGION_INDEX);
-        if offset + len as u64 > size {
+        if offset.checked_add(len as u64).is_none_or(|end| end > size) {
             return Err(Error::InvalidArgument {
                 what: format!("config access at {offset:#x}+{len} past {size:#x}"),
             });
         }
-        let pos = (base + offset) as libc::off_t;
-        // SAFETY: `buf` points to `len` bytes the caller owns (a local integer's bytes);
-        // pread/pwrite access exactly that many.
-        let n = unsafe {
-            if write {
-                libc::pwrite(self.fd(), buf as *const libc::c_void, len, pos)
-            } else {
-                libc::pread(self.fd(), buf as *mut libc::c_void, len, pos)
-            }
-        };
+        Ok((base + offset) as libc::off_t)
+    }
+
+    fn check_io(n: isize, len: usize, op: &'static str) -> Result<(), Error> {
         if n < 0 {
-            let op = if write {
-                "config space write"
-            } else {
-                "config space read"
-            };
             return Err(Error::os(op, io::Error::last_os_error()));
         }
         if n as usize != len {
-            return Err(Error::os(
-                "config space access",
-                io::Error::new(io::ErrorKind::UnexpectedEof, format!("{n} of {len} bytes")),
-            ));
+            let short = io::Error::new(io::ErrorKind::UnexpectedEof, format!("{n} of {len} bytes"));
+            return Err(Error::os(op, short));
         }
         Ok(())
+    }
+
+    /// Reads `buf.len()` bytes of config space at `offset` (pread on the device fd; every
+    /// failure and short read is an error, unlike vfio-ioctls' `region_read`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] past the end of config space; [`Error::Os`] if the read
+    /// fails or is short.
+    pub fn config_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let pos = self.config_pos(offset, buf.len())?;
+        // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes; pread writes at most
+        // that many.
+        let n = unsafe { libc::pread(self.fd(), buf.as_mut_ptr().cast(), buf.len(), pos) };
+        Self::check_io(n, buf.len(), "config space read")
+    }
+
+    /// Writes `buf` to config space at `offset` (pwrite on the device fd). Not read back:
+    /// use [`VfioFunction::config_write16_checked`] for registers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] past the end of config space; [`Error::Os`] if the write
+    /// fails or is short.
+    pub fn config_write(&self, offset: u64, buf: &[u8]) -> Result<(), Error> {
+        let pos = self.config_pos(offset, buf.len())?;
+        // SAFETY: `buf` is a live slice of `buf.len()` bytes; pwrite only reads it.
+        let n = unsafe { libc::pwrite(self.fd(), buf.as_ptr().cast(), buf.len(), pos) };
+        Self::check_io(n, buf.len(), "config space write")
     }
 
     /// Reads a 32-bit config-space register at `offset` (4-aligned).
@@ -615,14 +639,15 @@ impl VfioFunction {
     /// [`Error::Os`] if the read fails; [`Error::DeviceGone`] if it reads all ones at
     /// offset 0 (vendor/device id).
     pub fn config_read32(&self, offset: u64) -> Result<u32, Error> {
-        let mut v = 0u32;
-        self.config_io(offset, (&raw mut v).cast(), 4, false)?;
+        let mut b = [0u8; 4];
+        self.config_read(offset, &mut b)?;
+        let v = u32::from_le_bytes(b);
         if offset == 0 && v == u32::MAX {
             return Err(Error::DeviceGone {
                 bdf: self.bdf.clone(),
             });
         }
-        Ok(u32::from_le(v))
+        Ok(v)
     }
 
     /// Reads a 16-bit config-space register at `offset` (2-aligned).
@@ -631,9 +656,9 @@ impl VfioFunction {
     ///
     /// [`Error::Os`] if the read fails.
     pub fn config_read16(&self, offset: u64) -> Result<u16, Error> {
-        let mut v = 0u16;
-        self.config_io(offset, (&raw mut v).cast(), 2, false)?;
-        Ok(u16::from_le(v))
+        let mut b = [0u8; 2];
+        self.config_read(offset, &mut b)?;
+        Ok(u16::from_le_bytes(b))
     }
 
     /// Writes a 16-bit config-space register and checks, by reading it back, that the bits in
@@ -649,8 +674,7 @@ impl VfioFunction {
         value: u16,
         check_mask: u16,
     ) -> Result<(), Error> {
-        let mut le = value.to_le();
-        self.config_io(offset, (&raw mut le).cast(), 2, true)?;
+        self.config_write(offset, &value.to_le_bytes())?;
         let back = self.config_read16(offset)?;
         if back & check_mask != value & check_mask {
             return Err(Error::ConfigWrite {
