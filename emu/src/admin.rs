@@ -303,7 +303,8 @@ impl State {
             return Err(generic(sc::INVALID_FIELD));
         }
         let len = numd * 4;
-        if len > 1 << 20 {
+        // MDTS applies to admin data transfers too (QEMU checks it for Get Log Page).
+        if len > 1 << 20 || (self.mdts_bytes != 0 && len > self.mdts_bytes) {
             return Err(generic(sc::INVALID_FIELD));
         }
         // Bytes past the end of the log read as zero.

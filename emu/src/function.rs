@@ -160,6 +160,13 @@ impl Bar0 for EmuBar {
                 }
             }
             regs::CC => {
+                if s.cc & 1 != 0 && value & 1 == 0 {
+                    // Reset: doorbells written before it must not reach the new queues
+                    // (the thread takes the dirty bits under this same lock).
+                    for d in sh.db_dirty.iter() {
+                        d.store(0, Ordering::Relaxed);
+                    }
+                }
                 s.write_cc(value);
                 if !s.irq_list.is_empty() {
                     s.flush_irqs();
