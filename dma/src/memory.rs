@@ -23,7 +23,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crossbeam_queue::ArrayQueue;
 use memmap2::{MmapOptions, MmapRaw};
@@ -239,7 +239,7 @@ impl DmaMemory {
                 what: "MemoryOptions::region_bytes is 0".into(),
             });
         }
-        let iova = Arc::new(Mutex::new(IovaAllocator::new(&mapper.iova_ranges())));
+        let iova = iova_allocator_for(&mapper);
         let mem = DmaMemory {
             inner: Arc::new(MemInner {
                 mapper,
@@ -421,6 +421,23 @@ impl DmaMemory {
             iova_alloc: self.inner.iova.clone(),
         }))
     }
+}
+
+/// One IOVA allocator per mapper (per container): two [`DmaMemory`] over the same mapper
+/// must never hand out the same IOVA. Keyed by the mapper's address; entries whose mapper
+/// is gone are dropped on the way.
+fn iova_allocator_for(mapper: &Arc<dyn DmaMapper>) -> Arc<Mutex<IovaAllocator>> {
+    type Entry = (Weak<dyn DmaMapper>, Arc<Mutex<IovaAllocator>>);
+    static ALLOCATORS: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+    let mut all = lock(&ALLOCATORS);
+    all.retain(|(w, _)| w.strong_count() > 0);
+    let key = Arc::as_ptr(mapper) as *const ();
+    if let Some((_, a)) = all.iter().find(|(w, _)| w.as_ptr() as *const () == key) {
+        return a.clone();
+    }
+    let a = Arc::new(Mutex::new(IovaAllocator::new(&mapper.iova_ranges())));
+    all.push((Arc::downgrade(mapper), a.clone()));
+    a
 }
 
 fn check_align(align: usize, page: PageKind) -> Result<usize, Error> {

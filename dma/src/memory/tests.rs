@@ -638,3 +638,22 @@ fn reservation_guard_restores_on_failure() {
         "reservation not given back after a panic"
     );
 }
+
+#[test]
+fn two_memories_over_one_mapper_share_its_iova_space() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let a = mem_with(&mapper, small_opts());
+    // Without a per-mapper allocator this would reuse the first IOVA and the mapper (like
+    // VFIO) would refuse the overlapping map.
+    let b = mem_with(&mapper, small_opts());
+    let (x, y) = (a.alloc(4096, 4096).unwrap(), b.alloc(4096, 4096).unwrap());
+    assert_ne!(x.iova(), y.iova());
+    assert_eq!(mapper.mappings().len(), 2);
+    // A fresh mapper starts a fresh IOVA space.
+    let other = Arc::new(RecordingMapper::new());
+    let c = mem_with(&other, small_opts());
+    assert_eq!(other.mappings()[0].0, mapper.mappings()[0].0);
+    drop((x, y, a, b, c));
+    assert!(mapper.mappings().is_empty() && other.mappings().is_empty());
+}
