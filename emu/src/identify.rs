@@ -2,8 +2,9 @@
 //!
 //! This is deliberately independent of `nvme_dio_queue::identify` (the driver's parser), so
 //! a wrong offset on either side shows up as a test failure rather than cancelling out.
-//! Offsets: Identify Controller, NVMe Base 2.0 section 5.17.2.1; Identify Namespace (NVM
-//! command set), NVM Command Set 1.0 section 4.1.5.1; Active Namespace ID list, Base 2.0
+//! Offsets: Identify Controller, NVMe Base 2.0 section 5.17.2.1 (Figure 275); Identify
+//! Namespace (NVM command set), NVM Command Set 1.0 section 4.1.5.1 (Figure 97, LBA Format
+//! Figure 98); Active Namespace ID list, Base 2.0
 //! 5.17.2.2; Error Information and SMART / Health logs, Base 2.0 5.16.1.2 and 5.16.1.3.
 
 use crate::ctrl::{AERL, Namespace, State};
@@ -85,7 +86,7 @@ pub(crate) fn namespace(ns: &Namespace) -> Vec<u8> {
     p[26] = 0; // FLBAS: format 0, metadata in a separate buffer
     p[27] = if ns.ms != 0 { 1 << 1 } else { 0 }; // MC: separate buffer (MPTR)
     p[33] = if ns.ram { 0x01 } else { 0 }; // DLFEAT: deallocated blocks read as zeroes
-    put16(&mut p, 72, ns.noiob); // NOIOB
+    put16(&mut p, 46, ns.noiob); // NOIOB (bytes 47:46)
     // LBAF0: MS 15:0, LBADS 23:16, RP 25:24.
     put32(&mut p, 128, ns.ms as u32 | ns.lba_shift << 16);
     p

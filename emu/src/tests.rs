@@ -1457,3 +1457,127 @@ fn config_validation_and_mapper_errors() {
     assert!(overlap.is_err(), "overlap");
     m.unmap(0x2000, 4096).unwrap();
 }
+
+// ------------------------------------------------------------------ cross-checks
+
+#[test]
+fn identify_pages_parse_with_the_drivers_parser() {
+    use nvme_dio_queue::identify::{ActiveNamespaceList, IdentifyController, IdentifyNamespace};
+    use nvme_dio_queue::{Nsid, regs::Version};
+    let mut h = Host::started(|c| {
+        c.namespaces = vec![NsConfig {
+            noiob: 64,
+            ..NsConfig::ram(1000, 4096)
+        }];
+        c.sgl = true;
+    });
+    assert!(
+        h.admin(identify(cns::CONTROLLER, 0, h.mem.iova(BUF)))
+            .status
+            .is_success()
+    );
+    let id = IdentifyController::from_bytes(&h.mem.read(BUF, 4096)).unwrap();
+    assert_eq!(id.serial(), "deadbeef");
+    assert_eq!(id.model(), "nvme-dio emulated controller");
+    assert_eq!(id.mdts(), 7);
+    assert_eq!(id.nn(), 1);
+    assert_eq!(id.ver(), Version(0x0001_0400));
+    assert_eq!((id.sqes().required, id.cqes().required), (6, 4));
+    assert!(id.vwc_present());
+    assert!(id.sgls().supported && !id.sgls().dword_aligned_only);
+    assert!(id.oncs().write_zeroes() && id.oncs().dataset_management());
+    assert!(!id.oacs().doorbell_buffer_config());
+    assert_eq!(id.aerl(), 4);
+
+    assert!(
+        h.admin(identify(cns::NAMESPACE, 1, h.mem.iova(BUF)))
+            .status
+            .is_success()
+    );
+    let ns = IdentifyNamespace::from_bytes(&h.mem.read(BUF, 4096)).unwrap();
+    assert_eq!(ns.nsze(), 1000);
+    assert_eq!(ns.noiob(), 64);
+    assert_eq!(ns.current_lba_format().data_size, 4096);
+    assert_eq!(ns.current_lba_format().metadata_size, 0);
+
+    assert!(
+        h.admin(identify(cns::ACTIVE_NAMESPACES, 0, h.mem.iova(BUF)))
+            .status
+            .is_success()
+    );
+    let list = ActiveNamespaceList::parse(&h.mem.read(BUF, 4096)).unwrap();
+    assert_eq!(list, vec![Nsid(1)]);
+    h.assert_no_ub();
+}
+
+#[test]
+fn dma_memory_from_the_dma_crate_maps_through_the_emulator() {
+    use nvme_dio_dma::{DmaMemory, MemoryOptions};
+    let f = EmuFunction::new(EmuConfig::default()).unwrap();
+    let opts = MemoryOptions {
+        region_bytes: 2 << 20,
+        allow_fallback: true,
+        ..MemoryOptions::default()
+    };
+    let mem = match DmaMemory::new(f.dma_mapper(), opts) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("skipped: no DMA memory on this machine: {e}");
+            return;
+        }
+    };
+    let asq = mem.alloc(4096, 4096).unwrap();
+    let acq = mem.alloc(4096, 4096).unwrap();
+    let buf = mem.alloc(4096, 4096).unwrap();
+    let bar = f.bar0();
+    bar.write32(regs::AQA, 0x000f_000f);
+    bar.write64(regs::ASQ, asq.iova());
+    bar.write64(regs::ACQ, acq.iova());
+    bar.write32(regs::CC, cc_good().0);
+    assert!(Csts(bar.read32(regs::CSTS)).rdy());
+    asq.write_qwords(0, &identify(cns::CONTROLLER, 0, buf.iova()).to_qwords());
+    bar.write32(regs::DOORBELL_BASE, 1);
+    let c = Cqe::from_dwords(acq.read_dwords(0));
+    assert!(c.status.phase() && c.status.is_success(), "{}", c.status);
+    let mut page = vec![0u8; 4096];
+    buf.copy_to_slice(0, &mut page).unwrap();
+    assert_eq!(&page[4..12], b"deadbeef");
+    assert!(f.ub_events().is_empty());
+}
+
+#[test]
+fn thread_mode_holds_delays_and_drains_a_full_cq() {
+    let mut h = Host::new(EmuConfig {
+        mode: Mode::Thread,
+        ..EmuConfig::default()
+    });
+    h.enable();
+    h.create_pair(4, 16, false, 0);
+    h.f.inject(fault(
+        Target::NthIo(0),
+        Action::Delay(Duration::from_millis(2)),
+    ))
+    .unwrap();
+    for i in 0..6 {
+        h.push_io(&Sqe {
+            opc: nvm::FLUSH,
+            nsid: 1,
+            cid: i,
+            ..Sqe::default()
+        });
+    }
+    h.ring_io();
+    let mut got = Vec::new();
+    let t = Instant::now();
+    while got.len() < 6 {
+        if let Some(c) = h.peek_io() {
+            got.push(c.cid);
+            h.ring_cq1();
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "got only {got:?}");
+        std::thread::yield_now();
+    }
+    got.sort_unstable();
+    assert_eq!(got, [0, 1, 2, 3, 4, 5]);
+    h.assert_no_ub();
+}
