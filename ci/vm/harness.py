@@ -430,11 +430,14 @@ def boot_once_more(b: Boot) -> bool:
             and not re.search(r"^VM-(BEGIN|FATAL)", text, re.M))
 
 
-def boot_judged(*args, **kw) -> Boot:
-    b = boot(*args, **kw)
+def boot_judged(work: Path, kdir: Path, initrd: Path, matrix: list[Controller], trace: Path,
+                timeout: float, console_log: Path, echo) -> Boot:
+    b = boot(work, kdir, initrd, matrix, trace, timeout, console_log, echo)
     if boot_once_more(b):
-        log("the guest kernel crashed before any test ran (see above); booting once more")
-        b = boot(*args, **kw)
+        first = console_log.with_name("console.crashed-boot.log")
+        console_log.rename(first)
+        log(f"the guest kernel crashed before any test ran ({first}); booting once more")
+        b = boot(work, kdir, initrd, matrix, trace, timeout, console_log, echo)
     return b
 
 
@@ -461,7 +464,9 @@ def guest_failures(b: Boot, planned: list[str]) -> list[str]:
 
 def prepare(timeout_default: float):
     ensure_host_tools()
-    return ensure_kernel()
+    kdir = ensure_kernel()
+    log(f"kernel {kdir.name} (cache {kdir.relative_to(ROOT)})")
+    return kdir
 
 
 # ---------------------------------------------------------------------------------------------
