@@ -245,7 +245,12 @@ pub fn plan(segs: &[Segment], slba: Lba, limits: &Limits) -> Result<Plan, PlanEr
         }
         return plan_slow(segs, slba, blocks, limits, sh);
     }
+    plan_multi(segs, slba, limits, sh)
+}
 
+/// Several segments: check them all, then one command if the set fits, else split.
+#[inline(never)]
+fn plan_multi(segs: &[Segment], slba: Lba, limits: &Limits, sh: u32) -> Result<Plan, PlanError> {
     let mask = limits.page.bytes() as u64 - 1;
     let mut total = 0u64;
     let mut prp_ok = true;
@@ -338,8 +343,10 @@ fn fits(slba: u64, blocks: u64, bytes: u64, limits: &Limits) -> bool {
         && blocks <= noiob_left(slba, limits.noiob)
 }
 
-/// The greedy splitter. Positions are byte offsets from the start of the transfer; block
+/// The greedy splitter (out of line: the fast path in [`plan`] stays small). Positions are byte offsets from the start of the transfer; block
 /// boundaries are multiples of the block size.
+#[cold]
+#[inline(never)]
 fn plan_slow(
     segs: &[Segment],
     slba: Lba,
@@ -740,8 +747,9 @@ mod tests {
                 (1u32..5).prop_map(|d| Some(SglLimits { max_descriptors: d }))
             ],
             0u64..64,
+            prop_oneof![3 => Just(P4K), 1 => Just(PageSize::new(16384).unwrap())],
         )
-            .prop_map(|(shapes, lba, mt, noiob, sgl, slba)| {
+            .prop_map(|(shapes, lba, mt, noiob, sgl, slba, page)| {
                 let mut segs: Vec<Segment> = shapes
                     .iter()
                     .enumerate()
@@ -760,7 +768,7 @@ mod tests {
                 segs.last_mut().unwrap().len += pad as u32;
                 let l = Limits {
                     lba_size: lba,
-                    page: P4K,
+                    page,
                     max_transfer: mt.max(lba),
                     noiob,
                     ns_blocks: 1 << 20,
@@ -787,6 +795,41 @@ mod tests {
                 }
                 (Err(PlanError::CannotSplit { .. }), None) => {}
                 (r, m) => prop_assert!(false, "plan {:?} but reference minimum {:?}", r, m),
+            }
+        }
+
+        #[test]
+        fn chained_prp_lists_cover_the_bytes(
+            first_off in 0u64..1024,
+            first_pages in 1u64..700,
+            mids in proptest::collection::vec(1u32..400, 0..3),
+            noiob in prop_oneof![Just(0u32), Just(256), Just(700)],
+        ) {
+            // Long transfers with two list pages per command: children chain their lists.
+            let mut segs = vec![Segment::new(
+                0x1_0000_0000 + first_off * 4,
+                (first_pages * 4096 - first_off * 4) as u32,
+            )];
+            for (k, m) in mids.iter().enumerate() {
+                segs.push(Segment::new(0x4_0000_0000 + k as u64 * 0x1000_0000, m * 4096));
+            }
+            let total: u64 = segs.iter().map(|s| s.len as u64).sum();
+            let pad = (512 - total % 512) % 512;
+            segs.last_mut().unwrap().len += pad as u32;
+            let l = Limits {
+                lba_size: 512,
+                page: P4K,
+                max_transfer: max_transfer(None, P4K, 2),
+                noiob,
+                ns_blocks: 1 << 40,
+                sgl: None,
+            };
+            let p = plan(&segs, Lba(3), &l).unwrap();
+            let want = coalesce(segs.iter().map(|s| (s.iova.0, s.len as u64)));
+            prop_assert_eq!(execute(&segs, 3, &l, &p), want);
+            let total: u64 = segs.iter().map(|s| s.len as u64).sum();
+            if noiob == 0 {
+                prop_assert_eq!(p.len() as u64, total.div_ceil(l.max_transfer as u64));
             }
         }
 

@@ -195,10 +195,38 @@ pub fn build<L: PrpListPages>(
     page: PageSize,
     list: &mut L,
 ) -> Result<Dptr, PrpError> {
+    if let [s] = segs
+        && let Some(d) = two_pages(s.iova.0, s.len as u64, page)
+    {
+        return Ok(d);
+    }
     if segs.is_empty() {
         return Err(PrpError::ZeroLength);
     }
     build_range(segs, &SegRange::whole(segs), page, list)
+}
+
+/// The common case without a list: `len > 0` bytes at dword-aligned `start` within two
+/// pages. Shifts and masks only.
+#[inline(always)]
+fn two_pages(start: u64, len: u64, page: PageSize) -> Option<Dptr> {
+    let shift = page.shift();
+    if len == 0 || start & 3 != 0 {
+        return None;
+    }
+    let first_page = start >> shift;
+    let last_page = (start + len - 1) >> shift;
+    match last_page - first_page {
+        0 => Some(Dptr::Prp {
+            prp1: start,
+            prp2: 0,
+        }),
+        1 => Some(Dptr::Prp {
+            prp1: start,
+            prp2: last_page << shift,
+        }),
+        _ => None,
+    }
 }
 
 /// [`build`] over a sub-range of `segs` (one command of a split plan). Error indices are
@@ -239,22 +267,8 @@ pub fn build_range<L: PrpListPages>(
         if start & 3 != 0 {
             return Err(PrpError::Prp1NotDwordAligned { iova: start });
         }
-        let last_page = (start + len - 1) >> shift;
-        let first_page = start >> shift;
-        match last_page - first_page {
-            0 => {
-                return Ok(Dptr::Prp {
-                    prp1: start,
-                    prp2: 0,
-                });
-            }
-            1 => {
-                return Ok(Dptr::Prp {
-                    prp1: start,
-                    prp2: last_page << shift,
-                });
-            }
-            _ => {}
+        if let Some(d) = two_pages(start, len, page) {
+            return Ok(d);
         }
     }
 
