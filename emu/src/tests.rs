@@ -1581,3 +1581,50 @@ fn thread_mode_holds_delays_and_drains_a_full_cq() {
     assert_eq!(got, [0, 1, 2, 3, 4, 5]);
     h.assert_no_ub();
 }
+
+#[test]
+fn deleting_an_sq_completes_its_held_commands_and_admin_faults_work() {
+    let mut h = io_host(|_| {});
+    h.f.inject(fault(Target::NthIo(0), Action::Drop)).unwrap();
+    h.push_io(&Sqe {
+        opc: nvm::FLUSH,
+        nsid: 1,
+        cid: 11,
+        ..Sqe::default()
+    });
+    h.ring_io();
+    assert!(h.peek_io().is_none());
+    let c = h.admin(Sqe {
+        opc: admin::DELETE_IO_SQ,
+        cdw10: 1,
+        ..Sqe::default()
+    });
+    assert!(c.status.is_success());
+    let c = h
+        .peek_io()
+        .expect("the held command completes on SQ deletion");
+    assert_eq!(c.cid, 11);
+    assert_eq!(
+        c.status.with_phase(false),
+        Status::new(0, sc::ABORTED_SQ_DELETION)
+    );
+    h.ring_cq1();
+    assert_eq!(h.f.held_commands(), 0);
+    // An admin opcode fault: the next Create I/O SQ fails with the injected status.
+    let injected = Status::new(sct::GENERIC, sc::INTERNAL_ERROR);
+    h.f.inject(fault(
+        Target::Opcode {
+            admin: true,
+            opcode: admin::CREATE_IO_SQ,
+            count: 1,
+        },
+        Action::Status(injected),
+    ))
+    .unwrap();
+    let c = h.admin(create_sq(1, h.mem.iova(SQ1), 16, 1));
+    assert_eq!(c.status.with_phase(false), injected);
+    let c = h.admin(create_sq(1, h.mem.iova(SQ1), 16, 1));
+    assert!(c.status.is_success(), "fires once");
+    assert_eq!(h.f.stats().faults_fired, 2);
+    h.assert_no_ub();
+}
