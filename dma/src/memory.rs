@@ -221,6 +221,8 @@ impl fmt::Debug for DmaMemory {
 enum Origin {
     Heap,
     Pool { pool: Arc<PoolInner>, index: u32 },
+    /// Never freed: the device may still write it (see [`DmaBuf::leak_on_drop`]).
+    Leaked,
 }
 
 impl DmaMemory {
@@ -546,11 +548,24 @@ impl Drop for DmaBuf {
                 let r = pool.free.push(*index);
                 debug_assert!(r.is_ok(), "pool block {index} freed twice");
             }
+            Origin::Leaked => {
+                // Keep the region (and its IOMMU mapping) alive for the life of the process.
+                std::mem::forget(Arc::clone(&self.region));
+            }
         }
     }
 }
 
 impl DmaBuf {
+    /// Makes dropping this buffer keep its memory allocated and mapped forever.
+    ///
+    /// For memory a device may still write after the driver gave up on it (a queue the
+    /// controller never confirmed deleting, a command it never completed): leaking it is the
+    /// only way to be sure no later owner sees the device's writes.
+    pub fn leak_on_drop(&mut self) {
+        self.origin = Origin::Leaked;
+    }
+
     fn new(region: Arc<Region>, offset: usize, cap: usize, origin: Origin) -> Self {
         debug_assert!(offset + cap <= region.len);
         DmaBuf {
