@@ -27,6 +27,11 @@ pub(crate) const MAX_MAPPINGS: u32 = 1024;
 /// - Every list entry and chain pointer must be page aligned: 0/0x13 (QEMU too).
 /// - A list that cannot be read: Data Transfer Error (0/0x04).
 /// - More than [`MAX_MAPPINGS`] entries: Internal Error (0/0x06).
+///
+/// PRPs carry no lengths: the transfer length comes from the command (NLB), and a mismatch
+/// shows as the walk consuming list entries the host never wrote (usually unmapped or
+/// misaligned, hence 0/0x04 or 0/0x13) or leaving written ones unused (undetectable, as on
+/// real hardware). SGLs carry lengths, and any mismatch is Data SGL Length Invalid.
 #[inline]
 pub(crate) fn walk_prp(
     table: &Table,

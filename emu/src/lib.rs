@@ -13,7 +13,7 @@
 //!   ASQ/ACQ page aligned; plus CSS and AMS) and sets CSTS.CFS if it is bad. CSTS.RDY follows
 //!   CC.EN only after [`EmuConfig::ready_delay`], in both directions. CC.SHN sets
 //!   CSTS.SHST to complete.
-//! * **DMA**: [`EmuFunction::dma_mapper`] returns the emulator's IOMMU, a sorted table of
+//! * **DMA**: [`PciFunction::dma_mapper`](nvme_dio_dma::PciFunction::dma_mapper) returns the emulator's IOMMU, a sorted table of
 //!   `IOVA range -> host pointer`. The controller reaches host memory only through it; an
 //!   unmapped IOVA in a data pointer is a Data Transfer Error (0/0x04), as an IOMMU fault would
 //!   be; an unmapped queue entry is a controller fatal error (CSTS.CFS). The IOVA space is
