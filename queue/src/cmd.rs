@@ -621,6 +621,26 @@ impl GetLogPage {
     }
 }
 
+/// Asynchronous Event Request (Base 2.0, 5.2): no fields; completes when an event occurs.
+/// Keep at most `IdentifyController::aerl()` outstanding.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AsyncEventRequest;
+
+impl AsyncEventRequest {
+    /// An AER.
+    pub fn new() -> Self {
+        AsyncEventRequest
+    }
+
+    /// The entry.
+    pub fn build(self) -> Sqe {
+        Sqe {
+            opc: admin::ASYNC_EVENT_REQUEST,
+            ..Sqe::default()
+        }
+    }
+}
+
 /// Doorbell Buffer Config (Base 2.0, 5.8): PRP1 the shadow doorbell page, PRP2 the EventIdx
 /// page (both page aligned). Only if `IdentifyController::oacs().doorbell_buffer_config()`.
 #[derive(Clone, Copy, Debug)]
@@ -786,6 +806,8 @@ mod tests {
         assert_eq!((s.cdw10 >> 16, s.cdw11), (0x000f, 1));
         let s = GetLogPage::smart_health().build(PRP);
         assert_eq!((s.nsid, s.cdw10), (0xffff_ffff, 0x02 | 127 << 16));
+        let a = AsyncEventRequest::new().build();
+        assert_eq!((a.opc, a.cdw10, a.prp1), (0x0c, 0, 0));
         let d = DoorbellBufferConfig::new(Iova(0x3000), Iova(0x4000)).build();
         assert_eq!((d.opc, d.prp1, d.prp2), (0x7c, 0x3000, 0x4000));
     }

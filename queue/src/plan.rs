@@ -42,6 +42,35 @@ pub struct Limits {
     pub sgl: Option<SglLimits>,
 }
 
+impl Limits {
+    /// The limits for namespace `ns` on controller `ctrl`, with CAP.MPSMIN `mpsmin`, memory
+    /// page size `page` (CC.MPS), `list_pages` PRP/SGL list pages per command, and SGLs used
+    /// when `want_sgl` and the controller supports them.
+    ///
+    /// QEMU rejects commands with more than 1024 mappings (Internal Error): at 4 KiB pages keep
+    /// `list_pages <= 2` (at most 1024 PRP entries), which this also caps SGL descriptors to.
+    pub fn from_identify(
+        ctrl: &crate::identify::IdentifyController,
+        ns: &crate::identify::IdentifyNamespace,
+        mpsmin: PageSize,
+        page: PageSize,
+        list_pages: usize,
+        want_sgl: bool,
+    ) -> Limits {
+        let sgl = (want_sgl && ctrl.sgls().supported).then(|| SglLimits {
+            max_descriptors: crate::sgl::max_descriptors(list_pages, page).min(1024),
+        });
+        Limits {
+            lba_size: ns.current_lba_format().data_size,
+            page,
+            max_transfer: max_transfer(ctrl.max_transfer_bytes(mpsmin), page, list_pages),
+            noiob: ns.noiob() as u32,
+            ns_blocks: ns.nsze(),
+            sgl,
+        }
+    }
+}
+
 /// SGL limits of one command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SglLimits {
@@ -196,6 +225,9 @@ pub enum PlanError {
 /// hold `n * (page / 8 - 1) + 1` entries (for `n == 1` exactly the issue's
 /// `entries_per_list_page * page`); with no list page only PRP2 is left: one page.
 /// The result is capped to the largest page multiple that fits a `u32`.
+///
+/// QEMU fails a command with more than 1024 mappings (Internal Error, DNR): with 4 KiB pages
+/// two list pages (1023 entries + PRP1) is the most it takes.
 pub fn max_transfer(mdts_bytes: Option<u64>, page: PageSize, list_pages: usize) -> u32 {
     let per = (page.bytes() / 8) as u64;
     let entries = if list_pages == 0 {
@@ -586,6 +618,36 @@ mod tests {
                 }
             })
         );
+    }
+
+    #[test]
+    fn limits_from_identify() {
+        use crate::identify::{IdentifyController, IdentifyNamespace, LbaFormat};
+        let mut c = IdentifyController::builder();
+        c.set_mdts(7).set_sgls(0b01);
+        let mut ns = IdentifyNamespace::builder();
+        ns.set_nsze(1000).set_noiob(64).set_lbaf(
+            0,
+            LbaFormat {
+                data_size: 4096,
+                ..LbaFormat::default()
+            },
+        );
+        let l = Limits::from_identify(&c, &ns, P4K, P4K, 1, true);
+        assert_eq!(
+            l,
+            Limits {
+                lba_size: 4096,
+                page: P4K,
+                max_transfer: 512 << 10,
+                noiob: 64,
+                ns_blocks: 1000,
+                sgl: Some(SglLimits {
+                    max_descriptors: 256
+                }),
+            }
+        );
+        assert_eq!(Limits::from_identify(&c, &ns, P4K, P4K, 1, false).sgl, None);
     }
 
     #[test]
