@@ -1,3 +1,44 @@
-//! # nvme-dio: the driver (skeleton, see issue 4).
+//! # nvme-dio: a userspace NVMe driver
+//!
+//! nvme-dio drives a PCIe NVMe controller from user space: it brings the controller up
+//! itself (admin queue, Identify, namespaces, I/O queue pairs) and moves data between the
+//! device and DMA buffers the caller owns, without the kernel on the I/O path.
+//!
+//! ## Model
+//!
+//! - A [`Controller`] is brought up once over a device ([`nvme_dio_dma::PciFunction`]: VFIO
+//!   for real hardware, `nvme-dio-emu` for tests). It is cheap to clone and can be shared
+//!   across threads.
+//! - Each thread creates its own [`IoQueuePair`]: `Send`, not `Sync`, no locks on the I/O
+//!   path. Buffers come from the controller's [`nvme_dio_dma::DmaMemory`] (hugepages mapped
+//!   into the IOMMU once).
+//! - A read or write takes one buffer or an iovec set. The planner (in `nvme-dio-queue`)
+//!   turns it into ONE command when it fits the controller's limits (the fast path: no
+//!   allocation, no child bookkeeping), or several; a split request completes once, after its
+//!   last part, with the first error if any part failed.
+//! - Submissions are batched: the doorbell is written once per [`IoQueuePair::ring`] /
+//!   [`IoQueuePair::poll`]. Completions are reaped by polling or, per queue pair, by waiting
+//!   on its MSI-X eventfd ([`CompletionMode`]), and handed out as [`Completion`]s carrying
+//!   the caller's tag, the result and the buffers.
+//!
+//! The data path, file by file: `qpair.rs` (submit, plan, build) -> `ring.rs` (SQ slot,
+//! doorbell, CQ slot, phase) -> `qpair.rs` (tracker, completion). Bring-up lives in
+//! `controller.rs`, the admin queue in `admin.rs`.
 
 #![forbid(unsafe_code)]
+
+mod admin;
+mod controller;
+mod error;
+mod namespace;
+mod qpair;
+mod ring;
+
+pub use controller::{Controller, ControllerInfo, ControllerOptions};
+pub use error::{Error, Stage};
+pub use namespace::Namespace;
+pub use nvme_dio_dma::{DmaBuf, DmaMemory, DmaPool, MemoryOptions, PageKind, PciFunction};
+pub use nvme_dio_queue::{Lba, Nsid, Status};
+pub use qpair::{
+    Bufs, Completion, CompletionMode, IoQueuePair, QueuePairOptions, QueueStats, Rejected,
+};

@@ -1,0 +1,126 @@
+//! Namespaces: geometry, limits and supported commands, from Identify Namespace.
+
+use nvme_dio_queue::identify::{IdentifyController, IdentifyNamespace};
+use nvme_dio_queue::plan::{Limits, SglLimits};
+use nvme_dio_queue::{Nsid, PageSize};
+
+/// One active namespace of a controller.
+///
+/// A plain value: cheap to clone, and it carries the planner limits so that submitting an
+/// I/O needs no lookup.
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    nsid: Nsid,
+    blocks: u64,
+    capacity: u64,
+    lba_size: u32,
+    metadata_size: u16,
+    noiob: u32,
+    limits: Limits,
+    write_zeroes: bool,
+    deallocate: bool,
+    volatile_write_cache: bool,
+}
+
+impl Namespace {
+    pub(crate) fn from_identify(
+        nsid: Nsid,
+        ns: &IdentifyNamespace,
+        ctrl: &IdentifyController,
+        page: PageSize,
+        max_transfer: u32,
+        sgl: bool,
+    ) -> Namespace {
+        let fmt = ns.current_lba_format();
+        let blocks = ns.nsze();
+        let noiob = ns.noiob() as u32;
+        let limits = Limits {
+            lba_size: fmt.data_size,
+            page,
+            max_transfer,
+            noiob,
+            ns_blocks: blocks,
+            // One list page of 16-byte descriptors per command, the last one chaining.
+            sgl: sgl.then_some(SglLimits {
+                max_descriptors: (page.bytes() / 16) as u32 - 1,
+            }),
+        };
+        Namespace {
+            nsid,
+            blocks,
+            capacity: ns.ncap(),
+            lba_size: fmt.data_size,
+            metadata_size: fmt.metadata_size,
+            noiob,
+            limits,
+            write_zeroes: ctrl.oncs().write_zeroes(),
+            deallocate: ctrl.oncs().dataset_management(),
+            volatile_write_cache: ctrl.vwc_present(),
+        }
+    }
+
+    /// The namespace identifier.
+    pub fn id(&self) -> Nsid {
+        self.nsid
+    }
+
+    /// Size in logical blocks (NSZE).
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// Capacity in logical blocks (NCAP).
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.blocks * self.lba_size as u64
+    }
+
+    /// Logical block size in bytes.
+    pub fn lba_size(&self) -> u32 {
+        self.lba_size
+    }
+
+    /// Metadata bytes per block of the current format (0 if none).
+    pub fn metadata_size(&self) -> u16 {
+        self.metadata_size
+    }
+
+    /// The largest transfer one command may carry, in bytes (MDTS and the PRP list capacity).
+    pub fn max_transfer(&self) -> u32 {
+        self.limits.max_transfer
+    }
+
+    /// Namespace Optimal I/O Boundary in blocks (0 if the namespace reports none).
+    pub fn optimal_io_boundary(&self) -> u32 {
+        self.noiob
+    }
+
+    /// True if Write Zeroes is supported.
+    pub fn supports_write_zeroes(&self) -> bool {
+        self.write_zeroes
+    }
+
+    /// True if Dataset Management (deallocate) is supported.
+    pub fn supports_deallocate(&self) -> bool {
+        self.deallocate
+    }
+
+    /// True if the controller has a volatile write cache (so Flush matters).
+    pub fn has_volatile_write_cache(&self) -> bool {
+        self.volatile_write_cache
+    }
+
+    /// True if the controller accepts SGL data pointers for this namespace's I/O.
+    pub fn supports_sgl(&self) -> bool {
+        self.limits.sgl.is_some()
+    }
+
+    /// The planner limits for this namespace.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}

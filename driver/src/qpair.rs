@@ -1,0 +1,1082 @@
+//! I/O queue pairs: the submission path (iovec set -> plan -> SQE -> SQ slot -> doorbell) and
+//! the completion path (CQ slot -> tracker -> [`Completion`]).
+//!
+//! A queue pair is owned by one thread: it is `Send` but not `Sync`, and every method takes
+//! `&mut self`, so no lock sits on the I/O path.
+//!
+//! ## Doorbells: submit many, ring once
+//!
+//! Submitting writes the entry into the SQ but does not ring the doorbell. The doorbell is
+//! written once per batch: by [`IoQueuePair::ring`], or at the start of
+//! [`IoQueuePair::poll`] / [`IoQueuePair::wait`]. Call one of them after submitting.
+//!
+//! ## Completions
+//!
+//! Every accepted request completes exactly once, as a [`Completion`] carrying the caller's
+//! tag, the result and the request's buffers. A database loop calls `poll()` and then drains
+//! `next_completion()` (or uses [`IoQueuePair::completions`]). Completions are collected
+//! before the CQ head doorbell is written and handed out after it, so resubmitting from the
+//! completion loop can never overrun the completion queue.
+//!
+//! A submit call either accepts the request (`Ok`) or refuses it with its buffers handed
+//! back ([`Rejected`]); nothing is queued on a refusal.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nvme_dio_dma::{Bar0, DmaBuf, PciFunction};
+use nvme_dio_queue::cmd::{DatasetManagement, Dptr, DsmRange, Flush, Read, Write, WriteZeroes};
+use nvme_dio_queue::plan::{self, Command, Plan};
+use nvme_dio_queue::prp::{self, PrpListPages, Segment};
+use nvme_dio_queue::sgl;
+use nvme_dio_queue::status::{sc, sct};
+use nvme_dio_queue::{Cqe, Iova, Lba, Qid, QueueSize, Sqe, opcode, regs};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::poll::PollContext;
+
+use crate::controller::{Shared, read32};
+use crate::error::{Error, opcode_name};
+use crate::namespace::Namespace;
+use crate::ring::{CqRing, SqRing};
+
+/// How a queue pair learns about completions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CompletionMode {
+    /// The caller polls the completion queue (lowest latency; burns the core).
+    #[default]
+    Poll,
+    /// The queue pair's MSI-X vector signals an eventfd; [`IoQueuePair::wait`] sleeps on it.
+    Interrupt,
+}
+
+/// Queue pair settings.
+#[derive(Clone, Debug)]
+pub struct QueuePairOptions {
+    /// Entries in the SQ and in the CQ (capped at CAP.MQES). One slot stays empty, so
+    /// `entries - 1` requests can be in flight.
+    pub entries: u32,
+    /// Poll or interrupt completion.
+    pub mode: CompletionMode,
+    /// A command still in flight after this long is aborted and completes with
+    /// [`Error::Timeout`].
+    pub timeout: Duration,
+}
+
+impl Default for QueuePairOptions {
+    fn default() -> Self {
+        QueuePairOptions {
+            entries: 256,
+            mode: CompletionMode::Poll,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The buffers of a request, handed back with its completion.
+#[derive(Debug, Default)]
+pub enum Bufs {
+    /// A request without data (flush, write zeroes).
+    #[default]
+    None,
+    /// A single buffer (read, write).
+    One(DmaBuf),
+    /// An iovec set (readv, writev).
+    Many(Vec<DmaBuf>),
+}
+
+impl Bufs {
+    /// The single buffer, if this was a one-buffer request.
+    pub fn into_one(self) -> Option<DmaBuf> {
+        match self {
+            Bufs::One(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// All buffers, in order.
+    pub fn into_vec(self) -> Vec<DmaBuf> {
+        match self {
+            Bufs::None => Vec::new(),
+            Bufs::One(b) => vec![b],
+            Bufs::Many(v) => v,
+        }
+    }
+}
+
+/// A finished request.
+#[derive(Debug)]
+pub struct Completion {
+    /// The tag the caller gave at submission.
+    pub tag: u64,
+    /// Success, or why it failed.
+    pub result: Result<(), Error>,
+    /// The request's buffers, returned to the caller.
+    pub bufs: Bufs,
+}
+
+/// A request refused before anything was queued; its buffers come back.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Rejected {
+    /// Why it was refused.
+    #[source]
+    pub error: Error,
+    /// The buffers that were passed in.
+    pub bufs: Bufs,
+}
+
+/// Per queue pair counters.
+#[derive(Clone, Debug, Default)]
+pub struct QueueStats {
+    /// Requests accepted.
+    pub submitted: u64,
+    /// Requests completed (success or error).
+    pub completed: u64,
+    /// Requests that completed with an error.
+    pub errors: u64,
+    /// Requests that needed more than one command.
+    pub split_requests: u64,
+    /// Commands placed in the SQ.
+    pub commands: u64,
+    /// SQ tail doorbell writes.
+    pub sq_doorbells: u64,
+    /// CQ head doorbell writes.
+    pub cq_doorbells: u64,
+    /// Calls to poll.
+    pub polls: u64,
+    /// Polls that found nothing.
+    pub empty_polls: u64,
+    /// Commands that passed their deadline.
+    pub timeouts: u64,
+    /// CQEs naming a CID that is not in flight (stale or duplicate): ignored.
+    pub stale_cqes: u64,
+    /// CQEs naming another SQ: ignored.
+    pub foreign_cqes: u64,
+    /// CQEs whose SQ head moved backwards or out of range.
+    pub bad_sq_heads: u64,
+    /// Interrupt waits that timed out but found completions (a lost interrupt, rescued).
+    pub lost_interrupts: u64,
+    /// Interrupt wakeups.
+    pub interrupts: u64,
+}
+
+const NO_PARENT: u32 = u32::MAX;
+
+/// One SQ slot's bookkeeping (SPDK's tracker): it owns the request's buffers and its PRP
+/// list page until the completion is delivered.
+#[derive(Debug)]
+struct Tracker {
+    busy: bool,
+    timed_out: bool,
+    opc: u8,
+    /// Bumped on every use; the CID carries it so a stale CQE cannot match a reused slot.
+    generation: u16,
+    parent: u32,
+    tag: u64,
+    bufs: Bufs,
+    submitted: Option<Instant>,
+    /// PRP list / SGL descriptor pages, allocated once, IOVA cached in the buffer.
+    list: DmaBuf,
+}
+
+/// A request that was split into several commands.
+#[derive(Debug)]
+struct Parent {
+    tag: u64,
+    opc: u8,
+    fua: bool,
+    nsid: u32,
+    bufs: Bufs,
+    segs: Vec<Segment>,
+    children: Vec<Command>,
+    next_child: usize,
+    in_flight: u32,
+    error: Option<Error>,
+}
+
+struct ListPages<'a> {
+    buf: &'a DmaBuf,
+    page: usize,
+    pages: usize,
+}
+
+impl PrpListPages for ListPages<'_> {
+    #[inline]
+    fn page(&mut self, n: usize) -> Option<Iova> {
+        (n < self.pages).then(|| Iova(self.buf.iova() + (n * self.page) as u64))
+    }
+    #[inline]
+    fn set(&mut self, n: usize, i: usize, entry: u64) {
+        self.buf.write_u64(n * self.page + i * 8, entry);
+    }
+}
+
+struct IrqWait {
+    fd: Arc<EventFd>,
+    poll: PollContext<u32>,
+}
+
+impl std::fmt::Debug for IrqWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IrqWait")
+    }
+}
+
+/// An I/O submission/completion queue pair, owned by one thread.
+#[derive(Debug)]
+pub struct IoQueuePair<D: PciFunction> {
+    // Hot: touched on every I/O.
+    sq: SqRing,
+    cq: CqRing,
+    sq_db: usize,
+    cq_db: usize,
+    shared: Arc<Shared<D>>,
+    trackers: Vec<Tracker>,
+    free: Vec<u16>,
+    slot_bits: u32,
+    ready: VecDeque<Completion>,
+    /// Slots submitted since the last doorbell: stamped with the doorbell's time.
+    unstamped: Vec<u16>,
+    scratch: Vec<Segment>,
+    stats: QueueStats,
+    // Cold: splits, timeouts, interrupts.
+    parents: Vec<Option<Parent>>,
+    free_parents: Vec<u32>,
+    /// Split requests with children still to submit, oldest first.
+    pending: VecDeque<u32>,
+    qid: Qid,
+    page: usize,
+    list_pages: usize,
+    timeout: Duration,
+    last_scan: Instant,
+    irq: Option<IrqWait>,
+    mode: CompletionMode,
+}
+
+impl<D: PciFunction> IoQueuePair<D> {
+    pub(crate) fn new(
+        shared: Arc<Shared<D>>,
+        qid: Qid,
+        size: QueueSize,
+        sq_mem: DmaBuf,
+        cq_mem: DmaBuf,
+        irq: Option<Arc<EventFd>>,
+        opts: QueuePairOptions,
+    ) -> Result<IoQueuePair<D>, Error> {
+        let slots = size.entries() - 1;
+        let page = shared.page.bytes();
+        let list_pages = shared.prp_list_pages;
+        // All list pages in one allocation, sliced per tracker, mapped once.
+        let mut trackers = Vec::with_capacity(slots as usize);
+        for _ in 0..slots {
+            let list = shared.mem.alloc(page * list_pages, page)?;
+            trackers.push(Tracker {
+                busy: false,
+                timed_out: false,
+                opc: 0,
+                generation: 0,
+                parent: NO_PARENT,
+                tag: 0,
+                bufs: Bufs::None,
+                submitted: None,
+                list,
+            });
+        }
+        let irq = match irq {
+            None => None,
+            Some(fd) => {
+                let poll = PollContext::new().map_err(|e| Error::Wait(e.into()))?;
+                poll.add(fd.as_ref(), 0u32)
+                    .map_err(|e| Error::Wait(e.into()))?;
+                Some(IrqWait { fd, poll })
+            }
+        };
+        let slot_bits = u32::BITS - (slots.max(2) - 1).leading_zeros();
+        let dstrd = shared.dstrd;
+        let now = Instant::now();
+        Ok(IoQueuePair {
+            sq: SqRing::new(sq_mem, size),
+            cq: CqRing::new(cq_mem, size),
+            sq_db: regs::sq_tail_doorbell(qid, dstrd),
+            cq_db: regs::cq_head_doorbell(qid, dstrd),
+            shared,
+            trackers,
+            free: (0..slots as u16).rev().collect(),
+            slot_bits,
+            ready: VecDeque::with_capacity(slots as usize),
+            unstamped: Vec::with_capacity(slots as usize),
+            scratch: Vec::new(),
+            stats: QueueStats::default(),
+            parents: Vec::new(),
+            free_parents: Vec::new(),
+            pending: VecDeque::new(),
+            qid,
+            page,
+            list_pages,
+            timeout: opts.timeout,
+            last_scan: now,
+            irq,
+            mode: opts.mode,
+        })
+    }
+
+    /// The queue identifier.
+    pub fn qid(&self) -> Qid {
+        self.qid
+    }
+
+    /// The completion mode chosen at creation.
+    pub fn mode(&self) -> CompletionMode {
+        self.mode
+    }
+
+    /// Requests that can be in flight at once.
+    pub fn capacity(&self) -> usize {
+        self.trackers.len()
+    }
+
+    /// Commands in flight (the device owns their slots).
+    pub fn outstanding(&self) -> usize {
+        self.trackers.len() - self.free.len()
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> &QueueStats {
+        &self.stats
+    }
+
+    /// The interrupt eventfd of an interrupt-mode queue pair, for an external reactor
+    /// (epoll, tokio's `AsyncFd`): when it is readable, call [`IoQueuePair::poll`].
+    pub fn eventfd(&self) -> Option<&EventFd> {
+        self.irq.as_ref().map(|i| i.fd.as_ref())
+    }
+
+    // ---- submission -------------------------------------------------------------------
+
+    /// Reads `buf.len()` bytes starting at block `lba` into `buf`.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`] (with `buf` inside) if the request is invalid or the queue is full.
+    #[inline]
+    pub fn read(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        buf: DmaBuf,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        self.rw(ns, lba, Bufs::One(buf), tag, opcode::nvm::READ, false)
+    }
+
+    /// Writes `buf` to the blocks starting at `lba`.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`] (with `buf` inside) if the request is invalid or the queue is full.
+    #[inline]
+    pub fn write(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        buf: DmaBuf,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        self.rw(ns, lba, Bufs::One(buf), tag, opcode::nvm::WRITE, false)
+    }
+
+    /// Writes `buf` with Force Unit Access: durable when it completes.
+    ///
+    /// # Errors
+    ///
+    /// As [`IoQueuePair::write`].
+    pub fn write_fua(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        buf: DmaBuf,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        self.rw(ns, lba, Bufs::One(buf), tag, opcode::nvm::WRITE, true)
+    }
+
+    /// Reads into an iovec set, in order, starting at `lba`.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`] (with the buffers inside) if the request is invalid or the queue is full.
+    pub fn readv(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        bufs: Vec<DmaBuf>,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        self.rw(ns, lba, Bufs::Many(bufs), tag, opcode::nvm::READ, false)
+    }
+
+    /// Writes an iovec set, in order, starting at `lba`.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`] (with the buffers inside) if the request is invalid or the queue is full.
+    pub fn writev(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        bufs: Vec<DmaBuf>,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        self.rw(ns, lba, Bufs::Many(bufs), tag, opcode::nvm::WRITE, false)
+    }
+
+    /// Writes an iovec set with Force Unit Access.
+    ///
+    /// # Errors
+    ///
+    /// As [`IoQueuePair::writev`].
+    pub fn writev_fua(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        bufs: Vec<DmaBuf>,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        self.rw(ns, lba, Bufs::Many(bufs), tag, opcode::nvm::WRITE, true)
+    }
+
+    /// Flushes the volatile write cache of the namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`] if the queue is full or the device is gone.
+    pub fn flush(&mut self, ns: &Namespace, tag: u64) -> Result<(), Rejected> {
+        let sqe = Flush::new(ns.id()).build();
+        self.submit_simple(sqe, tag, Bufs::None)
+    }
+
+    /// Writes zeroes to `blocks` blocks starting at `lba` (no data transfer).
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`] if the range is invalid, the command unsupported, or the queue full.
+    pub fn write_zeroes(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        blocks: u32,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        let reject = |error| {
+            Err(Rejected {
+                error,
+                bufs: Bufs::None,
+            })
+        };
+        if !ns.supports_write_zeroes() {
+            return reject(Error::NotSupported("Write Zeroes"));
+        }
+        if let Err(e) = check_range(ns, lba, blocks as u64, 65_536) {
+            return reject(e);
+        }
+        let sqe = WriteZeroes::new(ns.id(), lba, blocks).build();
+        self.submit_simple(sqe, tag, Bufs::None)
+    }
+
+    /// Deallocates (trims) the given ranges of `(first block, block count)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`] if a range is invalid, there are more than 256 or none, the command is
+    /// unsupported, the queue is full, or the range list cannot be allocated.
+    pub fn deallocate(
+        &mut self,
+        ns: &Namespace,
+        ranges: &[(Lba, u32)],
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        let reject = |error| {
+            Err(Rejected {
+                error,
+                bufs: Bufs::None,
+            })
+        };
+        if !ns.supports_deallocate() {
+            return reject(Error::NotSupported("Dataset Management (deallocate)"));
+        }
+        if ranges.is_empty() || ranges.len() > 256 {
+            return reject(Error::BadOption(format!(
+                "{} deallocate ranges (1..=256)",
+                ranges.len()
+            )));
+        }
+        for &(lba, n) in ranges {
+            if let Err(e) = check_range(ns, lba, n as u64, u32::MAX as u64) {
+                return reject(e);
+            }
+        }
+        let list = match self.shared.mem.alloc(ranges.len() * 16, self.page) {
+            Ok(b) => b,
+            Err(e) => return reject(e.into()),
+        };
+        for (i, &(lba, n)) in ranges.iter().enumerate() {
+            let r = DsmRange {
+                context: 0,
+                nlb: n,
+                slba: lba.0,
+            }
+            .to_bytes();
+            if let Err(e) = list.copy_from_slice(i * 16, &r) {
+                return reject(e.into());
+            }
+        }
+        let sqe = DatasetManagement::deallocate(ns.id(), ranges.len() as u32).build(Dptr::Prp {
+            prp1: list.iova(),
+            prp2: 0,
+        });
+        // The range list travels as the request's buffer so it lives until completion.
+        self.submit_simple(sqe, tag, Bufs::One(list))
+    }
+
+    /// Read or write of an iovec set: plan, then one command (fast path) or a split.
+    #[inline]
+    fn rw(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        bufs: Bufs,
+        tag: u64,
+        opc: u8,
+        fua: bool,
+    ) -> Result<(), Rejected> {
+        if self.shared.gone.load(Ordering::Relaxed) {
+            return Err(Rejected {
+                error: Error::DeviceGone {
+                    register: regs::CSTS,
+                },
+                bufs,
+            });
+        }
+        if !self.pending.is_empty() {
+            // Keep order: nothing overtakes a split that is still waiting for slots.
+            return Err(Rejected {
+                error: Error::QueueFull {
+                    outstanding: self.outstanding(),
+                },
+                bufs,
+            });
+        }
+        let one;
+        let segs: &[Segment] = match &bufs {
+            Bufs::One(b) => {
+                one = [Segment {
+                    iova: Iova(b.iova()),
+                    len: b.len() as u32,
+                }];
+                &one
+            }
+            Bufs::Many(v) => {
+                self.scratch.clear();
+                self.scratch.extend(v.iter().map(|b| Segment {
+                    iova: Iova(b.iova()),
+                    len: b.len() as u32,
+                }));
+                &self.scratch
+            }
+            Bufs::None => &[],
+        };
+        let planned = plan::plan(segs, lba, ns.limits());
+        match planned {
+            Err(e) => Err(Rejected {
+                error: e.into(),
+                bufs,
+            }),
+            Ok(Plan::One(cmd)) => {
+                let Some(slot) = self.free.pop() else {
+                    return Err(Rejected {
+                        error: Error::QueueFull {
+                            outstanding: self.outstanding(),
+                        },
+                        bufs,
+                    });
+                };
+                let dptr = match self.build_dptr(slot, segs, &cmd) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.free.push(slot);
+                        return Err(Rejected { error: e, bufs });
+                    }
+                };
+                let sqe = rw_sqe(opc, ns.id().0, &cmd, fua, dptr);
+                self.stats.submitted += 1;
+                self.place(slot, sqe, tag, NO_PARENT, bufs);
+                Ok(())
+            }
+            Ok(Plan::Split(children)) => {
+                if self.free.is_empty() {
+                    return Err(Rejected {
+                        error: Error::QueueFull {
+                            outstanding: self.outstanding(),
+                        },
+                        bufs,
+                    });
+                }
+                let segs = segs.to_vec();
+                self.stats.submitted += 1;
+                self.stats.split_requests += 1;
+                let parent = Parent {
+                    tag,
+                    opc,
+                    fua,
+                    nsid: ns.id().0,
+                    bufs,
+                    segs,
+                    children,
+                    next_child: 0,
+                    in_flight: 0,
+                    error: None,
+                };
+                let idx = match self.free_parents.pop() {
+                    Some(i) => {
+                        self.parents[i as usize] = Some(parent);
+                        i
+                    }
+                    None => {
+                        self.parents.push(Some(parent));
+                        (self.parents.len() - 1) as u32
+                    }
+                };
+                self.pending.push_back(idx);
+                self.submit_pending();
+                Ok(())
+            }
+        }
+    }
+
+    /// Submits a command without a planner (flush, write zeroes, deallocate).
+    fn submit_simple(&mut self, sqe: Sqe, tag: u64, bufs: Bufs) -> Result<(), Rejected> {
+        if self.shared.gone.load(Ordering::Relaxed) {
+            return Err(Rejected {
+                error: Error::DeviceGone {
+                    register: regs::CSTS,
+                },
+                bufs,
+            });
+        }
+        if !self.pending.is_empty() {
+            return Err(Rejected {
+                error: Error::QueueFull {
+                    outstanding: self.outstanding(),
+                },
+                bufs,
+            });
+        }
+        let Some(slot) = self.free.pop() else {
+            return Err(Rejected {
+                error: Error::QueueFull {
+                    outstanding: self.outstanding(),
+                },
+                bufs,
+            });
+        };
+        self.stats.submitted += 1;
+        self.place(slot, sqe, tag, NO_PARENT, bufs);
+        Ok(())
+    }
+
+    /// Builds the data pointer for `cmd` in the slot's own list pages.
+    #[inline]
+    fn build_dptr(&self, slot: u16, segs: &[Segment], cmd: &Command) -> Result<Dptr, Error> {
+        let mut list = ListPages {
+            buf: &self.trackers[slot as usize].list,
+            page: self.page,
+            pages: self.list_pages,
+        };
+        let page = self.shared.page;
+        let r = if cmd.sgl {
+            sgl::build_range(segs, &cmd.segs, page, &mut list).map_err(|e| e.to_string())
+        } else {
+            prp::build_range(segs, &cmd.segs, page, &mut list).map_err(|e| e.to_string())
+        };
+        // The planner only emits commands that fit the rules and the list pages, so a
+        // failure here is a driver bug; it is reported, not panicked on.
+        r.map_err(|e| Error::Nonsense(format!("data pointer for a planned command: {e}")))
+    }
+
+    /// Puts `sqe` in the SQ under `slot`'s CID and records the tracker.
+    #[inline]
+    fn place(&mut self, slot: u16, mut sqe: Sqe, tag: u64, parent: u32, bufs: Bufs) {
+        let t = &mut self.trackers[slot as usize];
+        t.generation = t.generation.wrapping_add(1);
+        t.busy = true;
+        t.timed_out = false;
+        t.opc = sqe.opc;
+        t.parent = parent;
+        t.tag = tag;
+        t.bufs = bufs;
+        t.submitted = None;
+        sqe.cid = self.cid(slot);
+        self.sq.push(&sqe);
+        self.unstamped.push(slot);
+        self.stats.commands += 1;
+    }
+
+    #[inline]
+    fn cid(&self, slot: u16) -> u16 {
+        // Low bits: the slot. High bits: the slot's generation, to catch stale CQEs.
+        let generation = self.trackers[slot as usize].generation as u32;
+        ((generation << self.slot_bits) | slot as u32) as u16
+    }
+
+    /// Submits waiting children of split requests while slots are free.
+    fn submit_pending(&mut self) {
+        while let Some(&idx) = self.pending.front() {
+            loop {
+                let Some(p) = self.parents[idx as usize].as_mut() else {
+                    break;
+                };
+                if p.error.is_some() || p.next_child == p.children.len() {
+                    // A failed split submits no more children.
+                    p.next_child = p.children.len();
+                    break;
+                }
+                let Some(slot) = self.free.pop() else { return };
+                let cmd = p.children[p.next_child];
+                p.next_child += 1;
+                let (opc, fua, nsid) = (p.opc, p.fua, p.nsid);
+                let segs = std::mem::take(&mut p.segs);
+                let dptr = self.build_dptr(slot, &segs, &cmd);
+                let p = self.parents[idx as usize].as_mut().expect("parent present");
+                p.segs = segs;
+                match dptr {
+                    Ok(dptr) => {
+                        p.in_flight += 1;
+                        self.place(slot, rw_sqe(opc, nsid, &cmd, fua, dptr), 0, idx, Bufs::None);
+                    }
+                    Err(e) => {
+                        self.free.push(slot);
+                        p.error = Some(e);
+                    }
+                }
+            }
+            self.pending.pop_front();
+            self.finish_parent_if_done(idx);
+        }
+    }
+
+    fn finish_parent_if_done(&mut self, idx: u32) {
+        let done = match &self.parents[idx as usize] {
+            Some(p) => p.in_flight == 0 && p.next_child == p.children.len(),
+            None => false,
+        };
+        if done && !self.pending.contains(&idx) {
+            let p = self.parents[idx as usize].take().expect("parent present");
+            self.free_parents.push(idx);
+            self.deliver(Completion {
+                tag: p.tag,
+                result: p.error.map_or(Ok(()), Err),
+                bufs: p.bufs,
+            });
+        }
+    }
+
+    #[inline]
+    fn deliver(&mut self, c: Completion) {
+        self.stats.completed += 1;
+        if c.result.is_err() {
+            self.stats.errors += 1;
+        }
+        self.ready.push_back(c);
+    }
+
+    /// Writes the SQ tail doorbell if anything was submitted since the last write.
+    #[inline]
+    pub fn ring(&mut self) {
+        if let Some(tail) = self.sq.take_doorbell() {
+            let now = Instant::now();
+            for &s in &self.unstamped {
+                self.trackers[s as usize].submitted = Some(now);
+            }
+            self.unstamped.clear();
+            self.shared.dev.bar0().write32(self.sq_db, tail);
+            self.stats.sq_doorbells += 1;
+        }
+    }
+
+    // ---- completion -------------------------------------------------------------------
+
+    /// Rings the doorbell, reaps every new completion, and returns how many completions
+    /// are ready to take with [`IoQueuePair::next_completion`].
+    pub fn poll(&mut self) -> usize {
+        self.ring();
+        self.stats.polls += 1;
+        let n = self.reap();
+        if n == 0 {
+            self.stats.empty_polls += 1;
+        }
+        if !self.pending.is_empty() {
+            self.submit_pending();
+            self.ring();
+        }
+        if !self.ready.is_empty() || self.outstanding() == 0 {
+            return self.ready.len();
+        }
+        self.check_deadlines();
+        self.ready.len()
+    }
+
+    /// Takes the next finished request, if any (call [`IoQueuePair::poll`] to find more).
+    #[inline]
+    pub fn next_completion(&mut self) -> Option<Completion> {
+        self.ready.pop_front()
+    }
+
+    /// Polls once and drains what is ready: `for c in qp.completions() { ... }`.
+    pub fn completions(&mut self) -> std::collections::vec_deque::Drain<'_, Completion> {
+        self.poll();
+        self.ready.drain(..)
+    }
+
+    /// Waits up to `timeout` until at least one completion is ready; returns how many are.
+    ///
+    /// In interrupt mode this sleeps on the queue's MSI-X eventfd. If the wait times out,
+    /// the CQ is still checked: a completion found then is a lost interrupt, counted in
+    /// [`QueueStats::lost_interrupts`] and delivered. In poll mode it spins on the CQ.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Wait`] if waiting on the eventfd fails.
+    pub fn wait(&mut self, timeout: Duration) -> Result<usize, Error> {
+        let n = self.poll();
+        if n > 0 || self.outstanding() == 0 {
+            return Ok(n);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match &self.irq {
+                Some(irq) => {
+                    // Wake at least every deadline-scan period so timeouts are seen.
+                    let slice = left.min(Duration::from_millis(100));
+                    let events = irq
+                        .poll
+                        .wait_timeout(slice)
+                        .map_err(|e| Error::Wait(e.into()))?;
+                    let woke = events.iter_readable().next().is_some();
+                    if woke {
+                        // Non-blocking eventfd: reading resets its counter.
+                        let _ = irq.fd.read();
+                    }
+                    drop(events);
+                    if woke {
+                        self.stats.interrupts += 1;
+                    }
+                    let n = self.poll();
+                    if n > 0 {
+                        if !woke {
+                            self.stats.lost_interrupts += 1;
+                        }
+                        return Ok(n);
+                    }
+                }
+                None => {
+                    let n = self.poll();
+                    if n > 0 {
+                        return Ok(n);
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            if left.is_zero() || self.outstanding() == 0 {
+                return Ok(self.ready.len());
+            }
+        }
+    }
+
+    /// Reaps new CQEs into the ready list, then writes the CQ head doorbell once.
+    #[inline]
+    fn reap(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(cqe) = self.cq.pop() {
+            self.complete(cqe);
+            n += 1;
+        }
+        if let Some(head) = self.cq.take_doorbell() {
+            self.shared.dev.bar0().write32(self.cq_db, head);
+            self.stats.cq_doorbells += 1;
+        }
+        n
+    }
+
+    /// Matches one CQE to its tracker. Nothing in a CQE is trusted until its CID names a
+    /// slot in flight with the same generation.
+    #[inline]
+    fn complete(&mut self, cqe: Cqe) {
+        if cqe.sqid != self.qid.0 {
+            self.stats.foreign_cqes += 1;
+            return;
+        }
+        let slot = (cqe.cid as u32 & ((1 << self.slot_bits) - 1)) as usize;
+        let generation = (cqe.cid as u32 >> self.slot_bits) as u16;
+        let gen_mask = (0xffffu32 >> self.slot_bits) as u16;
+        match self.trackers.get(slot) {
+            Some(t) if t.busy && (t.generation & gen_mask) == generation => {}
+            _ => {
+                self.stats.stale_cqes += 1;
+                return;
+            }
+        }
+        if !self.sq.set_head(cqe.sqhd) {
+            self.stats.bad_sq_heads += 1;
+        }
+        let t = &mut self.trackers[slot];
+        t.busy = false;
+        let result = if cqe.status.is_success() {
+            Ok(())
+        } else if t.timed_out
+            && cqe.status.sct() == sct::GENERIC
+            && cqe.status.sc() == sc::ABORT_REQUESTED
+        {
+            Err(Error::Timeout {
+                opcode_name: opcode_name(false, t.opc),
+                after: self.timeout,
+            })
+        } else {
+            Err(Error::Command {
+                opcode: t.opc,
+                opcode_name: opcode_name(false, t.opc),
+                status: cqe.status,
+            })
+        };
+        let parent = t.parent;
+        let tag = t.tag;
+        let bufs = std::mem::take(&mut t.bufs);
+        self.free.push(slot as u16);
+        if parent == NO_PARENT {
+            self.deliver(Completion { tag, result, bufs });
+        } else {
+            let p = self.parents[parent as usize]
+                .as_mut()
+                .expect("child of a live parent");
+            p.in_flight -= 1;
+            if let Err(e) = result
+                && p.error.is_none()
+            {
+                p.error = Some(e);
+            }
+            self.finish_parent_if_done(parent);
+        }
+    }
+
+    /// Aborts commands past their deadline; notices a device that has gone away.
+    fn check_deadlines(&mut self) {
+        let now = Instant::now();
+        let period = (self.timeout / 4).clamp(Duration::from_millis(1), Duration::from_millis(100));
+        if now.duration_since(self.last_scan) < period {
+            return;
+        }
+        self.last_scan = now;
+        if read32(self.shared.dev.bar0(), regs::CSTS).is_err() {
+            self.shared.gone.store(true, Ordering::Relaxed);
+        }
+        if self.shared.gone.load(Ordering::Relaxed) {
+            self.fail_all(|| Error::DeviceGone {
+                register: regs::CSTS,
+            });
+            return;
+        }
+        for slot in 0..self.trackers.len() {
+            let t = &self.trackers[slot];
+            let late = matches!(t.submitted, Some(at) if now.duration_since(at) > self.timeout);
+            if t.busy && !t.timed_out && late {
+                self.trackers[slot].timed_out = true;
+                self.stats.timeouts += 1;
+                let cid = self.cid(slot as u16);
+                // The aborted command completes on this CQ with Command Abort Requested and
+                // is delivered as a timeout then. If the controller cannot abort it, it stays
+                // in flight until it completes or the controller is reset.
+                self.shared.abort(self.qid, cid);
+            }
+        }
+    }
+
+    /// Completes every request in flight with an error (the device is gone: it can no longer
+    /// touch the buffers, so they are safe to hand back).
+    fn fail_all(&mut self, why: impl Fn() -> Error) {
+        for slot in 0..self.trackers.len() {
+            if !self.trackers[slot].busy {
+                continue;
+            }
+            let t = &mut self.trackers[slot];
+            t.busy = false;
+            let (parent, tag, bufs) = (t.parent, t.tag, std::mem::take(&mut t.bufs));
+            self.free.push(slot as u16);
+            if parent == NO_PARENT {
+                self.deliver(Completion {
+                    tag,
+                    result: Err(why()),
+                    bufs,
+                });
+            } else if let Some(p) = self.parents[parent as usize].as_mut() {
+                p.in_flight -= 1;
+                p.error.get_or_insert_with(&why);
+            }
+        }
+        let idxs: Vec<u32> = (0..self.parents.len() as u32).collect();
+        self.pending.clear();
+        for idx in idxs {
+            if let Some(p) = self.parents[idx as usize].as_mut() {
+                p.next_child = p.children.len();
+                p.error.get_or_insert_with(&why);
+            }
+            self.finish_parent_if_done(idx);
+        }
+    }
+}
+
+impl<D: PciFunction> Drop for IoQueuePair<D> {
+    fn drop(&mut self) {
+        // Deleting the SQ makes the controller abort whatever it still holds; only then may
+        // the rings, list pages and in-flight buffers be freed. If the controller does not
+        // confirm the deletion it may still write them: leak them rather than hand memory
+        // the device can write back to the allocator. Requests still in flight are not
+        // delivered (there is no one left to deliver them to).
+        if !self.shared.delete_qpair(self.qid) && self.outstanding() > 0 {
+            for t in self.trackers.drain(..) {
+                std::mem::forget(t);
+            }
+            self.sq.leak();
+            self.cq.leak();
+        }
+    }
+}
+
+#[inline]
+fn rw_sqe(opc: u8, nsid: u32, cmd: &Command, fua: bool, dptr: Dptr) -> Sqe {
+    let nsid = nvme_dio_queue::Nsid(nsid);
+    if opc == opcode::nvm::READ {
+        Read::new(nsid, cmd.slba, cmd.nlb).fua(fua).build(dptr)
+    } else {
+        Write::new(nsid, cmd.slba, cmd.nlb).fua(fua).build(dptr)
+    }
+}
+
+fn check_range(ns: &Namespace, lba: Lba, blocks: u64, max: u64) -> Result<(), Error> {
+    if blocks == 0
+        || blocks > max
+        || lba
+            .0
+            .checked_add(blocks)
+            .is_none_or(|end| end > ns.blocks())
+    {
+        return Err(Error::OutOfRange {
+            nsid: ns.id(),
+            slba: lba,
+            blocks,
+            ns_blocks: ns.blocks(),
+        });
+    }
+    Ok(())
+}
