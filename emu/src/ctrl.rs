@@ -45,6 +45,8 @@ pub struct EmuStats {
     pub faults_fired: u64,
     /// Undefined-behaviour events recorded (see [`crate::EmuFunction::ub_events`]).
     pub ub_events: u64,
+    /// Error events recorded (see [`crate::EmuFunction::err_events`]).
+    pub err_events: u64,
     /// MSI-X eventfd signals.
     pub interrupts: u64,
 }
@@ -172,6 +174,7 @@ pub(crate) struct State {
     pub(crate) held: Vec<Held>,
     pub(crate) msix: Vec<Arc<EventFd>>,
     pub(crate) ub: Vec<String>,
+    pub(crate) errs: Vec<String>,
     /// Granted (SQs, CQs) from Set Features Number of Queues.
     pub(crate) nq: (u16, u16),
     pub(crate) int_coalescing: u32,
@@ -244,6 +247,7 @@ impl State {
             held: Vec::new(),
             msix: Vec::new(),
             ub: Vec::new(),
+            errs: Vec::new(),
             nq: (cfg.max_ioqpairs, cfg.max_ioqpairs),
             int_coalescing: 0,
             vwc_enabled: cfg.vwc,
@@ -263,11 +267,19 @@ impl State {
         self.ub.push(what);
     }
 
+    /// Records an error event: the controller failed a request in a way QEMU traces as
+    /// `pci_nvme_err_*` (failed enable, fatal error). Negative tests expect these.
+    #[cold]
+    pub(crate) fn err(&mut self, what: String) {
+        self.stats.err_events += 1;
+        self.errs.push(what);
+    }
+
     /// Enters the fatal state (CSTS.CFS), as a controller does on an internal error.
     #[cold]
     pub(crate) fn fatal(&mut self, why: String) {
         self.cfs = true;
-        self.ub(format!("controller fatal: {why}"));
+        self.err(format!("controller fatal (CSTS.CFS set): {why}"));
     }
 
     // ---------------------------------------------------------------- registers
@@ -312,9 +324,7 @@ impl State {
                 Err(why) => {
                     // QEMU: nvme_start_ctrl failed -> CSTS = CFS.
                     self.cfs = true;
-                    self.ub
-                        .push(format!("controller enable failed (CSTS.CFS set): {why}"));
-                    self.stats.ub_events += 1;
+                    self.err(format!("controller enable failed (CSTS.CFS set): {why}"));
                 }
             }
         } else if old.en() && !new.en() {

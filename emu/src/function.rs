@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ pub(crate) struct Shared {
     db_values: Box<[AtomicU32]>,
     db_dirty: Box<[AtomicU64]>,
     stop: AtomicBool,
-    thread: Mutex<Option<std::thread::Thread>>,
+    thread: OnceLock<std::thread::Thread>,
 }
 
 impl Shared {
@@ -39,12 +39,7 @@ impl Shared {
     }
 
     fn unpark(&self) {
-        if let Some(t) = self
-            .thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        if let Some(t) = self.thread.get() {
             t.unpark();
         }
     }
@@ -320,7 +315,7 @@ impl EmuFunction {
             db_values: (0..ndb).map(|_| AtomicU32::new(0)).collect(),
             db_dirty: (0..ndb.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             stop: AtomicBool::new(false),
-            thread: Mutex::new(None),
+            thread: OnceLock::new(),
             removed: AtomicBool::new(false),
             state: Mutex::new(State::new(cfg.clone())),
         });
@@ -332,7 +327,7 @@ impl EmuFunction {
                 .map_err(|e| EmuError::Thread {
                     source: Arc::new(e),
                 })?;
-            *shared.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(h.thread().clone());
+            let _ = shared.thread.set(h.thread().clone());
             Some(h)
         } else {
             None
@@ -407,11 +402,20 @@ impl EmuFunction {
         self.shared.lock().stats
     }
 
-    /// Undefined-behaviour events so far, oldest first: every doorbell for a missing queue or
-    /// out of range, MMIO at a misaligned/unknown/read-only offset, a doorbell before
-    /// CSTS.RDY=1, a failed enable, a fatal controller error. Tests assert this is empty.
+    /// Undefined-behaviour events so far, oldest first (QEMU's `pci_nvme_ub_*` class): every
+    /// doorbell for a missing queue or out of range, a doorbell before CSTS.RDY=1, MMIO at a
+    /// misaligned/unknown/read-only offset, registers changed while enabled, INTMS/INTMC with
+    /// MSI-X on, a CQ head past the posted entries. A correct driver causes none: tests
+    /// assert this is empty.
     pub fn ub_events(&self) -> Vec<String> {
         self.shared.lock().ub.clone()
+    }
+
+    /// Error events so far, oldest first (QEMU's `pci_nvme_err_*` class, for the
+    /// controller-level failures only): a failed enable (bad CC/AQA/ASQ/ACQ) and a fatal error
+    /// (queue memory not mapped). Command failures are reported in completions, not here.
+    pub fn err_events(&self) -> Vec<String> {
+        self.shared.lock().errs.clone()
     }
 
     /// Reads `buf.len()` bytes of namespace `nsid` starting at block `lba` (RAM backing),
@@ -515,7 +519,9 @@ impl PciFunction for EmuFunction {
     }
 
     fn reset(&self) -> Result<(), nvme_dio_dma::Error> {
-        self.shared.lock().flr();
+        let mut s = self.shared.lock();
+        s.flr();
+        // Under the lock: the thread takes dirty bits only while holding it.
         for d in self.shared.db_dirty.iter() {
             d.store(0, Ordering::Relaxed);
         }

@@ -33,6 +33,8 @@
 //!   INTMS/INTMC with MSI-X on, registers changed while enabled, a CQ head past the posted
 //!   entries) is ignored like QEMU does, but recorded: [`EmuFunction::ub_events`] is the
 //!   host-side equivalent of QEMU's `pci_nvme_ub_*` trace, and tests assert it is empty.
+//!   Controller-level failures (a rejected enable, a fatal error) go to
+//!   [`EmuFunction::err_events`], like QEMU's `pci_nvme_err_*`.
 //! * **Faults** ([`Fault`], [`EmuFunction::inject`]): error status, dropped, delayed,
 //!   duplicated or stale completions for the Nth I/O command or an opcode; CSTS.CFS; surprise
 //!   removal; a flipped bit in stored data. [`EmuFunction::stats`] counts what happened.

@@ -448,6 +448,7 @@ fn bad_configurations_set_cfs_and_a_good_one_clears_it() {
         f(&h);
         let c = Csts(h.bar().read32(regs::CSTS));
         assert!(c.cfs() && !c.rdy(), "{what}: CSTS {:#x}", c.0);
+        assert_eq!(h.f.err_events().len(), 1, "{what}");
         // Reset and enable properly: CFS clears.
         h.bar().write32(regs::CC, 0);
         h.bar().write32(regs::AQA, 0x003f_003f);
@@ -1070,7 +1071,8 @@ fn unmapped_queue_memory_is_a_fatal_error() {
     // Map it back so Drop's unmap has something to remove.
     // SAFETY: the memory is still allocated and owned by `h.mem`.
     unsafe { h.mem.mapper.map(h.mem.iova, h.mem.ptr, h.mem.len) }.unwrap();
-    assert_eq!(h.f.ub_events().len(), 1);
+    assert_eq!(h.f.err_events().len(), 1, "{:?}", h.f.err_events());
+    h.assert_no_ub();
     h.sq1_tail = 0;
 }
 
