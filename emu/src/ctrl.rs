@@ -466,9 +466,9 @@ impl State {
             self.update_ready();
         }
         if !self.enabled || !self.rdy {
+            let (en, rdy) = (self.cc & 1, self.rdy as u8);
             self.ub(format!(
-                "doorbell {idx} written with {value} while CSTS.RDY=0 (CC.EN={}): wait for RDY=1",
-                self.cc & 1
+                "doorbell {idx} written with {value} while not enabled and ready (CC.EN={en}, CSTS.RDY={rdy}): wait for RDY=1 after setting EN"
             ));
             return;
         }
