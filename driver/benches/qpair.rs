@@ -13,15 +13,27 @@ use nvme_dio_emu::{EmuConfig, EmuFunction, NsConfig};
 
 fn randread_qd(c: &mut Criterion, qd: usize) {
     let blocks = 1u64 << 20;
-    let cfg = EmuConfig { namespaces: vec![NsConfig::null(blocks, 4096)], ..EmuConfig::default() };
+    let cfg = EmuConfig {
+        namespaces: vec![NsConfig::null(blocks, 4096)],
+        ..EmuConfig::default()
+    };
     let dev = Arc::new(EmuFunction::new(cfg).unwrap());
     let opts = ControllerOptions {
-        memory: MemoryOptions { page: PageKind::Huge2M, region_bytes: 16 << 20, allow_fallback: true },
+        memory: MemoryOptions {
+            page: PageKind::Huge2M,
+            region_bytes: 16 << 20,
+            allow_fallback: true,
+        },
         ..ControllerOptions::default()
     };
     let ctrl = Controller::new(dev, opts).unwrap();
     let ns = ctrl.namespace(1).unwrap().clone();
-    let mut qp = ctrl.create_io_qpair(QueuePairOptions { entries: 256, ..Default::default() }).unwrap();
+    let mut qp = ctrl
+        .create_io_qpair(QueuePairOptions {
+            entries: 256,
+            ..Default::default()
+        })
+        .unwrap();
     let pool = ctrl.memory().pool(4096, qd, 4096).unwrap();
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next_lba = move || {
@@ -31,7 +43,8 @@ fn randread_qd(c: &mut Criterion, qd: usize) {
         rng % blocks
     };
     for i in 0..qd {
-        qp.read(&ns, Lba(next_lba()), pool.alloc().unwrap(), i as u64).unwrap();
+        qp.read(&ns, Lba(next_lba()), pool.alloc().unwrap(), i as u64)
+            .unwrap();
     }
     let mut g = c.benchmark_group("emu-inline-null");
     g.throughput(Throughput::Elements(1));

@@ -223,7 +223,7 @@ impl<D: PciFunction> Controller<D> {
         wait_ready(bar, false, limit).map_err(|e| e.at(Stage::Disable))?;
 
         // Stage: admin queue.
-        let mem = DmaMemory::new(dev.dma_mapper(), opts.memory.clone())
+        let mem = DmaMemory::new(dev.dma_mapper(), opts.memory)
             .map_err(|e| Error::from(e).at(Stage::AdminQueue))?;
         let admin_size = QueueSize::new(opts.admin_entries.min(cap.mqes().entries()).min(4096))
             .ok_or_else(|| {

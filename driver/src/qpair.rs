@@ -120,9 +120,10 @@ pub struct Completion {
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct Rejected {
-    /// Why it was refused.
+    /// Why it was refused (boxed: a refusal is rare, and the submit path's `Result` stays
+    /// small).
     #[source]
-    pub error: Error,
+    pub error: Box<Error>,
     /// The buffers that were passed in.
     pub bufs: Bufs,
 }
@@ -469,9 +470,9 @@ impl<D: PciFunction> IoQueuePair<D> {
         blocks: u32,
         tag: u64,
     ) -> Result<(), Rejected> {
-        let reject = |error| {
+        let reject = |error: Error| {
             Err(Rejected {
-                error,
+                error: Box::new(error),
                 bufs: Bufs::None,
             })
         };
@@ -497,9 +498,9 @@ impl<D: PciFunction> IoQueuePair<D> {
         ranges: &[(Lba, u32)],
         tag: u64,
     ) -> Result<(), Rejected> {
-        let reject = |error| {
+        let reject = |error: Error| {
             Err(Rejected {
-                error,
+                error: Box::new(error),
                 bufs: Bufs::None,
             })
         };
@@ -553,18 +554,18 @@ impl<D: PciFunction> IoQueuePair<D> {
     ) -> Result<(), Rejected> {
         if self.shared.gone.load(Ordering::Relaxed) {
             return Err(Rejected {
-                error: Error::DeviceGone {
+                error: Box::new(Error::DeviceGone {
                     register: regs::CSTS,
-                },
+                }),
                 bufs,
             });
         }
         if !self.pending.is_empty() {
             // Keep order: nothing overtakes a split that is still waiting for slots.
             return Err(Rejected {
-                error: Error::QueueFull {
+                error: Box::new(Error::QueueFull {
                     outstanding: self.outstanding(),
-                },
+                }),
                 bufs,
             });
         }
@@ -590,15 +591,15 @@ impl<D: PciFunction> IoQueuePair<D> {
         let planned = plan::plan(segs, lba, ns.limits());
         match planned {
             Err(e) => Err(Rejected {
-                error: e.into(),
+                error: Box::new(e.into()),
                 bufs,
             }),
             Ok(Plan::One(cmd)) => {
                 let Some(slot) = self.free.pop() else {
                     return Err(Rejected {
-                        error: Error::QueueFull {
+                        error: Box::new(Error::QueueFull {
                             outstanding: self.outstanding(),
-                        },
+                        }),
                         bufs,
                     });
                 };
@@ -606,7 +607,10 @@ impl<D: PciFunction> IoQueuePair<D> {
                     Ok(d) => d,
                     Err(e) => {
                         self.free.push(slot);
-                        return Err(Rejected { error: e, bufs });
+                        return Err(Rejected {
+                            error: Box::new(e),
+                            bufs,
+                        });
                     }
                 };
                 let sqe = rw_sqe(opc, ns.id().0, &cmd, fua, dptr);
@@ -617,9 +621,9 @@ impl<D: PciFunction> IoQueuePair<D> {
             Ok(Plan::Split(children)) => {
                 if self.free.is_empty() {
                     return Err(Rejected {
-                        error: Error::QueueFull {
+                        error: Box::new(Error::QueueFull {
                             outstanding: self.outstanding(),
-                        },
+                        }),
                         bufs,
                     });
                 }
@@ -659,25 +663,25 @@ impl<D: PciFunction> IoQueuePair<D> {
     fn submit_simple(&mut self, sqe: Sqe, tag: u64, bufs: Bufs) -> Result<(), Rejected> {
         if self.shared.gone.load(Ordering::Relaxed) {
             return Err(Rejected {
-                error: Error::DeviceGone {
+                error: Box::new(Error::DeviceGone {
                     register: regs::CSTS,
-                },
+                }),
                 bufs,
             });
         }
         if !self.pending.is_empty() {
             return Err(Rejected {
-                error: Error::QueueFull {
+                error: Box::new(Error::QueueFull {
                     outstanding: self.outstanding(),
-                },
+                }),
                 bufs,
             });
         }
         let Some(slot) = self.free.pop() else {
             return Err(Rejected {
-                error: Error::QueueFull {
+                error: Box::new(Error::QueueFull {
                     outstanding: self.outstanding(),
-                },
+                }),
                 bufs,
             });
         };
@@ -733,10 +737,7 @@ impl<D: PciFunction> IoQueuePair<D> {
     /// Submits waiting children of split requests while slots are free.
     fn submit_pending(&mut self) {
         while let Some(&idx) = self.pending.front() {
-            loop {
-                let Some(p) = self.parents[idx as usize].as_mut() else {
-                    break;
-                };
+            while let Some(p) = self.parents[idx as usize].as_mut() {
                 if p.error.is_some() || p.next_child == p.children.len() {
                     // A failed split submits no more children.
                     p.next_child = p.children.len();

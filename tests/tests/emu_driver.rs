@@ -357,7 +357,7 @@ fn bad_input_is_refused_before_anything_is_queued() {
     let r = qp
         .write(&ns, Lba(0), mem.alloc(1000, 4096).unwrap(), 1)
         .unwrap_err();
-    assert!(matches!(r.error, Error::Invalid(_)), "{}", r.error);
+    assert!(matches!(*r.error, Error::Invalid(_)), "{}", r.error);
     assert_eq!(r.bufs.into_one().expect("buffer back").len(), 1000);
     // Past the end of the namespace.
     let r = qp
@@ -368,10 +368,10 @@ fn bad_input_is_refused_before_anything_is_queued() {
     let mut b = mem.alloc(8192, 4096).unwrap();
     b.set_view(2, 4096).unwrap();
     let r = qp.read(&ns, Lba(0), b, 1).unwrap_err();
-    assert!(matches!(r.error, Error::Invalid(_)), "{}", r.error);
+    assert!(matches!(*r.error, Error::Invalid(_)), "{}", r.error);
     // Zero length.
     let r = qp.readv(&ns, Lba(0), Vec::new(), 1).unwrap_err();
-    assert!(matches!(r.error, Error::Invalid(_)), "{}", r.error);
+    assert!(matches!(*r.error, Error::Invalid(_)), "{}", r.error);
     assert_eq!(qp.stats().submitted, 0, "nothing was accepted");
     assert_eq!(qp.stats().commands, 0, "nothing reached the queue");
 
@@ -383,7 +383,7 @@ fn bad_input_is_refused_before_anything_is_queued() {
     let r = qp
         .read(&ns, Lba(0), mem.alloc(4096, 4096).unwrap(), 99)
         .unwrap_err();
-    assert!(matches!(r.error, Error::QueueFull { .. }), "{}", r.error);
+    assert!(matches!(*r.error, Error::QueueFull { .. }), "{}", r.error);
     assert!(r.bufs.into_one().is_some());
     let mut got = 0;
     while got < qp.capacity() {
