@@ -1,8 +1,20 @@
-//! The `nvme-dio` command (skeleton, see issue 6).
+//! The `nvme-dio` binary: parse, dispatch, and turn errors into `error: ...` lines and a
+//! non-zero exit status (never a panic or a debug dump).
 
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("nvme-dio: no commands yet");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+use clap::Parser;
+use nvme_dio_cli::{args::Cli, error::render, run};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", render(&e));
+            ExitCode::FAILURE
+        }
+    }
 }

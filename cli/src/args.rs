@@ -1,0 +1,551 @@
+//! Command-line arguments (clap derive) and the value parsers behind them.
+//!
+//! Every parser returns a sentence that says what was expected, so that clap's
+//! `error: invalid value '4x' for '--io-size <SIZE>': ...` line is enough to fix the call.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The `nvme-dio` command: benchmark, list, identify and set up NVMe controllers for the
+/// nvme-dio userspace driver.
+#[derive(Debug, Parser)]
+#[command(name = "nvme-dio", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Measure IOPS, bandwidth and latency of a device (the emulated controller by default).
+    Bench(Box<BenchArgs>),
+    /// List the NVMe controllers on this machine and what each is bound to.
+    List(ListArgs),
+    /// Show what a controller and its namespaces report (Identify).
+    Identify(IdentifyArgs),
+    /// Bind a controller to vfio-pci so nvme-dio can drive it; reserve hugepages.
+    Setup(SetupArgs),
+    /// Give a controller back to the kernel's nvme driver.
+    Reset(ResetArgs),
+}
+
+/// Which device to drive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The embedded emulated controller: a null namespace (`emu`) or a RAM one (`emu:ram`).
+    Emu {
+        /// RAM-backed (data is kept, so `--verify` can check it).
+        ram: bool,
+    },
+    /// A PCI function bound to vfio-pci, `DDDD:BB:DD.F`.
+    Pci(String),
+    /// A block device or file, driven through the kernel (io_uring engine).
+    Path(PathBuf),
+}
+
+impl DeviceSpec {
+    /// True for the emulated controller.
+    pub fn is_emu(&self) -> bool {
+        matches!(self, DeviceSpec::Emu { .. })
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Emu { ram: false } => f.write_str("emu"),
+            DeviceSpec::Emu { ram: true } => f.write_str("emu:ram"),
+            DeviceSpec::Pci(b) => f.write_str(b),
+            DeviceSpec::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Parses `emu`, `emu:null`, `emu:ram`, a PCI address (`0000:01:00.0` or `01:00.0`) or a path.
+///
+/// # Errors
+///
+/// A sentence naming the accepted forms.
+pub fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    match s {
+        "emu" | "emu:null" => return Ok(DeviceSpec::Emu { ram: false }),
+        "emu:ram" => return Ok(DeviceSpec::Emu { ram: true }),
+        _ => {}
+    }
+    if let Some(bdf) = parse_bdf(s) {
+        return Ok(DeviceSpec::Pci(bdf));
+    }
+    if s.contains('/') {
+        return Ok(DeviceSpec::Path(PathBuf::from(s)));
+    }
+    Err(format!(
+        "unknown device {s:?}: expected `emu` (emulated, null namespace), `emu:ram` (emulated, RAM namespace), \
+         a PCI address like 0000:01:00.0 (see `nvme-dio list`), or a path to a block device or file such as /dev/nvme0n1 or ./file"
+    ))
+}
+
+/// Normalises a PCI address `DDDD:BB:DD.F` or `BB:DD.F` (hex) to `dddd:bb:dd.f`.
+pub fn parse_bdf(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (dom, bus, devfn) = match parts.as_slice() {
+        [d, b, df] => (*d, *b, *df),
+        [b, df] => ("0000", *b, *df),
+        _ => return None,
+    };
+    let (dev, func) = devfn.split_once('.')?;
+    let hex = |x: &str, max_len: usize| {
+        (!x.is_empty() && x.len() <= max_len && x.chars().all(|c| c.is_ascii_hexdigit()))
+            .then(|| u32::from_str_radix(x, 16).ok())?
+    };
+    let (d, b, v, f) = (hex(dom, 4)?, hex(bus, 2)?, hex(dev, 2)?, hex(func, 1)?);
+    (v < 32 && f < 8).then(|| format!("{d:04x}:{b:02x}:{v:02x}.{f:x}"))
+}
+
+/// Parses a byte size: `4096`, `4k`, `128K`, `1m`, `1MiB`, `2g` (binary units).
+///
+/// # Errors
+///
+/// A sentence with examples, for anything else or zero.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &lower[digits.len()..];
+    let mult: u64 = match unit {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{s:?} is not a size: use a number of bytes with an optional k/m/g suffix, like 512, 4k, 128k or 1m"
+            ));
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: use a number of bytes with an optional k/m/g suffix, like 512, 4k, 128k or 1m"))?;
+    let v = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if v == 0 {
+        return Err(
+            "a size of zero bytes cannot be transferred: use at least one block, like 4k".into(),
+        );
+    }
+    Ok(v)
+}
+
+fn parse_io_size(s: &str) -> Result<u64, String> {
+    let v = parse_size(s)?;
+    if v % 512 != 0 {
+        return Err(format!(
+            "{v} bytes is not a multiple of 512: an I/O is a whole number of blocks (try 4k)"
+        ));
+    }
+    if v > 1 << 30 {
+        return Err(format!(
+            "{v} bytes is more than 1 GiB per I/O: use a smaller size such as 128k or 1m"
+        ));
+    }
+    Ok(v)
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('s').parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a duration: give seconds, like 10 or 0.5"
+        )),
+    }
+}
+
+fn parse_mix(s: &str) -> Result<u8, String> {
+    match s.trim_end_matches('%').parse::<u32>() {
+        Ok(v) if v <= 100 => Ok(v as u8),
+        Ok(v) => Err(format!(
+            "{v} is out of range: --mix is the read percentage, 0 to 100"
+        )),
+        Err(_) => Err(format!(
+            "{s:?} is not a percentage: --mix is the read percentage, 0 to 100 (like 70)"
+        )),
+    }
+}
+
+/// The access pattern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+    /// Random reads.
+    Randread,
+    /// Random writes.
+    Randwrite,
+    /// Sequential, reads and writes mixed by --mix.
+    Rw,
+    /// Random, reads and writes mixed by --mix.
+    Randrw,
+}
+
+impl Workload {
+    /// Random offsets.
+    pub fn random(self) -> bool {
+        matches!(
+            self,
+            Workload::Randread | Workload::Randwrite | Workload::Randrw
+        )
+    }
+
+    /// Read percentage implied by the workload, given the mix for mixed ones.
+    pub fn read_pct(self, mix: u8) -> u8 {
+        match self {
+            Workload::Read | Workload::Randread => 100,
+            Workload::Write | Workload::Randwrite => 0,
+            Workload::Rw | Workload::Randrw => mix,
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            self.to_possible_value()
+                .expect("no skipped variants")
+                .get_name(),
+        )
+    }
+}
+
+/// The I/O engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+pub enum Engine {
+    /// The nvme-dio userspace driver (VFIO, or the emulated controller).
+    #[value(name = "vfio")]
+    #[serde(rename = "vfio")]
+    Vfio,
+    /// The kernel: O_DIRECT through io_uring.
+    #[value(name = "io_uring")]
+    #[serde(rename = "io_uring")]
+    IoUring,
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Engine::Vfio => "vfio",
+            Engine::IoUring => "io_uring",
+        })
+    }
+}
+
+/// How completions are found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Spin on the completion queue.
+    Poll,
+    /// Sleep on the queue's MSI-X interrupt (vfio) or in io_uring_enter (io_uring).
+    Irq,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Poll => "poll",
+            Mode::Irq => "irq",
+        })
+    }
+}
+
+/// `nvme-dio bench`.
+#[derive(Clone, Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    nvme-dio bench -t 2                                  # emulated controller, 4k randread QD 32\n  \
+    nvme-dio bench --device emu:ram --verify -w randrw --segments 3\n  \
+    nvme-dio bench --device 0000:01:00.0 -q 128 -o 4k -w randread --json\n  \
+    nvme-dio bench --device /dev/nvme0n1 --engine io_uring --iopoll -q 128")]
+pub struct BenchArgs {
+    /// Device: `emu` (emulated controller, null namespace), `emu:ram` (RAM namespace, for
+    /// --verify), a PCI address bound to vfio-pci, or a block device / file (io_uring).
+    #[arg(short, long, default_value = "emu", value_parser = parse_device)]
+    pub device: DeviceSpec,
+
+    /// I/O engine. Default: vfio for emu and PCI devices, io_uring for paths.
+    #[arg(short, long, value_enum)]
+    pub engine: Option<Engine>,
+
+    /// I/Os kept in flight per queue.
+    #[arg(short = 'q', long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub queue_depth: u32,
+
+    /// Bytes per I/O (4k, 128k, 1m; a multiple of 512).
+    #[arg(short = 'o', long, visible_alias = "bs", default_value = "4k", value_parser = parse_io_size)]
+    pub io_size: u64,
+
+    /// Access pattern.
+    #[arg(short, long, value_enum, default_value_t = Workload::Randread)]
+    pub workload: Workload,
+
+    /// Read percentage for rw / randrw (0-100).
+    #[arg(short = 'M', long, value_parser = parse_mix)]
+    pub mix: Option<u8>,
+
+    /// Seconds to measure.
+    #[arg(short, long, default_value = "5", value_parser = parse_seconds)]
+    pub time: f64,
+
+    /// Seconds to run before measuring (discarded).
+    #[arg(long, default_value = "0", value_parser = parse_seconds)]
+    pub warmup: f64,
+
+    /// Stop after this many measured I/Os in total (split across queues): short,
+    /// deterministic runs for tests.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ios: Option<u64>,
+
+    /// Queue pairs, one thread each, pinned to CPU (queue index mod CPUs) unless --no-pin.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub queues: u16,
+
+    /// Do not pin worker threads to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// Send each I/O as an iovec set of N segments. Segment 0 starts page aligned; segment
+    /// i > 0 starts 512 * ((i - 1) % 7 + 1) bytes into a page, so each boundary breaks the
+    /// PRP rule and (without SGLs) the planner splits the I/O into N commands.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub segments: u32,
+
+    /// Completion mode: spin on the CQ (poll) or sleep on the interrupt (irq).
+    #[arg(long, value_enum, default_value_t = Mode::Poll)]
+    pub mode: Mode,
+
+    /// Submit up to N I/Os, then ring the doorbell once. Default: the queue depth (one
+    /// doorbell per completion batch).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: Option<u32>,
+
+    /// Write data that carries its LBA and a seed, check every read; a mismatch fails the
+    /// run. The working set is written first when the workload reads.
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Seed for the random offsets and the verify pattern (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Bytes of the device to use, from offset 0 (default: all of it; 256 MiB with
+    /// --verify on a real device, since it is written first).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+
+    /// Namespace to use (vfio engine).
+    #[arg(long, default_value_t = 1)]
+    pub nsid: u32,
+
+    /// Per-I/O timeout in milliseconds (vfio engine): a late command is aborted and counted.
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+
+    /// Describe data with PRPs only, even where the controller supports SGLs.
+    #[arg(long)]
+    pub no_sgl: bool,
+
+    /// Block size of the emulated namespace (512 or 4096; default 4096 for `emu`, 512 for
+    /// `emu:ram`, so small I/Os can still carry several whole-block segments).
+    #[arg(long, value_parser = ["512", "4096"])]
+    pub emu_lba_size: Option<String>,
+
+    /// io_uring: IORING_SETUP_IOPOLL (the kernel polls the device; needs poll queues).
+    #[arg(long)]
+    pub iopoll: bool,
+
+    /// io_uring: IORING_SETUP_SQPOLL (a kernel thread submits).
+    #[arg(long)]
+    pub sqpoll: bool,
+
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write a log-scaled latency histogram to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub histogram: Option<PathBuf>,
+
+    /// Testing aid, emulated RAM device only: after the working set is written, flip bit 0
+    /// of this LBA in the emulator's storage, so --verify must fail.
+    #[arg(long, value_name = "LBA", hide = true)]
+    pub inject_flip_bit: Option<u64>,
+}
+
+impl BenchArgs {
+    /// The engine to use: explicit, or the device's natural one.
+    pub fn engine(&self) -> Engine {
+        self.engine.unwrap_or(match self.device {
+            DeviceSpec::Path(_) => Engine::IoUring,
+            _ => Engine::Vfio,
+        })
+    }
+
+    /// The read percentage of the workload.
+    pub fn read_pct(&self) -> u8 {
+        self.workload.read_pct(self.mix.unwrap_or(50))
+    }
+
+    /// Doorbell batch.
+    pub fn batch(&self) -> u32 {
+        self.batch.unwrap_or(self.queue_depth).min(self.queue_depth)
+    }
+
+    /// Emulated namespace block size.
+    pub fn emu_lba_size(&self) -> u32 {
+        match (&self.emu_lba_size, &self.device) {
+            (Some(s), _) => s.parse().expect("clap allows 512 or 4096 only"),
+            (None, DeviceSpec::Emu { ram: true }) => 512,
+            _ => 4096,
+        }
+    }
+}
+
+/// `nvme-dio list`.
+#[derive(Clone, Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `nvme-dio identify`.
+#[derive(Clone, Debug, Args)]
+pub struct IdentifyArgs {
+    /// `emu`, `emu:ram`, or a PCI address bound to vfio-pci.
+    #[arg(short, long, default_value = "emu", value_parser = parse_device)]
+    pub device: DeviceSpec,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `nvme-dio setup`.
+#[derive(Clone, Debug, Args)]
+pub struct SetupArgs {
+    /// PCI address of the NVMe controller, like 0000:01:00.0.
+    #[arg(value_parser = parse_bdf_arg)]
+    pub bdf: String,
+    /// Make sure at least this many 2 MiB hugepages are reserved.
+    #[arg(long)]
+    pub hugepages: Option<u64>,
+}
+
+/// `nvme-dio reset`.
+#[derive(Clone, Debug, Args)]
+pub struct ResetArgs {
+    /// PCI address of the NVMe controller, like 0000:01:00.0.
+    #[arg(value_parser = parse_bdf_arg)]
+    pub bdf: String,
+}
+
+fn parse_bdf_arg(s: &str) -> Result<String, String> {
+    parse_bdf(s).ok_or_else(|| format!("{s:?} is not a PCI address: expected domain:bus:device.function like 0000:01:00.0 (see `nvme-dio list`)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes_and_refuse_junk_and_zero() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("128K"), Ok(128 << 10));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("4x").unwrap_err().contains("not a size"));
+        assert!(parse_size("k").is_err());
+        assert!(parse_size("0").unwrap_err().contains("zero"));
+        assert!(
+            parse_io_size("1000")
+                .unwrap_err()
+                .contains("multiple of 512")
+        );
+        assert!(parse_io_size("2g").unwrap_err().contains("1 GiB"));
+    }
+
+    #[test]
+    fn devices_are_emu_pci_or_paths_and_anything_else_is_refused() {
+        assert_eq!(parse_device("emu"), Ok(DeviceSpec::Emu { ram: false }));
+        assert_eq!(parse_device("emu:ram"), Ok(DeviceSpec::Emu { ram: true }));
+        assert_eq!(
+            parse_device("0000:01:00.0"),
+            Ok(DeviceSpec::Pci("0000:01:00.0".into()))
+        );
+        assert_eq!(
+            parse_device("1:0.7"),
+            Ok(DeviceSpec::Pci("0000:01:00.7".into()))
+        );
+        assert_eq!(
+            parse_device("/dev/nvme0n1"),
+            Ok(DeviceSpec::Path("/dev/nvme0n1".into()))
+        );
+        assert_eq!(parse_device("./f"), Ok(DeviceSpec::Path("./f".into())));
+        assert!(
+            parse_device("bogus")
+                .unwrap_err()
+                .contains("unknown device")
+        );
+        assert!(
+            parse_device("0000:01:20.0").is_err(),
+            "device 0x20 is out of range"
+        );
+        assert!(
+            parse_device("0000:01:00.8").is_err(),
+            "function 8 is out of range"
+        );
+    }
+
+    #[test]
+    fn mix_is_a_percentage() {
+        assert_eq!(parse_mix("70"), Ok(70));
+        assert_eq!(parse_mix("100%"), Ok(100));
+        assert!(parse_mix("101").unwrap_err().contains("0 to 100"));
+        assert!(parse_mix("-1").is_err());
+    }
+
+    #[test]
+    fn defaults_pick_the_engine_from_the_device() {
+        let a = Cli::try_parse_from(["nvme-dio", "bench"]).unwrap();
+        let Command::Bench(b) = a.command else {
+            panic!("bench")
+        };
+        assert_eq!(
+            (b.device.clone(), b.engine(), b.queue_depth, b.io_size),
+            (DeviceSpec::Emu { ram: false }, Engine::Vfio, 32, 4096)
+        );
+        assert_eq!(
+            (b.workload, b.batch(), b.emu_lba_size()),
+            (Workload::Randread, 32, 4096)
+        );
+        let a = Cli::try_parse_from([
+            "nvme-dio", "bench", "--device", "/tmp/f", "--bs", "128k", "-w", "randrw", "-M", "70",
+        ])
+        .unwrap();
+        let Command::Bench(b) = a.command else {
+            panic!("bench")
+        };
+        assert_eq!(
+            (b.engine(), b.io_size, b.read_pct()),
+            (Engine::IoUring, 128 << 10, 70)
+        );
+        assert!(Cli::try_parse_from(["nvme-dio", "bench", "-M", "150"]).is_err());
+    }
+}

@@ -1,0 +1,566 @@
+//! The userspace engine: the nvme-dio driver on a VFIO-bound controller or on the embedded
+//! emulated controller.
+//!
+//! Each worker owns one I/O queue pair and `qd` request slots, each with its buffers
+//! allocated once (no allocation per I/O: the buffers travel into the driver with the
+//! request and come back with its completion). Poll mode spins on `poll()`; irq mode sleeps
+//! in `wait()` on the queue's MSI-X eventfd.
+//!
+//! With the emulated controller the emulator runs inline: its work happens inside the
+//! doorbell write. The figures are then the CPU cost of driver plus emulator per I/O, not a
+//! device's; the report says so.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nvme_dio::{
+    Bufs, CompletionMode, Controller, ControllerOptions, DmaBuf, Error, Lba, MemoryOptions,
+    Namespace, PageKind, PciFunction, QueuePairOptions, QueueStats, Rejected,
+};
+use nvme_dio_emu::{EmuConfig, EmuFunction, Fault, NsConfig};
+
+use super::pattern::{self, OpGen};
+use super::{
+    Control, Job, MEASURE, QueueResult, Report, STOP, budget_left, make_job, phase, pin, publish,
+};
+use crate::args::{BenchArgs, DeviceSpec, Mode};
+use crate::error::CliError;
+use crate::stats;
+
+/// Size of the emulated null namespace: 1 TiB (nothing is stored).
+pub const EMU_NULL_BYTES: u64 = 1 << 40;
+/// Default size of the emulated RAM namespace: 64 MiB.
+pub const EMU_RAM_BYTES: u64 = 64 << 20;
+
+/// Something to do with a brought-up controller, whatever the device type.
+pub trait WithController {
+    /// The result.
+    type Out;
+    /// Called with the controller, a description of the device, and the emulator if it is one.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the visitor fails with.
+    fn with<D: PciFunction>(
+        self,
+        ctrl: Controller<D>,
+        description: String,
+        emu: Option<Arc<EmuFunction>>,
+    ) -> Result<Self::Out, CliError>;
+}
+
+/// The emulated controller's configuration for `emu` / `emu:ram`.
+pub fn emu_config(ram: bool, lba_size: u32, size: Option<u64>) -> EmuConfig {
+    let bytes = size.unwrap_or(if ram { EMU_RAM_BYTES } else { EMU_NULL_BYTES });
+    let blocks = (bytes / lba_size as u64).max(1);
+    EmuConfig {
+        namespaces: vec![if ram {
+            NsConfig::ram(blocks, lba_size)
+        } else {
+            NsConfig::null(blocks, lba_size)
+        }],
+        ..EmuConfig::default()
+    }
+}
+
+/// Controller options for the tools: ordinary pages when no hugepages are reserved.
+pub fn controller_options(queues: u16, interrupts: bool, sgl: bool) -> ControllerOptions {
+    ControllerOptions {
+        io_queues: queues.max(1),
+        interrupts,
+        use_sgl: sgl,
+        memory: MemoryOptions {
+            page: PageKind::Huge2M,
+            region_bytes: 32 << 20,
+            allow_fallback: true,
+        },
+        ..ControllerOptions::default()
+    }
+}
+
+/// Opens the device, brings the controller up and hands it to `v`.
+///
+/// # Errors
+///
+/// [`CliError::BadArgument`] for a path, device and bring-up errors.
+pub fn with_controller<V: WithController>(
+    device: &DeviceSpec,
+    emu: EmuConfig,
+    opts: ControllerOptions,
+    v: V,
+) -> Result<V::Out, CliError> {
+    match device {
+        DeviceSpec::Emu { ram } => {
+            let ns = &emu.namespaces[0];
+            let desc = format!(
+                "EMULATED controller, in-process, inline: its work runs inside the doorbell write; {} namespace 1: {} blocks of {} bytes",
+                if *ram { "RAM" } else { "null" },
+                ns.blocks,
+                ns.lba_size
+            );
+            let dev = Arc::new(EmuFunction::new(emu).map_err(|source| CliError::Emu { source })?);
+            let ctrl =
+                Controller::new(Arc::clone(&dev), opts).map_err(|e| CliError::driver(device, e))?;
+            v.with(ctrl, desc, Some(dev))
+        }
+        DeviceSpec::Pci(bdf) => {
+            let dev = Arc::new(nvme_dio_dma::VfioFunction::open(bdf).map_err(|source| {
+                CliError::Vfio {
+                    device: bdf.clone(),
+                    source,
+                }
+            })?);
+            let ctrl = Controller::new(dev, opts).map_err(|e| CliError::driver(device, e))?;
+            let i = ctrl.info();
+            let desc = format!(
+                "{} (serial {}, firmware {}) via vfio-pci",
+                i.model.trim(),
+                i.serial.trim(),
+                i.firmware.trim()
+            );
+            v.with(ctrl, desc, None)
+        }
+        DeviceSpec::Path(p) => Err(CliError::BadArgument(format!(
+            "{} is a path: the userspace driver needs `emu`, `emu:ram` or a PCI address (see `nvme-dio list`)",
+            p.display()
+        ))),
+    }
+}
+
+/// Runs the benchmark through the nvme-dio driver.
+///
+/// # Errors
+///
+/// Device, geometry and setup errors; I/O failures and mismatches come back in the report.
+pub fn run(args: &BenchArgs) -> Result<Report, CliError> {
+    let emu = match &args.device {
+        DeviceSpec::Emu { ram } => emu_config(*ram, args.emu_lba_size(), args.size),
+        _ => EmuConfig::default(),
+    };
+    let opts = controller_options(args.queues, args.mode == Mode::Irq, !args.no_sgl);
+    with_controller(&args.device, emu, opts, Bench(args))
+}
+
+struct Bench<'a>(&'a BenchArgs);
+
+impl WithController for Bench<'_> {
+    type Out = Report;
+
+    fn with<D: PciFunction>(
+        self,
+        ctrl: Controller<D>,
+        mut description: String,
+        emu: Option<Arc<EmuFunction>>,
+    ) -> Result<Report, CliError> {
+        let args = self.0;
+        let dev = args.device.to_string();
+        let ns = ctrl
+            .namespace(args.nsid)
+            .map_err(|e| CliError::driver(&dev, e))?
+            .clone();
+        let job = make_job(args, ns.lba_size(), ns.bytes())?;
+        let mut notes = Vec::new();
+        if ctrl.memory().is_fallback() {
+            notes.push(
+                "DMA buffers are on ordinary pages (no free 2 MiB hugepages): reserve some with `nvme-dio setup BDF --hugepages N` for real devices".into(),
+            );
+        }
+        if emu.is_some() {
+            notes.push(
+                "emulated controller: the emulator works inside the doorbell write, so these are driver + emulator CPU figures, not a device's".into(),
+            );
+        }
+        if job.shapes.len() > 1 {
+            notes.push(if ns.supports_sgl() {
+                "segments: the controller supports SGLs, so an iovec set that breaks the PRP rule may go out as one SGL command (use --no-sgl to force PRP splits)".into()
+            } else {
+                format!("segments: each I/O is {} segments whose boundaries break the PRP rule, so the planner splits it", job.shapes.len())
+            });
+        }
+        if job.verify && job.read_pct > 0 {
+            prefill(&ctrl, &ns, &job, &dev)?;
+        }
+        if let Some(lba) = args.inject_flip_bit {
+            let emu = emu
+                .as_ref()
+                .expect("checked: --inject-flip-bit needs emu:ram");
+            emu.inject(Fault::FlipBit {
+                nsid: args.nsid,
+                lba,
+                bit: 0,
+            })
+            .map_err(|source| CliError::Emu { source })?;
+            notes.push(format!("testing aid: bit 0 of LBA {lba} was flipped in the emulator's storage after the working set was written"));
+        }
+        let timeout = Duration::from_millis(args.timeout_ms.max(1));
+        let results = super::run_workers(args, &job, |q, ctl| {
+            worker(&ctrl, &ns, &job, timeout, &dev, q, ctl)
+        })?;
+        for r in &results {
+            if job.pin && r.counters.cpu.is_none() {
+                notes.push(format!(
+                    "queue {} was not pinned to a CPU",
+                    r.counters.queue
+                ));
+            }
+        }
+        description.push_str(&format!(
+            "; {} I/O queues granted, max transfer {} bytes",
+            ctrl.info().io_queues,
+            ns.max_transfer()
+        ));
+        Ok(super::report(args, &job, description, results, notes))
+    }
+}
+
+/// One request slot: its buffers while idle, and what it carries while in flight.
+struct Slot {
+    bufs: Bufs,
+    start: Instant,
+    lba: u64,
+    write: bool,
+}
+
+fn alloc_slot_bufs<D: PciFunction>(
+    ctrl: &Controller<D>,
+    shapes: &[(usize, usize)],
+) -> Result<Bufs, CliError> {
+    let mem = |source| CliError::Memory {
+        what: "I/O buffers".into(),
+        source,
+    };
+    if let [(0, len)] = shapes {
+        return Ok(Bufs::One(ctrl.memory().alloc(*len, 4096).map_err(mem)?));
+    }
+    let mut v = Vec::with_capacity(shapes.len());
+    for &(off, len) in shapes {
+        let mut b = ctrl
+            .memory()
+            .alloc((off + len).div_ceil(4096) * 4096, 4096)
+            .map_err(mem)?;
+        b.set_view(off, len).map_err(mem)?;
+        v.push(b);
+    }
+    Ok(Bufs::Many(v))
+}
+
+/// Copies a contiguous stream into the request's buffers, in order.
+fn scatter(bufs: &Bufs, stream: &[u8]) {
+    let mut pos = 0;
+    let mut put = |b: &DmaBuf| {
+        b.copy_from_slice(0, &stream[pos..pos + b.len()])
+            .expect("the stream is as long as the buffers");
+        pos += b.len();
+    };
+    match bufs {
+        Bufs::One(b) => put(b),
+        Bufs::Many(v) => v.iter().for_each(put),
+        Bufs::None => {}
+    }
+}
+
+/// Copies the request's buffers into a contiguous stream.
+fn gather(bufs: &Bufs, stream: &mut [u8]) {
+    let mut pos = 0;
+    let mut get = |b: &DmaBuf| {
+        b.copy_to_slice(0, &mut stream[pos..pos + b.len()])
+            .expect("the stream is as long as the buffers");
+        pos += b.len();
+    };
+    match bufs {
+        Bufs::One(b) => get(b),
+        Bufs::Many(v) => v.iter().for_each(get),
+        Bufs::None => {}
+    }
+}
+
+fn submit<D: PciFunction>(
+    qp: &mut nvme_dio::IoQueuePair<D>,
+    ns: &Namespace,
+    lba: u64,
+    write: bool,
+    bufs: Bufs,
+    tag: u64,
+) -> Result<(), Rejected> {
+    match (bufs, write) {
+        (Bufs::One(b), false) => qp.read(ns, Lba(lba), b, tag),
+        (Bufs::One(b), true) => qp.write(ns, Lba(lba), b, tag),
+        (Bufs::Many(v), false) => qp.readv(ns, Lba(lba), v, tag),
+        (Bufs::Many(v), true) => qp.writev(ns, Lba(lba), v, tag),
+        (Bufs::None, _) => Err(Rejected {
+            error: Box::new(Error::BadOption("slot without buffers".into())),
+            bufs: Bufs::None,
+        }),
+    }
+}
+
+fn entries(job: &Job) -> u32 {
+    // A split I/O takes one slot per command: room for every segment of every request.
+    (job.qd * job.shapes.len() as u32 + 1).clamp(2, 65_536)
+}
+
+/// Writes the working set once with the verify pattern (QD deep, io-size chunks).
+fn prefill<D: PciFunction>(
+    ctrl: &Controller<D>,
+    ns: &Namespace,
+    job: &Job,
+    dev: &str,
+) -> Result<(), CliError> {
+    let mut qp = ctrl
+        .create_io_qpair(QueuePairOptions {
+            entries: entries(job),
+            mode: CompletionMode::Poll,
+            timeout: Duration::from_secs(30),
+        })
+        .map_err(|e| CliError::driver(dev, e))?;
+    let units = job.region_blocks / job.io_blocks();
+    let mut slots = Vec::new();
+    for _ in 0..job.qd.min(units.min(u32::MAX as u64) as u32).max(1) {
+        slots.push((alloc_slot_bufs(ctrl, &job.shapes)?, 0u64));
+    }
+    let mut idle: Vec<usize> = (0..slots.len()).collect();
+    let mut stream = vec![0u8; job.io_size as usize];
+    let (mut next, mut done) = (0u64, 0u64);
+    while done < units {
+        while next < units
+            && let Some(&i) = idle.last()
+        {
+            let lba = next * job.io_blocks();
+            pattern::fill(&mut stream, lba, job.lba_size as usize, job.seed);
+            scatter(&slots[i].0, &stream);
+            let bufs = std::mem::take(&mut slots[i].0);
+            match submit(&mut qp, ns, lba, true, bufs, i as u64) {
+                Ok(()) => {
+                    idle.pop();
+                    slots[i].1 = lba;
+                    next += 1;
+                }
+                Err(r) if matches!(*r.error, Error::QueueFull { .. }) => {
+                    slots[i].0 = r.bufs;
+                    break;
+                }
+                Err(r) => return Err(CliError::driver(dev, *r.error)),
+            }
+        }
+        qp.wait(Duration::from_secs(30))
+            .map_err(|e| CliError::driver(dev, e))?;
+        while let Some(c) = qp.next_completion() {
+            let i = c.tag as usize;
+            slots[i].0 = c.bufs;
+            if let Err(e) = c.result {
+                return Err(CliError::IoFailed {
+                    count: 1,
+                    first: format!(
+                        "writing the working set before verify, at LBA {}: {e}",
+                        slots[i].1
+                    ),
+                });
+            }
+            idle.push(i);
+            done += 1;
+        }
+    }
+    Ok(())
+}
+
+fn diff(a: &QueueStats, b: &QueueStats, r: &mut QueueResult) {
+    let c = &mut r.counters;
+    c.submitted = b.submitted - a.submitted;
+    c.completed = b.completed - a.completed;
+    c.errors = b.errors - a.errors;
+    c.split_requests = Some(b.split_requests - a.split_requests);
+    c.commands = Some(b.commands - a.commands);
+    c.sq_doorbells = Some(b.sq_doorbells - a.sq_doorbells);
+    c.cq_doorbells = Some(b.cq_doorbells - a.cq_doorbells);
+    c.doorbell_writes = Some(c.sq_doorbells.unwrap_or(0) + c.cq_doorbells.unwrap_or(0));
+    c.polls = b.polls - a.polls;
+    c.empty_polls = b.empty_polls - a.empty_polls;
+    c.timeouts = Some(b.timeouts - a.timeouts);
+    c.interrupts = Some(b.interrupts - a.interrupts);
+}
+
+fn worker<D: PciFunction>(
+    ctrl: &Controller<D>,
+    ns: &Namespace,
+    job: &Job,
+    timeout: Duration,
+    dev: &str,
+    q: usize,
+    ctl: &Control,
+) -> Result<QueueResult, CliError> {
+    let (cpu, _note) = pin(job, q);
+    let mode = match job.mode {
+        Mode::Poll => CompletionMode::Poll,
+        Mode::Irq => CompletionMode::Interrupt,
+    };
+    let setup = (|| {
+        let qp = ctrl
+            .create_io_qpair(QueuePairOptions {
+                entries: entries(job),
+                mode,
+                timeout,
+            })
+            .map_err(|e| CliError::driver(dev, e))?;
+        let mut slots = Vec::with_capacity(job.qd as usize);
+        for _ in 0..job.qd {
+            slots.push(Slot {
+                bufs: alloc_slot_bufs(ctrl, &job.shapes)?,
+                start: Instant::now(),
+                lba: 0,
+                write: false,
+            });
+        }
+        Ok::<_, CliError>((qp, slots))
+    })();
+    ctl.ready.wait();
+    let (mut qp, mut slots) = setup?;
+
+    let io = job.io_size as usize;
+    let lba_size = job.lba_size as usize;
+    let budget = job.ios_per_queue[q];
+    let batch = job.batch;
+    let nslots = slots.len();
+    let mut ops_gen = OpGen::new(
+        job.seed,
+        q,
+        job.queues,
+        job.random,
+        job.read_pct,
+        job.io_blocks(),
+        job.region_blocks,
+    );
+    let mut res = QueueResult::new(q, cpu);
+    let mut idle: Vec<u32> = (0..nslots as u32).rev().collect();
+    let (mut stream, mut expect) = if job.verify {
+        (vec![0u8; io], vec![0u8; io])
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let wait_slice = Duration::from_millis(100);
+
+    let mut measuring = phase(ctl) >= MEASURE;
+    let mut stopped = false;
+    let mut failed = false;
+    let mut t_start = Instant::now();
+    let mut t_end = None;
+    let mut s0 = qp.stats().clone();
+    let mut issued = 0u64;
+    loop {
+        let ph = phase(ctl);
+        if !measuring && ph >= MEASURE {
+            measuring = true;
+            res = QueueResult::new(q, cpu);
+            s0 = qp.stats().clone();
+            issued = 0;
+            t_start = Instant::now();
+        }
+        if ph == STOP && !stopped {
+            stopped = true;
+            t_end.get_or_insert_with(Instant::now);
+        }
+        if !stopped && !failed && !idle.is_empty() && (!measuring || budget_left(budget, issued)) {
+            // One clock read before the batch: every I/O in it starts no later than this.
+            let t0 = Instant::now();
+            let mut in_batch = 0;
+            while let Some(&i) = idle.last() {
+                if measuring && !budget_left(budget, issued) {
+                    break;
+                }
+                let (lba, write) = ops_gen.next_op();
+                let s = &mut slots[i as usize];
+                if write && job.verify {
+                    pattern::fill(&mut stream, lba, lba_size, job.seed);
+                    scatter(&s.bufs, &stream);
+                }
+                let bufs = std::mem::take(&mut s.bufs);
+                match submit(&mut qp, ns, lba, write, bufs, i as u64) {
+                    Ok(()) => {
+                        idle.pop();
+                        s.start = t0;
+                        s.lba = lba;
+                        s.write = write;
+                        if measuring {
+                            issued += 1;
+                        }
+                        in_batch += 1;
+                        if in_batch == batch {
+                            qp.ring();
+                            in_batch = 0;
+                        }
+                    }
+                    Err(r) if matches!(*r.error, Error::QueueFull { .. }) => {
+                        s.bufs = r.bufs;
+                        break;
+                    }
+                    Err(r) => return Err(CliError::driver(dev, *r.error)),
+                }
+            }
+            if in_batch > 0 {
+                qp.ring();
+            }
+        }
+        if idle.len() == nslots {
+            if stopped || failed || (measuring && !budget_left(budget, issued)) {
+                break;
+            }
+            continue;
+        }
+        let n = match job.mode {
+            Mode::Poll => qp.poll(),
+            Mode::Irq => qp.wait(wait_slice).map_err(|e| CliError::driver(dev, e))?,
+        };
+        if n == 0 {
+            continue;
+        }
+        let now = Instant::now();
+        while let Some(c) = qp.next_completion() {
+            let i = c.tag as usize;
+            let s = &mut slots[i];
+            s.bufs = c.bufs;
+            idle.push(i as u32);
+            if !measuring || stopped {
+                continue;
+            }
+            stats::record(&mut res.hist, now.duration_since(s.start).as_nanos() as u64);
+            if let Err(e) = c.result {
+                res.errors += 1;
+                res.first_error.get_or_insert_with(|| {
+                    format!(
+                        "{} at LBA {}: {e}",
+                        if s.write { "write" } else { "read" },
+                        s.lba
+                    )
+                });
+                failed = true;
+                continue;
+            }
+            res.ios += 1;
+            res.bytes += io as u64;
+            if job.verify && !s.write {
+                gather(&s.bufs, &mut stream);
+                let bad = pattern::check(&stream, s.lba, lba_size, job.seed, &mut expect);
+                res.checked_blocks += job.io_blocks();
+                if let Some(m) = bad.first() {
+                    res.first_mismatch.get_or_insert_with(|| m.to_string());
+                }
+                res.mismatches += bad.len() as u64;
+            }
+        }
+        if measuring && !stopped && !budget_left(budget, issued) && idle.len() == nslots {
+            t_end.get_or_insert_with(Instant::now);
+        }
+        publish(ctl, q, res.ios);
+    }
+    res.elapsed = t_end.unwrap_or_else(Instant::now).duration_since(t_start);
+    let s1 = qp.stats().clone();
+    diff(&s0, &s1, &mut res);
+    if s1.stale_cqes > s0.stale_cqes {
+        res.first_error.get_or_insert_with(|| {
+            format!(
+                "{} stale completions were ignored",
+                s1.stale_cqes - s0.stale_cqes
+            )
+        });
+    }
+    Ok(res)
+}

@@ -1,0 +1,299 @@
+//! What the benchmark writes and how reads are checked, the offsets it picks, and the shape
+//! of an I/O's iovec set.
+//!
+//! ## Verify pattern
+//!
+//! Every block written carries its own LBA (bytes 0..8, little endian), the run's seed
+//! (8..16) and then a pseudo-random stream derived from both. The content depends only on
+//! (LBA, seed), never on which write put it there, so concurrent writes of the same block
+//! (several queues, random offsets) all write the same bytes and a read racing a write sees
+//! the same data either way. What it catches: data from another block (misdirected or
+//! misplaced I/O, wrong PRP), stale or never-written blocks (the working set is written
+//! first, so a zero block is a lost write), torn or corrupted bytes.
+
+/// SplitMix64: a fast, well-mixed 64-bit generator (offsets and the verify stream).
+#[derive(Clone, Copy, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    #[inline]
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (n > 0), by multiply-shift (no division on the hot path).
+    #[inline]
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+}
+
+/// Fills `buf` (a whole number of `lba_size` blocks) with the pattern of the blocks from
+/// `first_lba`.
+pub fn fill(buf: &mut [u8], first_lba: u64, lba_size: usize, seed: u64) {
+    for (i, block) in buf.chunks_exact_mut(lba_size).enumerate() {
+        let lba = first_lba + i as u64;
+        let mut rng = Rng(lba.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ seed);
+        for (j, w) in block.chunks_exact_mut(8).enumerate() {
+            let v = match j {
+                0 => lba,
+                1 => seed,
+                _ => rng.next_u64(),
+            };
+            w.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// A block that did not hold what was written to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The block.
+    pub lba: u64,
+    /// First differing byte within the block.
+    pub offset: usize,
+    /// Expected byte.
+    pub expected: u8,
+    /// Byte read.
+    pub got: u8,
+    /// The LBA the block claims to be (its first 8 bytes).
+    pub claims_lba: u64,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LBA {} byte {}: expected {:#04x}, read {:#04x}{}",
+            self.lba,
+            self.offset,
+            self.expected,
+            self.got,
+            if self.claims_lba != self.lba {
+                format!(
+                    " (the block's header names LBA {}: data from another block?)",
+                    self.claims_lba
+                )
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+/// Checks `buf` against the pattern of the blocks from `first_lba`, using `scratch` (same
+/// length) for the expected bytes. Returns the mismatching blocks (first byte of each).
+pub fn check(
+    buf: &[u8],
+    first_lba: u64,
+    lba_size: usize,
+    seed: u64,
+    scratch: &mut [u8],
+) -> Vec<Mismatch> {
+    fill(scratch, first_lba, lba_size, seed);
+    let mut out = Vec::new();
+    for (i, (got, want)) in buf
+        .chunks_exact(lba_size)
+        .zip(scratch.chunks_exact(lba_size))
+        .enumerate()
+    {
+        if got != want {
+            let offset = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
+            out.push(Mismatch {
+                lba: first_lba + i as u64,
+                offset,
+                expected: want[offset],
+                got: got[offset],
+                claims_lba: u64::from_le_bytes(
+                    got[..8].try_into().expect("blocks are at least 512 bytes"),
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// The segments of one I/O: `(offset into its own page-aligned buffer, length)` each.
+///
+/// `io_size` is cut into `n` whole-block pieces (the last takes the remainder). Segment 0
+/// starts page aligned; segment i > 0 starts `512 * ((i - 1) % 7 + 1)` bytes into its
+/// page. Every boundary between segments therefore breaks the PRP rule (only the first
+/// segment may start off a page boundary), at a block boundary, so without SGLs the
+/// planner must split the I/O into `n` commands, one per segment; with SGLs it may go out
+/// as one SGL command.
+///
+/// # Errors
+///
+/// A sentence if the I/O has fewer blocks than segments.
+pub fn segment_shapes(io_size: u64, lba_size: u32, n: u32) -> Result<Vec<(usize, usize)>, String> {
+    let blocks = io_size / lba_size as u64;
+    if n == 0 || blocks < n as u64 {
+        return Err(format!(
+            "--segments {n} needs at least {n} blocks per I/O, but --io-size {io_size} is {blocks} block(s) of {lba_size} bytes: \
+             raise --io-size to {} or more",
+            n as u64 * lba_size as u64
+        ));
+    }
+    let per = blocks / n as u64;
+    Ok((0..n as u64)
+        .map(|i| {
+            let b = if i + 1 == n as u64 {
+                blocks - per * (n as u64 - 1)
+            } else {
+                per
+            };
+            let off = if i == 0 {
+                0
+            } else {
+                512 * ((i as usize - 1) % 7 + 1)
+            };
+            (off, (b * lba_size as u64) as usize)
+        })
+        .collect())
+}
+
+/// Lays segments out back to back in one buffer, each starting on a fresh page plus its
+/// in-page offset: returns `(offset, len)` into the buffer and the buffer size.
+pub fn pack_segments(shapes: &[(usize, usize)]) -> (Vec<(usize, usize)>, usize) {
+    let mut pos = 0usize;
+    let mut out = Vec::with_capacity(shapes.len());
+    for &(off, len) in shapes {
+        let start = pos.div_ceil(4096) * 4096 + off;
+        out.push((start, len));
+        pos = start + len;
+    }
+    (out, pos.div_ceil(4096) * 4096)
+}
+
+/// Picks each I/O's block and direction.
+#[derive(Clone, Debug)]
+pub struct OpGen {
+    rng: Rng,
+    random: bool,
+    read_pct: u8,
+    io_blocks: u64,
+    /// I/O-sized units in the working set.
+    units: u64,
+    next: u64,
+}
+
+impl OpGen {
+    /// A generator over `region_blocks` blocks in `io_blocks` steps; queue `q` of `queues`
+    /// starts its sequential walk at its share of the region.
+    pub fn new(
+        seed: u64,
+        q: usize,
+        queues: usize,
+        random: bool,
+        read_pct: u8,
+        io_blocks: u64,
+        region_blocks: u64,
+    ) -> OpGen {
+        let units = (region_blocks / io_blocks).max(1);
+        OpGen {
+            rng: Rng(seed ^ (q as u64).wrapping_mul(0xd6e8_feb8_6659_fd93)),
+            random,
+            read_pct,
+            io_blocks,
+            units,
+            next: units * q as u64 / queues.max(1) as u64,
+        }
+    }
+
+    /// The next I/O: `(first block, is_write)`.
+    #[inline]
+    pub fn next_op(&mut self) -> (u64, bool) {
+        let unit = if self.random {
+            self.rng.below(self.units)
+        } else {
+            let u = self.next;
+            self.next = if u + 1 == self.units { 0 } else { u + 1 };
+            u
+        };
+        let write = match self.read_pct {
+            100 => false,
+            0 => true,
+            p => self.rng.below(100) >= p as u64,
+        };
+        (unit * self.io_blocks, write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_round_trips_and_names_the_bad_block_and_byte() {
+        let mut buf = vec![0u8; 4 * 512];
+        let mut scratch = vec![0u8; buf.len()];
+        fill(&mut buf, 100, 512, 7);
+        assert!(check(&buf, 100, 512, 7, &mut scratch).is_empty());
+        assert_eq!(u64::from_le_bytes(buf[512..520].try_into().unwrap()), 101);
+        buf[2 * 512 + 300] ^= 1;
+        let m = check(&buf, 100, 512, 7, &mut scratch);
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].lba, m[0].offset, m[0].claims_lba), (102, 300, 102));
+        assert_eq!(m[0].got, m[0].expected ^ 1);
+        // Another seed, or the same data checked at another LBA, is wrong everywhere.
+        assert_eq!(check(&buf, 100, 512, 8, &mut scratch).len(), 4);
+        let m = check(&buf, 101, 512, 7, &mut scratch);
+        assert_eq!(m.len(), 4);
+        assert!(
+            m[0].to_string().contains("header names LBA 100"),
+            "{}",
+            m[0]
+        );
+        // A never-written (zero) block is a mismatch too.
+        assert_eq!(check(&[0u8; 512], 5, 512, 7, &mut scratch[..512]).len(), 1);
+    }
+
+    #[test]
+    fn segment_shapes_cut_whole_blocks_at_non_page_offsets() {
+        assert_eq!(segment_shapes(4096, 4096, 1).unwrap(), vec![(0, 4096)]);
+        assert_eq!(
+            segment_shapes(4096, 512, 3).unwrap(),
+            vec![(0, 1024), (512, 1024), (1024, 2048)]
+        );
+        let s = segment_shapes(64 << 10, 4096, 9).unwrap();
+        assert_eq!(s.iter().map(|x| x.1).sum::<usize>(), 64 << 10);
+        assert!(
+            s[1..].iter().all(|&(o, _)| o % 4096 != 0 && o % 512 == 0),
+            "{s:?}"
+        );
+        assert_eq!(s[8].0, 512, "offsets cycle through 512..3584");
+        assert!(
+            segment_shapes(4096, 4096, 3)
+                .unwrap_err()
+                .contains("at least 3 blocks")
+        );
+        let (packed, total) = pack_segments(&segment_shapes(4096, 512, 3).unwrap());
+        assert_eq!(
+            packed,
+            vec![(0, 1024), (4096 + 512, 1024), (8192 + 1024, 2048)]
+        );
+        assert_eq!(total, 12288);
+    }
+
+    #[test]
+    fn op_gen_stays_in_the_region_walks_sequentially_and_mixes() {
+        let mut g = OpGen::new(1, 0, 1, false, 100, 8, 80);
+        let lbas: Vec<u64> = (0..12).map(|_| g.next_op().0).collect();
+        assert_eq!(lbas, vec![0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 0, 8]);
+        let mut g = OpGen::new(1, 1, 2, false, 0, 8, 80);
+        assert_eq!(g.next_op(), (40, true), "queue 1 of 2 starts half way");
+        let mut g = OpGen::new(3, 0, 1, true, 70, 8, 8000);
+        let ops: Vec<(u64, bool)> = (0..10_000).map(|_| g.next_op()).collect();
+        assert!(ops.iter().all(|&(l, _)| l % 8 == 0 && l < 8000));
+        let reads = ops.iter().filter(|o| !o.1).count();
+        assert!(
+            (6500..7500).contains(&reads),
+            "{reads} reads of 10000 at 70%"
+        );
+    }
+}

@@ -1,0 +1,357 @@
+//! The kernel engine: the same workload through O_DIRECT and io_uring (registered buffers
+//! and file; `--iopoll`, `--sqpoll`), for a figure beside the userspace driver's.
+//!
+//! Poll mode spins on the completion ring (with `--iopoll` it calls io_uring_enter, which is
+//! where the kernel polls the device); irq mode sleeps in io_uring_enter until a completion.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nvme_dio_uring::{Dir, Uring, UringOptions};
+
+use super::pattern::{self, OpGen};
+use super::{
+    Control, Job, MEASURE, QueueResult, Report, STOP, budget_left, make_job, phase, pin, publish,
+};
+use crate::args::{BenchArgs, Mode};
+use crate::error::CliError;
+use crate::stats;
+
+fn uerr(path: &Path) -> impl Fn(nvme_dio_uring::UringError) -> CliError + '_ {
+    move |source| CliError::Uring {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The logical block size of a block device (sysfs), or 512 for a regular file.
+fn logical_block_size(path: &Path) -> u32 {
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return 512;
+    };
+    let Some(name) = real
+        .strip_prefix("/dev")
+        .ok()
+        .and_then(|p| p.to_str())
+        .map(str::to_owned)
+    else {
+        return 512;
+    };
+    std::fs::read_to_string(format!("/sys/class/block/{name}/queue/logical_block_size"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(512)
+}
+
+fn options(args: &BenchArgs, job_writes: bool) -> UringOptions {
+    UringOptions {
+        entries: args.queue_depth.next_power_of_two().max(8),
+        iopoll: args.iopoll,
+        sqpoll: args.sqpoll.then_some(2000),
+        register_buffers: true,
+        register_file: true,
+        write: job_writes,
+    }
+}
+
+/// Runs the benchmark on `path` through io_uring.
+///
+/// # Errors
+///
+/// Open/setup failures, bad geometry, failed I/Os, verify mismatches (in the report).
+pub fn run(args: &BenchArgs, path: &Path) -> Result<Report, CliError> {
+    let writes = args.read_pct() < 100 || args.verify;
+    let opts = options(args, writes);
+    let lba = logical_block_size(path);
+    let (packed, slot_bytes) = pattern::pack_segments(
+        &pattern::segment_shapes(args.io_size, lba, args.segments)
+            .map_err(CliError::BadArgument)?,
+    );
+    let mut probe =
+        Uring::open(path, args.queue_depth as usize, slot_bytes, &opts).map_err(uerr(path))?;
+    let job = make_job(args, lba, probe.size() / lba as u64 * lba as u64)?;
+    let mut notes = probe.info().notes.clone();
+    if job.verify && job.read_pct > 0 {
+        prefill(&mut probe, &job, &packed, path)?;
+    }
+    drop(probe);
+    let path_buf: PathBuf = path.to_owned();
+    let results = super::run_workers(args, &job, |q, ctl| {
+        worker(&path_buf, &opts, &job, &packed, slot_bytes, q, ctl)
+    })?;
+    let mut r_notes = Vec::new();
+    for r in &results {
+        if r.counters.cpu.is_none() && job.pin {
+            r_notes.push(format!(
+                "queue {} was not pinned to a CPU",
+                r.counters.queue
+            ));
+        }
+    }
+    notes.extend(r_notes);
+    let info = format!(
+        "kernel block path: O_DIRECT, io_uring{}{}, {lba}-byte blocks, {} bytes",
+        if args.iopoll { " IOPOLL" } else { "" },
+        if args.sqpoll { " SQPOLL" } else { "" },
+        job.region_blocks * lba as u64
+    );
+    Ok(super::report(args, &job, info, results, notes))
+}
+
+/// Writes the working set once with the verify pattern, so every later read has something
+/// to be checked against.
+fn prefill(
+    u: &mut Uring,
+    job: &Job,
+    packed: &[(usize, usize)],
+    path: &Path,
+) -> Result<(), CliError> {
+    let io = job.io_size as usize;
+    let units = job.region_blocks / job.io_blocks();
+    let mut stream = vec![0u8; io];
+    let (mut next, mut done) = (0u64, 0u64);
+    let mut idle: Vec<usize> = (0..u.slots()).collect();
+    let mut lbas = vec![0u64; u.slots()];
+    for (slot, _) in lbas.iter().enumerate() {
+        if packed.len() > 1 {
+            u.set_segments(slot, packed).map_err(uerr(path))?;
+        }
+    }
+    while done < units {
+        while next < units
+            && let Some(slot) = idle.pop()
+        {
+            let lba = next * job.io_blocks();
+            pattern::fill(&mut stream, lba, job.lba_size as usize, job.seed);
+            scatter(u.slot_mut(slot).map_err(uerr(path))?, packed, &stream);
+            u.push(slot, Dir::Write, lba * job.lba_size as u64, io)
+                .map_err(uerr(path))?;
+            lbas[slot] = lba;
+            next += 1;
+        }
+        u.submit(1).map_err(uerr(path))?;
+        let mut failed = None;
+        u.reap(|_, slot, res| {
+            if res != io as i32 && failed.is_none() {
+                failed = Some(describe(res, io, lbas[slot], job.lba_size));
+            }
+            idle.push(slot);
+            done += 1;
+        });
+        if let Some(first) = failed {
+            return Err(CliError::IoFailed {
+                count: 1,
+                first: format!("writing the working set before verify: {first}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Copies a contiguous stream into the packed segments of a slot.
+fn scatter(slot: &mut [u8], packed: &[(usize, usize)], stream: &[u8]) {
+    let mut pos = 0;
+    for &(off, len) in packed {
+        slot[off..off + len].copy_from_slice(&stream[pos..pos + len]);
+        pos += len;
+    }
+}
+
+/// Copies the packed segments of a slot into a contiguous stream.
+fn gather(slot: &[u8], packed: &[(usize, usize)], stream: &mut [u8]) {
+    let mut pos = 0;
+    for &(off, len) in packed {
+        stream[pos..pos + len].copy_from_slice(&slot[off..off + len]);
+        pos += len;
+    }
+}
+
+fn describe(res: i32, want: usize, lba: u64, lba_size: u32) -> String {
+    let at = format!("at byte offset {}", lba * lba_size as u64);
+    if res >= 0 {
+        return format!("short transfer {at}: {res} of {want} bytes (past the end of the file?)");
+    }
+    let e = std::io::Error::from_raw_os_error(-res);
+    let hint = match -res {
+        22 => {
+            // EINVAL
+            ": O_DIRECT needs offsets, lengths and buffers aligned to the device's logical block size"
+        }
+        95 => {
+            ": the device cannot do this (with --iopoll: it has no poll queues; load nvme with poll_queues=N, or drop --iopoll)"
+        }
+        _ => "",
+    };
+    format!("{e} {at}{hint}")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn worker(
+    path: &Path,
+    opts: &UringOptions,
+    job: &Job,
+    packed: &[(usize, usize)],
+    slot_bytes: usize,
+    q: usize,
+    ctl: &Control,
+) -> Result<QueueResult, CliError> {
+    let (cpu, _note) = pin(job, q);
+    let qd = job.qd as usize;
+    let setup = (|| {
+        let mut u = Uring::open(path, qd, slot_bytes, opts).map_err(uerr(path))?;
+        if packed.len() > 1 {
+            for slot in 0..qd {
+                u.set_segments(slot, packed).map_err(uerr(path))?;
+            }
+        }
+        Ok::<_, CliError>(u)
+    })();
+    ctl.ready.wait();
+    let mut u = setup?;
+
+    let io = job.io_size as usize;
+    let lba_size = job.lba_size as usize;
+    let budget = job.ios_per_queue[q];
+    let mut ops_gen = OpGen::new(
+        job.seed,
+        q,
+        job.queues,
+        job.random,
+        job.read_pct,
+        job.io_blocks(),
+        job.region_blocks,
+    );
+    let mut res = QueueResult::new(q, cpu);
+    let mut starts = vec![Instant::now(); qd];
+    let mut ops = vec![(0u64, false); qd];
+    let mut idle: Vec<usize> = (0..qd).rev().collect();
+    let mut reaped: Vec<(usize, i32)> = Vec::with_capacity(qd);
+    let (mut stream, mut expect) = (vec![0u8; io], vec![0u8; io]);
+    let spin_reap = job.mode == Mode::Poll && !opts.iopoll;
+    let batch = job.batch as usize;
+
+    let mut measuring = phase(ctl) >= MEASURE;
+    let mut stopped = false;
+    let mut failed = false;
+    let mut t_start = Instant::now();
+    let mut t_end = None;
+    let mut issued = 0u64;
+    let (mut submitted, mut completed, mut polls, mut empty, mut syscalls) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    loop {
+        let ph = phase(ctl);
+        if !measuring && ph >= MEASURE {
+            measuring = true;
+            res = QueueResult::new(q, cpu);
+            (submitted, completed, polls, empty, syscalls, issued) = (0, 0, 0, 0, 0, 0);
+            t_start = Instant::now();
+        }
+        if ph == STOP && !stopped {
+            stopped = true;
+            t_end.get_or_insert_with(Instant::now);
+        }
+        let out_of_budget = measuring && !budget_left(budget, issued);
+        if !stopped && !failed && !out_of_budget && !idle.is_empty() {
+            let t0 = Instant::now();
+            let mut pending = 0;
+            while let Some(&slot) = idle.last() {
+                if measuring && !budget_left(budget, issued) {
+                    break;
+                }
+                let (lba, write) = ops_gen.next_op();
+                if write && job.verify {
+                    pattern::fill(&mut stream, lba, lba_size, job.seed);
+                    scatter(u.slot_mut(slot).map_err(uerr(path))?, packed, &stream);
+                }
+                let dir = if write { Dir::Write } else { Dir::Read };
+                u.push(slot, dir, lba * lba_size as u64, io)
+                    .map_err(uerr(path))?;
+                idle.pop();
+                starts[slot] = t0;
+                ops[slot] = (lba, write);
+                submitted += 1;
+                if measuring {
+                    issued += 1;
+                }
+                pending += 1;
+                if pending == batch {
+                    u.submit(0).map_err(uerr(path))?;
+                    syscalls += 1;
+                    pending = 0;
+                }
+            }
+            if pending > 0 {
+                u.submit(0).map_err(uerr(path))?;
+                syscalls += 1;
+            }
+        }
+        if u.in_flight() == 0 {
+            if stopped || failed || (measuring && !budget_left(budget, issued)) {
+                break;
+            }
+            continue;
+        }
+        if !spin_reap {
+            u.submit(1).map_err(uerr(path))?;
+            syscalls += 1;
+        }
+        polls += 1;
+        u.reap(|_, slot, r| reaped.push((slot, r)));
+        if reaped.is_empty() {
+            empty += 1;
+            continue;
+        }
+        let now = Instant::now();
+        for (slot, r) in reaped.drain(..) {
+            idle.push(slot);
+            completed += 1;
+            if !measuring || stopped {
+                continue;
+            }
+            let (lba, write) = ops[slot];
+            stats::record(
+                &mut res.hist,
+                now.duration_since(starts[slot]).as_nanos() as u64,
+            );
+            if r != io as i32 {
+                res.errors += 1;
+                res.first_error
+                    .get_or_insert_with(|| describe(r, io, lba, job.lba_size));
+                failed = true;
+                continue;
+            }
+            res.ios += 1;
+            res.bytes += io as u64;
+            if job.verify && !write {
+                gather(u.slot(slot).map_err(uerr(path))?, packed, &mut stream);
+                let bad = pattern::check(&stream, lba, lba_size, job.seed, &mut expect);
+                res.checked_blocks += job.io_blocks();
+                if let Some(m) = bad.first() {
+                    res.first_mismatch.get_or_insert_with(|| m.to_string());
+                }
+                res.mismatches += bad.len() as u64;
+            }
+        }
+        if measuring && !stopped && !budget_left(budget, issued) && u.in_flight() == 0 {
+            t_end.get_or_insert_with(Instant::now);
+        }
+        publish(ctl, q, res.ios);
+    }
+    res.elapsed = t_end.unwrap_or_else(Instant::now).duration_since(t_start);
+    res.counters.submitted = submitted;
+    res.counters.completed = completed;
+    res.counters.errors = res.errors;
+    res.counters.polls = polls;
+    res.counters.empty_polls = empty;
+    res.counters.syscalls = Some(syscalls);
+    res.counters.split_requests = Some(0);
+    if u.unknown_completions > 0 {
+        res.first_error.get_or_insert_with(|| {
+            format!(
+                "{} completions named no I/O in flight",
+                u.unknown_completions
+            )
+        });
+    }
+    Ok(res)
+}

@@ -1,0 +1,163 @@
+//! The command's errors: one enum, each message a sentence a user can act on.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything `nvme-dio` can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A combination of arguments that cannot work (clap checks single values).
+    #[error("{0}")]
+    BadArgument(String),
+    /// Bringing up or driving the controller failed.
+    #[error("{device}: {source}")]
+    Driver {
+        /// The device.
+        device: String,
+        /// The driver's error.
+        #[source]
+        source: nvme_dio::Error,
+    },
+    /// Opening a VFIO device failed.
+    #[error("cannot open {device} through VFIO: {source}")]
+    Vfio {
+        /// The device.
+        device: String,
+        /// The dma layer's error.
+        #[source]
+        source: nvme_dio_dma::Error,
+    },
+    /// DMA memory could not be allocated.
+    #[error("cannot allocate DMA buffers ({what}): {source}")]
+    Memory {
+        /// What for.
+        what: String,
+        /// The dma layer's error.
+        #[source]
+        source: nvme_dio_dma::Error,
+    },
+    /// The emulated controller refused its configuration.
+    #[error("cannot start the emulated controller: {source}")]
+    Emu {
+        /// The emulator's error.
+        #[source]
+        source: nvme_dio_emu::EmuError,
+    },
+    /// The io_uring engine failed.
+    #[error("{path}: {source}")]
+    Uring {
+        /// The file or device.
+        path: PathBuf,
+        /// The engine's error.
+        #[source]
+        source: nvme_dio_uring::UringError,
+    },
+    /// A file could not be read or written.
+    #[error("cannot {op} {path}: {source}")]
+    File {
+        /// What was attempted.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// I/Os failed during the benchmark.
+    #[error("{count} I/O(s) failed; the first: {first}")]
+    IoFailed {
+        /// Failed I/Os.
+        count: u64,
+        /// The first failure, described.
+        first: String,
+    },
+    /// Verify found data that is not what was written.
+    #[error(
+        "verify failed: {count} block(s) did not hold the data written to them; the first: {first}"
+    )]
+    VerifyFailed {
+        /// Mismatching blocks.
+        count: u64,
+        /// The first mismatch, described.
+        first: String,
+    },
+    /// A worker thread panicked (a bug: please report it).
+    #[error(
+        "worker for queue {queue} panicked: {message} (this is a bug in nvme-dio; please report it)"
+    )]
+    WorkerPanicked {
+        /// The queue.
+        queue: usize,
+        /// The panic message.
+        message: String,
+    },
+    /// `setup` refuses to touch this controller.
+    #[error("refusing to set up {bdf}: {reason}")]
+    Refused {
+        /// The controller.
+        bdf: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// A sysfs step of `setup` / `reset` failed.
+    #[error("{step} failed ({path}): {source}; are you root?")]
+    Sysfs {
+        /// What was attempted.
+        step: String,
+        /// The file written.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// JSON output failed.
+    #[error("cannot write JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl CliError {
+    /// Wraps a driver error with the device it came from.
+    pub fn driver(device: impl ToString, source: nvme_dio::Error) -> CliError {
+        CliError::Driver {
+            device: device.to_string(),
+            source,
+        }
+    }
+}
+
+/// The error and its causes, one line each, skipping a cause already spelled out in the
+/// line above it (many messages embed their source).
+pub fn render(e: &dyn std::error::Error) -> String {
+    let mut out = format!("error: {e}");
+    let mut last = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !last.contains(&text) {
+            out.push_str(&format!("\n  caused by: {text}"));
+        }
+        last = text;
+        cur = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_prints_the_chain_once() {
+        let e = CliError::File {
+            op: "write",
+            path: "/x.svg".into(),
+            source: io::Error::new(io::ErrorKind::PermissionDenied, "Permission denied"),
+        };
+        assert_eq!(render(&e), "error: cannot write /x.svg: Permission denied");
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] io::Error);
+        let e = Outer(io::Error::other("inner"));
+        assert_eq!(render(&e), "error: outer\n  caused by: inner");
+    }
+}

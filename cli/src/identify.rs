@@ -1,0 +1,288 @@
+//! `nvme-dio identify`: bring the controller up and print what it reports.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use nvme_dio::{Controller, PciFunction};
+use nvme_dio_emu::{EmuConfig, EmuFunction};
+use serde::Serialize;
+
+use crate::args::{DeviceSpec, IdentifyArgs};
+use crate::bench::nvme::{WithController, controller_options, emu_config, with_controller};
+use crate::error::CliError;
+
+/// The controller, as `--json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ControllerReport {
+    /// The device as given.
+    pub device: String,
+    /// Emulated controller.
+    pub emulated: bool,
+    /// PCI vendor id.
+    pub vendor_id: u16,
+    /// Model number.
+    pub model: String,
+    /// Serial number.
+    pub serial: String,
+    /// Firmware revision.
+    pub firmware: String,
+    /// NVMe version.
+    pub version: String,
+    /// MDTS as reported (0 = no limit).
+    pub mdts: u8,
+    /// Max transfer per command the driver uses, bytes.
+    pub max_transfer_bytes: u32,
+    /// Controller memory page size in use.
+    pub page_size: usize,
+    /// CAP.MQES: entries per I/O queue at most.
+    pub max_queue_entries: u32,
+    /// I/O queue pairs granted.
+    pub io_queues: u16,
+    /// MSI-X vectors enabled.
+    pub msix_vectors: u32,
+    /// CAP.TO.
+    pub ready_timeout_ms: u128,
+    /// CAP.DSTRD.
+    pub doorbell_stride: u8,
+    /// SGLs supported and used for I/O.
+    pub sgl: bool,
+    /// NN: namespaces supported.
+    pub max_namespaces: u32,
+    /// Volatile write cache present.
+    pub volatile_write_cache: bool,
+    /// Active namespaces.
+    pub namespaces: Vec<NamespaceReport>,
+}
+
+/// One namespace.
+#[derive(Clone, Debug, Serialize)]
+pub struct NamespaceReport {
+    /// NSID.
+    pub nsid: u32,
+    /// Size in blocks (NSZE).
+    pub blocks: u64,
+    /// Capacity in blocks (NCAP).
+    pub capacity_blocks: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// The LBA format in use: data bytes per block.
+    pub lba_size: u32,
+    /// The LBA format in use: metadata bytes per block.
+    pub metadata_size: u16,
+    /// Max transfer per command, bytes.
+    pub max_transfer_bytes: u32,
+    /// NOIOB in blocks (0 = none).
+    pub optimal_io_boundary_blocks: u32,
+    /// Write Zeroes supported.
+    pub write_zeroes: bool,
+    /// Deallocate (trim) supported.
+    pub deallocate: bool,
+}
+
+struct Identify(String, bool);
+
+impl WithController for Identify {
+    type Out = ControllerReport;
+
+    fn with<D: PciFunction>(
+        self,
+        ctrl: Controller<D>,
+        _description: String,
+        _emu: Option<Arc<EmuFunction>>,
+    ) -> Result<ControllerReport, CliError> {
+        let i = ctrl.info();
+        Ok(ControllerReport {
+            device: self.0,
+            emulated: self.1,
+            vendor_id: i.vid,
+            model: i.model.trim().to_string(),
+            serial: i.serial.trim().to_string(),
+            firmware: i.firmware.trim().to_string(),
+            version: i.version.to_string(),
+            mdts: i.mdts,
+            max_transfer_bytes: i.max_transfer,
+            page_size: i.page_size.bytes(),
+            max_queue_entries: i.cap.mqes().entries(),
+            io_queues: i.io_queues,
+            msix_vectors: i.msix_vectors,
+            ready_timeout_ms: i.cap.timeout().as_millis(),
+            doorbell_stride: i.cap.dstrd(),
+            sgl: i.sgl,
+            max_namespaces: i.max_namespaces,
+            volatile_write_cache: i.identify.vwc_present(),
+            namespaces: ctrl
+                .namespaces()
+                .iter()
+                .map(|n| NamespaceReport {
+                    nsid: n.id().0,
+                    blocks: n.blocks(),
+                    capacity_blocks: n.capacity(),
+                    bytes: n.bytes(),
+                    lba_size: n.lba_size(),
+                    metadata_size: n.metadata_size(),
+                    max_transfer_bytes: n.max_transfer(),
+                    optimal_io_boundary_blocks: n.optimal_io_boundary(),
+                    write_zeroes: n.supports_write_zeroes(),
+                    deallocate: n.supports_deallocate(),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Brings the controller up and describes it.
+///
+/// # Errors
+///
+/// Device and bring-up errors.
+pub fn identify(device: &DeviceSpec) -> Result<ControllerReport, CliError> {
+    let emu = match device {
+        DeviceSpec::Emu { ram } => emu_config(*ram, if *ram { 512 } else { 4096 }, None),
+        _ => EmuConfig::default(),
+    };
+    with_controller(
+        device,
+        emu,
+        controller_options(1, false, true),
+        Identify(device.to_string(), device.is_emu()),
+    )
+}
+
+/// Runs `nvme-dio identify`.
+///
+/// # Errors
+///
+/// As [`identify`].
+pub fn run(a: &IdentifyArgs) -> Result<(), CliError> {
+    let r = identify(&a.device)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", human(&r));
+    }
+    Ok(())
+}
+
+fn mib(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// The human form.
+pub fn human(r: &ControllerReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "controller {}{}",
+        r.device,
+        if r.emulated {
+            " (EMULATED, in-process)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(o, "  model           {}", r.model);
+    let _ = writeln!(o, "  serial          {}", r.serial);
+    let _ = writeln!(o, "  firmware        {}", r.firmware);
+    let _ = writeln!(o, "  vendor id       {:#06x}", r.vendor_id);
+    let _ = writeln!(o, "  NVMe version    {}", r.version);
+    let _ = writeln!(
+        o,
+        "  MDTS            {}  (max transfer per command {} KiB)",
+        if r.mdts == 0 {
+            "0 (no limit)".to_string()
+        } else {
+            r.mdts.to_string()
+        },
+        r.max_transfer_bytes >> 10
+    );
+    let _ = writeln!(o, "  page size       {} bytes", r.page_size);
+    let _ = writeln!(
+        o,
+        "  queues          {} I/O queue pairs granted, up to {} entries each, {} MSI-X vectors",
+        r.io_queues, r.max_queue_entries, r.msix_vectors
+    );
+    let _ = writeln!(
+        o,
+        "  doorbell stride {} bytes, ready timeout {} ms",
+        4u32 << r.doorbell_stride,
+        r.ready_timeout_ms
+    );
+    let _ = writeln!(
+        o,
+        "  SGL             {}",
+        if r.sgl {
+            "supported (used for iovec sets that break the PRP rule)"
+        } else {
+            "not supported (PRPs only)"
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  write cache     {}",
+        if r.volatile_write_cache {
+            "volatile (Flush matters)"
+        } else {
+            "none"
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  namespaces      {} active of {} supported",
+        r.namespaces.len(),
+        r.max_namespaces
+    );
+    for n in &r.namespaces {
+        let _ = writeln!(
+            o,
+            "  namespace {}: {} blocks x {} bytes{} = {} (capacity {} blocks); max transfer {} KiB{}; write zeroes {}, deallocate {}",
+            n.nsid,
+            n.blocks,
+            n.lba_size,
+            if n.metadata_size > 0 {
+                format!(" + {} metadata", n.metadata_size)
+            } else {
+                String::new()
+            },
+            mib(n.bytes),
+            n.capacity_blocks,
+            n.max_transfer_bytes >> 10,
+            if n.optimal_io_boundary_blocks > 0 {
+                format!(
+                    ", optimal I/O boundary {} blocks",
+                    n.optimal_io_boundary_blocks
+                )
+            } else {
+                String::new()
+            },
+            if n.write_zeroes { "yes" } else { "no" },
+            if n.deallocate { "yes" } else { "no" },
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identify_emu_reports_the_emulated_namespace() {
+        let r = identify(&DeviceSpec::Emu { ram: true }).unwrap();
+        assert!(r.emulated);
+        assert_eq!(r.namespaces.len(), 1);
+        assert_eq!(
+            (r.namespaces[0].lba_size, r.namespaces[0].bytes),
+            (512, crate::bench::nvme::EMU_RAM_BYTES)
+        );
+        assert!(r.max_transfer_bytes > 0 && r.io_queues >= 1);
+        let h = human(&r);
+        assert!(
+            h.contains("EMULATED") && h.contains("namespace 1: 131072 blocks x 512 bytes"),
+            "{h}"
+        );
+    }
+}

@@ -1,0 +1,42 @@
+//! # nvme-dio-cli: the `nvme-dio` command
+//!
+//! - `bench`: IOPS, MiB/s and latency percentiles of a device, SPDK perf / fio style, through
+//!   the nvme-dio userspace driver (a VFIO-bound controller, or the embedded emulated
+//!   controller by default) or through the kernel (io_uring, O_DIRECT) for a side-by-side
+//!   figure. Human summary, `--json`, an SVG latency histogram, `--verify`.
+//! - `list`: the NVMe controllers in sysfs, their drivers, IOMMU groups, NUMA nodes, disks.
+//! - `identify`: what a controller and its namespaces report.
+//! - `setup` / `reset`: bind a controller to vfio-pci (with the safety checks: mounted
+//!   filesystems, IOMMU group viability, RLIMIT_MEMLOCK, hugepages) and give it back.
+//!
+//! The library half exists so the pieces are unit-tested; `main.rs` only parses and
+//! dispatches. `#![forbid(unsafe_code)]`: the two system calls the benchmark needs beyond
+//! std (io_uring, sched_setaffinity) live in `nvme-dio-uring`.
+
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod bench;
+pub mod error;
+pub mod identify;
+pub mod list;
+pub mod setup;
+pub mod stats;
+pub mod sysfs;
+
+pub use error::CliError;
+
+/// Runs one parsed command.
+///
+/// # Errors
+///
+/// Whatever the command fails with; [`error::render`] turns it into the printed lines.
+pub fn run(cli: args::Cli) -> Result<(), CliError> {
+    match cli.command {
+        args::Command::Bench(a) => bench::run(&a),
+        args::Command::List(a) => list::run(&a),
+        args::Command::Identify(a) => identify::run(&a),
+        args::Command::Setup(a) => setup::setup(&sysfs::Sysfs::host(), &a),
+        args::Command::Reset(a) => setup::reset(&sysfs::Sysfs::host(), &a),
+    }
+}

@@ -1,0 +1,269 @@
+//! The `nvme-dio` binary end to end: argument errors, `bench --json` against the emulated
+//! controller and through io_uring on a host file, verify (clean and with an injected bit
+//! flip), the SVG histogram, `list` and `identify`. Every run is short (`--ios N`).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn nvme_dio(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nvme-dio"))
+        .args(args)
+        .output()
+        .expect("run nvme-dio")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs and parses `--json` output; panics with stderr if the run failed.
+fn bench_json(args: &[&str]) -> Value {
+    let mut all = vec!["bench", "--json"];
+    all.extend_from_slice(args);
+    let o = nvme_dio(&all);
+    assert!(
+        o.status.success(),
+        "nvme-dio {all:?} failed: {}",
+        stderr(&o)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(&o)))
+}
+
+/// A directory on a filesystem that supports O_DIRECT (cargo's target dir, not tmpfs).
+fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-tests");
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(format!("{name}-{}", std::process::id()))
+}
+
+fn assert_fails_with(args: &[&str], needle: &str) {
+    let o = nvme_dio(args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    let e = stderr(&o);
+    assert!(
+        e.contains(needle),
+        "{args:?}: stderr lacks {needle:?}:\n{e}"
+    );
+    assert!(
+        !e.contains("panicked") && !e.contains("RUST_BACKTRACE"),
+        "{args:?} panicked:\n{e}"
+    );
+}
+
+#[test]
+fn argument_errors_are_sentences_with_a_non_zero_exit() {
+    assert_fails_with(&["bench", "--io-size", "4x"], "not a size");
+    assert_fails_with(&["bench", "-o", "1000"], "not a multiple of 512");
+    assert_fails_with(&["bench", "-w", "randrw", "--mix", "150"], "0 to 100");
+    assert_fails_with(&["bench", "--device", "bogus"], "unknown device");
+    assert_fails_with(
+        &["bench", "-w", "randread", "-M", "50"],
+        "--mix only applies",
+    );
+    assert_fails_with(&["bench", "--segments", "3"], "needs at least 3 blocks");
+    assert_fails_with(
+        &["bench", "--engine", "io_uring"],
+        "needs a block device or file path",
+    );
+    assert_fails_with(&["bench", "--inject-flip-bit", "3"], "emu:ram only");
+    assert_fails_with(&["setup", "nope"], "not a PCI address");
+    // Errors of the run itself (not clap's) carry the `error:` prefix.
+    let o = nvme_dio(&["bench", "--device", "./no-such-file", "--ios", "1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+}
+
+#[test]
+fn json_has_device_engine_settings_figures_latency_and_queue_counters() {
+    let v = bench_json(&["-t", "1", "--ios", "20000"]);
+    assert_eq!(v["device"], "emu");
+    assert_eq!(v["emulated"], true);
+    assert_eq!(v["engine"], "vfio");
+    assert_eq!(v["settings"]["workload"], "randread");
+    assert_eq!(v["settings"]["queue_depth"], 32);
+    assert_eq!(v["settings"]["io_size"], 4096);
+    assert_eq!(v["ios"], 20000);
+    assert_eq!(v["errors"], 0);
+    assert!(v["iops"].as_f64().unwrap() > 0.0 && v["mib_s"].as_f64().unwrap() > 0.0);
+    let l = &v["latency"];
+    for k in ["avg", "min", "max", "p50", "p90", "p99", "p99_9", "p99_99"] {
+        assert!(
+            l[k].as_f64().is_some_and(|x| x > 0.0),
+            "latency.{k} = {}",
+            l[k]
+        );
+    }
+    let (p50, p99, max) = (
+        l["p50"].as_u64().unwrap(),
+        l["p99"].as_u64().unwrap(),
+        l["max"].as_u64().unwrap(),
+    );
+    assert!(p50 <= p99 && p99 <= max);
+    let q = &v["queues"][0];
+    for k in [
+        "submitted",
+        "completed",
+        "split_requests",
+        "doorbell_writes",
+        "polls",
+        "empty_polls",
+        "timeouts",
+    ] {
+        assert!(q[k].is_u64(), "queues[0].{k} = {}", q[k]);
+    }
+    assert!(q["completed"].as_u64().unwrap() >= 20000);
+    assert_eq!(q["split_requests"], 0);
+    assert_eq!(q["timeouts"], 0);
+    assert!(q["doorbell_writes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn verify_on_ram_with_split_iovecs_finds_no_mismatch() {
+    let v = bench_json(&[
+        "--device",
+        "emu:ram",
+        "--verify",
+        "-w",
+        "randrw",
+        "--segments",
+        "3",
+        "-t",
+        "1",
+        "--ios",
+        "5000",
+    ]);
+    assert_eq!(v["errors"], 0);
+    assert_eq!(v["verify"]["mismatches"], 0);
+    assert!(v["verify"]["checked_blocks"].as_u64().unwrap() > 0);
+    assert!(
+        v["queues"][0]["split_requests"].as_u64().unwrap() > 0,
+        "3 segments at odd offsets must split"
+    );
+    assert_eq!(v["settings"]["segments"], 3);
+}
+
+#[test]
+fn verify_catches_a_flipped_bit_and_fails_the_run() {
+    // 1 MiB RAM namespace, read sequentially once: block 77 is read after its bit flipped.
+    let o = nvme_dio(&[
+        "bench",
+        "--device",
+        "emu:ram",
+        "--size",
+        "1m",
+        "--verify",
+        "-w",
+        "read",
+        "--inject-flip-bit",
+        "77",
+        "--ios",
+        "2048",
+        "-q",
+        "4",
+    ]);
+    assert!(
+        !o.status.success(),
+        "a corrupted block must fail the run:\n{}",
+        stdout(&o)
+    );
+    let e = stderr(&o);
+    assert!(e.contains("verify failed") && e.contains("LBA 77"), "{e}");
+    assert!(
+        stdout(&o).contains("1 mismatches") || stdout(&o).contains("mismatches"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn several_queues_and_interrupt_mode_run() {
+    let v = bench_json(&[
+        "--queues", "2", "--ios", "4000", "-q", "8", "-w", "randrw", "-M", "70",
+    ]);
+    assert_eq!(v["queues"].as_array().unwrap().len(), 2);
+    assert_eq!(v["ios"], 4000);
+    assert_eq!(v["settings"]["read_pct"], 70);
+    let v = bench_json(&["--mode", "irq", "--ios", "2000", "-q", "4"]);
+    assert_eq!(v["settings"]["mode"], "irq");
+    assert_eq!(v["ios"], 2000);
+}
+
+#[test]
+fn io_uring_engine_runs_against_a_host_file_and_verifies() {
+    let path = scratch("uring.dat");
+    std::fs::write(&path, vec![0u8; 4 << 20]).unwrap();
+    let p = path.to_str().unwrap();
+    let v = bench_json(&["--device", p, "-t", "1", "--ios", "2000", "-q", "8"]);
+    assert_eq!(v["engine"], "io_uring");
+    assert_eq!(v["ios"], 2000);
+    assert_eq!(v["errors"], 0);
+    assert!(v["queues"][0]["syscalls"].as_u64().unwrap() > 0);
+    let v = bench_json(&[
+        "--device",
+        p,
+        "--verify",
+        "-w",
+        "randrw",
+        "--segments",
+        "2",
+        "-o",
+        "8k",
+        "--ios",
+        "2000",
+        "-q",
+        "8",
+    ]);
+    assert_eq!(v["verify"]["mismatches"], 0);
+    assert!(v["verify"]["checked_blocks"].as_u64().unwrap() > 0);
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn histogram_svg_is_written_with_bars() {
+    let svg = scratch("lat.svg");
+    let o = nvme_dio(&[
+        "bench",
+        "--ios",
+        "5000",
+        "--histogram",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.starts_with("<svg") && text.matches("<rect").count() > 1,
+        "{text}"
+    );
+    assert!(text.contains("emu"));
+    // The human summary carries the device and engine beside the figures.
+    let out = stdout(&o);
+    let iops = out
+        .lines()
+        .find(|l| l.starts_with("IOPS"))
+        .expect("an IOPS line");
+    assert!(iops.contains("[emu vfio randread 4k qd32 x1]"), "{out}");
+    std::fs::remove_file(&svg).unwrap();
+}
+
+#[test]
+fn list_and_identify_succeed() {
+    let o = nvme_dio(&["list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("no NVMe controllers found") || out.starts_with("address"),
+        "{out}"
+    );
+    let o = nvme_dio(&["identify", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["emulated"], true);
+    assert_eq!(v["namespaces"][0]["lba_size"], 4096);
+    assert!(v["max_transfer_bytes"].as_u64().unwrap() > 0);
+}
