@@ -30,12 +30,14 @@
 mod admin;
 mod controller;
 mod error;
+mod future;
 mod namespace;
 mod qpair;
 mod ring;
 
 pub use controller::{Controller, ControllerInfo, ControllerOptions};
 pub use error::{Error, Stage};
+pub use future::{AsyncQueuePair, InterruptFd, IoFailed, IoFuture};
 pub use namespace::Namespace;
 pub use nvme_dio_dma::{DmaBuf, DmaMemory, DmaPool, MemoryOptions, PageKind, PciFunction};
 pub use nvme_dio_queue::{Lba, Nsid, Status};
