@@ -249,7 +249,7 @@ pub fn max_transfer(mdts_bytes: Option<u64>, page: PageSize, list_pages: usize) 
 ///
 /// # Panics
 /// If `limits.lba_size` is not a power of two.
-#[inline]
+#[inline(always)]
 pub fn plan(segs: &[Segment], slba: Lba, limits: &Limits) -> Result<Plan, PlanError> {
     assert!(
         limits.lba_size.is_power_of_two(),

@@ -189,7 +189,7 @@ pub fn list_pages_needed(total_entries: usize, page: PageSize) -> usize {
 ///
 /// # Errors
 /// See [`PrpError`]: the first rule broken, naming the segment.
-#[inline]
+#[inline(always)]
 pub fn build<L: PrpListPages>(
     segs: &[Segment],
     page: PageSize,
@@ -203,7 +203,7 @@ pub fn build<L: PrpListPages>(
     if segs.is_empty() {
         return Err(PrpError::ZeroLength);
     }
-    build_range(segs, &SegRange::whole(segs), page, list)
+    build_range_slow(segs, &SegRange::whole(segs), page, list)
 }
 
 /// The common case without a list: `len > 0` bytes at dword-aligned `start` within two
@@ -237,8 +237,32 @@ fn two_pages(start: u64, len: u64, page: PageSize) -> Option<Dptr> {
 ///
 /// # Panics
 /// If `range` does not lie within `segs`.
-#[inline]
+#[inline(always)]
 pub fn build_range<L: PrpListPages>(
+    segs: &[Segment],
+    range: &SegRange,
+    page: PageSize,
+    list: &mut L,
+) -> Result<Dptr, PrpError> {
+    // Fast path: one segment within two pages. No list, no loop, inlined into the caller.
+    if range.first == range.last
+        && let Some(s) = segs.get(range.first)
+        && range.first_offset < range.last_end
+        && range.last_end <= s.len
+        && let Some(d) = two_pages(
+            s.iova.0 + range.first_offset as u64,
+            (range.last_end - range.first_offset) as u64,
+            page,
+        )
+    {
+        return Ok(d);
+    }
+    build_range_slow(segs, range, page, list)
+}
+
+/// Everything but the two-page fast path, out of line.
+#[inline(never)]
+fn build_range_slow<L: PrpListPages>(
     segs: &[Segment],
     range: &SegRange,
     page: PageSize,
@@ -246,8 +270,6 @@ pub fn build_range<L: PrpListPages>(
 ) -> Result<Dptr, PrpError> {
     let shift = page.shift();
     let mask = page.bytes() as u64 - 1;
-
-    // Fast path: one segment within two pages. No list, no loop.
     if range.first == range.last {
         let s = segs[range.first];
         assert!(
@@ -266,9 +288,6 @@ pub fn build_range<L: PrpListPages>(
         }
         if start & 3 != 0 {
             return Err(PrpError::Prp1NotDwordAligned { iova: start });
-        }
-        if let Some(d) = two_pages(start, len, page) {
-            return Ok(d);
         }
     }
 
