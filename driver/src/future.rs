@@ -122,7 +122,8 @@ impl<B> From<IoFailed<B>> for Error {
 /// Readable when the queue pair's MSI-X vector fired. Implements [`AsRawFd`], which is what
 /// tokio's `AsyncFd` and epoll loops take. The descriptor is a `dup` of the queue pair's own,
 /// so it stays valid while this value lives, even after the queue pair is gone (it then
-/// simply never fires).
+/// simply never fires). It owns that descriptor for its whole life, which is the contract of
+/// tokio's `unsafe fn AsyncFd::register` (tokio 1.54 deprecated the safe `AsyncFd::new`).
 #[derive(Debug)]
 pub struct InterruptFd(EventFd);
 
@@ -354,9 +355,9 @@ impl<D: PciFunction> AsyncQueuePair<D> {
     /// cannot be duplicated.
     pub fn interrupt_fd(&self) -> Result<InterruptFd, Error> {
         let qp = self.inner.qp.borrow();
-        let fd = qp
-            .eventfd()
-            .ok_or(Error::NotSupported("an interrupt eventfd on a poll-mode queue pair"))?;
+        let fd = qp.eventfd().ok_or(Error::NotSupported(
+            "an interrupt eventfd on a poll-mode queue pair",
+        ))?;
         fd.try_clone().map(InterruptFd).map_err(Error::Wait)
     }
 
@@ -376,22 +377,12 @@ impl<D: PciFunction> AsyncQueuePair<D> {
     }
 
     /// Reads into an iovec set, in order, from the blocks starting at `lba`.
-    pub fn readv(
-        &self,
-        ns: &Namespace,
-        lba: Lba,
-        bufs: Vec<DmaBuf>,
-    ) -> IoFuture<D, Vec<DmaBuf>> {
+    pub fn readv(&self, ns: &Namespace, lba: Lba, bufs: Vec<DmaBuf>) -> IoFuture<D, Vec<DmaBuf>> {
         self.start(Op::Read, ns, lba, Bufs::Many(bufs), unpack_many)
     }
 
     /// Writes an iovec set, in order, to the blocks starting at `lba`.
-    pub fn writev(
-        &self,
-        ns: &Namespace,
-        lba: Lba,
-        bufs: Vec<DmaBuf>,
-    ) -> IoFuture<D, Vec<DmaBuf>> {
+    pub fn writev(&self, ns: &Namespace, lba: Lba, bufs: Vec<DmaBuf>) -> IoFuture<D, Vec<DmaBuf>> {
         self.start(Op::Write, ns, lba, Bufs::Many(bufs), unpack_many)
     }
 
