@@ -42,6 +42,12 @@ impl AdminQueue {
         })
     }
 
+    /// Forgets ring state after the controller was disabled (the rings are re-programmed).
+    pub(crate) fn reset(&mut self) {
+        self.sq.reset();
+        self.cq.reset();
+    }
+
     pub(crate) fn sq_iova(&self) -> u64 {
         self.sq.iova()
     }

@@ -4,8 +4,8 @@
 //! happened in. The [`Controller`] handle is cheap to clone and `Sync`: share it across
 //! threads and create one [`IoQueuePair`] per thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use nvme_dio_dma::{Bar0, DmaMemory, MemoryOptions, PageKind, PciFunction};
@@ -105,9 +105,27 @@ pub(crate) struct Shared<D: PciFunction> {
     pub(crate) prp_list_pages: usize,
     free_qids: Mutex<Vec<u16>>,
     pub(crate) vectors: Vec<Arc<EventFd>>,
-    /// Set once a register read returned all ones: every request fails fast from then on.
-    pub(crate) gone: AtomicBool,
+    /// [`LIVE`], [`GONE`] (a register read returned all ones) or [`DEAD`] (a reset failed):
+    /// once not live, every request fails fast.
+    pub(crate) state: AtomicU8,
+    /// Bumped by every controller reset. A queue pair whose epoch is older has lost its
+    /// queues: it fails what it had in flight and re-creates them before its next I/O.
+    pub(crate) epoch: AtomicU64,
+    /// Doorbell writes hold it shared; a reset holds it exclusively, so no doorbell from
+    /// before a reset can reach the controller after it.
+    pub(crate) gate: RwLock<()>,
+    resets: AtomicU64,
+    admin_size: QueueSize,
+    ready_limit: Duration,
 }
+
+/// The controller works.
+pub(crate) const LIVE: u8 = 0;
+/// The device is gone (all-ones reads): it can no longer touch memory.
+pub(crate) const GONE: u8 = 1;
+/// A reset failed: the controller may still be able to write memory, so in-flight buffers
+/// are never handed back to the allocator.
+pub(crate) const DEAD: u8 = 2;
 
 impl<D: PciFunction> std::fmt::Debug for Shared<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -168,6 +186,83 @@ fn wait_ready<B: Bar0>(bar: &B, want: bool, limit: Duration) -> Result<(), Error
     }
 }
 
+/// Clears CC.EN and waits for CSTS.RDY = 0: the controller drops every queue and stops DMA.
+fn disable<B: Bar0>(bar: &B, limit: Duration) -> Result<(), Error> {
+    let cc = Cc(read32(bar, regs::CC)?);
+    if cc.en() {
+        bar.write32(regs::CC, cc.with_en(false).0);
+    }
+    wait_ready(bar, false, limit)
+}
+
+/// Programs the admin queue and sets CC.EN, then waits for CSTS.RDY = 1.
+fn enable<B: Bar0>(
+    bar: &B,
+    admin: &AdminQueue,
+    size: QueueSize,
+    page: PageSize,
+    limit: Duration,
+) -> Result<(), Error> {
+    bar.write32(
+        regs::AQA,
+        Aqa {
+            asqs: size,
+            acqs: size,
+        }
+        .to_u32(),
+    );
+    bar.write64(regs::ASQ, admin.sq_iova());
+    bar.write64(regs::ACQ, admin.cq_iova());
+    let cc = Cc::default()
+        .with_css(0)
+        .with_mps(page)
+        .with_iosqes(6)
+        .with_iocqes(4)
+        .with_en(true);
+    bar.write32(regs::CC, cc.0);
+    wait_ready(bar, true, limit)
+}
+
+/// Asks for `want` I/O queue pairs; returns how many the controller granted.
+fn set_number_of_queues<B: Bar0>(
+    bar: &B,
+    admin: &mut AdminQueue,
+    want: u16,
+    timeout: Duration,
+) -> Result<u16, Error> {
+    let cqe = admin.execute(
+        bar,
+        SetFeatures::number_of_queues(want, want).build(),
+        timeout,
+    )?;
+    let (nsq, ncq) = NumberOfQueues::from_result(cqe.result);
+    Ok(nsq.min(ncq).min(want))
+}
+
+/// Creates I/O CQ `q` then SQ `q` (deleting the CQ again if the SQ is refused).
+fn create_io_queues<B: Bar0>(
+    bar: &B,
+    admin: &mut AdminQueue,
+    q: Qid,
+    size: QueueSize,
+    (sq, cq): (u64, u64),
+    vector: Option<u16>,
+    timeout: Duration,
+) -> Result<(), Error> {
+    admin.execute(
+        bar,
+        CreateIoCq::new(q, size, Iova(cq))
+            .interrupt_vector(vector)
+            .build(),
+        timeout,
+    )?;
+    if let Err(e) = admin.execute(bar, CreateIoSq::new(q, size, Iova(sq), q).build(), timeout) {
+        let _ = admin.execute(bar, DeleteIoCq::new(q).build(), timeout);
+        return Err(e);
+    }
+    Ok(())
+}
+
 impl<D: PciFunction> Controller<D> {
     /// Brings the controller behind `dev` up from whatever state it is in.
     ///
@@ -216,11 +311,7 @@ impl<D: PciFunction> Controller<D> {
         let dstrd = cap.dstrd();
 
         // Stage: disable.
-        let cc = Cc(read32(bar, regs::CC).map_err(|e| e.at(Stage::Disable))?);
-        if cc.en() {
-            bar.write32(regs::CC, cc.with_en(false).0);
-        }
-        wait_ready(bar, false, limit).map_err(|e| e.at(Stage::Disable))?;
+        disable(bar, limit).map_err(|e| e.at(Stage::Disable))?;
 
         // Stage: admin queue.
         let mem = DmaMemory::new(dev.dma_mapper(), opts.memory)
@@ -232,26 +323,9 @@ impl<D: PciFunction> Controller<D> {
             })?;
         let mut admin = AdminQueue::new(&mem, admin_size, page.bytes(), dstrd)
             .map_err(|e| e.at(Stage::AdminQueue))?;
-        bar.write32(
-            regs::AQA,
-            Aqa {
-                asqs: admin_size,
-                acqs: admin_size,
-            }
-            .to_u32(),
-        );
-        bar.write64(regs::ASQ, admin.sq_iova());
-        bar.write64(regs::ACQ, admin.cq_iova());
 
         // Stage: enable.
-        let cc = Cc::default()
-            .with_css(0)
-            .with_mps(page)
-            .with_iosqes(6)
-            .with_iocqes(4)
-            .with_en(true);
-        bar.write32(regs::CC, cc.0);
-        wait_ready(bar, true, limit).map_err(|e| e.at(Stage::Enable))?;
+        enable(bar, &admin, admin_size, page, limit).map_err(|e| e.at(Stage::Enable))?;
 
         // Stage: Identify Controller.
         let t = opts.admin_timeout;
@@ -330,12 +404,8 @@ impl<D: PciFunction> Controller<D> {
         }
 
         // Stage: number of queues.
-        let want = opts.io_queues.max(1);
-        let cqe = admin
-            .execute(bar, SetFeatures::number_of_queues(want, want).build(), t)
+        let granted = set_number_of_queues(bar, &mut admin, opts.io_queues.max(1), t)
             .map_err(|e| e.at(Stage::SetNumberOfQueues))?;
-        let (nsq, ncq) = NumberOfQueues::from_result(cqe.result);
-        let granted = nsq.min(ncq).min(want);
         if granted == 0 {
             return Err(Error::Nonsense("controller granted zero I/O queues".into())
                 .at(Stage::SetNumberOfQueues));
@@ -378,7 +448,12 @@ impl<D: PciFunction> Controller<D> {
             prp_list_pages: opts.prp_list_pages.max(1),
             free_qids: Mutex::new((1..=granted).rev().collect()),
             vectors,
-            gone: AtomicBool::new(false),
+            state: AtomicU8::new(LIVE),
+            epoch: AtomicU64::new(0),
+            gate: RwLock::new(()),
+            resets: AtomicU64::new(0),
+            admin_size,
+            ready_limit: limit,
         };
         Ok(Controller {
             shared: Arc::new(shared),
@@ -429,11 +504,7 @@ impl<D: PciFunction> Controller<D> {
     /// options the controller cannot take, [`Error::Command`] if the controller refuses.
     pub fn create_io_qpair(&self, opts: QueuePairOptions) -> Result<IoQueuePair<D>, Error> {
         let s = &self.shared;
-        if s.gone.load(Ordering::Relaxed) {
-            return Err(Error::DeviceGone {
-                register: regs::CSTS,
-            });
-        }
+        s.check_live()?;
         let entries = opts.entries.min(s.info.cap.mqes().entries());
         let size = QueueSize::new(entries).ok_or_else(|| {
             Error::BadOption(format!(
@@ -478,35 +549,40 @@ impl<D: PciFunction> Controller<D> {
             }
         };
         let q = Qid(qid);
-        let created = (|| {
-            let mut admin = self.admin()?;
-            let bar = s.dev.bar0();
-            admin.execute(
-                bar,
-                CreateIoCq::new(q, size, Iova(cq_mem.iova()))
-                    .interrupt_vector(irq.as_ref().map(|_| qid))
-                    .build(),
-                s.admin_timeout,
-            )?;
-            if let Err(e) = admin.execute(
-                bar,
-                CreateIoSq::new(q, size, Iova(sq_mem.iova()), q).build(),
-                s.admin_timeout,
-            ) {
-                let _ = admin.execute(bar, DeleteIoCq::new(q).build(), s.admin_timeout);
+        let vector = irq.as_ref().map(|_| qid);
+        let epoch = match s.create_queues(q, size, (sq_mem.iova(), cq_mem.iova()), vector) {
+            Ok(epoch) => epoch,
+            Err(e) => {
+                self.release_qid(qid);
                 return Err(e);
             }
-            Ok(())
-        })();
-        if let Err(e) = created {
-            self.release_qid(qid);
-            return Err(e);
-        }
-        IoQueuePair::new(Arc::clone(&self.shared), q, size, sq_mem, cq_mem, irq, opts)
+        };
+        IoQueuePair::new(
+            Arc::clone(&self.shared),
+            q,
+            size,
+            (sq_mem, cq_mem),
+            irq,
+            epoch,
+            opts,
+        )
     }
 
-    pub(crate) fn admin(&self) -> Result<MutexGuard<'_, AdminQueue>, Error> {
-        lock_admin(&self.shared)
+    /// Resets the controller (CC.EN 1 -> 0 -> 1) and brings it back up. Every queue pair
+    /// fails the requests it had in flight with [`Error::Aborted`] and re-creates its
+    /// queues before its next I/O; the handles stay valid.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BringUp`] if the controller does not come back; it is then unusable.
+    pub fn reset(&self) -> Result<(), Error> {
+        let seen = self.shared.epoch.load(Ordering::Acquire);
+        self.shared.reset(seen)
+    }
+
+    /// Controller resets since bring-up.
+    pub fn resets(&self) -> u64 {
+        self.shared.resets.load(Ordering::Relaxed)
     }
 
     fn release_qid(&self, qid: u16) {
@@ -529,11 +605,89 @@ pub(crate) fn lock_admin<D: PciFunction>(
 }
 
 impl<D: PciFunction> Shared<D> {
+    /// Fails fast once the device is gone or a reset failed.
+    pub(crate) fn check_live(&self) -> Result<(), Error> {
+        match self.state.load(Ordering::Acquire) {
+            LIVE => Ok(()),
+            GONE => Err(Error::DeviceGone {
+                register: regs::CSTS,
+            }),
+            _ => Err(Error::Aborted("reset, and did not come back")),
+        }
+    }
+
+    /// Creates I/O queue pair `q`; returns the reset epoch it was created in (read under
+    /// the admin lock, which a reset holds throughout).
+    pub(crate) fn create_queues(
+        &self,
+        q: Qid,
+        size: QueueSize,
+        iovas: (u64, u64),
+        vector: Option<u16>,
+    ) -> Result<u64, Error> {
+        let mut admin = lock_admin(self)?;
+        self.check_live()?;
+        let epoch = self.epoch.load(Ordering::Acquire);
+        create_io_queues(
+            self.dev.bar0(),
+            &mut admin,
+            q,
+            size,
+            iovas,
+            vector,
+            self.admin_timeout,
+        )?;
+        Ok(epoch)
+    }
+
+    /// Resets the controller unless someone already did since `seen` (the caller's epoch).
+    pub(crate) fn reset(&self, seen: u64) -> Result<(), Error> {
+        // Order: gate, then admin. Nothing takes the gate while holding the admin lock.
+        let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let mut admin = lock_admin(self)?;
+        if self.epoch.load(Ordering::Acquire) != seen {
+            return self.check_live();
+        }
+        self.check_live()?;
+        let bar = self.dev.bar0();
+        let result = (|| {
+            disable(bar, self.ready_limit).map_err(|e| e.at(Stage::Disable))?;
+            admin.reset();
+            enable(bar, &admin, self.admin_size, self.page, self.ready_limit)
+                .map_err(|e| e.at(Stage::Enable))?;
+            let granted =
+                set_number_of_queues(bar, &mut admin, self.info.io_queues, self.admin_timeout)
+                    .map_err(|e| e.at(Stage::SetNumberOfQueues))?;
+            if granted < self.info.io_queues {
+                return Err(Error::Nonsense(format!(
+                    "after reset the controller granted {granted} I/O queues, {} before",
+                    self.info.io_queues
+                ))
+                .at(Stage::SetNumberOfQueues));
+            }
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            let gone = matches!(e, Error::BringUp { source, .. } if matches!(**source, Error::DeviceGone { .. }));
+            self.state
+                .store(if gone { GONE } else { DEAD }, Ordering::Release);
+        } else {
+            self.resets.fetch_add(1, Ordering::Relaxed);
+        }
+        // Bumped last, after the controller is back (or declared lost): a queue pair that
+        // sees the new epoch sees the finished reset.
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        result
+    }
+
     /// Deletes an I/O queue pair's SQ then CQ and gives its qid back. Returns true if the
     /// controller confirmed both deletions (or is gone and can no longer touch memory).
     pub(crate) fn delete_qpair(&self, q: Qid) -> bool {
-        let mut deleted = self.gone.load(Ordering::Relaxed);
-        if !deleted && let Ok(mut admin) = lock_admin(self) {
+        let state = self.state.load(Ordering::Acquire);
+        let mut deleted = state == GONE;
+        if state == LIVE
+            && let Ok(mut admin) = lock_admin(self)
+        {
             let bar = self.dev.bar0();
             let sq = admin.execute(bar, DeleteIoSq::new(q).build(), self.admin_timeout);
             let cq = admin.execute(bar, DeleteIoCq::new(q).build(), self.admin_timeout);
@@ -546,25 +700,21 @@ impl<D: PciFunction> Shared<D> {
         deleted
     }
 
-    /// Sends an Abort for `cid` on `sqid`; returns true if the controller says it aborted it.
-    pub(crate) fn abort(&self, sqid: Qid, cid: u16) -> bool {
-        let Ok(mut admin) = lock_admin(self) else {
-            return false;
-        };
-        match admin.execute(
+    /// Sends an Abort for `cid` on `sqid`; `Ok(true)` if the controller says it aborted it
+    /// (CQE DW0 bit 0 clear), `Ok(false)` if it declined, `Err` if the Abort itself failed.
+    pub(crate) fn abort(&self, sqid: Qid, cid: u16) -> Result<bool, Error> {
+        let mut admin = lock_admin(self)?;
+        let cqe = admin.execute(
             self.dev.bar0(),
             nvme_dio_queue::cmd::Abort::new(sqid, nvme_dio_queue::Cid(cid)).build(),
             self.admin_timeout,
-        ) {
-            // CQE DW0 bit 0 clear means the command was aborted.
-            Ok(cqe) => cqe.result & 1 == 0,
-            Err(_) => false,
-        }
+        )?;
+        Ok(cqe.result & 1 == 0)
     }
 
     /// Orderly shutdown: CC.SHN = normal, wait for CSTS.SHST = complete (bounded).
     fn shutdown(&self) {
-        if self.gone.load(Ordering::Relaxed) {
+        if self.state.load(Ordering::Acquire) != LIVE {
             return;
         }
         let bar = self.dev.bar0();

@@ -162,6 +162,9 @@ pub enum Error {
     /// The controller was reset or shut down while the request was in flight.
     #[error("request aborted: the controller was {0}")]
     Aborted(&'static str),
+    /// The queue pair's queues could not be re-created after a controller reset.
+    #[error("queue pair lost its queues in a controller reset ({0}); drop it and create another")]
+    QueueLost(String),
     /// DMA memory or device access failed.
     #[error(transparent)]
     Dma(#[from] nvme_dio_dma::Error),

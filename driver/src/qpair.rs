@@ -30,13 +30,14 @@ use nvme_dio_dma::{Bar0, DmaBuf, PciFunction};
 use nvme_dio_queue::cmd::{DatasetManagement, Dptr, DsmRange, Flush, Read, Write, WriteZeroes};
 use nvme_dio_queue::plan::{self, Command, Plan};
 use nvme_dio_queue::prp::{self, PrpListPages, Segment};
+use nvme_dio_queue::regs::Csts;
 use nvme_dio_queue::sgl;
 use nvme_dio_queue::status::{sc, sct};
 use nvme_dio_queue::{Cqe, Iova, Lba, Qid, QueueSize, Sqe, opcode, regs};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::poll::PollContext;
 
-use crate::controller::{Shared, read32};
+use crate::controller::{DEAD, GONE, LIVE, Shared};
 use crate::error::{Error, opcode_name};
 use crate::namespace::Namespace;
 use crate::ring::{CqRing, SqRing};
@@ -87,6 +88,15 @@ pub enum Bufs {
 }
 
 impl Bufs {
+    /// Marks every buffer to be leaked when dropped (the device may still write it).
+    fn leak_on_drop(&mut self) {
+        match self {
+            Bufs::None => {}
+            Bufs::One(b) => b.leak_on_drop(),
+            Bufs::Many(v) => v.iter_mut().for_each(DmaBuf::leak_on_drop),
+        }
+    }
+
     /// The single buffer, if this was a one-buffer request.
     pub fn into_one(self) -> Option<DmaBuf> {
         match self {
@@ -161,6 +171,8 @@ pub struct QueueStats {
     pub lost_interrupts: u64,
     /// Interrupt wakeups.
     pub interrupts: u64,
+    /// Controller resets this queue pair asked for (stuck command or CSTS.CFS).
+    pub resets_requested: u64,
 }
 
 const NO_PARENT: u32 = u32::MAX;
@@ -170,7 +182,8 @@ const NO_PARENT: u32 = u32::MAX;
 #[derive(Debug)]
 struct Tracker {
     busy: bool,
-    timed_out: bool,
+    /// When the command passed its deadline and was aborted.
+    timed_out_at: Option<Instant>,
     opc: u8,
     /// Bumped on every use; the CID carries it so a stale CQE cannot match a reused slot.
     generation: u16,
@@ -248,6 +261,13 @@ pub struct IoQueuePair<D: PciFunction> {
     /// Split requests with children still to submit, oldest first.
     pending: VecDeque<u32>,
     qid: Qid,
+    size: QueueSize,
+    vector: Option<u16>,
+    /// The controller reset epoch this queue pair's queues belong to.
+    epoch: u64,
+    /// Set when the queues could not be re-created after a reset.
+    lost: Option<String>,
+    polls_since_scan: u32,
     page: usize,
     list_pages: usize,
     timeout: Duration,
@@ -261,9 +281,9 @@ impl<D: PciFunction> IoQueuePair<D> {
         shared: Arc<Shared<D>>,
         qid: Qid,
         size: QueueSize,
-        sq_mem: DmaBuf,
-        cq_mem: DmaBuf,
+        (sq_mem, cq_mem): (DmaBuf, DmaBuf),
         irq: Option<Arc<EventFd>>,
+        epoch: u64,
         opts: QueuePairOptions,
     ) -> Result<IoQueuePair<D>, Error> {
         let slots = size.entries() - 1;
@@ -275,7 +295,7 @@ impl<D: PciFunction> IoQueuePair<D> {
             let list = shared.mem.alloc(page * list_pages, page)?;
             trackers.push(Tracker {
                 busy: false,
-                timed_out: false,
+                timed_out_at: None,
                 opc: 0,
                 generation: 0,
                 parent: NO_PARENT,
@@ -285,6 +305,7 @@ impl<D: PciFunction> IoQueuePair<D> {
                 list,
             });
         }
+        let irq_vector = irq.as_ref().map(|_| qid.0);
         let irq = match irq {
             None => None,
             Some(fd) => {
@@ -314,6 +335,11 @@ impl<D: PciFunction> IoQueuePair<D> {
             free_parents: Vec::new(),
             pending: VecDeque::new(),
             qid,
+            size,
+            vector: irq_vector,
+            epoch,
+            lost: None,
+            polls_since_scan: 0,
             page,
             list_pages,
             timeout: opts.timeout,
@@ -552,11 +578,9 @@ impl<D: PciFunction> IoQueuePair<D> {
         opc: u8,
         fua: bool,
     ) -> Result<(), Rejected> {
-        if self.shared.gone.load(Ordering::Relaxed) {
+        if let Err(e) = self.sync() {
             return Err(Rejected {
-                error: Box::new(Error::DeviceGone {
-                    register: regs::CSTS,
-                }),
+                error: Box::new(e),
                 bufs,
             });
         }
@@ -661,11 +685,9 @@ impl<D: PciFunction> IoQueuePair<D> {
 
     /// Submits a command without a planner (flush, write zeroes, deallocate).
     fn submit_simple(&mut self, sqe: Sqe, tag: u64, bufs: Bufs) -> Result<(), Rejected> {
-        if self.shared.gone.load(Ordering::Relaxed) {
+        if let Err(e) = self.sync() {
             return Err(Rejected {
-                error: Box::new(Error::DeviceGone {
-                    register: regs::CSTS,
-                }),
+                error: Box::new(e),
                 bufs,
             });
         }
@@ -715,7 +737,7 @@ impl<D: PciFunction> IoQueuePair<D> {
         let t = &mut self.trackers[slot as usize];
         t.generation = t.generation.wrapping_add(1);
         t.busy = true;
-        t.timed_out = false;
+        t.timed_out_at = None;
         t.opc = sqe.opc;
         t.parent = parent;
         t.tag = tag;
@@ -795,6 +817,16 @@ impl<D: PciFunction> IoQueuePair<D> {
     /// Writes the SQ tail doorbell if anything was submitted since the last write.
     #[inline]
     pub fn ring(&mut self) {
+        if !self.sq.doorbell_owed() {
+            return;
+        }
+        let gate = self.shared.gate.read().unwrap_or_else(|p| p.into_inner());
+        if self.shared.epoch.load(Ordering::Acquire) != self.epoch {
+            // The controller was reset under us: these entries never reach it.
+            drop(gate);
+            self.adopt_reset();
+            return;
+        }
         if let Some(tail) = self.sq.take_doorbell() {
             let now = Instant::now();
             for &s in &self.unstamped {
@@ -811,6 +843,12 @@ impl<D: PciFunction> IoQueuePair<D> {
     /// Rings the doorbell, reaps every new completion, and returns how many completions
     /// are ready to take with [`IoQueuePair::next_completion`].
     pub fn poll(&mut self) -> usize {
+        if self.shared.epoch.load(Ordering::Acquire) != self.epoch {
+            self.adopt_reset();
+        }
+        if self.shared.state.load(Ordering::Acquire) != LIVE && self.outstanding() > 0 {
+            self.fail_all();
+        }
         self.ring();
         self.stats.polls += 1;
         let n = self.reap();
@@ -821,10 +859,13 @@ impl<D: PciFunction> IoQueuePair<D> {
             self.submit_pending();
             self.ring();
         }
-        if !self.ready.is_empty() || self.outstanding() == 0 {
-            return self.ready.len();
+        // Deadlines are checked when the queue is idle, and every so many polls when it is
+        // busy, so one stuck command is noticed even while others complete.
+        self.polls_since_scan += 1;
+        if self.outstanding() > 0 && (self.ready.is_empty() || self.polls_since_scan >= 256) {
+            self.polls_since_scan = 0;
+            self.check_deadlines();
         }
-        self.check_deadlines();
         self.ready.len()
     }
 
@@ -905,8 +946,11 @@ impl<D: PciFunction> IoQueuePair<D> {
             n += 1;
         }
         if let Some(head) = self.cq.take_doorbell() {
-            self.shared.dev.bar0().write32(self.cq_db, head);
-            self.stats.cq_doorbells += 1;
+            let _gate = self.shared.gate.read().unwrap_or_else(|p| p.into_inner());
+            if self.shared.epoch.load(Ordering::Acquire) == self.epoch {
+                self.shared.dev.bar0().write32(self.cq_db, head);
+                self.stats.cq_doorbells += 1;
+            }
         }
         n
     }
@@ -936,7 +980,7 @@ impl<D: PciFunction> IoQueuePair<D> {
         t.busy = false;
         let result = if cqe.status.is_success() {
             Ok(())
-        } else if t.timed_out
+        } else if t.timed_out_at.is_some()
             && cqe.status.sct() == sct::GENERIC
             && cqe.status.sc() == sc::ABORT_REQUESTED
         {
@@ -971,7 +1015,8 @@ impl<D: PciFunction> IoQueuePair<D> {
         }
     }
 
-    /// Aborts commands past their deadline; notices a device that has gone away.
+    /// Aborts commands past their deadline, resets the controller when an abort does not
+    /// help or CSTS.CFS is set, and notices a device that has gone away.
     fn check_deadlines(&mut self) {
         let now = Instant::now();
         let period = (self.timeout / 4).clamp(Duration::from_millis(1), Duration::from_millis(100));
@@ -979,40 +1024,112 @@ impl<D: PciFunction> IoQueuePair<D> {
             return;
         }
         self.last_scan = now;
-        if read32(self.shared.dev.bar0(), regs::CSTS).is_err() {
-            self.shared.gone.store(true, Ordering::Relaxed);
+        let csts = self.shared.dev.bar0().read32(regs::CSTS);
+        if csts == u32::MAX {
+            let _ =
+                self.shared
+                    .state
+                    .compare_exchange(LIVE, GONE, Ordering::AcqRel, Ordering::Acquire);
         }
-        if self.shared.gone.load(Ordering::Relaxed) {
-            self.fail_all(|| Error::DeviceGone {
-                register: regs::CSTS,
-            });
+        if self.shared.state.load(Ordering::Acquire) != LIVE {
+            self.fail_all();
             return;
         }
+        let mut reset = Csts(csts).cfs();
+        // An aborted command that has not come back within the grace period is stuck.
+        let grace = self
+            .timeout
+            .clamp(Duration::from_millis(10), Duration::from_secs(5));
         for slot in 0..self.trackers.len() {
+            if reset {
+                break;
+            }
             let t = &self.trackers[slot];
-            let late = matches!(t.submitted, Some(at) if now.duration_since(at) > self.timeout);
-            if t.busy && !t.timed_out && late {
-                self.trackers[slot].timed_out = true;
-                self.stats.timeouts += 1;
-                let cid = self.cid(slot as u16);
-                // The aborted command completes on this CQ with Command Abort Requested and
-                // is delivered as a timeout then. If the controller cannot abort it, it stays
-                // in flight until it completes or the controller is reset.
-                self.shared.abort(self.qid, cid);
+            if !t.busy {
+                continue;
+            }
+            match (t.submitted, t.timed_out_at) {
+                (Some(at), None) if now.duration_since(at) > self.timeout => {
+                    self.trackers[slot].timed_out_at = Some(now);
+                    self.stats.timeouts += 1;
+                    let cid = self.cid(slot as u16);
+                    // An aborted command completes on this CQ with Command Abort Requested
+                    // and is delivered as a timeout. A controller may decline (QEMU always
+                    // does): then the command gets the grace period before a reset.
+                    reset = self.shared.abort(self.qid, cid).is_err();
+                }
+                (_, Some(at)) if now.duration_since(at) > grace => reset = true,
+                _ => {}
+            }
+        }
+        if reset {
+            self.stats.resets_requested += 1;
+            // A failed reset marks the controller unusable; adopt_reset fails what is in
+            // flight either way.
+            let _ = self.shared.reset(self.epoch);
+            self.adopt_reset();
+        }
+    }
+
+    /// Catches up with a controller reset: fails what was in flight (the controller dropped
+    /// it when it was disabled) and re-creates this queue pair's queues.
+    fn adopt_reset(&mut self) {
+        self.fail_all();
+        self.sq.reset();
+        self.cq.reset();
+        self.unstamped.clear();
+        let iovas = (self.sq.iova(), self.cq.iova());
+        match self
+            .shared
+            .create_queues(self.qid, self.size, iovas, self.vector)
+        {
+            Ok(epoch) => {
+                self.epoch = epoch;
+                self.lost = None;
+            }
+            Err(e) => {
+                self.epoch = self.shared.epoch.load(Ordering::Acquire);
+                self.lost = Some(e.to_string());
             }
         }
     }
 
-    /// Completes every request in flight with an error (the device is gone: it can no longer
-    /// touch the buffers, so they are safe to hand back).
-    fn fail_all(&mut self, why: impl Fn() -> Error) {
+    /// Before a submission: catch up with a reset; refuse if the controller or this queue
+    /// pair's queues are lost.
+    #[inline]
+    fn sync(&mut self) -> Result<(), Error> {
+        if self.shared.epoch.load(Ordering::Acquire) != self.epoch {
+            self.adopt_reset();
+        }
+        self.shared.check_live()?;
+        match &self.lost {
+            None => Ok(()),
+            Some(why) => Err(Error::QueueLost(why.clone())),
+        }
+    }
+
+    /// Completes every request in flight, and every split still waiting, with the error the
+    /// controller's state calls for. If the controller is dead (a reset failed, so it may
+    /// still write memory) the buffers come back marked to be leaked, never reused.
+    fn fail_all(&mut self) {
+        let state = self.shared.state.load(Ordering::Acquire);
+        let why = || match state {
+            LIVE => Error::Aborted("reset"),
+            GONE => Error::DeviceGone {
+                register: regs::CSTS,
+            },
+            _ => Error::Aborted("reset, and did not come back"),
+        };
         for slot in 0..self.trackers.len() {
             if !self.trackers[slot].busy {
                 continue;
             }
             let t = &mut self.trackers[slot];
             t.busy = false;
-            let (parent, tag, bufs) = (t.parent, t.tag, std::mem::take(&mut t.bufs));
+            let (parent, tag, mut bufs) = (t.parent, t.tag, std::mem::take(&mut t.bufs));
+            if state == DEAD {
+                bufs.leak_on_drop();
+            }
             self.free.push(slot as u16);
             if parent == NO_PARENT {
                 self.deliver(Completion {
@@ -1022,15 +1139,17 @@ impl<D: PciFunction> IoQueuePair<D> {
                 });
             } else if let Some(p) = self.parents[parent as usize].as_mut() {
                 p.in_flight -= 1;
-                p.error.get_or_insert_with(&why);
+                p.error.get_or_insert_with(why);
             }
         }
-        let idxs: Vec<u32> = (0..self.parents.len() as u32).collect();
         self.pending.clear();
-        for idx in idxs {
+        for idx in 0..self.parents.len() as u32 {
             if let Some(p) = self.parents[idx as usize].as_mut() {
                 p.next_child = p.children.len();
-                p.error.get_or_insert_with(&why);
+                p.error.get_or_insert_with(why);
+                if state == DEAD {
+                    p.bufs.leak_on_drop();
+                }
             }
             self.finish_parent_if_done(idx);
         }
@@ -1044,9 +1163,10 @@ impl<D: PciFunction> Drop for IoQueuePair<D> {
         // confirm the deletion it may still write them: leak them rather than hand memory
         // the device can write back to the allocator. Requests still in flight are not
         // delivered (there is no one left to deliver them to).
-        if !self.shared.delete_qpair(self.qid) && self.outstanding() > 0 {
-            for t in self.trackers.drain(..) {
-                std::mem::forget(t);
+        if !self.shared.delete_qpair(self.qid) {
+            for t in &mut self.trackers {
+                t.list.leak_on_drop();
+                t.bufs.leak_on_drop();
             }
             self.sq.leak();
             self.cq.leak();

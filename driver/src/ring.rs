@@ -56,6 +56,12 @@ impl SqRing {
         self.tail = self.advance(self.tail);
     }
 
+    /// True if entries were pushed since the last doorbell write.
+    #[inline]
+    pub(crate) fn doorbell_owed(&self) -> bool {
+        self.tail != self.rung
+    }
+
     /// The tail to write to the doorbell, if any entry was pushed since the last one.
     #[inline]
     pub(crate) fn take_doorbell(&mut self) -> Option<u32> {
@@ -90,6 +96,14 @@ impl SqRing {
     /// Keeps the ring's memory allocated forever (the device may still write it).
     pub(crate) fn leak(&mut self) {
         self.mem.leak_on_drop();
+    }
+
+    /// Forgets everything (the controller was reset; the queue will be created anew).
+    pub(crate) fn reset(&mut self) {
+        self.tail = 0;
+        self.head = 0;
+        self.rung = 0;
+        self.mem.fill(0);
     }
 
     #[inline]
@@ -161,5 +175,14 @@ impl CqRing {
     /// Keeps the ring's memory allocated forever (the device may still write it).
     pub(crate) fn leak(&mut self) {
         self.mem.leak_on_drop();
+    }
+
+    /// Forgets everything (the controller was reset; the queue will be created anew). The
+    /// memory is zeroed so no old entry carries the phase the host now expects.
+    pub(crate) fn reset(&mut self) {
+        self.head = 0;
+        self.phase = true;
+        self.unrung = 0;
+        self.mem.fill(0);
     }
 }

@@ -3,4 +3,5 @@
 #![forbid(unsafe_code)]
 
 pub mod io;
+pub mod load;
 pub mod vm;
