@@ -1,0 +1,3 @@
+//! Worked examples of embedding nvme-dio.
+
+#![forbid(unsafe_code)]
