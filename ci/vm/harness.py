@@ -211,8 +211,19 @@ def ensure_kernel() -> Path:
     kdir.mkdir(parents=True)
     log(f"fetching kernel {pkg}")
     # As root into a root-owned dir: tell apt not to drop to its _apt user for this download.
-    run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", pkg], cwd=kdir,
-        stdout=subprocess.DEVNULL)
+    download = ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", pkg]
+    if subprocess.run(download, cwd=kdir, stdout=subprocess.DEVNULL).returncode != 0:
+        # Stale lists can name a version the mirror no longer has.
+        apt_update()
+        pkg = resolve_kernel_package() or pkg
+        download[-1] = pkg
+        if (kernel_dir(pkg) / "ready").exists():
+            shutil.rmtree(kdir)
+            return kernel_dir(pkg)
+        shutil.rmtree(kdir)
+        kdir = kernel_dir(pkg)
+        kdir.mkdir(parents=True)
+        run(download, cwd=kdir, stdout=subprocess.DEVNULL)
     debs = list(kdir.glob("*.deb"))
     if len(debs) != 1:
         die(f"apt-get download {pkg} gave {debs}")
