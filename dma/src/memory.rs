@@ -256,6 +256,12 @@ impl DmaMemory {
         Ok(mem)
     }
 
+    /// An opaque identity of the device address space this memory is mapped into (its
+    /// mapper). A buffer is usable by a device only if [`DmaBuf::domain`] matches.
+    pub fn domain(&self) -> usize {
+        Arc::as_ptr(&self.inner.mapper) as *const () as usize
+    }
+
     /// The options this memory was created with.
     pub fn options(&self) -> MemoryOptions {
         self.inner.opts
@@ -577,6 +583,14 @@ impl DmaBuf {
             origin,
             _not_sync: PhantomData,
         }
+    }
+
+    /// The identity of the device address space this buffer is mapped into; compare with
+    /// [`DmaMemory::domain`]. Two devices' IOVAs overlap, so a buffer from one device's
+    /// memory must never be given to another.
+    #[inline]
+    pub fn domain(&self) -> usize {
+        Arc::as_ptr(&self.region.mapper) as *const () as usize
     }
 
     /// IOVA of the first visible byte (what goes into a PRP entry).

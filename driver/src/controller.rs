@@ -393,12 +393,13 @@ impl<D: PciFunction> Controller<D> {
                 ))
                 .at(Stage::IdentifyNamespaces));
             }
+            let list_pages = opts.prp_list_pages.max(1);
             namespaces.push(Namespace::from_identify(
                 nsid,
                 &ns,
                 &id,
-                page,
-                max_transfer,
+                (mpsmin, page),
+                list_pages,
                 sgl,
             ));
         }

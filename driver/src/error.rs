@@ -130,7 +130,11 @@ pub enum Error {
         active: Vec<u32>,
     },
     /// A request's range does not fit the namespace.
-    #[error("LBA range {slba:?}+{blocks} is past the end of namespace {nsid} ({ns_blocks} blocks)")]
+    #[error(
+        "blocks {}..{}+{blocks} run past the end of namespace {nsid} ({ns_blocks} blocks): check the offset",
+        slba.0,
+        slba.0
+    )]
     OutOfRange {
         /// The namespace.
         nsid: Nsid,
@@ -141,6 +145,9 @@ pub enum Error {
         /// Namespace size.
         ns_blocks: u64,
     },
+    /// A request's arguments are out of range (block counts, range lists).
+    #[error("invalid request: {0}")]
+    BadRequest(String),
     /// The namespace or controller does not support this command.
     #[error("{0} is not supported by this controller")]
     NotSupported(&'static str),
@@ -162,6 +169,15 @@ pub enum Error {
     /// The controller was reset or shut down while the request was in flight.
     #[error("request aborted: the controller was {0}")]
     Aborted(&'static str),
+    /// A buffer was not allocated from this controller's DMA memory.
+    #[error(
+        "buffer {index} is not from this controller's DMA memory: allocate it with \
+         controller.memory().alloc() (another device's IOVAs mean something else here)"
+    )]
+    ForeignBuffer {
+        /// Its index in the request.
+        index: usize,
+    },
     /// The queue pair's queues could not be re-created after a controller reset.
     #[error("queue pair lost its queues in a controller reset ({0}); drop it and create another")]
     QueueLost(String),

@@ -1,7 +1,7 @@
 //! Namespaces: geometry, limits and supported commands, from Identify Namespace.
 
 use nvme_dio_queue::identify::{IdentifyController, IdentifyNamespace};
-use nvme_dio_queue::plan::{Limits, SglLimits};
+use nvme_dio_queue::plan::Limits;
 use nvme_dio_queue::{Nsid, PageSize};
 
 /// One active namespace of a controller.
@@ -27,31 +27,19 @@ impl Namespace {
         nsid: Nsid,
         ns: &IdentifyNamespace,
         ctrl: &IdentifyController,
-        page: PageSize,
-        max_transfer: u32,
+        (mpsmin, page): (PageSize, PageSize),
+        list_pages: usize,
         sgl: bool,
     ) -> Namespace {
         let fmt = ns.current_lba_format();
-        let blocks = ns.nsze();
-        let noiob = ns.noiob() as u32;
-        let limits = Limits {
-            lba_size: fmt.data_size,
-            page,
-            max_transfer,
-            noiob,
-            ns_blocks: blocks,
-            // One list page of 16-byte descriptors per command, the last one chaining.
-            sgl: sgl.then_some(SglLimits {
-                max_descriptors: (page.bytes() / 16) as u32 - 1,
-            }),
-        };
+        let limits = Limits::from_identify(ctrl, ns, mpsmin, page, list_pages, sgl);
         Namespace {
             nsid,
-            blocks,
+            blocks: ns.nsze(),
             capacity: ns.ncap(),
             lba_size: fmt.data_size,
             metadata_size: fmt.metadata_size,
-            noiob,
+            noiob: ns.noiob() as u32,
             limits,
             write_zeroes: ctrl.oncs().write_zeroes(),
             deallocate: ctrl.oncs().dataset_management(),

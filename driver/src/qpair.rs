@@ -250,6 +250,8 @@ pub struct IoQueuePair<D: PciFunction> {
     trackers: Vec<Tracker>,
     free: Vec<u16>,
     slot_bits: u32,
+    /// The DMA address space of this controller: buffers must come from it.
+    domain: usize,
     ready: VecDeque<Completion>,
     /// Slots submitted since the last doorbell: stamped with the doorbell's time.
     unstamped: Vec<u16>,
@@ -315,6 +317,7 @@ impl<D: PciFunction> IoQueuePair<D> {
                 Some(IrqWait { fd, poll })
             }
         };
+        let domain = shared.mem.domain();
         let slot_bits = u32::BITS - (slots.max(2) - 1).leading_zeros();
         let dstrd = shared.dstrd;
         let now = Instant::now();
@@ -327,6 +330,7 @@ impl<D: PciFunction> IoQueuePair<D> {
             trackers,
             free: (0..slots as u16).rev().collect(),
             slot_bits,
+            domain,
             ready: VecDeque::with_capacity(slots as usize),
             unstamped: Vec::with_capacity(slots as usize),
             scratch: Vec::new(),
@@ -383,6 +387,20 @@ impl<D: PciFunction> IoQueuePair<D> {
     // ---- submission -------------------------------------------------------------------
 
     /// Reads `buf.len()` bytes starting at block `lba` into `buf`.
+    ///
+    /// The buffer moves into the request and comes back in its [`Completion`], so it cannot
+    /// be freed or touched while the device owns it:
+    ///
+    /// ```compile_fail,E0382
+    /// fn f<D: nvme_dio::PciFunction>(
+    ///     qp: &mut nvme_dio::IoQueuePair<D>,
+    ///     ns: &nvme_dio::Namespace,
+    ///     buf: nvme_dio::DmaBuf,
+    /// ) {
+    ///     qp.read(ns, nvme_dio::Lba(0), buf, 1).unwrap();
+    ///     drop(buf); // the request owns it until it completes
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
@@ -534,8 +552,8 @@ impl<D: PciFunction> IoQueuePair<D> {
             return reject(Error::NotSupported("Dataset Management (deallocate)"));
         }
         if ranges.is_empty() || ranges.len() > 256 {
-            return reject(Error::BadOption(format!(
-                "{} deallocate ranges (1..=256)",
+            return reject(Error::BadRequest(format!(
+                "{} deallocate ranges: Dataset Management takes 1..=256 per command",
                 ranges.len()
             )));
         }
@@ -590,6 +608,12 @@ impl<D: PciFunction> IoQueuePair<D> {
                 error: Box::new(Error::QueueFull {
                     outstanding: self.outstanding(),
                 }),
+                bufs,
+            });
+        }
+        if let Err(e) = self.check_buffers(&bufs) {
+            return Err(Rejected {
+                error: Box::new(e),
                 bufs,
             });
         }
@@ -680,6 +704,29 @@ impl<D: PciFunction> IoQueuePair<D> {
                 self.submit_pending();
                 Ok(())
             }
+        }
+    }
+
+    /// Every buffer must be mapped for this controller (another device's buffers have IOVAs
+    /// that mean something else here) and fit a segment length.
+    #[inline]
+    fn check_buffers(&self, bufs: &Bufs) -> Result<(), Error> {
+        let check = |index: usize, b: &DmaBuf| {
+            if b.domain() != self.domain {
+                return Err(Error::ForeignBuffer { index });
+            }
+            if b.len() > u32::MAX as usize {
+                return Err(Error::BadOption(format!(
+                    "buffer {index} is {} bytes; one buffer holds at most 4 GiB - 1",
+                    b.len()
+                )));
+            }
+            Ok(())
+        };
+        match bufs {
+            Bufs::None => Ok(()),
+            Bufs::One(b) => check(0, b),
+            Bufs::Many(v) => v.iter().enumerate().try_for_each(|(i, b)| check(i, b)),
         }
     }
 
@@ -1185,12 +1232,15 @@ fn rw_sqe(opc: u8, nsid: u32, cmd: &Command, fua: bool, dptr: Dptr) -> Sqe {
 }
 
 fn check_range(ns: &Namespace, lba: Lba, blocks: u64, max: u64) -> Result<(), Error> {
-    if blocks == 0
-        || blocks > max
-        || lba
-            .0
-            .checked_add(blocks)
-            .is_none_or(|end| end > ns.blocks())
+    if blocks == 0 || blocks > max {
+        return Err(Error::BadRequest(format!(
+            "{blocks} blocks: one command takes 1..={max}"
+        )));
+    }
+    if lba
+        .0
+        .checked_add(blocks)
+        .is_none_or(|end| end > ns.blocks())
     {
         return Err(Error::OutOfRange {
             nsid: ns.id(),
