@@ -376,10 +376,8 @@ impl Uring {
                 )));
             }
             // SAFETY: off + len <= slot_bytes, so the pointer stays inside the slot.
-            v.push(libc::iovec {
-                iov_base: unsafe { base.add(off) }.cast(),
-                iov_len: len,
-            });
+            let p = unsafe { base.add(off) };
+            v.push(libc::iovec { iov_base: p.cast(), iov_len: len });
         }
         self.iovecs[slot] = v;
         Ok(())

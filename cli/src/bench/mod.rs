@@ -596,7 +596,7 @@ pub fn tag(r: &Report) -> String {
         _ => String::new(),
     };
     format!(
-        "[{} {} {}{mix} {} qd{} x{}{}{}]",
+        "[{} {} {}{mix} {} qd{} x{}{}{}{}]",
         r.device,
         r.engine,
         s.workload,
@@ -608,6 +608,7 @@ pub fn tag(r: &Report) -> String {
         } else {
             String::new()
         },
+        if s.batch != s.queue_depth { format!(" b{}", s.batch) } else { String::new() },
         if s.mode == Mode::Irq { " irq" } else { "" }
     )
 }
@@ -659,7 +660,7 @@ pub fn human(r: &Report) -> String {
     let _ = writeln!(o, "MiB/s    {:>12.1}   {t}", r.mib_s);
     let _ = writeln!(
         o,
-        "CPU/IO   {:>12}   {t} (busy-polling thread time per I/O)",
+        "CPU/IO   {:>12}   {t} (thread wall time x queues / I/Os; poll mode spins)",
         fmt_ns(r.ns_per_io)
     );
     let _ = writeln!(

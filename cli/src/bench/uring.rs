@@ -45,7 +45,7 @@ fn logical_block_size(path: &Path) -> u32 {
 
 fn options(args: &BenchArgs, job_writes: bool) -> UringOptions {
     UringOptions {
-        entries: args.queue_depth.next_power_of_two().max(8),
+        entries: (args.queue_depth * 2).next_power_of_two().max(8),
         iopoll: args.iopoll,
         sqpoll: args.sqpoll.then_some(2000),
         register_buffers: true,
@@ -89,6 +89,11 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<Report, CliError> {
         }
     }
     notes.extend(r_notes);
+    if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        notes.push(
+            "a regular file: blocks never written (sparse or fallocated) read as zeroes without touching the device, so write the file first for a device figure".into(),
+        );
+    }
     let info = format!(
         "kernel block path: O_DIRECT, io_uring{}{}, {lba}-byte blocks, {} bytes",
         if args.iopoll { " IOPOLL" } else { "" },
@@ -195,8 +200,9 @@ fn worker(
     q: usize,
     ctl: &Control,
 ) -> Result<QueueResult, CliError> {
-    let (cpu, _note) = pin(job, q);
     let qd = job.qd as usize;
+    // The ring is set up before pinning: an SQPOLL thread inherits the creator's CPU mask,
+    // and pinned to the CPU our worker spins on it would starve.
     let setup = (|| {
         let mut u = Uring::open(path, qd, slot_bytes, opts).map_err(uerr(path))?;
         if packed.len() > 1 {
@@ -206,6 +212,7 @@ fn worker(
         }
         Ok::<_, CliError>(u)
     })();
+    let (cpu, _note) = pin(job, q);
     ctl.ready.wait();
     let mut u = setup?;
 
@@ -264,8 +271,12 @@ fn worker(
                     scatter(u.slot_mut(slot).map_err(uerr(path))?, packed, &stream);
                 }
                 let dir = if write { Dir::Write } else { Dir::Read };
-                u.push(slot, dir, lba * lba_size as u64, io)
-                    .map_err(uerr(path))?;
+                match u.push(slot, dir, lba * lba_size as u64, io) {
+                    Ok(()) => {}
+                    // SQPOLL: the kernel thread has not taken the entries yet; try later.
+                    Err(nvme_dio_uring::UringError::QueueFull) => break,
+                    Err(e) => return Err(uerr(path)(e)),
+                }
                 idle.pop();
                 starts[slot] = t0;
                 ops[slot] = (lba, write);
