@@ -521,7 +521,10 @@ def mode_test(args) -> int:
 
     passed = failed = skipped = 0
     failed_names, skipped_names = [], []
+    binary = "?"
     for line in b.console:
+        if line.startswith("VM-BEGIN "):
+            binary = line.split()[1]
         m = RESULT.match(line)
         if not m:
             continue
@@ -529,10 +532,10 @@ def mode_test(args) -> int:
             passed += 1
         elif m.group(2) == "FAILED":
             failed += 1
-            failed_names.append(m.group(1))
+            failed_names.append(f"{binary}: {m.group(1)}")
         else:
             skipped += 1
-            skipped_names.append(m.group(1))
+            skipped_names.append(f"{binary}: {m.group(1)}")
     problems = guest_failures(b, [n for n, _ in tests])
     rcs = re.findall(r"^VM-END (\S+) rc=(\d+)$", "\n".join(b.console), re.M)
     for name, rc in rcs:
