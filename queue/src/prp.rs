@@ -270,80 +270,68 @@ fn build_range_slow<L: PrpListPages>(
 ) -> Result<Dptr, PrpError> {
     let shift = page.shift();
     let mask = page.bytes() as u64 - 1;
-    if range.first == range.last {
-        let s = segs[range.first];
+    let (first, last) = (range.first, range.last);
+    let in_range = &segs[first..=last];
+    // Byte bounds [start, end) of piece k (segment first + k) of the range.
+    let bounds = |k: usize| -> (u64, u64) {
+        let s = in_range[k];
+        let a = if k == 0 { range.first_offset } else { 0 };
+        let b = if k == last - first {
+            range.last_end
+        } else {
+            s.len
+        };
         assert!(
-            range.first_offset <= range.last_end && range.last_end <= s.len,
+            a <= b && b <= s.len,
             "SegRange {range:?} outside segment {}",
-            range.first
+            first + k
         );
-        let start = s.iova.0 + range.first_offset as u64;
-        let len = (range.last_end - range.first_offset) as u64;
-        if len == 0 {
-            return Err(if s.len == 0 {
-                PrpError::ZeroLengthSegment { index: range.first }
-            } else {
-                PrpError::ZeroLength
-            });
-        }
-        if start & 3 != 0 {
-            return Err(PrpError::Prp1NotDwordAligned { iova: start });
-        }
-    }
+        (s.iova.0 + a as u64, s.iova.0 + b as u64)
+    };
 
     // Pass 1: check the rules and count the entries after PRP1.
-    let mut entries = 0usize;
-    let mut prp1 = None;
-    let mut total = 0u64;
-    for (i, s) in range.pieces(segs) {
-        if s.len == 0 {
-            return Err(PrpError::ZeroLengthSegment { index: i });
-        }
-        let start = s.iova.0;
-        let end = start + s.len as u64;
-        total += s.len as u64;
-        if i != range.first && start & mask != 0 {
-            return Err(PrpError::SegmentStartNotPageAligned {
-                index: i,
-                iova: start,
-            });
-        }
-        if i != range.last && end & mask != 0 {
-            return Err(PrpError::SegmentEndNotPageAligned { index: i, end });
-        }
-        let pages = (((end - 1) >> shift) - (start >> shift) + 1) as usize;
-        if prp1.is_none() {
-            if start & 3 != 0 {
-                return Err(PrpError::Prp1NotDwordAligned { iova: start });
-            }
-            prp1 = Some(start);
-            entries += pages - 1;
+    let (prp1, first_end) = bounds(0);
+    if prp1 == first_end {
+        return Err(if in_range[0].len == 0 {
+            PrpError::ZeroLengthSegment { index: first }
         } else {
-            entries += pages;
+            PrpError::ZeroLength
+        });
+    }
+    if prp1 & 3 != 0 {
+        return Err(PrpError::Prp1NotDwordAligned { iova: prp1 });
+    }
+    let mut entries = (((first_end - 1) >> shift) - (prp1 >> shift)) as usize;
+    for k in 0..in_range.len() {
+        let (start, end) = bounds(k);
+        let index = first + k;
+        if start == end {
+            return Err(PrpError::ZeroLengthSegment { index });
+        }
+        if k != 0 {
+            if start & mask != 0 {
+                return Err(PrpError::SegmentStartNotPageAligned { index, iova: start });
+            }
+            entries += (((end - 1) >> shift) - (start >> shift) + 1) as usize;
+        }
+        if index != last && end & mask != 0 {
+            return Err(PrpError::SegmentEndNotPageAligned { index, end });
         }
     }
-    let Some(prp1) = prp1 else {
-        return Err(PrpError::ZeroLength);
-    };
-    debug_assert!(total > 0);
 
-    // The page addresses after PRP1's page, in order.
-    let mut addrs = range.pieces(segs).enumerate().flat_map(move |(k, (_, s))| {
-        let start = s.iova.0;
-        let end = start + s.len as u64;
-        let from = if k == 0 {
-            (start & !mask) + (mask + 1)
-        } else {
-            start
-        };
-        (from..end).step_by(mask as usize + 1)
-    });
-
+    // The page addresses after PRP1's page, in order: piece 0 from its second page, the
+    // others from their (aligned) start.
+    let step = mask + 1;
+    let second = (prp1 & !mask) + step;
     if entries == 0 {
         return Ok(Dptr::Prp { prp1, prp2: 0 });
     }
     if entries == 1 {
-        let prp2 = addrs.next().expect("counted one entry");
+        let prp2 = if second < first_end {
+            second
+        } else {
+            bounds(1).0
+        };
         return Ok(Dptr::Prp { prp1, prp2 });
     }
 
@@ -352,20 +340,24 @@ fn build_range_slow<L: PrpListPages>(
     let exhausted = PrpError::ListPagesExhausted { needed };
     let head = list.page(0).ok_or(exhausted)?;
     debug_assert_eq!(head.0 & mask, 0, "PRP list page not page aligned");
-    let mut n = 0usize;
-    let mut i = 0usize;
-    let mut remaining = entries;
-    for a in addrs {
-        if i == per - 1 && remaining > 1 {
-            let next = list.page(n + 1).ok_or(exhausted)?;
-            debug_assert_eq!(next.0 & mask, 0, "PRP list page not page aligned");
-            list.set(n, i, next.0);
-            n += 1;
-            i = 0;
+    let (mut n, mut i, mut remaining) = (0usize, 0usize, entries);
+    for k in 0..in_range.len() {
+        let (start, end) = bounds(k);
+        let mut a = if k == 0 { second } else { start };
+        while a < end {
+            if i == per - 1 && remaining > 1 {
+                // Last slot of a full list page with more to come: chain to the next page.
+                let next = list.page(n + 1).ok_or(exhausted)?;
+                debug_assert_eq!(next.0 & mask, 0, "PRP list page not page aligned");
+                list.set(n, i, next.0);
+                n += 1;
+                i = 0;
+            }
+            list.set(n, i, a);
+            i += 1;
+            remaining -= 1;
+            a += step;
         }
-        list.set(n, i, a);
-        i += 1;
-        remaining -= 1;
     }
     debug_assert_eq!(remaining, 0);
     debug_assert_eq!(n + 1, needed);
