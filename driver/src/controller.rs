@@ -300,6 +300,21 @@ impl<D: PciFunction> Controller<D> {
                     .at(Stage::Capabilities),
             );
         };
+        if mpsmin > mpsmax {
+            return Err(Error::Nonsense(format!(
+                "CAP.MPSMIN ({} bytes) is above CAP.MPSMAX ({} bytes)",
+                mpsmin.bytes(),
+                mpsmax.bytes()
+            ))
+            .at(Stage::Capabilities));
+        }
+        if mpsmin.bytes() > 64 << 10 {
+            return Err(Error::Unsupported(format!(
+                "the smallest page the controller takes is {} bytes; this driver handles up to 64 KiB",
+                mpsmin.bytes()
+            ))
+            .at(Stage::Capabilities));
+        }
         // The host page size when the controller allows it, so that a DMA buffer's pages
         // are the controller's pages; otherwise the controller's minimum.
         let page = if mpsmin <= PageSize::SIZE_4K && PageSize::SIZE_4K <= mpsmax {

@@ -222,11 +222,7 @@ impl State {
             ns,
             faults: Faults::default(),
             page: 4096 << cfg.mpsmin,
-            mdts_bytes: if cfg.mdts == 0 {
-                0
-            } else {
-                (4096u64 << cfg.mpsmin) << cfg.mdts
-            },
+            mdts_bytes: mdts_bytes(&cfg),
             data_hint: 0,
             list_hint: 0,
             stats: EmuStats::default(),
@@ -391,11 +387,7 @@ impl State {
             return Err("ASQ or ACQ is 0".to_string());
         }
         self.page = page;
-        self.mdts_bytes = if self.cfg.mdts == 0 {
-            0
-        } else {
-            (4096u64 << self.cfg.mpsmin) << self.cfg.mdts
-        };
+        self.mdts_bytes = mdts_bytes(&self.cfg);
         self.sqs[0] = Some(Sq {
             base: self.asq,
             size: asqs + 1,
@@ -904,5 +896,15 @@ impl State {
             }
         }
         s
+    }
+}
+
+/// MDTS in bytes (0 = unlimited). MDTS is a shift that a hostile configuration may push past
+/// 64 bits: saturate rather than overflow.
+fn mdts_bytes(cfg: &EmuConfig) -> u64 {
+    match cfg.mdts {
+        0 => 0,
+        m if 12 + cfg.mpsmin as u32 + m as u32 >= 64 => u64::MAX,
+        m => (4096u64 << cfg.mpsmin) << m,
     }
 }
