@@ -100,7 +100,8 @@ fn stage_of(e: &Error) -> Option<Stage> {
 
 #[test]
 fn fault_hostile_cap_values_are_refused_at_bring_up() {
-    let cases: Vec<(&str, Box<dyn Fn(u64) -> u64>, &str)> = vec![
+    type CapEdit = Box<dyn Fn(u64) -> u64>;
+    let cases: Vec<(&str, CapEdit, &str)> = vec![
         ("MQES 0", Box::new(|c| c & !0xffff), "CAP.MQES is 0"),
         (
             "no NVM command set",
