@@ -106,15 +106,31 @@ pub fn log_bins(h: &Histogram<u64>) -> Vec<(f64, f64, u64)> {
     bins
 }
 
+/// Formats a power-of-ten tick: `100 ns`, `1 us`, `10 ms`, `1 s`.
+fn tick_label(ns: f64) -> String {
+    let (v, unit) = if ns < 1e3 {
+        (ns, "ns")
+    } else if ns < 1e6 {
+        (ns / 1e3, "us")
+    } else if ns < 1e9 {
+        (ns / 1e6, "ms")
+    } else {
+        (ns / 1e9, "s")
+    };
+    format!("{} {unit}", v.round())
+}
+
 /// Draws the latency histogram as a standalone SVG: log-scaled latency on x (ticks at each
-/// power of ten), share of I/Os per bin on y, the p50/p99/p99.9 marked, and `title` (device,
-/// engine, settings) on top.
-pub fn histogram_svg(h: &Histogram<u64>, title: &str, subtitle: &str) -> String {
-    let (w, ht) = (900.0, 480.0);
-    let (left, right, top, bottom) = (70.0, 20.0, 70.0, 60.0);
+/// power of ten, 10 bins per decade), I/O count per bin on a log scale on y (so the tail is
+/// visible), the p50/p99/p99.9 marked, and `title` plus `lines` (device, engine, settings,
+/// figures) on top.
+pub fn histogram_svg(h: &Histogram<u64>, title: &str, lines: &[String]) -> String {
+    let lines: Vec<String> = lines.iter().flat_map(|l| wrap(l, 140)).collect();
+    let (w, ht) = (960.0, 520.0);
+    let top = 50.0 + 16.0 * lines.len() as f64;
+    let (left, right, bottom) = (80.0, 30.0, 60.0);
     let (pw, ph) = (w - left - right, ht - top - bottom);
     let bins = log_bins(h);
-    let total = h.len().max(1) as f64;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -126,10 +142,17 @@ pub fn histogram_svg(h: &Histogram<u64>, title: &str, subtitle: &str) -> String 
     );
     let _ = writeln!(
         s,
-        r#"<text x="{left}" y="22" font-size="15" font-weight="bold">{}</text>"#,
+        r#"<text x="20" y="24" font-size="16" font-weight="bold">{}</text>"#,
         xml(title)
     );
-    let _ = writeln!(s, r#"<text x="{left}" y="42">{}</text>"#, xml(subtitle));
+    for (i, l) in lines.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r#"<text x="20" y="{}">{}</text>"#,
+            44.0 + 16.0 * i as f64,
+            xml(l)
+        );
+    }
     if bins.is_empty() {
         let _ = writeln!(
             s,
@@ -142,13 +165,11 @@ pub fn histogram_svg(h: &Histogram<u64>, title: &str, subtitle: &str) -> String 
     let x_lo = bins[0].0.log10().floor();
     let x_hi = bins[bins.len() - 1].1.log10().ceil().max(x_lo + 1.0);
     let x = |ns: f64| left + (ns.log10() - x_lo) / (x_hi - x_lo) * pw;
-    let y_max = bins
-        .iter()
-        .map(|b| b.2 as f64 / total)
-        .fold(0.0, f64::max)
-        .max(1e-9);
-    let y = |frac: f64| top + ph - frac / y_max * ph;
-    // Axes.
+    let c_max = bins.iter().map(|b| b.2).max().unwrap_or(1).max(1) as f64;
+    let y_hi = (c_max + 1.0).log10().ceil().max(1.0);
+    // log10(count + 1): a bin of one I/O still shows.
+    let y = |count: f64| top + ph - (count + 1.0).log10() / y_hi * ph;
+    // Axes and grid.
     let _ = writeln!(
         s,
         r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
@@ -166,21 +187,20 @@ pub fn histogram_svg(h: &Histogram<u64>, title: &str, subtitle: &str) -> String 
         let xv = x(10f64.powf(e));
         let _ = writeln!(
             s,
-            r#"<line x1="{xv:.1}" y1="{}" x2="{xv:.1}" y2="{}" stroke="black"/>"#,
-            top + ph,
-            top + ph + 5.0
+            r##"<line x1="{xv:.1}" y1="{top}" x2="{xv:.1}" y2="{}" stroke="#e0e0e0"/>"##,
+            top + ph
         );
         let _ = writeln!(
             s,
             r#"<text x="{xv:.1}" y="{}" text-anchor="middle">{}</text>"#,
             top + ph + 18.0,
-            fmt_ns(10f64.powf(e))
+            tick_label(10f64.powf(e))
         );
         e += 1.0;
     }
-    for i in 0..=4 {
-        let frac = y_max * i as f64 / 4.0;
-        let yv = y(frac);
+    for k in 0..=y_hi as u32 {
+        let c = 10f64.powi(k as i32);
+        let yv = y(c - 1.0);
         let _ = writeln!(
             s,
             r#"<line x1="{}" y1="{yv:.1}" x2="{left}" y2="{yv:.1}" stroke="black"/>"#,
@@ -188,22 +208,21 @@ pub fn histogram_svg(h: &Histogram<u64>, title: &str, subtitle: &str) -> String 
         );
         let _ = writeln!(
             s,
-            r#"<text x="{}" y="{:.1}" text-anchor="end">{:.1}%</text>"#,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
             left - 8.0,
             yv + 4.0,
-            frac * 100.0
+            c as u64
         );
     }
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="{}" text-anchor="middle">latency (log scale), submit to completion reaped</text>"#,
+        r#"<text x="{}" y="{}" text-anchor="middle">latency (log scale): clock read before submit to completion reaped</text>"#,
         left + pw / 2.0,
-        ht - 15.0
+        ht - 18.0
     );
     let _ = writeln!(
         s,
-        r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">share of I/Os</text>"#,
-        top + ph / 2.0,
+        r#"<text x="18" y="{0}" text-anchor="middle" transform="rotate(-90 18 {0})">I/Os per bin (log scale)</text>"#,
         top + ph / 2.0
     );
     // Bars.
@@ -212,7 +231,7 @@ pub fn histogram_svg(h: &Histogram<u64>, title: &str, subtitle: &str) -> String 
             continue;
         }
         let (x0, x1) = (x(lo), x(hi));
-        let y0 = y(count as f64 / total);
+        let y0 = y(count as f64);
         let _ = writeln!(
             s,
             r##"<rect x="{x0:.1}" y="{y0:.1}" width="{:.1}" height="{:.1}" fill="#4878a8"><title>{} - {}: {count} I/Os</title></rect>"##,
@@ -222,8 +241,16 @@ pub fn histogram_svg(h: &Histogram<u64>, title: &str, subtitle: &str) -> String 
             fmt_ns(hi)
         );
     }
-    // Percentile markers.
-    for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
+    // Percentile markers, labels staggered so close ones stay readable.
+    for (i, (q, name)) in [
+        (0.5, "p50"),
+        (0.99, "p99"),
+        (0.999, "p99.9"),
+        (0.9999, "p99.99"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let v = h.value_at_quantile(q).max(1) as f64;
         let xv = x(v);
         let _ = writeln!(
@@ -235,12 +262,29 @@ pub fn histogram_svg(h: &Histogram<u64>, title: &str, subtitle: &str) -> String 
             s,
             r##"<text x="{:.1}" y="{}" fill="#c03030">{name} {}</text>"##,
             xv + 3.0,
-            top + 12.0,
+            top + 12.0 + 14.0 * i as f64,
             fmt_ns(v)
         );
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// Splits `s` at spaces into lines of at most `width` characters (longer words stay whole).
+fn wrap(s: &str, width: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for word in s.split(' ') {
+        if !cur.is_empty() && cur.len() + 1 + word.len() > width {
+            out.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+    }
+    out.push(cur);
+    out
 }
 
 fn xml(s: &str) -> String {
@@ -298,13 +342,21 @@ mod tests {
             record(&mut h, 5_000 + v * 10);
         }
         record(&mut h, 1_000_000);
-        let svg = histogram_svg(&h, "emu <null> & co", "randread 4 KiB QD 32");
+        let svg = histogram_svg(&h, "emu <null> & co", &["randread 4 KiB QD 32".to_string()]);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.matches("<rect").count() >= 3, "background plus bars");
         assert!(svg.contains("emu &lt;null&gt; &amp; co"));
-        assert!(svg.contains("1.00 ms") && svg.contains("p99"));
-        let empty = histogram_svg(&new_histogram(), "t", "s");
+        assert!(
+            svg.contains(">1 ms<") && svg.contains("p99") && svg.contains("randread 4 KiB QD 32")
+        );
+        let empty = histogram_svg(&new_histogram(), "t", &[]);
         assert!(empty.contains("no I/O completed"));
+    }
+
+    #[test]
+    fn wrap_splits_at_spaces() {
+        assert_eq!(wrap("aa bb cc", 5), vec!["aa bb", "cc"]);
+        assert_eq!(wrap("abcdefgh x", 3), vec!["abcdefgh", "x"]);
     }
 
     #[test]

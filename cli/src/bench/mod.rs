@@ -608,7 +608,11 @@ pub fn tag(r: &Report) -> String {
         } else {
             String::new()
         },
-        if s.batch != s.queue_depth { format!(" b{}", s.batch) } else { String::new() },
+        if s.batch != s.queue_depth {
+            format!(" b{}", s.batch)
+        } else {
+            String::new()
+        },
         if s.mode == Mode::Irq { " irq" } else { "" }
     )
 }
@@ -725,21 +729,25 @@ pub fn human(r: &Report) -> String {
 
 fn finish(args: &BenchArgs, r: Report) -> Result<(), CliError> {
     if let (Some(path), Some(h)) = (&args.histogram, &r.hist) {
-        let s = &r.settings;
-        let sub = format!(
-            "{} {} {}  {} I/Os  p50 {}  p99 {}  {} IOPS",
-            r.engine,
-            s.workload,
-            tag(&r),
-            r.ios,
-            fmt_ns(r.latency.p50 as f64),
-            fmt_ns(r.latency.p99 as f64),
-            fmt_rate(r.iops)
-        );
+        let lines = vec![
+            r.device_description.clone(),
+            format!("settings: {}", tag(&r)),
+            format!(
+                "{} IOPS, {:.1} MiB/s, {} I/Os; latency avg {}, p50 {}, p99 {}, p99.9 {}, max {}",
+                fmt_rate(r.iops),
+                r.mib_s,
+                r.ios,
+                fmt_ns(r.latency.avg),
+                fmt_ns(r.latency.p50 as f64),
+                fmt_ns(r.latency.p99 as f64),
+                fmt_ns(r.latency.p99_9 as f64),
+                fmt_ns(r.latency.max as f64)
+            ),
+        ];
         let svg = stats::histogram_svg(
             h,
-            &format!("nvme-dio bench: {} ({})", r.device, r.device_description),
-            &sub,
+            &format!("nvme-dio bench: {} ({} engine)", r.device, r.engine),
+            &lines,
         );
         std::fs::write(path, svg).map_err(|source| CliError::File {
             op: "write the histogram to",
