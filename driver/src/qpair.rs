@@ -730,33 +730,96 @@ impl<D: PciFunction> IoQueuePair<D> {
         }
     }
 
+    /// Submits an I/O command as built by the caller (a vendor command, or a test that wants
+    /// the device, not the driver, to judge a request). The driver checks nothing but the
+    /// buffer's origin: it sets the CID and, if `buf` is given, PRP1/PRP2 (with a PRP list in
+    /// the slot's own list pages when the buffer spans more than two pages). Device errors
+    /// come back in the [`Completion`] as [`Error::Command`].
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`] if the queue is full, the buffer is foreign, or it cannot be described
+    /// by PRPs (not dword aligned, or larger than the list pages hold).
+    pub fn submit_raw(
+        &mut self,
+        mut sqe: Sqe,
+        buf: Option<DmaBuf>,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        let bufs = buf.map_or(Bufs::None, Bufs::One);
+        if let Err(e) = self.check_buffers(&bufs) {
+            return Err(Rejected {
+                error: Box::new(e),
+                bufs,
+            });
+        }
+        let (slot, bufs) = self.claim_slot(bufs)?;
+        if let Bufs::One(b) = &bufs {
+            let seg = [Segment {
+                iova: Iova(b.iova()),
+                len: b.len() as u32,
+            }];
+            let mut list = ListPages {
+                buf: &self.trackers[slot as usize].list,
+                page: self.page,
+                pages: self.list_pages,
+            };
+            match prp::build(&seg, self.shared.page, &mut list) {
+                Ok(Dptr::Prp { prp1, prp2 }) => {
+                    sqe.prp1 = prp1;
+                    sqe.prp2 = prp2;
+                    sqe.flags &= !nvme_dio_queue::entry::PSDT_SGL;
+                }
+                other => {
+                    self.free.push(slot);
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "PRP building returned no PRPs".to_string(),
+                    };
+                    return Err(Rejected {
+                        error: Box::new(Error::BadRequest(why)),
+                        bufs,
+                    });
+                }
+            }
+        }
+        self.stats.submitted += 1;
+        self.place(slot, sqe, tag, NO_PARENT, bufs);
+        Ok(())
+    }
+
     /// Submits a command without a planner (flush, write zeroes, deallocate).
     fn submit_simple(&mut self, sqe: Sqe, tag: u64, bufs: Bufs) -> Result<(), Rejected> {
+        let (slot, bufs) = self.claim_slot(bufs)?;
+        self.stats.submitted += 1;
+        self.place(slot, sqe, tag, NO_PARENT, bufs);
+        Ok(())
+    }
+
+    /// A free slot for one command, after catching up with any reset; refused (with the
+    /// buffers) when the queue pair is full or its controller is lost.
+    fn claim_slot(&mut self, bufs: Bufs) -> Result<(u16, Bufs), Rejected> {
         if let Err(e) = self.sync() {
             return Err(Rejected {
                 error: Box::new(e),
                 bufs,
             });
         }
-        if !self.pending.is_empty() {
-            return Err(Rejected {
-                error: Box::new(Error::QueueFull {
-                    outstanding: self.outstanding(),
-                }),
-                bufs,
-            });
+        match self.free.pop() {
+            // Keep order: nothing overtakes a split that is still waiting for slots.
+            Some(slot) if self.pending.is_empty() => Ok((slot, bufs)),
+            popped => {
+                if let Some(slot) = popped {
+                    self.free.push(slot);
+                }
+                Err(Rejected {
+                    error: Box::new(Error::QueueFull {
+                        outstanding: self.outstanding(),
+                    }),
+                    bufs,
+                })
+            }
         }
-        let Some(slot) = self.free.pop() else {
-            return Err(Rejected {
-                error: Box::new(Error::QueueFull {
-                    outstanding: self.outstanding(),
-                }),
-                bufs,
-            });
-        };
-        self.stats.submitted += 1;
-        self.place(slot, sqe, tag, NO_PARENT, bufs);
-        Ok(())
     }
 
     /// Builds the data pointer for `cmd` in the slot's own list pages.

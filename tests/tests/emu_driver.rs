@@ -442,3 +442,38 @@ fn flush_write_zeroes_and_deallocate() {
     );
     assert_no_ub(&dev);
 }
+
+#[test]
+fn raw_commands_let_the_device_judge_the_request() {
+    use nvme_dio::spec::cmd::{Dptr, Read};
+    let cfg = EmuConfig {
+        namespaces: vec![NsConfig::ram(1024, 4096)],
+        ..EmuConfig::default()
+    };
+    let (dev, ctrl) = bring_up(cfg, options());
+    let ns = ctrl.namespace(1).unwrap().clone();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    // A read the driver would refuse (past the end) goes to the device as a raw command.
+    let sqe = Read::new(ns.id(), Lba(1023), 2).build(Dptr::None);
+    let buf = ctrl.memory().alloc(8192, 4096).unwrap();
+    qp.submit_raw(sqe, Some(buf), 7).unwrap();
+    let c = wait_one(&mut qp, Duration::from_secs(5));
+    let e = c.result.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Read failed: LBA Out of Range (sct 0, sc 0x80, DNR)"
+    );
+    assert!(e.status().is_some_and(|s| s.dnr()));
+    assert!(c.bufs.into_one().is_some());
+    // A valid raw read works and uses a PRP list for 12 KiB at an offset.
+    let mut buf = ctrl.memory().alloc(16384, 4096).unwrap();
+    buf.set_view(0x800, 12288).unwrap();
+    qp.submit_raw(
+        Read::new(ns.id(), Lba(0), 3).build(Dptr::None),
+        Some(buf),
+        8,
+    )
+    .unwrap();
+    wait_one(&mut qp, Duration::from_secs(5)).result.unwrap();
+    assert_no_ub(&dev);
+}
