@@ -365,6 +365,12 @@ pub struct BenchArgs {
     #[arg(long, value_parser = ["512", "4096"])]
     pub emu_lba_size: Option<String>,
 
+    /// Run the emulated controller on its own thread, polling its doorbells like hardware
+    /// (default: inline, inside the doorbell write). With --mode irq the worker then really
+    /// sleeps on the queue's interrupt eventfd.
+    #[arg(long)]
+    pub emu_thread: bool,
+
     /// io_uring: IORING_SETUP_IOPOLL (the kernel polls the device; needs poll queues).
     #[arg(long)]
     pub iopoll: bool,

@@ -91,9 +91,11 @@ pub enum CliError {
         /// The panic message.
         message: String,
     },
-    /// `setup` refuses to touch this controller.
-    #[error("refusing to set up {bdf}: {reason}")]
+    /// `setup` / `reset` refuses to touch this controller.
+    #[error("refusing to {action} {bdf}: {reason}")]
     Refused {
+        /// "set up" or "reset".
+        action: &'static str,
         /// The controller.
         bdf: String,
         /// Why, and what to do.

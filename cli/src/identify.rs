@@ -137,7 +137,7 @@ impl WithController for Identify {
 /// Device and bring-up errors.
 pub fn identify(device: &DeviceSpec) -> Result<ControllerReport, CliError> {
     let emu = match device {
-        DeviceSpec::Emu { ram } => emu_config(*ram, if *ram { 512 } else { 4096 }, None),
+        DeviceSpec::Emu { ram } => emu_config(*ram, if *ram { 512 } else { 4096 }, None, false),
         _ => EmuConfig::default(),
     };
     with_controller(

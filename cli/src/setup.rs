@@ -34,6 +34,7 @@ fn write(s: &Sysfs, step: &str, path: &Path, value: &str) -> Result<(), CliError
 pub fn preflight(s: &Sysfs, bdf: &str) -> Result<u32, CliError> {
     let refuse = |reason: String| {
         Err(CliError::Refused {
+            action: "set up",
             bdf: bdf.to_string(),
             reason,
         })
@@ -132,6 +133,7 @@ fn bind_vfio(s: &Sysfs, bdf: &str) -> Result<(), CliError> {
     }
     if !drivers.exists() {
         return Err(CliError::Refused {
+            action: "set up",
             bdf: bdf.to_string(),
             reason: "the vfio-pci driver is not loaded and `modprobe vfio-pci` did not load it: install your distribution's VFIO modules".into(),
         });
@@ -160,6 +162,7 @@ fn bind_vfio(s: &Sysfs, bdf: &str) -> Result<(), CliError> {
     match s.driver(bdf) {
         Some(d) if d == "vfio-pci" => Ok(()),
         other => Err(CliError::Refused {
+            action: "set up",
             bdf: bdf.to_string(),
             reason: format!(
                 "after driver_override + drivers_probe it is bound to {}, not vfio-pci: see `dmesg | tail` for why vfio-pci did not take it",
@@ -228,6 +231,7 @@ pub fn reset(s: &Sysfs, a: &ResetArgs) -> Result<(), CliError> {
     let bdf = a.bdf.as_str();
     let refuse = |reason: String| {
         Err(CliError::Refused {
+            action: "reset",
             bdf: bdf.to_string(),
             reason,
         })
@@ -235,8 +239,14 @@ pub fn reset(s: &Sysfs, a: &ResetArgs) -> Result<(), CliError> {
     if !s.dev(bdf).exists() {
         return refuse(format!("there is no PCI device {bdf}; see `nvme-dio list`"));
     }
-    if s.class(bdf) != Some(NVME_CLASS) {
-        return refuse("it is not an NVMe controller (PCI class 0x010802)".into());
+    match s.class(bdf) {
+        Some(NVME_CLASS) => {}
+        c => {
+            return refuse(format!(
+                "it is not an NVMe controller (PCI class {}, NVMe is 0x010802)",
+                c.map_or("unreadable".to_string(), |c| format!("{c:#08x}"))
+            ));
+        }
     }
     let dev = s.dev(bdf);
     let before = s.driver(bdf);

@@ -72,6 +72,11 @@ fn argument_errors_are_sentences_with_a_non_zero_exit() {
         "needs a block device or file path",
     );
     assert_fails_with(&["bench", "--inject-flip-bit", "3"], "emu:ram only");
+    assert_fails_with(
+        &["bench", "--device", "./f", "--emu-thread"],
+        "emulated controller only",
+    );
+    assert_fails_with(&["bench", "--iopoll"], "io_uring options");
     assert_fails_with(&["setup", "nope"], "not a PCI address");
     // Errors of the run itself (not clap's) carry the `error:` prefix.
     let o = nvme_dio(&["bench", "--device", "./no-such-file", "--ios", "1"]);
@@ -192,6 +197,15 @@ fn several_queues_and_interrupt_mode_run() {
     let v = bench_json(&["--mode", "irq", "--ios", "2000", "-q", "4"]);
     assert_eq!(v["settings"]["mode"], "irq");
     assert_eq!(v["ios"], 2000);
+    // With the emulator on its own thread, irq mode really sleeps on the MSI-X eventfd.
+    let v = bench_json(&["--mode", "irq", "--emu-thread", "--ios", "500", "-q", "1"]);
+    assert_eq!(v["settings"]["emu_mode"], "thread");
+    assert_eq!(v["ios"], 500);
+    assert!(
+        v["queues"][0]["interrupts"].as_u64().unwrap() > 0,
+        "{}",
+        v["queues"][0]
+    );
 }
 
 #[test]

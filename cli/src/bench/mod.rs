@@ -217,6 +217,8 @@ pub struct Settings {
     pub seed: u64,
     /// Threads pinned to CPUs.
     pub pinned: bool,
+    /// The emulated controller's mode: "inline" or "thread" (null for real devices).
+    pub emu_mode: Option<&'static str>,
     /// io_uring IOPOLL.
     pub iopoll: bool,
     /// io_uring SQPOLL.
@@ -311,6 +313,11 @@ fn check_args(a: &BenchArgs) -> Result<(), CliError> {
     }
     if a.inject_flip_bit.is_some() && a.device != (DeviceSpec::Emu { ram: true }) {
         return bad("--inject-flip-bit is a testing aid for --device emu:ram only".into());
+    }
+    if a.emu_thread && !a.device.is_emu() {
+        return bad(
+            "--emu-thread applies to the emulated controller only (--device emu or emu:ram)".into(),
+        );
     }
     if (a.iopoll || a.sqpoll) && a.engine() != Engine::IoUring {
         return bad("--iopoll and --sqpoll are io_uring options: add --engine io_uring and a block device or file".into());
@@ -565,6 +572,11 @@ pub fn report(
             verify: job.verify,
             seed: job.seed,
             pinned: job.pin,
+            emu_mode: args.device.is_emu().then_some(if args.emu_thread {
+                "thread"
+            } else {
+                "inline"
+            }),
             iopoll: args.iopoll,
             sqpoll: args.sqpoll,
         },
@@ -597,7 +609,11 @@ pub fn tag(r: &Report) -> String {
     };
     format!(
         "[{} {} {}{mix} {} qd{} x{}{}{}{}]",
-        r.device,
+        if s.emu_mode == Some("thread") {
+            format!("{}/thread", r.device)
+        } else {
+            r.device.clone()
+        },
         r.engine,
         s.workload,
         human_bytes(s.io_size),

@@ -50,7 +50,7 @@ pub trait WithController {
 }
 
 /// The emulated controller's configuration for `emu` / `emu:ram`.
-pub fn emu_config(ram: bool, lba_size: u32, size: Option<u64>) -> EmuConfig {
+pub fn emu_config(ram: bool, lba_size: u32, size: Option<u64>, thread: bool) -> EmuConfig {
     let bytes = size.unwrap_or(if ram { EMU_RAM_BYTES } else { EMU_NULL_BYTES });
     let blocks = (bytes / lba_size as u64).max(1);
     EmuConfig {
@@ -59,6 +59,11 @@ pub fn emu_config(ram: bool, lba_size: u32, size: Option<u64>) -> EmuConfig {
         } else {
             NsConfig::null(blocks, lba_size)
         }],
+        mode: if thread {
+            nvme_dio_emu::Mode::Thread
+        } else {
+            nvme_dio_emu::Mode::Inline
+        },
         ..EmuConfig::default()
     }
 }
@@ -93,7 +98,12 @@ pub fn with_controller<V: WithController>(
         DeviceSpec::Emu { ram } => {
             let ns = &emu.namespaces[0];
             let desc = format!(
-                "EMULATED controller, in-process, inline: its work runs inside the doorbell write; {} namespace 1: {} blocks of {} bytes",
+                "EMULATED controller, in-process, {}; {} namespace 1: {} blocks of {} bytes",
+                if emu.mode == nvme_dio_emu::Mode::Thread {
+                    "on its own thread polling the doorbells"
+                } else {
+                    "inline: its work runs inside the doorbell write"
+                },
                 if *ram { "RAM" } else { "null" },
                 ns.blocks,
                 ns.lba_size
@@ -134,7 +144,9 @@ pub fn with_controller<V: WithController>(
 /// Device, geometry and setup errors; I/O failures and mismatches come back in the report.
 pub fn run(args: &BenchArgs) -> Result<Report, CliError> {
     let emu = match &args.device {
-        DeviceSpec::Emu { ram } => emu_config(*ram, args.emu_lba_size(), args.size),
+        DeviceSpec::Emu { ram } => {
+            emu_config(*ram, args.emu_lba_size(), args.size, args.emu_thread)
+        }
         _ => EmuConfig::default(),
     };
     let opts = controller_options(args.queues, args.mode == Mode::Irq, !args.no_sgl);
@@ -166,9 +178,11 @@ impl WithController for Bench<'_> {
             );
         }
         if emu.is_some() {
-            notes.push(
-                "emulated controller: the emulator works inside the doorbell write, so these are driver + emulator CPU figures, not a device's".into(),
-            );
+            notes.push(if args.emu_thread {
+                "emulated controller on its own thread: figures include the hand-off between two threads, not a device's".into()
+            } else {
+                "emulated controller: the emulator works inside the doorbell write, so these are driver + emulator CPU figures, not a device's".into()
+            });
         }
         if job.shapes.len() > 1 {
             notes.push(if ns.supports_sgl() {
