@@ -35,9 +35,12 @@ TARGET = "x86_64-unknown-linux-gnu"
 # What goes into the guest. Extend these lists; nothing else needs to change.
 #
 # VM_TESTS: integration test targets (cargo `--test NAME` of a package). Each one is run in the
-# guest, one after the other, as `BIN --test-threads=1 [filter args]`.
+# guest, one after the other, as `BIN --test-threads=1 --include-ignored [filter args]`
+# (VM-only tests are `#[ignore]`d on the host so a host run reports them as ignored, never as
+# passed).
 VM_TESTS: list[tuple[str, str]] = [
     ("nvme-dio-tests", "vm"),
+    ("nvme-dio-tests", "vm_driver"),
 ]
 # EXTRA_BINS: other binaries copied to the guest's /bin (a test may run them by name):
 # ("bin", package, name) or ("example", package, name). A missing one fails the build.

@@ -1,0 +1,367 @@
+//! The driver through VFIO against QEMU's NVMe, in the VM guest (ci/vm-test). Every test is
+//! `#[ignore]`d on the host, where there is no device; the guest runs them with
+//! `--include-ignored`, and a test that cannot find its controller there fails.
+//!
+//! The matrix (ci/vm/README.md): `default` (MDTS 7, 4 KiB blocks, file-backed), `mdts2`
+//! (splits forced), `mdts0` (no MDTS: PRP lists chain past 2 MiB), `ns512` (512-byte blocks,
+//! two namespaces). Each test writes its own LBA range: the disks are shared within a boot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nvme_dio::spec::cmd::{Dptr, Read};
+use nvme_dio::{CompletionMode, Controller, ControllerOptions, Lba, QueuePairOptions};
+use nvme_dio_dma::VfioFunction;
+use nvme_dio_tests::io::{Seg, shapes, wait_one, write_read_verify};
+use nvme_dio_tests::vm::{self, VmController};
+
+const GUEST: &str = "VM suite: needs the QEMU guest, run ci/vm-test";
+
+fn open(role: &str, opts: ControllerOptions) -> (VmController, Controller<VfioFunction>) {
+    let c =
+        vm::controller(role).unwrap_or_else(|| panic!("no {role} controller: not in the VM guest"));
+    let dev = VfioFunction::open(&c.bdf).unwrap_or_else(|e| panic!("{}: {e}", c.bdf));
+    let ctrl = Controller::new(Arc::new(dev), opts).unwrap_or_else(|e| panic!("{}: {e}", c.bdf));
+    (c, ctrl)
+}
+
+fn identify_matches(c: &VmController, ctrl: &Controller<VfioFunction>) {
+    let info = ctrl.info();
+    assert_eq!(info.serial, c.serial, "{}", c.bdf);
+    assert_eq!(info.model, "QEMU NVMe Ctrl");
+    assert_eq!(info.mdts, c.mdts);
+    assert_eq!(info.version.to_string(), "1.4.0");
+    let ns: Vec<(u32, u64, u32)> = ctrl
+        .namespaces()
+        .iter()
+        .map(|n| (n.id().0, n.blocks(), n.lba_size()))
+        .collect();
+    let want: Vec<(u32, u64, u32)> = c
+        .namespaces
+        .iter()
+        .map(|n| (n.nsid, n.blocks, c.lba_size))
+        .collect();
+    assert_eq!(ns, want, "{}", c.bdf);
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_dma_smoke_open_map_msix_reset() {
+    let c = vm::controller("default").expect(GUEST);
+    let r = nvme_dio_dma::vm_smoke_test(&c.bdf).unwrap_or_else(|e| panic!("{e}"));
+    println!("{r:?}");
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_default_identify_and_verify_over_sizes_offsets_shapes() {
+    let (c, ctrl) = open("default", ControllerOptions::default());
+    identify_matches(&c, &ctrl);
+    let ns = ctrl.namespace(1).unwrap().clone();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    let mut lba = 0u64;
+    let mut cases = 0;
+    for total in [4096usize, 8192, 12 << 10, 128 << 10, 512 << 10, 1 << 20] {
+        for shape in shapes(total, 4096) {
+            let blocks = (total / 4096) as u64;
+            if lba + blocks > 4096 {
+                lba = 0;
+            }
+            write_read_verify(&ctrl, &mut qp, &ns, lba, &shape, lba ^ total as u64 ^ 0xd1);
+            lba += blocks + 1;
+            cases += 1;
+        }
+    }
+    println!("{cases} shapes verified; {:?}", qp.stats());
+    assert!(cases >= 30);
+    assert_eq!(qp.stats().stale_cqes, 0);
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_default_rings_wrap_at_qd1_and_full_depth() {
+    let (_, ctrl) = open("default", ControllerOptions::default());
+    let ns = ctrl.namespace(1).unwrap().clone();
+    let mut qp = ctrl
+        .create_io_qpair(QueuePairOptions {
+            entries: 8,
+            ..Default::default()
+        })
+        .unwrap();
+    for i in 0..40u64 {
+        write_read_verify(
+            &ctrl,
+            &mut qp,
+            &ns,
+            5000 + i,
+            &[Seg {
+                offset: 0,
+                len: 4096,
+            }],
+            i,
+        );
+    }
+    let depth = qp.capacity() as u64;
+    let (mut next, mut done) = (0u64, 0u64);
+    while done < 200 {
+        while next < 200 && next - done < depth {
+            let b = ctrl.memory().alloc(4096, 4096).unwrap();
+            qp.read(&ns, Lba(5000 + next % 40), b, next).unwrap();
+            next += 1;
+        }
+        wait_one(&mut qp, Duration::from_secs(30)).result.unwrap();
+        done += 1;
+    }
+    assert!(qp.stats().commands >= 280, "{:?}", qp.stats());
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_default_lba_out_of_range_is_the_devices_clear_error() {
+    vm::expect_trace_err("pci_nvme_err_invalid_lba_range");
+    vm::expect_trace_err("pci_nvme_err_req_status");
+    let (_, ctrl) = open("default", ControllerOptions::default());
+    let ns = ctrl.namespace(1).unwrap().clone();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    // The driver refuses it itself...
+    let r = qp
+        .read(
+            &ns,
+            Lba(ns.blocks()),
+            ctrl.memory().alloc(4096, 4096).unwrap(),
+            1,
+        )
+        .unwrap_err();
+    assert!(
+        r.error.to_string().contains("run past the namespace end"),
+        "{}",
+        r.error
+    );
+    // ...and the device does too, when the command is sent raw.
+    let sqe = Read::new(ns.id(), Lba(ns.blocks() - 1), 2).build(Dptr::None);
+    qp.submit_raw(sqe, Some(ctrl.memory().alloc(8192, 4096).unwrap()), 2)
+        .unwrap();
+    let c = wait_one(&mut qp, Duration::from_secs(30));
+    let e = c.result.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Read failed: LBA Out of Range (sct 0, sc 0x80, DNR)"
+    );
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_default_prp_breaking_iovecs_split_or_go_as_sgl() {
+    for use_sgl in [false, true] {
+        let (_, ctrl) = open(
+            "default",
+            ControllerOptions {
+                use_sgl,
+                ..Default::default()
+            },
+        );
+        let ns = ctrl.namespace(1).unwrap().clone();
+        let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+        // Eight whole blocks, each in its own page at a dword offset: the PRP rule breaks at
+        // every join.
+        let shape: Vec<Seg> = (0..8)
+            .map(|i| Seg {
+                offset: 16 * i,
+                len: 4096,
+            })
+            .collect();
+        let cmds = write_read_verify(&ctrl, &mut qp, &ns, 7000, &shape, use_sgl as u64);
+        println!(
+            "sgl {use_sgl} (controller sgl {}): {cmds} commands",
+            ctrl.info().sgl
+        );
+        if use_sgl && ctrl.info().sgl {
+            assert_eq!(cmds, 2, "one SGL command each way");
+        } else {
+            assert_eq!(cmds, 16, "one PRP command per block each way");
+        }
+    }
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_default_interrupt_mode_waits_on_msix_eventfds() {
+    let (_, ctrl) = open("default", ControllerOptions::default());
+    let ns = ctrl.namespace(1).unwrap().clone();
+    let mut qps: Vec<_> = (0..2)
+        .map(|_| {
+            ctrl.create_io_qpair(QueuePairOptions {
+                mode: CompletionMode::Interrupt,
+                ..Default::default()
+            })
+            .unwrap()
+        })
+        .collect();
+    for (q, qp) in qps.iter_mut().enumerate() {
+        for i in 0..50u64 {
+            write_read_verify(
+                &ctrl,
+                qp,
+                &ns,
+                9000 + q as u64 * 100 + i,
+                &[Seg {
+                    offset: 0,
+                    len: 8192,
+                }],
+                i,
+            );
+        }
+        let s = qp.stats();
+        println!("queue {}: {s:?}", qp.qid().0);
+        assert!(s.interrupts > 0, "no interrupt woke the waiter: {s:?}");
+    }
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_mdts2_ordinary_io_splits_and_completes_once() {
+    let (c, ctrl) = open("mdts2", ControllerOptions::default());
+    identify_matches(&c, &ctrl);
+    assert_eq!(ctrl.info().max_transfer, 16 << 10);
+    let ns = ctrl.namespace(1).unwrap().clone();
+    let mut qp = ctrl
+        .create_io_qpair(QueuePairOptions {
+            entries: 16,
+            ..Default::default()
+        })
+        .unwrap();
+    let cmds = write_read_verify(
+        &ctrl,
+        &mut qp,
+        &ns,
+        0,
+        &[Seg {
+            offset: 0,
+            len: 64 << 10,
+        }],
+        3,
+    );
+    assert_eq!(cmds, 8, "64 KiB at 16 KiB per command, each way");
+    // More commands than the queue holds: children wait for slots.
+    let cmds = write_read_verify(
+        &ctrl,
+        &mut qp,
+        &ns,
+        100,
+        &[Seg {
+            offset: 0x800,
+            len: 1 << 20,
+        }],
+        4,
+    );
+    assert!(cmds >= 128, "{cmds}");
+    assert_eq!(qp.stats().completed, 4);
+    for shape in shapes(128 << 10, 4096) {
+        write_read_verify(&ctrl, &mut qp, &ns, 1000, &shape, 5);
+    }
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_mdts0_prp_lists_chain_past_2mib() {
+    let opts = ControllerOptions {
+        prp_list_pages: 2,
+        use_sgl: false,
+        ..Default::default()
+    };
+    let (c, ctrl) = open("mdts0", opts);
+    identify_matches(&c, &ctrl);
+    assert_eq!(ctrl.info().max_transfer, (2 * 511 + 1) * 4096);
+    let ns = ctrl.namespace(1).unwrap().clone();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    // 3 MiB from a page offset: 769 pages, a list of 768 entries over two chained pages.
+    let cmds = write_read_verify(
+        &ctrl,
+        &mut qp,
+        &ns,
+        0,
+        &[Seg {
+            offset: 0x400,
+            len: 3 << 20,
+        }],
+        6,
+    );
+    assert_eq!(cmds, 2, "3 MiB is one command each way");
+    let cmds = write_read_verify(
+        &ctrl,
+        &mut qp,
+        &ns,
+        1024,
+        &[Seg {
+            offset: 0,
+            len: 4 << 20,
+        }],
+        7,
+    );
+    assert_eq!(
+        cmds, 4,
+        "4 MiB is past one command's 4092 KiB: two each way"
+    );
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_ns512_two_namespaces_of_512_byte_blocks() {
+    let (c, ctrl) = open("ns512", ControllerOptions::default());
+    identify_matches(&c, &ctrl);
+    for nsid in [1, 2] {
+        let ns = ctrl.namespace(nsid).unwrap().clone();
+        assert_eq!(ns.lba_size(), 512);
+        let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+        let mut lba = 0;
+        for total in [512usize, 4096, 12 << 10, 64 << 10] {
+            for shape in shapes(total, 512) {
+                write_read_verify(&ctrl, &mut qp, &ns, lba, &shape, nsid as u64 * 1000 + lba);
+                lba += (total / 512) as u64 + 3;
+            }
+        }
+    }
+    // The two namespaces are distinct: the same LBA holds different data in each.
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    let (ns1, ns2) = (
+        ctrl.namespace(1).unwrap().clone(),
+        ctrl.namespace(2).unwrap().clone(),
+    );
+    write_read_verify(
+        &ctrl,
+        &mut qp,
+        &ns1,
+        60000,
+        &[Seg {
+            offset: 0,
+            len: 512,
+        }],
+        0xaaaa,
+    );
+    write_read_verify(
+        &ctrl,
+        &mut qp,
+        &ns2,
+        60000,
+        &[Seg {
+            offset: 0,
+            len: 512,
+        }],
+        0xbbbb,
+    );
+    let b = ctrl.memory().alloc(512, 4096).unwrap();
+    qp.read(&ns1, Lba(60000), b, 9).unwrap();
+    let c = wait_one(&mut qp, Duration::from_secs(30));
+    c.result.unwrap();
+    let mut got = vec![0u8; 512];
+    c.bufs
+        .into_one()
+        .unwrap()
+        .copy_to_slice(0, &mut got)
+        .unwrap();
+    assert_eq!(
+        got,
+        nvme_dio_tests::io::pattern(512, 60000, 0xaaaa, 512),
+        "namespace 1 kept its own data"
+    );
+}
