@@ -78,6 +78,27 @@ fn argument_errors_are_sentences_with_a_non_zero_exit() {
     );
     assert_fails_with(&["bench", "--iopoll"], "io_uring options");
     assert_fails_with(&["setup", "nope"], "not a PCI address");
+    // Writing to the block device holding / would destroy it: refused (if / is on one).
+    if let Some(root_dev) = std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("/"))
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|d| d.starts_with("/dev/"))
+    {
+        assert_fails_with(
+            &[
+                "bench",
+                "--device",
+                &root_dev,
+                "-w",
+                "randwrite",
+                "--ios",
+                "1",
+            ],
+            "refusing to write",
+        );
+    }
     // Errors of the run itself (not clap's) carry the `error:` prefix.
     let o = nvme_dio(&["bench", "--device", "./no-such-file", "--ios", "1"]);
     assert!(!o.status.success());

@@ -41,12 +41,12 @@ pub const ALIGN: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum UringError {
     /// The file or device could not be opened.
-    #[error(
-        "cannot open {path} with O_DIRECT: check the path and permissions (O_DIRECT needs a filesystem that supports it; tmpfs does not)"
-    )]
+    #[error("cannot open {path} with O_DIRECT: {hint}")]
     Open {
         /// The path.
         path: PathBuf,
+        /// What to check, from the OS error.
+        hint: &'static str,
         /// The OS error.
         #[source]
         source: io::Error,
@@ -214,6 +214,7 @@ impl Uring {
             .open(path)
             .map_err(|source| UringError::Open {
                 path: path.to_owned(),
+                hint: open_hint(&source),
                 source,
             })?;
         // Seeking to the end gives the size of regular files and block devices alike.
@@ -377,7 +378,10 @@ impl Uring {
             }
             // SAFETY: off + len <= slot_bytes, so the pointer stays inside the slot.
             let p = unsafe { base.add(off) };
-            v.push(libc::iovec { iov_base: p.cast(), iov_len: len });
+            v.push(libc::iovec {
+                iov_base: p.cast(),
+                iov_len: len,
+            });
         }
         self.iovecs[slot] = v;
         Ok(())
@@ -526,6 +530,23 @@ impl Drop for Uring {
         // holds no pointer into it that it may still use (registered buffers are unpinned
         // when the ring fd closes; the kernel does not access them without a request).
         unsafe { std::alloc::dealloc(self.arena.ptr.as_ptr(), self.arena.layout) };
+    }
+}
+
+fn open_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => {
+            "no such file; create it first (e.g. `fallocate -l 1G FILE`, then write it for real reads)"
+        }
+        Some(libc::EINVAL) => {
+            "this filesystem does not support O_DIRECT (tmpfs does not); use a file on ext4/xfs or a block device"
+        }
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            "permission denied; run as a user that may open it (block devices usually need root or the disk group)"
+        }
+        Some(libc::EISDIR) => "it is a directory; give a file or a block device",
+        Some(libc::EBUSY) => "the device is busy (held exclusively by another user)",
+        _ => "check the path",
     }
 }
 

@@ -61,6 +61,9 @@ fn options(args: &BenchArgs, job_writes: bool) -> UringOptions {
 /// Open/setup failures, bad geometry, failed I/Os, verify mismatches (in the report).
 pub fn run(args: &BenchArgs, path: &Path) -> Result<Report, CliError> {
     let writes = args.read_pct() < 100 || args.verify;
+    if writes {
+        refuse_mounted(&crate::sysfs::Sysfs::host(), path)?;
+    }
     let opts = options(args, writes);
     let lba = logical_block_size(path);
     let (packed, slot_bytes) = pattern::pack_segments(
@@ -101,6 +104,35 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<Report, CliError> {
         job.region_blocks * lba as u64
     );
     Ok(super::report(args, &job, info, results, notes))
+}
+
+/// Refuses to write to a block device that (or a partition of which) is mounted or used as
+/// swap: the benchmark would destroy the filesystem.
+fn refuse_mounted(s: &crate::sysfs::Sysfs, path: &Path) -> Result<(), CliError> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return Ok(());
+    };
+    if !std::fs::metadata(&real).is_ok_and(|m| m.file_type().is_block_device()) {
+        return Ok(());
+    }
+    let Some(name) = real.file_name().and_then(|n| n.to_str()) else {
+        return Ok(());
+    };
+    let mut busy = Vec::new();
+    for n in std::iter::once(name.to_string()).chain(s.partitions(name)) {
+        for m in s.mounts_of(&n) {
+            busy.push(format!("/dev/{n} on {m}"));
+        }
+    }
+    if busy.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::BadArgument(format!(
+        "refusing to write to {}: it is in use ({}); writing would destroy that data. Use a read-only workload (-w read / randread) or an unused device",
+        path.display(),
+        busy.join(", ")
+    )))
 }
 
 /// Writes the working set once with the verify pattern, so every later read has something
