@@ -365,3 +365,39 @@ fn vm_ns512_two_namespaces_of_512_byte_blocks() {
         "namespace 1 kept its own data"
     );
 }
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_default_fault_reset_under_load_recovers_and_verifies() {
+    use nvme_dio_tests::load::{self, Load};
+    let (_, ctrl) = open("default", ControllerOptions::default());
+    let c2 = ctrl.clone();
+    let l = Load {
+        queues: 2,
+        qd: 32,
+        ios: 1500,
+        region_blocks: 2048,
+        qp: QueuePairOptions {
+            entries: 64,
+            ..Default::default()
+        },
+        stall: Duration::from_secs(60),
+    };
+    let (counts, written) = load::run(&ctrl, &l, move || c2.reset().expect("controller reset"));
+    println!("{counts:?}");
+    assert_eq!(
+        counts.submitted,
+        counts.success + counts.error,
+        "{counts:?}"
+    );
+    assert_eq!(ctrl.resets(), 1);
+    for (e, _) in &counts.errors {
+        assert!(
+            e.contains("aborted: the controller was reset"),
+            "unexpected error {e}"
+        );
+    }
+    assert!(counts.success > 2000, "{counts:?}");
+    let verified = load::verify(&ctrl, &written);
+    assert!(verified > 500, "{verified}");
+}
