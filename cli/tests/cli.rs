@@ -302,3 +302,24 @@ fn list_and_identify_succeed() {
     assert_eq!(v["namespaces"][0]["lba_size"], 4096);
     assert!(v["max_transfer_bytes"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn sequential_workloads_warmup_and_batch_are_honoured() {
+    let v = bench_json(&[
+        "-w", "write", "--warmup", "0.1", "--ios", "3000", "--batch", "4", "-q", "16",
+    ]);
+    assert_eq!(v["settings"]["workload"], "write");
+    assert_eq!(v["settings"]["read_pct"], 0);
+    assert_eq!(v["settings"]["batch"], 4);
+    assert_eq!(v["settings"]["warmup_s"], 0.1);
+    assert_eq!(v["ios"], 3000, "warm-up I/Os are not counted");
+    let q = &v["queues"][0];
+    // Batches of at most 4 submissions per doorbell: at least 3000 / 4 SQ doorbells.
+    assert!(q["sq_doorbells"].as_u64().unwrap() >= 750, "{q}");
+    let v = bench_json(&[
+        "--device", "emu:ram", "-w", "rw", "-M", "30", "--verify", "-o", "16k", "--ios", "2000",
+    ]);
+    assert_eq!(v["settings"]["read_pct"], 30);
+    assert_eq!(v["verify"]["mismatches"], 0);
+    assert_eq!(v["settings"]["lba_size"], 512);
+}

@@ -11,6 +11,19 @@
 //!   that queue's own measuring window, summed across queues.
 //! - Per-queue counters are the driver's (or io_uring's) differences over the window.
 //!
+//! ## `--json`
+//!
+//! One object ([`Report`]): `device`, `device_description`, `emulated`, `engine`
+//! (`vfio`|`io_uring`), `settings` {workload, read_pct, io_size, lba_size, queue_depth,
+//! queues, segments, segment_shapes [[in-page offset, len]..], mode, batch, time_s,
+//! warmup_s, ios, working_set_bytes, verify, seed, pinned, emu_mode, iopoll, sqpoll},
+//! `ios`, `bytes`, `elapsed_s`, `iops`, `mib_s`, `ns_per_io`, `latency` {avg, min, max, p50,
+//! p90, p99, p99_9, p99_99} in ns, `errors`, `first_error`, `verify` {checked_blocks,
+//! mismatches, first_mismatch} or null, `queues` [{queue, cpu, submitted, completed, errors,
+//! split_requests, commands, doorbell_writes, sq_doorbells, cq_doorbells, polls,
+//! empty_polls, timeouts, interrupts, syscalls}] (null where the engine has no such thing),
+//! `notes`.
+//!
 //! The engines (`nvme.rs`: the nvme-dio driver on VFIO or the emulated controller;
 //! `uring.rs`: the kernel through io_uring) share the workload generator and verify pattern
 //! (`pattern.rs`) and the run control here.
