@@ -759,6 +759,15 @@ impl State {
             sqhd & 0xffff | (p.sqid as u32) << 16,
             p.cid as u32 | (p.status.with_phase(cq.phase).raw() as u32) << 16,
         ];
+        self.write_cqe_dwords(cqid, d);
+    }
+
+    /// Writes the raw entry `d` (its phase tag already set) into the tail slot of CQ
+    /// `cqid` (which exists and has room), advances the tail and queues the interrupt.
+    fn write_cqe_dwords(&mut self, cqid: usize, d: [u32; 4]) {
+        let Some(Some(cq)) = self.cqs.get_mut(cqid) else {
+            return;
+        };
         let iova = cq.base + cq.tail as u64 * 16;
         if !self.table.write_cqe(iova, d, &mut cq.hint) {
             let tail = cq.tail;
@@ -777,6 +786,31 @@ impl State {
             self.irq_list.push(cqid as u16);
         }
         self.stats.completions += 1;
+    }
+
+    /// Writes an arbitrary entry into I/O CQ `cqid` at its tail with the current phase tag
+    /// (bit 16 of `d[3]` is overwritten), as a broken or hostile controller would. Returns
+    /// false, writing nothing, if the queue does not exist, is the admin CQ, is full, or has
+    /// completions waiting for room (they go first), or the controller is not running.
+    pub(crate) fn post_raw(&mut self, cqid: u16, mut d: [u32; 4]) -> bool {
+        if cqid == 0 || self.cfs || !self.enabled {
+            return false;
+        }
+        let Some(Some(cq)) = self.cqs.get(cqid as usize) else {
+            return false;
+        };
+        let next = if cq.tail + 1 == cq.size {
+            0
+        } else {
+            cq.tail + 1
+        };
+        if next == cq.head || !cq.pending.is_empty() {
+            return false;
+        }
+        d[3] = (d[3] & !(1 << 16)) | (cq.phase as u32) << 16;
+        let completions = self.stats.completions;
+        self.write_cqe_dwords(cqid as usize, d);
+        self.stats.completions != completions
     }
 
     /// Posts held-for-room completions of CQ `cqid` while it has room.

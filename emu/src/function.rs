@@ -456,6 +456,27 @@ impl EmuFunction {
         Ok(())
     }
 
+    /// Writes an arbitrary completion entry `dwords` into I/O completion queue `qid` at its
+    /// tail, with the current phase tag (bit 16 of `dwords[3]` is overwritten), and signals
+    /// the queue's MSI-X vector if it has one: the CQE of a broken or hostile controller
+    /// (any CID, SQ id, SQ head, status), for fuzzing the driver's completion path. Counted
+    /// in [`EmuStats::completions`].
+    ///
+    /// Returns false, writing nothing, if the queue does not exist or is the admin CQ, if it
+    /// is full or holds completions waiting for room (reap and ring the head doorbell, then
+    /// retry), or if the controller is not enabled, has failed or was removed.
+    pub fn post_raw_cqe(&self, qid: u16, dwords: [u32; 4]) -> bool {
+        if self.shared.removed.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut s = self.shared.lock();
+        let posted = s.post_raw(qid, dwords);
+        if !s.irq_list.is_empty() {
+            s.flush_irqs();
+        }
+        posted
+    }
+
     /// Number of commands currently held (dropped, delayed, Async Event Requests).
     pub fn held_commands(&self) -> usize {
         self.shared.lock().held.len()

@@ -1257,6 +1257,60 @@ fn duplicate_and_stale_completions() {
 }
 
 #[test]
+fn raw_cqes_land_at_the_tail_with_the_phase_and_respect_a_full_cq() {
+    let mut h = Host::started(|_| {});
+    let fds = h.f.enable_msix(2).unwrap();
+    h.create_pair(4, 16, true, 1); // 3 usable CQ slots
+    let _ = fds[1].read();
+    assert!(!h.f.post_raw_cqe(0, [0; 4]), "not the admin CQ");
+    assert!(!h.f.post_raw_cqe(2, [0; 4]), "no CQ 2");
+    // Whatever the caller puts in bit 16 (the phase), the current phase goes out.
+    let junk = [
+        0xdead_beef,
+        0x1234,
+        0xffff_0007,
+        0xabcd_0000 | 0x4242 | 1 << 16,
+    ];
+    assert!(h.f.post_raw_cqe(1, junk));
+    assert_eq!(fds[1].read().unwrap(), 1, "its vector is signalled");
+    let c = h.peek_io().expect("posted with the current phase");
+    assert_eq!(c.to_dwords(), [junk[0], junk[1], junk[2], junk[3]]);
+    assert_eq!((c.cid, c.sqid, c.sqhd), (0x4242, 0xffff, 7));
+    // A real completion follows the junk in order.
+    h.push_io(&Sqe {
+        opc: nvm::FLUSH,
+        nsid: 1,
+        cid: 9,
+        ..Sqe::default()
+    });
+    h.ring_io();
+    assert_eq!(h.peek_io().unwrap().cid, 9);
+    h.ring_cq1();
+    for cid in 0..3 {
+        assert!(h.f.post_raw_cqe(1, [0, 0, 0, cid]));
+    }
+    assert!(
+        !h.f.post_raw_cqe(1, [0, 0, 0, 3]),
+        "full: the host has not rung"
+    );
+    // The third one wrapped the tail, so its phase flipped.
+    let got: Vec<(u16, bool)> = std::iter::from_fn(|| h.peek_io())
+        .map(|c| (c.cid, c.status.phase()))
+        .collect();
+    assert_eq!(got, [(0, true), (1, true), (2, false)]);
+    h.ring_cq1();
+    assert!(h.f.post_raw_cqe(1, [0, 0, 0, 4]));
+    let c = h.peek_io().unwrap();
+    assert_eq!((c.cid, c.status.phase()), (4, false));
+    assert_eq!(
+        h.f.stats().completions,
+        2 + 1 + 5,
+        "two admin, one real, five raw"
+    );
+    h.assert_no_ub();
+}
+
+#[test]
 fn controller_fatal_and_surprise_removal() {
     let mut h = io_host(|_| {});
     h.f.inject(Fault::ControllerFatal).unwrap();
