@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -89,10 +90,17 @@ class Controller:
     lba_size: int
     namespaces: list[Namespace]
     null_co: bool = False  # back by QEMU's null-co driver instead of a raw file
+    # Behind its own pcie-root-port (hot-pluggable: QMP device_del can remove it). The first
+    # such port gets secondary bus 1, so only one controller may use it.
+    root_port: bool = False
 
     @property
     def bdf(self) -> str:
-        return f"0000:00:{self.slot:02x}.0"
+        return "0000:01:00.0" if self.root_port else f"0000:00:{self.slot:02x}.0"
+
+    @property
+    def qemu_id(self) -> str:
+        return f"ctrl{self.slot:02x}"
 
     def matrix_line(self) -> str:
         ns = ",".join(
@@ -101,7 +109,7 @@ class Controller:
         return f"{self.bdf} {self.role} {self.serial} {self.mdts} {self.lba_size} {ns}"
 
     def qemu_args(self, imgdir: Path) -> list[str]:
-        cid = f"ctrl{self.slot:02x}"
+        cid = self.qemu_id
         args: list[str] = []
         drives = []
         for n in self.namespaces:
@@ -116,7 +124,14 @@ class Controller:
                 args += ["-drive", f"file={img},if=none,id={did},format=raw,cache=unsafe"]
             drives.append(did)
         blk = f"logical_block_size={self.lba_size},physical_block_size={self.lba_size}"
-        ctrl = f"nvme,id={cid},serial={self.serial},mdts={self.mdts},bus=pcie.0,addr=0x{self.slot:x}"
+        if self.root_port:
+            port = f"rp{self.slot:02x}"
+            args += ["-device",
+                     f"pcie-root-port,id={port},bus=pcie.0,chassis={self.slot},addr=0x{self.slot:x}"]
+            where = f"bus={port}"
+        else:
+            where = f"bus=pcie.0,addr=0x{self.slot:x}"
+        ctrl = f"nvme,id={cid},serial={self.serial},mdts={self.mdts},{where}"
         if len(self.namespaces) == 1 and self.namespaces[0].nsid == 1:
             args += ["-device", f"{ctrl},drive={drives[0]},{blk}"]
         else:
@@ -131,6 +146,7 @@ TEST_MATRIX = [
     Controller(0x05, "mdts2", "mdts0002", 2, 4096, [Namespace(1, 64)]),
     Controller(0x06, "mdts0", "mdts0000", 0, 4096, [Namespace(1, 64)]),
     Controller(0x07, "ns512", "lba00512", 7, 512, [Namespace(1, 32), Namespace(2, 32)]),
+    Controller(0x08, "hotplug", "hotp0001", 7, 4096, [Namespace(1, 32)], root_port=True),
 ]
 BENCH_MATRIX = [
     Controller(0x04, "bench", "null0001", 7, 4096, [Namespace(1, 1024)], null_co=True),
@@ -389,6 +405,9 @@ def boot(work: Path, kdir: Path, initrd: Path, matrix: list[Controller], trace: 
            "-trace", "pci_nvme_ub_*", "-trace", "pci_nvme_err_*", "-D", str(trace)]
     for c in matrix:
         cmd += c.qemu_args(imgdir)
+    qmp_path = work / "qmp.sock"
+    qmp_path.unlink(missing_ok=True)
+    cmd += ["-qmp", f"unix:{qmp_path},server=on,wait=off"]
     (work / "qemu.cmd").write_text(" ".join(cmd) + "\n")
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -411,13 +430,49 @@ def boot(work: Path, kdir: Path, initrd: Path, matrix: list[Controller], trace: 
             lines.append(line)
             clog.write(line + "\n")
             echo(line)
+            m = QMP_REQUEST.search(line)
+            if m:
+                # A guest test asks the host to act on the VM (hot unplug). Answer from a
+                # thread: the console must keep draining while QEMU works.
+                threading.Thread(target=qmp_device_del, args=(qmp_path, matrix, m.group(1), echo),
+                                 daemon=True).start()
     code = proc.wait()
     timer.cancel()
     return Boot(lines, None if timed_out.is_set() else code, timed_out.is_set(),
                 time.monotonic() - start)
 
 
+QMP_REQUEST = re.compile(r"VM-QMP: device_del role=(\w+)")
+
+
+def qmp_device_del(sock: Path, matrix: list[Controller], role: str, echo) -> None:
+    """Removes the controller with `role` through QEMU's QMP socket (device_del)."""
+    target = next((c for c in matrix if c.role == role), None)
+    if target is None:
+        echo(f"vm: QMP request for unknown role {role}")
+        return
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(sock))
+            f = s.makefile("rw")
+            f.readline()  # greeting
+            for cmd in ({"execute": "qmp_capabilities"},
+                        {"execute": "device_del", "arguments": {"id": target.qemu_id}}):
+                f.write(json.dumps(cmd) + "\n")
+                f.flush()
+                reply = f.readline()
+                while '"event"' in reply:
+                    reply = f.readline()
+                if '"error"' in reply:
+                    echo(f"vm: QMP {cmd['execute']} failed: {reply.strip()}")
+                    return
+        echo(f"vm: QMP device_del {target.qemu_id} ({target.bdf}) sent")
+    except OSError as e:
+        echo(f"vm: QMP device_del failed: {e}")
+
+
 RESULT = re.compile(r"^test (\S+) \.\.\. (ok|FAILED|ignored)\b")
+STARTED = re.compile(r"^test (\S+) \.\.\. $")
 EXPECT = re.compile(r"VM-EXPECT-ERR: (pci_nvme_err_\w+)")
 TRACE_EVENT = re.compile(r"\b(pci_nvme_(?:ub|err)_\w+)")
 
@@ -525,12 +580,24 @@ def mode_test(args) -> int:
     passed = failed = skipped = 0
     failed_names, skipped_names = [], []
     binary = "?"
+    # A test's "test NAME ... " and its verdict can be split by a line the test wrote to the
+    # console itself (a VM-QMP request): remember the name until a bare verdict line comes.
+    pending = None
     for line in b.console:
         if line.startswith("VM-BEGIN "):
             binary = line.split()[1]
         m = RESULT.match(line)
         if not m:
-            continue
+            started = STARTED.match(line)
+            if started:
+                pending = started.group(1)
+            elif pending and line.strip() in ("ok", "FAILED", "ignored"):
+                m = re.match(r"(.*) (\S+)$", f"{pending} {line.strip()}")
+                pending = None
+            if not m:
+                continue
+        else:
+            pending = None
         if m.group(2) == "ok":
             passed += 1
         elif m.group(2) == "FAILED":

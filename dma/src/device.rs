@@ -77,6 +77,11 @@ pub trait PciFunction: Send + Sync + 'static {
     ///
     /// Fails if the kernel refuses.
     fn disable_msix(&self) -> Result<(), Error>;
+    /// True once the system asked for the device back (hot unplug, unbind): the owner must
+    /// stop using it and release it. Checked off the I/O path (a syscall on VFIO).
+    fn removal_requested(&self) -> bool {
+        false
+    }
     /// A function-level reset (VFIO_DEVICE_RESET), used when the controller is wedged.
     ///
     /// # Errors

@@ -35,7 +35,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use vfio_bindings::bindings::vfio::{
     VFIO_BASE, VFIO_IOMMU_INFO_CAPS, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
     VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_REGION_INFO_FLAG_MMAP, VFIO_TYPE, vfio_iommu_type1_info,
+    VFIO_PCI_REQ_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP, VFIO_TYPE, vfio_iommu_type1_info,
 };
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioError, VfioOps, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -439,6 +439,10 @@ pub struct VfioFunction {
     mapper: Arc<VfioMapper>,
     msix: u32,
     msix_fds: Mutex<Vec<Arc<EventFd>>>,
+    /// The kernel's "release this device" request (VFIO_PCI_REQ_IRQ_INDEX): signalled when
+    /// the device is being unplugged or unbound, and the kernel waits until we close it.
+    removal: Option<EventFd>,
+    removal_seen: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for VfioFunction {
@@ -533,6 +537,10 @@ impl VfioFunction {
         let msix = device
             .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
             .map_or(0, |i| i.count);
+        // Best effort: a kernel without the request IRQ still has the all-ones check.
+        let removal = EventFd::new(EFD_NONBLOCK)
+            .ok()
+            .filter(|fd| device.enable_irq(VFIO_PCI_REQ_IRQ_INDEX, vec![fd]).is_ok());
         let f = VfioFunction {
             bar,
             bdf,
@@ -547,6 +555,8 @@ impl VfioFunction {
             device,
             msix,
             msix_fds: Mutex::new(Vec::new()),
+            removal,
+            removal_seen: std::sync::atomic::AtomicBool::new(false),
         };
         f.enable_bus_master()?;
         Ok(f)
@@ -818,6 +828,19 @@ impl PciFunction for VfioFunction {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         Ok(())
+    }
+
+    fn removal_requested(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.removal_seen.load(Ordering::Relaxed) {
+            return true;
+        }
+        // Non-blocking: Ok means the kernel asked for the device back.
+        let asked = self.removal.as_ref().is_some_and(|fd| fd.read().is_ok());
+        if asked {
+            self.removal_seen.store(true, Ordering::Relaxed);
+        }
+        asked
     }
 
     fn reset(&self) -> Result<(), Error> {

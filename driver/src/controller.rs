@@ -596,6 +596,17 @@ impl<D: PciFunction> Controller<D> {
         self.shared.reset(seen)
     }
 
+    /// True once the device is gone (removed, or asked back by the system: then drop every
+    /// handle so the kernel can release it) or a reset failed. Checks the removal request,
+    /// so an idle owner can call it now and then.
+    pub fn is_gone(&self) -> bool {
+        if self.shared.state.load(Ordering::Acquire) == LIVE && self.shared.dev.removal_requested()
+        {
+            self.shared.release_for_removal();
+        }
+        self.shared.state.load(Ordering::Acquire) != LIVE
+    }
+
     /// Controller resets since bring-up.
     pub fn resets(&self) -> u64 {
         self.shared.resets.load(Ordering::Relaxed)
@@ -654,6 +665,21 @@ impl<D: PciFunction> Shared<D> {
             self.admin_timeout,
         )?;
         Ok(epoch)
+    }
+
+    /// The system wants the device back (hot unplug): stop its DMA (CC.EN = 0), declare it
+    /// gone so every request fails fast, and let the owner drop it.
+    pub(crate) fn release_for_removal(&self) {
+        let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let Ok(_admin) = lock_admin(self) else { return };
+        if self.state.load(Ordering::Acquire) != LIVE {
+            return;
+        }
+        // Disabled, the controller drops its queues and touches no memory, so the buffers of
+        // the requests it held can be handed back.
+        let _ = disable(self.dev.bar0(), self.ready_limit);
+        self.state.store(GONE, Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Resets the controller unless someone already did since `seen` (the caller's epoch).

@@ -1134,6 +1134,9 @@ impl<D: PciFunction> IoQueuePair<D> {
             return;
         }
         self.last_scan = now;
+        if self.shared.dev.removal_requested() {
+            self.shared.release_for_removal();
+        }
         let csts = self.shared.dev.bar0().read32(regs::CSTS);
         if csts == u32::MAX {
             let _ =

@@ -40,6 +40,10 @@ pub struct Load {
     pub qp: QueuePairOptions,
     /// Give up (and fail) if a queue pair makes no progress for this long.
     pub stall: Duration,
+    /// The first queue pair calls the fault hook after submitting this many requests.
+    pub fault_after: u64,
+    /// Stop submitting after this long, whatever `ios` says.
+    pub max_time: Duration,
 }
 
 /// Per-thread result: counts and the seed of each block's last successful write.
@@ -56,7 +60,7 @@ fn xorshift(s: &mut u64) -> u64 {
 }
 
 /// Runs the load on namespace 1 (4 KiB blocks expected). `during` is called once from the
-/// first thread after a quarter of its requests were submitted: inject the fault there.
+/// first thread after `fault_after` of its requests were submitted: inject the fault there.
 /// Returns the summed counts and the map of block -> seed of its last successful write.
 pub fn run<D: PciFunction>(
     ctrl: &Controller<D>,
@@ -124,9 +128,13 @@ fn run_one<D: PciFunction>(
     let mut next_tag = 0u64;
     let mut last_progress = Instant::now();
     let mut gave_up = false;
+    let started = Instant::now();
     loop {
+        if started.elapsed() > load.max_time {
+            gave_up = true;
+        }
         while !gave_up && next_tag < load.ios && in_flight.len() < load.qd {
-            if t == 0 && next_tag == load.ios / 4 {
+            if t == 0 && next_tag == load.fault_after {
                 if let Some(f) = during.lock().unwrap().take() {
                     f();
                 }

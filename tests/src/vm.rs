@@ -204,6 +204,17 @@ pub fn expect_trace_err(event: &str) {
     writeln!(f, "{event}").unwrap_or_else(|e| panic!("writing {path}: {e}"));
 }
 
+/// Asks the host harness to hot-unplug the controller with `role` (QMP `device_del`). The
+/// request goes straight to the serial console, past libtest's output capture; the harness
+/// watches the console and answers at once.
+pub fn ask_host_device_del(role: &str) {
+    let mut console = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/console")
+        .expect("/dev/console (only in the VM guest)");
+    writeln!(console, "\nVM-QMP: device_del role={role}").expect("write to the console");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,6 +51,8 @@ fn load(ios: u64) -> Load {
             ..Default::default()
         },
         stall: Duration::from_secs(20),
+        fault_after: ios / 4,
+        max_time: Duration::from_secs(120),
     }
 }
 

@@ -382,6 +382,8 @@ fn vm_default_fault_reset_under_load_recovers_and_verifies() {
             ..Default::default()
         },
         stall: Duration::from_secs(60),
+        fault_after: 400,
+        max_time: Duration::from_secs(120),
     };
     let (counts, written) = load::run(&ctrl, &l, move || c2.reset().expect("controller reset"));
     println!("{counts:?}");
@@ -400,4 +402,51 @@ fn vm_default_fault_reset_under_load_recovers_and_verifies() {
     assert!(counts.success > 2000, "{counts:?}");
     let verified = load::verify(&ctrl, &written);
     assert!(verified > 500, "{verified}");
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_hotplug_fault_device_del_under_load_fails_every_request_cleanly() {
+    use nvme_dio_tests::load::{self, Load};
+    let (c, ctrl) = open("hotplug", ControllerOptions::default());
+    let l = Load {
+        queues: 2,
+        qd: 32,
+        ios: u64::MAX, // until the device goes, or max_time (then the asserts below fail)
+        region_blocks: 2048,
+        qp: QueuePairOptions {
+            entries: 64,
+            ..Default::default()
+        },
+        stall: Duration::from_secs(60),
+        fault_after: 500,
+        max_time: Duration::from_secs(60),
+    };
+    let (counts, _) = load::run(&ctrl, &l, || vm::ask_host_device_del("hotplug"));
+    println!("{counts:?}");
+    assert_eq!(
+        counts.submitted,
+        counts.success + counts.error,
+        "{counts:?}"
+    );
+    assert!(
+        counts.refused >= 1,
+        "submissions stopped with an error once the device went: {counts:?}"
+    );
+    for (e, _) in &counts.errors {
+        assert!(e.contains("device gone"), "unexpected error {e}");
+    }
+    assert!(ctrl.is_gone());
+    // Releasing our handles lets the kernel finish the removal: the device disappears.
+    let sysfs = c.sysfs();
+    drop(ctrl);
+    let start = std::time::Instant::now();
+    while sysfs.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} still present after release",
+            c.bdf
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
