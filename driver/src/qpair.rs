@@ -643,7 +643,7 @@ impl<D: PciFunction> IoQueuePair<D> {
                 bufs,
             }),
             Ok(Plan::One(cmd)) => {
-                let Some(slot) = self.free.pop() else {
+                let Some(slot) = take_slot(&self.sq, &mut self.free) else {
                     return Err(Rejected {
                         error: Box::new(Error::QueueFull {
                             outstanding: self.outstanding(),
@@ -805,11 +805,11 @@ impl<D: PciFunction> IoQueuePair<D> {
                 bufs,
             });
         }
-        match self.free.pop() {
+        match self.take_slot() {
             // Keep order: nothing overtakes a split that is still waiting for slots.
             Some(slot) if self.pending.is_empty() => Ok((slot, bufs)),
-            popped => {
-                if let Some(slot) = popped {
+            taken => {
+                if let Some(slot) = taken {
                     self.free.push(slot);
                 }
                 Err(Rejected {
@@ -839,6 +839,15 @@ impl<D: PciFunction> IoQueuePair<D> {
         // The planner only emits commands that fit the rules and the list pages, so a
         // failure here is a driver bug; it is reported, not panicked on.
         r.map_err(|e| Error::Nonsense(format!("data pointer for a planned command: {e}")))
+    }
+
+    /// A free tracker, if the SQ also has room. With a trustworthy controller a free tracker
+    /// always means a free SQ slot (trackers number `entries - 1`); a controller that
+    /// reports SQ heads it should not can break that, and then this is backpressure, not an
+    /// overwritten slot.
+    #[inline]
+    fn take_slot(&mut self) -> Option<u16> {
+        take_slot(&self.sq, &mut self.free)
     }
 
     /// Puts `sqe` in the SQ under `slot`'s CID and records the tracker.
@@ -875,7 +884,9 @@ impl<D: PciFunction> IoQueuePair<D> {
                     p.next_child = p.children.len();
                     break;
                 }
-                let Some(slot) = self.free.pop() else { return };
+                let Some(slot) = take_slot(&self.sq, &mut self.free) else {
+                    return;
+                };
                 let cmd = p.children[p.next_child];
                 p.next_child += 1;
                 let (opc, fua, nsid) = (p.opc, p.fua, p.nsid);
@@ -1066,12 +1077,18 @@ impl<D: PciFunction> IoQueuePair<D> {
     }
 
     /// Matches one CQE to its tracker. Nothing in a CQE is trusted until its CID names a
-    /// slot in flight with the same generation.
+    /// slot in flight with the same generation; its SQ head only if it is one the device
+    /// could report (between the last head and the last tail rung).
     #[inline]
     fn complete(&mut self, cqe: Cqe) {
         if cqe.sqid != self.qid.0 {
             self.stats.foreign_cqes += 1;
             return;
+        }
+        // Taken from every CQE of this SQ, stale ones included: a head learnt only from
+        // matched CQEs could lag forever after a junk CQE, and the ring would fill.
+        if !self.sq.set_head(cqe.sqhd) {
+            self.stats.bad_sq_heads += 1;
         }
         let slot = (cqe.cid as u32 & ((1 << self.slot_bits) - 1)) as usize;
         let generation = (cqe.cid as u32 >> self.slot_bits) as u16;
@@ -1082,9 +1099,6 @@ impl<D: PciFunction> IoQueuePair<D> {
                 self.stats.stale_cqes += 1;
                 return;
             }
-        }
-        if !self.sq.set_head(cqe.sqhd) {
-            self.stats.bad_sq_heads += 1;
         }
         let t = &mut self.trackers[slot];
         t.busy = false;
@@ -1285,6 +1299,12 @@ impl<D: PciFunction> Drop for IoQueuePair<D> {
             self.cq.leak();
         }
     }
+}
+
+/// See [`IoQueuePair::take_slot`] (a free function so callers can hold other field borrows).
+#[inline]
+fn take_slot(sq: &SqRing, free: &mut Vec<u16>) -> Option<u16> {
+    if sq.is_full() { None } else { free.pop() }
 }
 
 #[inline]

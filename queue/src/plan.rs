@@ -194,6 +194,18 @@ pub enum PlanError {
         /// Its length.
         len: u32,
     },
+    /// A segment's bytes run past the end of the 64-bit address space.
+    #[error(
+        "segment {index} ({len} bytes at {iova:#x}) runs past the end of the address space: it is not a DMA buffer"
+    )]
+    SegmentWraps {
+        /// Index in the caller's slice.
+        index: usize,
+        /// Its start.
+        iova: u64,
+        /// Its length.
+        len: u32,
+    },
     /// The LBA range runs past the namespace.
     #[error(
         "blocks {slba}..{slba}+{blocks} run past the namespace end ({ns_blocks} blocks): check the offset"
@@ -331,6 +343,13 @@ fn check_segment(i: usize, s: &Segment) -> Result<(), PlanError> {
     if s.len & 3 != 0 {
         return Err(PlanError::SegmentLengthNotDwordMultiple {
             index: i,
+            len: s.len,
+        });
+    }
+    if s.iova.0.checked_add(s.len as u64).is_none() {
+        return Err(PlanError::SegmentWraps {
+            index: i,
+            iova: s.iova.0,
             len: s.len,
         });
     }

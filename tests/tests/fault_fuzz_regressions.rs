@@ -46,9 +46,10 @@ fn bring_up() -> (Arc<EmuFunction>, Controller<EmuFunction>) {
 /// every SQ head comes from a trusted CQE. In a release build the entry is written anyway;
 /// on a device that had not fetched the ring, the new tail equals its head and the ring
 /// looks empty, so the queued commands are never executed (timeouts, then a reset).
-/// The fuzz harness skips this panic (fuzz/src/cqe.rs, `KNOWN_SQ_HEAD_BUG`) until fixed.
+/// Fixed: the SQ head is taken from every CQE of the SQ that passes the range check (stale
+/// ones included), and a submit finds no slot while the ring is full (backpressure).
 #[test]
-#[ignore = "bug: a junk CQE with a live CID and a bad SQ head desynchronises the SQ head; the next submit panics on debug_assert!(!is_full) in SqRing::push"]
+
 fn fault_junk_cqe_with_bad_sq_head_does_not_overfill_the_sq() {
     let (dev, ctrl) = bring_up();
     let ns = ctrl.namespace(1).unwrap().clone();
@@ -110,7 +111,7 @@ impl PrpListPages for Pages {
 /// planner's input checks, not a reachable I/O bug. The fuzz harness skips these inputs
 /// (fuzz/src/plan_check.rs, `SKIP_WRAPPING_SEGMENTS`) until the planner refuses them.
 #[test]
-#[ignore = "bug: plan::plan accepts a segment that wraps the 64-bit address space; prp::build_range then overflows"]
+
 fn fault_plan_refuses_a_segment_that_wraps_the_address_space() {
     let limits = Limits {
         lba_size: 512,
