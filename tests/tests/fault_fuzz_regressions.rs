@@ -49,7 +49,6 @@ fn bring_up() -> (Arc<EmuFunction>, Controller<EmuFunction>) {
 /// Fixed: the SQ head is taken from every CQE of the SQ that passes the range check (stale
 /// ones included), and a submit finds no slot while the ring is full (backpressure).
 #[test]
-
 fn fault_junk_cqe_with_bad_sq_head_does_not_overfill_the_sq() {
     let (dev, ctrl) = bring_up();
     let ns = ctrl.namespace(1).unwrap().clone();
@@ -108,10 +107,9 @@ impl PrpListPages for Pages {
 /// `prp::build_range` then overflows computing its last page (`start + len - 1`): a panic
 /// with overflow checks, and in a release build a wrapped end, so garbage PRPs. The driver
 /// cannot produce such a segment (DMA buffers never wrap), so this is a gap in the pure
-/// planner's input checks, not a reachable I/O bug. The fuzz harness skips these inputs
-/// (fuzz/src/plan_check.rs, `SKIP_WRAPPING_SEGMENTS`) until the planner refuses them.
+/// planner's input checks, not a reachable I/O bug. Fixed: the planner refuses such a
+/// segment (`PlanError::SegmentWraps`).
 #[test]
-
 fn fault_plan_refuses_a_segment_that_wraps_the_address_space() {
     let limits = Limits {
         lba_size: 512,
