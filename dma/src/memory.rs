@@ -220,7 +220,10 @@ impl fmt::Debug for DmaMemory {
 /// Where a buffer goes back to.
 enum Origin {
     Heap,
-    Pool { pool: Arc<PoolInner>, index: u32 },
+    Pool {
+        pool: Arc<PoolInner>,
+        index: u32,
+    },
     /// Never freed: the device may still write it (see [`DmaBuf::leak_on_drop`]).
     Leaked,
 }

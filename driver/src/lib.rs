@@ -40,9 +40,9 @@ pub use error::{Error, Stage};
 pub use future::{AsyncQueuePair, InterruptFd, IoFailed, IoFuture};
 pub use namespace::Namespace;
 pub use nvme_dio_dma::{DmaBuf, DmaMemory, DmaPool, MemoryOptions, PageKind, PciFunction};
-pub use nvme_dio_queue::{Lba, Nsid, Status};
 /// The NVMe spec types and command builders (for [`IoQueuePair::submit_raw`]).
 pub use nvme_dio_queue as spec;
+pub use nvme_dio_queue::{Lba, Nsid, Status};
 pub use qpair::{
     Bufs, Completion, CompletionMode, IoQueuePair, QueuePairOptions, QueueStats, Rejected,
 };
