@@ -155,9 +155,7 @@ fn run<D: PciFunction>(ctrl: Controller<D>, args: &Args) -> ExitCode {
             let n = per + u64::from((w as u64) < extra);
             std::thread::spawn(move || {
                 for s in 0..n {
-                    if let Err(e) = h.append(demo_payload(w, s as u32, max)) {
-                        return Err(e);
-                    }
+                    h.append(demo_payload(w, s as u32, max))?;
                     acked.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())
