@@ -42,10 +42,13 @@ TARGET = "x86_64-unknown-linux-gnu"
 VM_TESTS: list[tuple[str, str]] = [
     ("nvme-dio-tests", "vm"),
     ("nvme-dio-tests", "vm_driver"),
+    ("nvme-dio-tests", "vm_cli"),
 ]
 # EXTRA_BINS: other binaries copied to the guest's /bin (a test may run them by name):
 # ("bin", package, name) or ("example", package, name). A missing one fails the build.
-EXTRA_BINS: list[tuple[str, str, str]] = []
+EXTRA_BINS: list[tuple[str, str, str]] = [
+    ("bin", "nvme-dio-cli", "nvme-dio"),
+]
 
 # Kernel modules, in load order (FACTS.md section 1). null_blk is copied in, not loaded.
 MODULES = ["irqbypass", "vfio", "vfio_iommu_type1", "vfio-pci-core", "vfio-pci"]

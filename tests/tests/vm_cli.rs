@@ -1,0 +1,95 @@
+//! The `nvme-dio` command through VFIO in the VM guest (ci/vm-test puts it in /bin): list,
+//! identify, and a verified soak bench with several queue pairs and split-forcing segments.
+//! `#[ignore]`d on the host; the guest runs them with `--include-ignored`.
+
+use std::process::Command;
+
+use nvme_dio_tests::vm;
+
+fn nvme_dio(args: &[&str]) -> String {
+    let out = Command::new("/bin/nvme-dio")
+        .args(args)
+        .output()
+        .expect("/bin/nvme-dio (only in the VM guest)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("$ nvme-dio {}\n{stdout}{stderr}", args.join(" "));
+    assert!(
+        out.status.success(),
+        "nvme-dio {args:?} failed: {stderr}\n{stdout}"
+    );
+    stdout
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_cli_list_shows_every_controller_bound_to_vfio() {
+    let m = vm::matrix().expect("VM guest");
+    let out = nvme_dio(&["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("list --json is JSON");
+    let text = v.to_string();
+    for c in &m {
+        assert!(text.contains(&c.bdf), "{} missing from {text}", c.bdf);
+    }
+    assert!(text.contains("vfio-pci"), "{text}");
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_cli_identify_reports_what_qemu_was_told() {
+    let c = vm::controller("ns512").expect("VM guest");
+    let out = nvme_dio(&["identify", "--device", &c.bdf, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("identify --json is JSON");
+    let text = v.to_string();
+    assert!(text.contains(&c.serial), "{text}");
+    assert!(text.contains("QEMU NVMe Ctrl"), "{text}");
+    for ns in &c.namespaces {
+        assert!(
+            text.contains(&ns.blocks.to_string()),
+            "namespace {} size missing: {text}",
+            ns.nsid
+        );
+    }
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_cli_soak_bench_verify_mixed_random_with_splits_loses_nothing() {
+    let c = vm::controller("default").expect("VM guest");
+    let out = nvme_dio(&[
+        "bench",
+        "--device",
+        &c.bdf,
+        "--verify",
+        "-w",
+        "randrw",
+        "-M",
+        "50",
+        "-o",
+        "12k",
+        "--segments",
+        "3",
+        // QEMU takes SGLs, which would carry the 3 segments as one command: force PRP splits.
+        "--no-sgl",
+        "--queues",
+        "2",
+        "-q",
+        "16",
+        "-t",
+        "5",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("bench --json is JSON");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["verify"]["mismatches"], 0, "{v}");
+    assert!(v["verify"]["checked_blocks"].as_u64().unwrap() > 0, "{v}");
+    let queues = v["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 2);
+    for q in queues {
+        assert_eq!(q["submitted"], q["completed"], "a request was lost: {q}");
+        assert!(
+            q["split_requests"].as_u64().unwrap() > 0,
+            "segments force splits: {q}"
+        );
+    }
+}
