@@ -349,6 +349,48 @@ impl<D: PciFunction> AsyncQueuePair<D> {
     /// A duplicate of the queue pair's interrupt eventfd, for a reactor (see the module
     /// documentation for the loop to run).
     ///
+    /// Here the reactor is a bare epoll loop: a one-future executor that sleeps in epoll
+    /// until the queue pair's interrupt fires. With tokio, register it in an `AsyncFd`.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use std::task::{Context, Poll, Waker};
+    /// # use nvme_dio::{AsyncQueuePair, CompletionMode, Controller, ControllerOptions, Lba,
+    /// #     MemoryOptions, PageKind, QueuePairOptions};
+    /// # use nvme_dio_emu::{EmuConfig, EmuFunction, Mode};
+    /// use vmm_sys_util::poll::PollContext;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dev = Arc::new(EmuFunction::new(EmuConfig { mode: Mode::Thread, ..EmuConfig::default() })?);
+    /// # let opts = ControllerOptions { memory: MemoryOptions { page: PageKind::Huge2M,
+    /// #     region_bytes: 8 << 20, allow_fallback: true }, ..ControllerOptions::default() };
+    /// # let ctrl = Controller::new(dev, opts)?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// let qp = ctrl.create_io_qpair(QueuePairOptions {
+    ///     mode: CompletionMode::Interrupt,
+    ///     ..QueuePairOptions::default()
+    /// })?;
+    /// let aqp = AsyncQueuePair::new(qp);
+    /// let irq = aqp.interrupt_fd()?;
+    /// let epoll = PollContext::<u32>::new()?;
+    /// epoll.add(&irq, 0)?;
+    ///
+    /// let mut read = std::pin::pin!(aqp.read(&ns, Lba(0), ctrl.memory().alloc(4096, 4096)?));
+    /// let mut cx = Context::from_waker(Waker::noop()); // completion is seen by re-polling
+    /// let buf = loop {
+    ///     if let Poll::Ready(r) = read.as_mut().poll(&mut cx) {
+    ///         break r?;
+    ///     }
+    ///     // Sleep until the interrupt (or 100 ms, so deadlines are still checked).
+    ///     epoll.wait_timeout(Duration::from_millis(100))?;
+    ///     let _ = irq.ack();
+    ///     aqp.process();
+    /// };
+    /// assert_eq!(buf.len(), 4096);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::NotSupported`] for a poll-mode queue pair; [`Error::Wait`] if the descriptor
