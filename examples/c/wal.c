@@ -6,6 +6,7 @@
  * durable (acks go out in log order, as a WAL needs), then the log is read back and checked.
  *
  *   wal [--device DEV] [--records N] [--depth Q] [--start-lba L]
+ *       [--interrupt]              interrupt mode: nvd_wait sleeps on the MSI-X vector
  *       [--crash-after N]          abort() right after the Nth acknowledgement
  *       [--recover [--expect N]]   only read back and check; fail if fewer than N records
  *
@@ -165,18 +166,19 @@ static uint64_t verify(struct run *r, uint64_t epoch, uint64_t limit, int depth)
 
 static void usage(void) {
     fprintf(stderr, "usage: wal [--device DEV] [--records N] [--depth Q] [--start-lba L] "
-                    "[--crash-after N] [--recover [--expect N]]\n");
+                    "[--interrupt] [--crash-after N] [--recover [--expect N]]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     const char *device = "emu";
     uint64_t records = 1000, crash_after = 0, expect = 0, start = 0;
-    int depth = 8, recover = 0;
+    int depth = 8, recover = 0, interrupt = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--recover")) { recover = 1; continue; }
+        if (!strcmp(a, "--interrupt")) { interrupt = 1; continue; }
         if (!v) usage();
         if (!strcmp(a, "--device")) device = v;
         else if (!strcmp(a, "--records")) records = strtoull(v, NULL, 0);
@@ -198,7 +200,8 @@ int main(int argc, char **argv) {
     uint64_t room = ns.blocks > start + 1 ? ns.blocks - start - 1 : 0;
     if (records > room) records = room;
     struct run r = {.nsid = ns.nsid, .bs = ns.block_size, .start = start};
-    if ((rc = nvd_qpair_create(ctrl, 0, 0, &r.qp)) != NVD_OK) die("nvd_qpair_create", rc);
+    rc = nvd_qpair_create(ctrl, 0, interrupt ? NVD_QPAIR_INTERRUPT : 0, &r.qp);
+    if (rc != NVD_OK) die("nvd_qpair_create", rc);
     for (int i = 0; i < depth; i++) {
         r.slots[i].run = &r;
         if ((rc = nvd_buf_alloc(ctrl, r.bs, &r.slots[i].buf)) != NVD_OK) die("nvd_buf_alloc", rc);

@@ -199,6 +199,19 @@ fn c_wal_example_writes_reads_back_verifies_and_crashes_on_request() {
     assert!(stdout.contains("ACKED 500\n"), "{stdout}");
     assert!(stdout.contains("VERIFIED 500\n"), "{stdout}");
 
+    // Interrupt mode on the emulator running on its own thread: nvd_wait sleeps on the
+    // queue pair's MSI-X eventfd.
+    let (out, stdout, stderr) = run(
+        &exe,
+        &["--device", "emu:thread", "--interrupt", "--records", "300"],
+    );
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("VERIFIED 300\n"), "{stdout}");
+
     // The simulated crash: abort() right after the 64th acknowledgement, count printed first.
     let (out, stdout, _) = run(&exe, &["--records", "300", "--crash-after", "64"]);
     use std::os::unix::process::ExitStatusExt;
