@@ -39,7 +39,8 @@ enum DurabilityArg {
 #[derive(Debug, Parser)]
 #[command(name = "wal")]
 struct Args {
-    /// `emu` (the emulated controller) or a PCI address bound to vfio-pci.
+    /// `emu` (the emulated controller; `emu:512` for 512-byte blocks) or a PCI address
+    /// bound to vfio-pci.
     #[arg(long, default_value = "emu")]
     device: String,
     /// Namespace.
@@ -78,7 +79,7 @@ struct Args {
     /// With --recover: fail unless every LSN up to this one is intact.
     #[arg(long, default_value_t = 0)]
     expect_lsn: u64,
-    /// Blocks (4 KiB) of the emulated namespace.
+    /// Blocks of the emulated namespace.
     #[arg(long, default_value_t = 64 * 1024)]
     emu_blocks: u64,
 }

@@ -31,17 +31,23 @@ pub enum OpenError {
 }
 
 /// Opens `emu` (a RAM namespace of `emu_blocks` 4 KiB blocks, completing on its own thread
-/// like hardware) or a PCI address such as `0000:00:04.0`.
+/// like hardware), `emu:512` (the same with 512-byte blocks, QEMU's default format), or a
+/// PCI address such as `0000:00:04.0`.
 ///
 /// # Errors
 ///
 /// [`OpenError`] naming what failed (a PCI error says how to bind the device or reserve
 /// hugepages).
 pub fn open(device: &str, emu_blocks: u64) -> Result<AnyController, OpenError> {
-    if device == "emu" {
+    let lba = match device {
+        "emu" => Some(4096),
+        "emu:512" => Some(512),
+        _ => None,
+    };
+    if let Some(lba) = lba {
         let dev = EmuFunction::new(EmuConfig {
             mode: Mode::Thread,
-            namespaces: vec![NsConfig::ram(emu_blocks, 4096)],
+            namespaces: vec![NsConfig::ram(emu_blocks, lba)],
             ..EmuConfig::default()
         })?;
         let opts = ControllerOptions {

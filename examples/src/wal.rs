@@ -820,10 +820,14 @@ mod tests {
     use nvme_dio_emu::{EmuConfig, EmuFunction, Mode, NsConfig};
 
     fn controller(mode: Mode) -> Controller<EmuFunction> {
+        controller_with(mode, 8192, 4096)
+    }
+
+    fn controller_with(mode: Mode, blocks: u64, lba: u32) -> Controller<EmuFunction> {
         let dev = Arc::new(
             EmuFunction::new(EmuConfig {
                 mode,
-                namespaces: vec![NsConfig::ram(8192, 4096)],
+                namespaces: vec![NsConfig::ram(blocks, lba)],
                 ..EmuConfig::default()
             })
             .unwrap(),
@@ -972,6 +976,26 @@ mod tests {
         // No header: no log.
         dev.write_blocks(1, 0, &[0u8; 4096]).unwrap();
         assert_eq!(recover(&ctrl, &cfg).unwrap().epoch, None);
+    }
+
+    #[test]
+    fn small_blocks_like_qemu_defaults() {
+        // QEMU's NVMe namespaces default to 512-byte blocks: records span blocks there.
+        let ctrl = controller_with(Mode::Thread, 1 << 16, 512);
+        let cfg = WalConfig {
+            start_lba: 100,
+            log_blocks: 30_000,
+            max_batch_bytes: 16 << 10,
+            ..WalConfig::default()
+        };
+        let wal = Wal::start(ctrl.clone(), cfg.clone()).unwrap();
+        let lsns = write_load(&wal, 4, 150, 3000);
+        let stats = wal.shutdown().unwrap();
+        assert_eq!(lsns.len(), 600);
+        let found = recover(&ctrl, &cfg).unwrap();
+        assert_eq!(found.last_lsn(), 600);
+        check(&found, 3000);
+        assert_eq!(found.end_block, stats.blocks);
     }
 
     #[test]
