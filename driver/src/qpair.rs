@@ -177,6 +177,9 @@ pub struct QueueStats {
 
 const NO_PARENT: u32 = u32::MAX;
 
+/// Polls between two looks at the deadlines (and the clock).
+const SCAN_EVERY_POLLS: u32 = 1024;
+
 /// One SQ slot's bookkeeping (SPDK's tracker): it owns the request's buffers and its PRP
 /// list page until the completion is delivered.
 #[derive(Debug)]
@@ -980,10 +983,11 @@ impl<D: PciFunction> IoQueuePair<D> {
             self.submit_pending();
             self.ring();
         }
-        // Deadlines are checked when the queue is idle, and every so many polls when it is
-        // busy, so one stuck command is noticed even while others complete.
+        // Deadlines are looked at every so many polls, busy or idle: reading the clock on
+        // every empty poll would cost more than the poll (and much more in a VM whose clock
+        // source traps), while a stuck command still shows within the scan period.
         self.polls_since_scan += 1;
-        if self.outstanding() > 0 && (self.ready.is_empty() || self.polls_since_scan >= 256) {
+        if self.polls_since_scan >= SCAN_EVERY_POLLS && self.outstanding() > 0 {
             self.polls_since_scan = 0;
             self.check_deadlines();
         }
@@ -1043,13 +1047,22 @@ impl<D: PciFunction> IoQueuePair<D> {
                         }
                         return Ok(n);
                     }
+                    // Sleeping polls are few: look at the deadlines after every slice.
+                    self.check_deadlines();
+                    if !self.ready.is_empty() {
+                        return Ok(self.ready.len());
+                    }
                 }
                 None => {
-                    let n = self.poll();
-                    if n > 0 {
-                        return Ok(n);
+                    // Spin without reading the clock each time round (poll() looks at the
+                    // deadlines itself).
+                    for _ in 0..SCAN_EVERY_POLLS {
+                        let n = self.poll();
+                        if n > 0 || self.outstanding() == 0 {
+                            return Ok(n);
+                        }
+                        std::hint::spin_loop();
                     }
-                    std::hint::spin_loop();
                 }
             }
             if left.is_zero() || self.outstanding() == 0 {
