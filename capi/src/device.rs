@@ -87,6 +87,12 @@ impl PciFunction for AnyFunction {
             AnyFunction::Vfio(f) => f.disable_msix(),
         }
     }
+    fn removal_requested(&self) -> bool {
+        match self {
+            AnyFunction::Emu(f) => f.removal_requested(),
+            AnyFunction::Vfio(f) => f.removal_requested(),
+        }
+    }
     fn reset(&self) -> Result<(), nvme_dio_dma::Error> {
         match self {
             AnyFunction::Emu(f) => f.reset(),
