@@ -323,3 +323,24 @@ fn sequential_workloads_warmup_and_batch_are_honoured() {
     assert_eq!(v["verify"]["mismatches"], 0);
     assert_eq!(v["settings"]["lba_size"], 512);
 }
+
+/// The soak (issue 7): mixed random reads and writes, several queue pairs, split-forcing
+/// segments, every read verified, for a bounded time: no mismatch, no error, no request lost.
+#[test]
+fn fault_soak_bench_verify_several_queues_with_splits_loses_nothing() {
+    let v = bench_json(&[
+        "--device", "emu:ram", "--verify", "-w", "randrw", "-M", "50", "--queues", "2", "-q", "16",
+        "--segments", "3", "-o", "12k", "-t", "2",
+    ]);
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["verify"]["mismatches"], 0, "{v}");
+    assert!(v["verify"]["checked_blocks"].as_u64().unwrap() > 1000, "{v}");
+    let queues = v["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 2);
+    for q in queues {
+        assert_eq!(q["submitted"], q["completed"], "a request was lost: {q}");
+        assert!(q["split_requests"].as_u64().unwrap() > 0, "{q}");
+        assert_eq!(q["timeouts"], 0, "{q}");
+    }
+    println!("soak: {} I/Os, {} blocks verified", v["ios"], v["verify"]["checked_blocks"]);
+}
