@@ -25,6 +25,58 @@
 //! doorbell, CQ slot, phase) -> `qpair.rs` (tracker, completion). Bring-up lives in
 //! `controller.rs`, the admin queue in `admin.rs`.
 
+//!
+//! ## Quick start: bring-up, one write, one read
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use nvme_dio::{Controller, ControllerOptions, Lba, MemoryOptions, PageKind, QueuePairOptions};
+//! use nvme_dio_emu::{EmuConfig, EmuFunction};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Real hardware: Arc::new(nvme_dio_dma::VfioFunction::open("0000:01:00.0")?)
+//! let dev = Arc::new(EmuFunction::new(EmuConfig::default())?);
+//! let opts = ControllerOptions {
+//!     // No hugepages reserved? Allow ordinary pages (fine for the emulator).
+//!     memory: MemoryOptions { page: PageKind::Huge2M, region_bytes: 8 << 20, allow_fallback: true },
+//!     ..ControllerOptions::default()
+//! };
+//! let ctrl = Controller::new(dev, opts)?; // Clone + Sync: share it across threads
+//! let ns = ctrl.namespace(1)?.clone();
+//! let mut qp = ctrl.create_io_qpair(QueuePairOptions::default())?; // one per thread
+//!
+//! let buf = ctrl.memory().alloc(4096, 4096)?;
+//! buf.copy_from_slice(0, b"hello, nvme")?;
+//! qp.write_fua(&ns, Lba(0), buf, 1).map_err(|r| r.error)?; // queued; no doorbell yet
+//! let c = loop {
+//!     qp.wait(Duration::from_secs(1))?; // rings the doorbell, then reaps
+//!     if let Some(c) = qp.next_completion() {
+//!         break c;
+//!     }
+//! };
+//! c.result?; // durable: it was a FUA write
+//! let buf = c.bufs.into_one().expect("the buffer comes back");
+//! buf.fill(0);
+//! qp.read(&ns, Lba(0), buf, 2).map_err(|r| r.error)?;
+//! let c = loop {
+//!     qp.wait(Duration::from_secs(1))?;
+//!     if let Some(c) = qp.next_completion() {
+//!         break c;
+//!     }
+//! };
+//! c.result?;
+//! let mut got = [0u8; 11];
+//! c.bufs.into_one().expect("buffer").copy_to_slice(0, &mut got)?;
+//! assert_eq!(&got, b"hello, nvme");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//!
+//! More in `examples/` (a write-ahead log with group commit) and in the README's
+//! "Embedding" section (async Rust, C).
+
 #![forbid(unsafe_code)]
 
 mod admin;
