@@ -43,11 +43,18 @@ VM_TESTS: list[tuple[str, str]] = [
     ("nvme-dio-tests", "vm"),
     ("nvme-dio-tests", "vm_driver"),
     ("nvme-dio-tests", "vm_cli"),
+    ("nvme-dio-tests", "vm_examples"),
 ]
 # EXTRA_BINS: other binaries copied to the guest's /bin (a test may run them by name):
 # ("bin", package, name) or ("example", package, name). A missing one fails the build.
 EXTRA_BINS: list[tuple[str, str, str]] = [
     ("bin", "nvme-dio-cli", "nvme-dio"),
+    ("example", "nvme-dio-examples", "wal"),
+]
+# C programs linked statically against the C ABI (capi/), put in /bin as NAME:
+# (name, source).
+C_PROGRAMS: list[tuple[str, str]] = [
+    ("wal_c", "examples/c/wal.c"),
 ]
 
 # Kernel modules, in load order (FACTS.md section 1). null_blk is copied in, not loaded.
@@ -319,14 +326,39 @@ def build_bins(bins: list[tuple[str, str, str]], release: bool = False
                ) -> list[tuple[str, Path]] | None:
     if not bins:
         return []
-    args = ["build", *(["--release"] if release else [])]
+    out = []
     for kind, pkg, name in bins:
-        args += ["-p", pkg, f"--{kind}", name]
-    log("building guest binaries: cargo " + " ".join(args))
-    built = dict(cargo_build(args))
-    if any(name not in built for _, _, name in bins):
+        # One build per binary: a --bin/--example filter applies to every -p of a command.
+        args = ["build", *(["--release"] if release else []), "-p", pkg, f"--{kind}", name]
+        log("building guest binary: cargo " + " ".join(args))
+        built = dict(cargo_build(args))
+        if name not in built:
+            return None
+        out.append((name, Path(built[name])))
+    return out
+
+
+def build_c_programs(work: Path) -> list[tuple[str, Path]] | None:
+    """Builds the C ABI's static library for the guest and links each C program to it."""
+    if not C_PROGRAMS:
+        return []
+    log("building guest C programs: cargo build -p nvme-dio-capi --lib, then cc -static")
+    env = dict(os.environ, RUSTFLAGS="-C target-feature=+crt-static", CARGO_TERM_COLOR="never")
+    p = subprocess.run(["cargo", "build", "-p", "nvme-dio-capi", "--lib", "--target", TARGET],
+                       cwd=ROOT, env=env)
+    lib = ROOT / "target" / TARGET / "debug" / "libnvme_dio_capi.a"
+    if p.returncode != 0 or not lib.is_file():
         return None
-    return [(name, Path(built[name])) for _, _, name in bins]
+    out = []
+    for name, src in C_PROGRAMS:
+        exe = work / name
+        cmd = ["cc", "-static", "-O2", "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-o", str(exe),
+               str(ROOT / src), f"-I{ROOT / 'capi' / 'include'}", str(lib),
+               "-lpthread", "-ldl", "-lm"]
+        if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+            return None
+        out.append((name, exe))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,6 +593,11 @@ def mode_test(args) -> int:
     bins = build_bins(EXTRA_BINS)
     if bins is None:
         die("an EXTRA_BINS binary did not build")
+    OUT.mkdir(parents=True, exist_ok=True)
+    cbins = build_c_programs(OUT)
+    if cbins is None:
+        die("a C program (C_PROGRAMS) did not build")
+    bins += cbins
     filt = " ".join(shq(a) for a in args.filter)
     script = "".join(
         f"run_test {name} {filt}\n" for name, _ in tests
