@@ -450,3 +450,107 @@ fn vm_hotplug_fault_device_del_under_load_fails_every_request_cleanly() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The async face through VFIO: 32 futures created at once (one doorbell), on tokio, in poll
+/// mode and in interrupt mode with the MSI-X eventfd registered in tokio's reactor.
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_default_async_tokio_poll_and_interrupt_mode() {
+    use nvme_dio::AsyncQueuePair;
+    use nvme_dio_tests::io::pattern;
+    let (_, ctrl) = open("default", ControllerOptions::default());
+    let ns = ctrl.namespace(1).unwrap().clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (mode, base) in [
+        (CompletionMode::Poll, 11000u64),
+        (CompletionMode::Interrupt, 11100),
+    ] {
+        let qp = ctrl
+            .create_io_qpair(QueuePairOptions {
+                mode,
+                ..Default::default()
+            })
+            .unwrap();
+        let aqp = AsyncQueuePair::new(qp);
+        let local = tokio::task::LocalSet::new();
+        // What the reactor read off the MSI-X eventfd, counted by the reactor task and by a
+        // last look once the I/O is done (the futures reap for themselves when they are
+        // polled, so on a fast path the reactor may never have had to run).
+        let acked = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        local.block_on(&rt, async {
+            #[allow(deprecated)] // AsyncFd::new: the InterruptFd owns its fd
+            let irq = (mode == CompletionMode::Interrupt).then(|| {
+                std::rc::Rc::new(
+                    tokio::io::unix::AsyncFd::new(aqp.interrupt_fd().unwrap()).unwrap(),
+                )
+            });
+            let reactor = irq.clone().map(|irq| {
+                let (acked, aqp) = (acked.clone(), aqp.clone());
+                tokio::task::spawn_local(async move {
+                    loop {
+                        if let Ok(guard) =
+                            tokio::time::timeout(Duration::from_millis(100), irq.readable()).await
+                        {
+                            guard.expect("readable").clear_ready();
+                            if let Ok(n) = irq.get_ref().ack() {
+                                acked.set(acked.get() + n);
+                            }
+                        }
+                        aqp.process();
+                    }
+                })
+            });
+            let writes: Vec<_> = (0..32u64)
+                .map(|i| {
+                    let b = ctrl.memory().alloc(4096, 4096).unwrap();
+                    b.copy_from_slice(0, &pattern(4096, base + i, 77, 4096))
+                        .unwrap();
+                    aqp.write(&ns, Lba(base + i), b)
+                })
+                .collect();
+            for w in writes {
+                w.await.expect("write");
+            }
+            let reads: Vec<_> = (0..32u64)
+                .map(|i| aqp.read(&ns, Lba(base + i), ctrl.memory().alloc(4096, 4096).unwrap()))
+                .collect();
+            for (i, r) in reads.into_iter().enumerate() {
+                let b = r.await.expect("read");
+                let mut got = vec![0u8; 4096];
+                b.copy_to_slice(0, &mut got).unwrap();
+                assert_eq!(
+                    got,
+                    pattern(4096, base + i as u64, 77, 4096),
+                    "{mode:?} block {i}"
+                );
+            }
+            if let Some(r) = reactor {
+                r.abort();
+            }
+            if let Some(irq) = irq
+                && acked.get() == 0
+                && let Ok(guard) =
+                    tokio::time::timeout(Duration::from_secs(1), irq.readable()).await
+            {
+                guard.expect("readable").clear_ready();
+                acked.set(irq.get_ref().ack().unwrap_or(0));
+            }
+        });
+        let s = aqp.stats();
+        println!("{mode:?}: {s:?}");
+        assert_eq!(s.completed, 64);
+        assert!(
+            s.sq_doorbells < 64,
+            "futures created together share doorbells: {s:?}"
+        );
+        if mode == CompletionMode::Interrupt {
+            assert!(
+                acked.get() > 0,
+                "the queue's MSI-X eventfd never became readable in tokio: {s:?}"
+            );
+        }
+    }
+}
