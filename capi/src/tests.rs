@@ -257,7 +257,7 @@ fn null_and_invalid_arguments_are_error_codes() {
                 Some(record),
                 ctx
             ),
-            NVD_ERR_INVALID
+            NVD_ERR_RANGE
         );
         assert!(last_error().contains("past"), "{}", last_error());
         // A refused request hands its buffer back: usable at once.

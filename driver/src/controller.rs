@@ -491,13 +491,14 @@ impl<D: PciFunction> Controller<D> {
     /// # Errors
     ///
     /// [`Error::NoSuchNamespace`] if it is not active on this controller.
-    pub fn namespace(&self, nsid: u32) -> Result<&Namespace, Error> {
+    pub fn namespace(&self, nsid: impl Into<Nsid>) -> Result<&Namespace, Error> {
+        let nsid = nsid.into();
         self.shared
             .namespaces
             .iter()
-            .find(|n| n.id().0 == nsid)
+            .find(|n| n.id() == nsid)
             .ok_or_else(|| Error::NoSuchNamespace {
-                nsid: Nsid(nsid),
+                nsid,
                 active: self.shared.namespaces.iter().map(|n| n.id().0).collect(),
             })
     }

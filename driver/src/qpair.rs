@@ -642,7 +642,7 @@ impl<D: PciFunction> IoQueuePair<D> {
         let planned = plan::plan(segs, lba, ns.limits());
         match planned {
             Err(e) => Err(Rejected {
-                error: Box::new(e.into()),
+                error: Box::new(plan_error(ns, e)),
                 bufs,
             }),
             Ok(Plan::One(cmd)) => {
@@ -1071,6 +1071,26 @@ impl<D: PciFunction> IoQueuePair<D> {
         }
     }
 
+    /// Waits up to `timeout` for every request in flight to complete and returns all the
+    /// completions not taken yet: call it before dropping a queue pair that still has I/O
+    /// in flight (dropping abandons it). Requests still in flight at the deadline stay so.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Wait`] if waiting on the eventfd fails.
+    pub fn drain(&mut self, timeout: Duration) -> Result<Vec<Completion>, Error> {
+        let deadline = Instant::now() + timeout;
+        while self.outstanding() > 0 || !self.pending.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.wait(left.min(Duration::from_millis(100)))?;
+        }
+        self.poll();
+        Ok(self.ready.drain(..).collect())
+    }
+
     /// Reaps new CQEs into the ready list, then writes the CQ head doorbell once.
     #[inline]
     fn reap(&mut self) -> usize {
@@ -1327,6 +1347,24 @@ fn rw_sqe(opc: u8, nsid: u32, cmd: &Command, fua: bool, dptr: Dptr) -> Sqe {
         Read::new(nsid, cmd.slba, cmd.nlb).fua(fua).build(dptr)
     } else {
         Write::new(nsid, cmd.slba, cmd.nlb).fua(fua).build(dptr)
+    }
+}
+
+/// A planner refusal as the driver's error: a range past the end reads the same whichever
+/// call found it.
+fn plan_error(ns: &Namespace, e: plan::PlanError) -> Error {
+    match e {
+        plan::PlanError::OutOfRange {
+            slba,
+            blocks,
+            ns_blocks,
+        } => Error::OutOfRange {
+            nsid: ns.id(),
+            slba: Lba(slba),
+            blocks,
+            ns_blocks,
+        },
+        e => Error::Invalid(e),
     }
 }
 

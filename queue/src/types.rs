@@ -32,6 +32,12 @@ impl Nsid {
     pub const ALL: Nsid = Nsid(0xffff_ffff);
 }
 
+impl From<u32> for Nsid {
+    fn from(n: u32) -> Nsid {
+        Nsid(n)
+    }
+}
+
 impl fmt::Display for Nsid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

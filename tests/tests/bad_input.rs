@@ -131,7 +131,7 @@ fn submit_cases() -> Vec<Case> {
         }),
         (
             "a read starting at the namespace end",
-            "run past the namespace end (1024 blocks)",
+            "blocks 1024..1024+1 run past the end of namespace 1 (1024 blocks)",
             |f| {
                 let b = buf(f, 0, 4096);
                 f.qp.read(&f.ns4k, Lba(1024), b, 1)
@@ -140,7 +140,7 @@ fn submit_cases() -> Vec<Case> {
         ),
         (
             "a read crossing the namespace end",
-            "run past the namespace end",
+            "blocks 1023..1023+2 run past the end of namespace 1",
             |f| {
                 let b = buf(f, 0, 8192);
                 f.qp.read(&f.ns4k, Lba(1023), b, 1)
@@ -149,7 +149,7 @@ fn submit_cases() -> Vec<Case> {
         ),
         (
             "a write at LBA u64::MAX",
-            "run past the namespace end",
+            "run past the end of namespace 1",
             |f| {
                 let b = buf(f, 0, 4096);
                 f.qp.write(&f.ns4k, Lba(u64::MAX), b, 1)

@@ -133,7 +133,9 @@ fn vm_default_lba_out_of_range_is_the_devices_clear_error() {
         )
         .unwrap_err();
     assert!(
-        r.error.to_string().contains("run past the namespace end"),
+        r.error
+            .to_string()
+            .contains("run past the end of namespace 1"),
         "{}",
         r.error
     );
