@@ -477,3 +477,29 @@ fn raw_commands_let_the_device_judge_the_request() {
     wait_one(&mut qp, Duration::from_secs(5)).result.unwrap();
     assert_no_ub(&dev);
 }
+
+#[test]
+fn drain_hands_back_every_request_in_flight() {
+    let cfg = EmuConfig {
+        mode: Mode::Thread,
+        namespaces: vec![NsConfig::ram(1024, 4096)],
+        ..EmuConfig::default()
+    };
+    let (dev, ctrl) = bring_up(cfg, options());
+    let ns = ctrl.namespace(1).unwrap().clone();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    for i in 0..20 {
+        qp.read(&ns, Lba(i), ctrl.memory().alloc(4096, 4096).unwrap(), i)
+            .unwrap();
+    }
+    let mut got: Vec<u64> = qp
+        .drain(Duration::from_secs(10))
+        .unwrap()
+        .into_iter()
+        .map(|c| c.tag)
+        .collect();
+    got.sort();
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+    assert_eq!(qp.outstanding(), 0);
+    assert_no_ub(&dev);
+}
