@@ -87,6 +87,15 @@ pub enum Bufs {
     Many(Vec<DmaBuf>),
 }
 
+impl Rejected {
+    fn new(error: Error, bufs: Bufs) -> Rejected {
+        Rejected {
+            error: Box::new(error),
+            bufs,
+        }
+    }
+}
+
 impl Bufs {
     /// Marks every buffer to be leaked when dropped (the device may still write it).
     fn leak_on_drop(&mut self) {
@@ -517,12 +526,7 @@ impl<D: PciFunction> IoQueuePair<D> {
         blocks: u32,
         tag: u64,
     ) -> Result<(), Rejected> {
-        let reject = |error: Error| {
-            Err(Rejected {
-                error: Box::new(error),
-                bufs: Bufs::None,
-            })
-        };
+        let reject = |error: Error| Err(Rejected::new(error, Bufs::None));
         if !ns.supports_write_zeroes() {
             return reject(Error::NotSupported("Write Zeroes"));
         }
@@ -545,12 +549,7 @@ impl<D: PciFunction> IoQueuePair<D> {
         ranges: &[(Lba, u32)],
         tag: u64,
     ) -> Result<(), Rejected> {
-        let reject = |error: Error| {
-            Err(Rejected {
-                error: Box::new(error),
-                bufs: Bufs::None,
-            })
-        };
+        let reject = |error: Error| Err(Rejected::new(error, Bufs::None));
         if !ns.supports_deallocate() {
             return reject(Error::NotSupported("Dataset Management (deallocate)"));
         }
@@ -600,25 +599,19 @@ impl<D: PciFunction> IoQueuePair<D> {
         fua: bool,
     ) -> Result<(), Rejected> {
         if let Err(e) = self.sync() {
-            return Err(Rejected {
-                error: Box::new(e),
-                bufs,
-            });
+            return Err(Rejected::new(e, bufs));
         }
         if !self.pending.is_empty() {
             // Keep order: nothing overtakes a split that is still waiting for slots.
-            return Err(Rejected {
-                error: Box::new(Error::QueueFull {
+            return Err(Rejected::new(
+                Error::QueueFull {
                     outstanding: self.outstanding(),
-                }),
+                },
                 bufs,
-            });
+            ));
         }
         if let Err(e) = self.check_buffers(&bufs) {
-            return Err(Rejected {
-                error: Box::new(e),
-                bufs,
-            });
+            return Err(Rejected::new(e, bufs));
         }
         let one;
         let segs: &[Segment] = match &bufs {
@@ -641,27 +634,21 @@ impl<D: PciFunction> IoQueuePair<D> {
         };
         let planned = plan::plan(segs, lba, ns.limits());
         match planned {
-            Err(e) => Err(Rejected {
-                error: Box::new(plan_error(ns, e)),
-                bufs,
-            }),
+            Err(e) => Err(Rejected::new(plan_error(ns, e), bufs)),
             Ok(Plan::One(cmd)) => {
                 let Some(slot) = take_slot(&self.sq, &mut self.free) else {
-                    return Err(Rejected {
-                        error: Box::new(Error::QueueFull {
+                    return Err(Rejected::new(
+                        Error::QueueFull {
                             outstanding: self.outstanding(),
-                        }),
+                        },
                         bufs,
-                    });
+                    ));
                 };
                 let dptr = match self.build_dptr(slot, segs, &cmd) {
                     Ok(d) => d,
                     Err(e) => {
                         self.free.push(slot);
-                        return Err(Rejected {
-                            error: Box::new(e),
-                            bufs,
-                        });
+                        return Err(Rejected::new(e, bufs));
                     }
                 };
                 let sqe = rw_sqe(opc, ns.id().0, &cmd, fua, dptr);
@@ -671,12 +658,12 @@ impl<D: PciFunction> IoQueuePair<D> {
             }
             Ok(Plan::Split(children)) => {
                 if self.free.is_empty() {
-                    return Err(Rejected {
-                        error: Box::new(Error::QueueFull {
+                    return Err(Rejected::new(
+                        Error::QueueFull {
                             outstanding: self.outstanding(),
-                        }),
+                        },
                         bufs,
-                    });
+                    ));
                 }
                 let segs = segs.to_vec();
                 self.stats.submitted += 1;
@@ -751,10 +738,7 @@ impl<D: PciFunction> IoQueuePair<D> {
     ) -> Result<(), Rejected> {
         let bufs = buf.map_or(Bufs::None, Bufs::One);
         if let Err(e) = self.check_buffers(&bufs) {
-            return Err(Rejected {
-                error: Box::new(e),
-                bufs,
-            });
+            return Err(Rejected::new(e, bufs));
         }
         let (slot, bufs) = self.claim_slot(bufs)?;
         if let Bufs::One(b) = &bufs {
@@ -779,10 +763,7 @@ impl<D: PciFunction> IoQueuePair<D> {
                         Err(e) => e.to_string(),
                         Ok(_) => "PRP building returned no PRPs".to_string(),
                     };
-                    return Err(Rejected {
-                        error: Box::new(Error::BadRequest(why)),
-                        bufs,
-                    });
+                    return Err(Rejected::new(Error::BadRequest(why), bufs));
                 }
             }
         }
@@ -803,10 +784,7 @@ impl<D: PciFunction> IoQueuePair<D> {
     /// buffers) when the queue pair is full or its controller is lost.
     fn claim_slot(&mut self, bufs: Bufs) -> Result<(u16, Bufs), Rejected> {
         if let Err(e) = self.sync() {
-            return Err(Rejected {
-                error: Box::new(e),
-                bufs,
-            });
+            return Err(Rejected::new(e, bufs));
         }
         match self.take_slot() {
             // Keep order: nothing overtakes a split that is still waiting for slots.
@@ -815,12 +793,12 @@ impl<D: PciFunction> IoQueuePair<D> {
                 if let Some(slot) = taken {
                     self.free.push(slot);
                 }
-                Err(Rejected {
-                    error: Box::new(Error::QueueFull {
+                Err(Rejected::new(
+                    Error::QueueFull {
                         outstanding: self.outstanding(),
-                    }),
+                    },
                     bufs,
-                })
+                ))
             }
         }
     }
