@@ -400,6 +400,14 @@ impl<D: PciFunction> Controller<D> {
             if ns.nsze() == 0 {
                 continue; // allocated but inactive
             }
+            if ns.flbas_index() >= ns.nlbaf() {
+                return Err(Error::Nonsense(format!(
+                    "namespace {nsid} uses LBA format {} of the {} it lists",
+                    ns.flbas_index(),
+                    ns.nlbaf()
+                ))
+                .at(Stage::IdentifyNamespaces));
+            }
             let fmt = ns.current_lba_format();
             if !(512..=65536).contains(&fmt.data_size) || !fmt.data_size.is_power_of_two() {
                 return Err(Error::Nonsense(format!(
