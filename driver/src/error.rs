@@ -23,8 +23,6 @@ pub enum Stage {
     SetNumberOfQueues,
     /// Enabling MSI-X vectors for interrupt-driven queue pairs.
     Interrupts,
-    /// Doorbell Buffer Config (shadow doorbells).
-    ShadowDoorbells,
 }
 
 impl std::fmt::Display for Stage {
@@ -38,7 +36,6 @@ impl std::fmt::Display for Stage {
             Stage::IdentifyNamespaces => "identifying namespaces",
             Stage::SetNumberOfQueues => "Set Features (Number of Queues)",
             Stage::Interrupts => "enabling MSI-X",
-            Stage::ShadowDoorbells => "Doorbell Buffer Config",
         })
     }
 }

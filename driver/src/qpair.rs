@@ -613,6 +613,19 @@ impl<D: PciFunction> IoQueuePair<D> {
         if let Err(e) = self.check_buffers(&bufs) {
             return Err(Rejected::new(e, bufs));
         }
+        if ns.metadata_size() != 0 {
+            // The format carries separate metadata, which would need a metadata pointer per
+            // command; without one the controller would DMA it to IOVA 0.
+            return Err(Rejected::new(
+                Error::BadRequest(format!(
+                    "namespace {} is formatted with {} bytes of metadata per block, which \
+                     nvme-dio does not transfer: use a format without metadata",
+                    ns.id(),
+                    ns.metadata_size()
+                )),
+                bufs,
+            ));
+        }
         let one;
         let segs: &[Segment] = match &bufs {
             Bufs::One(b) => {

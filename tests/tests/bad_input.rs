@@ -395,3 +395,27 @@ fn bad_input_at_setup_is_refused_with_a_clear_error() {
         );
     }
 }
+
+#[test]
+fn bad_input_io_on_a_namespace_with_metadata_is_refused() {
+    let cfg = EmuConfig {
+        namespaces: vec![NsConfig {
+            metadata_size: 8,
+            ..NsConfig::ram(1024, 512)
+        }],
+        ..EmuConfig::default()
+    };
+    let ctrl = Controller::new(Arc::new(EmuFunction::new(cfg).unwrap()), default_opts()).unwrap();
+    let ns = ctrl.namespace(1).unwrap().clone();
+    assert_eq!(ns.metadata_size(), 8);
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    let r = qp
+        .read(&ns, Lba(0), ctrl.memory().alloc(512, 4096).unwrap(), 1)
+        .unwrap_err();
+    assert_eq!(
+        r.error.to_string(),
+        "invalid request: namespace 1 is formatted with 8 bytes of metadata per block, which \
+         nvme-dio does not transfer: use a format without metadata"
+    );
+    assert_eq!(qp.stats().commands, 0);
+}
