@@ -556,3 +556,24 @@ fn vm_default_async_tokio_poll_and_interrupt_mode() {
         }
     }
 }
+
+/// Bad input that needs real devices: a device bound to another driver, a device already
+/// open. Each gets the error that says what to do.
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_bad_input_other_driver_and_busy_device() {
+    // q35's SATA controller is bound to ahci in the guest.
+    let e = VfioFunction::open("0000:00:1f.2").unwrap_err().to_string();
+    println!("{e}");
+    assert!(
+        e.contains("vfio-pci") && e.contains("nvme-dio setup"),
+        "{e}"
+    );
+    let c = vm::controller("default").expect(GUEST);
+    let first = VfioFunction::open(&c.bdf).unwrap();
+    let e = VfioFunction::open(&c.bdf).unwrap_err().to_string();
+    println!("{e}");
+    assert!(e.contains("busy"), "{e}");
+    drop(first);
+    VfioFunction::open(&c.bdf).expect("free again once the first handle is dropped");
+}
