@@ -329,12 +329,30 @@ fn sequential_workloads_warmup_and_batch_are_honoured() {
 #[test]
 fn fault_soak_bench_verify_several_queues_with_splits_loses_nothing() {
     let v = bench_json(&[
-        "--device", "emu:ram", "--verify", "-w", "randrw", "-M", "50", "--queues", "2", "-q", "16",
-        "--segments", "3", "-o", "12k", "-t", "2",
+        "--device",
+        "emu:ram",
+        "--verify",
+        "-w",
+        "randrw",
+        "-M",
+        "50",
+        "--queues",
+        "2",
+        "-q",
+        "16",
+        "--segments",
+        "3",
+        "-o",
+        "12k",
+        "-t",
+        "2",
     ]);
     assert_eq!(v["errors"], 0, "{v}");
     assert_eq!(v["verify"]["mismatches"], 0, "{v}");
-    assert!(v["verify"]["checked_blocks"].as_u64().unwrap() > 1000, "{v}");
+    assert!(
+        v["verify"]["checked_blocks"].as_u64().unwrap() > 1000,
+        "{v}"
+    );
     let queues = v["queues"].as_array().unwrap();
     assert_eq!(queues.len(), 2);
     for q in queues {
@@ -342,5 +360,8 @@ fn fault_soak_bench_verify_several_queues_with_splits_loses_nothing() {
         assert!(q["split_requests"].as_u64().unwrap() > 0, "{q}");
         assert_eq!(q["timeouts"], 0, "{q}");
     }
-    println!("soak: {} I/Os, {} blocks verified", v["ios"], v["verify"]["checked_blocks"]);
+    println!(
+        "soak: {} I/Os, {} blocks verified",
+        v["ios"], v["verify"]["checked_blocks"]
+    );
 }
