@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use nvme_dio::{ControllerOptions, MemoryOptions, PageKind, PciFunction};
+use nvme_dio::{ControllerOptions, MemoryOptions, PciFunction};
 use nvme_dio_dma::{Bar0, DmaMapper, VfioFunction};
 use nvme_dio_emu::{EmuConfig, EmuFunction, Mode, NsConfig};
 use vmm_sys_util::eventfd::EventFd;
@@ -168,11 +168,7 @@ pub fn open(target: &Target) -> Result<(Arc<AnyFunction>, ControllerOptions), St
             let f = EmuFunction::new(cfg).map_err(|e| e.to_string())?;
             // The emulator needs no IOMMU pinning: ordinary pages are fine without hugepages.
             let opts = ControllerOptions {
-                memory: MemoryOptions {
-                    page: PageKind::Huge2M,
-                    region_bytes: 8 << 20,
-                    allow_fallback: true,
-                },
+                memory: MemoryOptions::any_pages(8 << 20),
                 ..ControllerOptions::default()
             };
             Ok((Arc::new(AnyFunction::Emu(f)), opts))

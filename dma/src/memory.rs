@@ -116,6 +116,18 @@ pub struct MemoryOptions {
     pub allow_fallback: bool,
 }
 
+impl MemoryOptions {
+    /// 2 MiB hugepages where there are free ones, ordinary pages otherwise, in regions of
+    /// `region_bytes`: what tests, examples and the emulated controller want.
+    pub fn any_pages(region_bytes: usize) -> MemoryOptions {
+        MemoryOptions {
+            page: PageKind::Huge2M,
+            region_bytes,
+            allow_fallback: true,
+        }
+    }
+}
+
 impl Default for MemoryOptions {
     fn default() -> Self {
         Self {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use nvme_dio::{Controller, ControllerOptions, Lba, MemoryOptions, PageKind, QueuePairOptions};
+use nvme_dio::{Controller, ControllerOptions, Lba, MemoryOptions, QueuePairOptions};
 use nvme_dio_emu::{EmuConfig, EmuFunction, NsConfig};
 
 fn randread_qd(c: &mut Criterion, qd: usize) {
@@ -19,11 +19,7 @@ fn randread_qd(c: &mut Criterion, qd: usize) {
     };
     let dev = Arc::new(EmuFunction::new(cfg).unwrap());
     let opts = ControllerOptions {
-        memory: MemoryOptions {
-            page: PageKind::Huge2M,
-            region_bytes: 16 << 20,
-            allow_fallback: true,
-        },
+        memory: MemoryOptions::any_pages(16 << 20),
         ..ControllerOptions::default()
     };
     let ctrl = Controller::new(dev, opts).unwrap();

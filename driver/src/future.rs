@@ -41,7 +41,7 @@
 //!
 //! ```
 //! # use std::sync::Arc;
-//! # use nvme_dio::{Controller, ControllerOptions, MemoryOptions, PageKind, QueuePairOptions,
+//! # use nvme_dio::{Controller, ControllerOptions, MemoryOptions, QueuePairOptions,
 //! #     Lba, AsyncQueuePair};
 //! # use nvme_dio_emu::{EmuConfig, EmuFunction};
 //! # fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -57,8 +57,8 @@
 //! # }
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let dev = Arc::new(EmuFunction::new(EmuConfig::default())?);
-//! # let opts = ControllerOptions { memory: MemoryOptions { page: PageKind::Huge2M,
-//! #     region_bytes: 8 << 20, allow_fallback: true }, ..ControllerOptions::default() };
+//! # let opts = ControllerOptions { memory: MemoryOptions::any_pages(8 << 20),
+//! #     ..ControllerOptions::default() };
 //! let ctrl = Controller::new(dev, opts)?;
 //! let ns = ctrl.namespace(1)?.clone();
 //! let aqp = AsyncQueuePair::new(ctrl.create_io_qpair(QueuePairOptions::default())?);
@@ -357,13 +357,13 @@ impl<D: PciFunction> AsyncQueuePair<D> {
     /// # use std::time::Duration;
     /// # use std::task::{Context, Poll, Waker};
     /// # use nvme_dio::{AsyncQueuePair, CompletionMode, Controller, ControllerOptions, Lba,
-    /// #     MemoryOptions, PageKind, QueuePairOptions};
+    /// #     MemoryOptions, QueuePairOptions};
     /// # use nvme_dio_emu::{EmuConfig, EmuFunction, Mode};
     /// use vmm_sys_util::poll::PollContext;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let dev = Arc::new(EmuFunction::new(EmuConfig { mode: Mode::Thread, ..EmuConfig::default() })?);
-    /// # let opts = ControllerOptions { memory: MemoryOptions { page: PageKind::Huge2M,
-    /// #     region_bytes: 8 << 20, allow_fallback: true }, ..ControllerOptions::default() };
+    /// # let opts = ControllerOptions { memory: MemoryOptions::any_pages(8 << 20),
+    /// #     ..ControllerOptions::default() };
     /// # let ctrl = Controller::new(dev, opts)?;
     /// # let ns = ctrl.namespace(1)?.clone();
     /// let qp = ctrl.create_io_qpair(QueuePairOptions {

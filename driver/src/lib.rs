@@ -31,7 +31,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use nvme_dio::{Controller, ControllerOptions, Lba, MemoryOptions, PageKind, QueuePairOptions};
+//! use nvme_dio::{Controller, ControllerOptions, Lba, MemoryOptions, QueuePairOptions};
 //! use nvme_dio_emu::{EmuConfig, EmuFunction};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,7 +39,7 @@
 //! let dev = Arc::new(EmuFunction::new(EmuConfig::default())?);
 //! let opts = ControllerOptions {
 //!     // No hugepages reserved? Allow ordinary pages (fine for the emulator).
-//!     memory: MemoryOptions { page: PageKind::Huge2M, region_bytes: 8 << 20, allow_fallback: true },
+//!     memory: MemoryOptions::any_pages(8 << 20),
 //!     ..ControllerOptions::default()
 //! };
 //! let ctrl = Controller::new(dev, opts)?; // Clone + Sync: share it across threads

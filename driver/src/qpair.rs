@@ -629,18 +629,12 @@ impl<D: PciFunction> IoQueuePair<D> {
         let one;
         let segs: &[Segment] = match &bufs {
             Bufs::One(b) => {
-                one = [Segment {
-                    iova: Iova(b.iova()),
-                    len: b.len() as u32,
-                }];
+                one = [segment_of(b)];
                 &one
             }
             Bufs::Many(v) => {
                 self.scratch.clear();
-                self.scratch.extend(v.iter().map(|b| Segment {
-                    iova: Iova(b.iova()),
-                    len: b.len() as u32,
-                }));
+                self.scratch.extend(v.iter().map(segment_of));
                 &self.scratch
             }
             Bufs::None => &[],
@@ -755,10 +749,7 @@ impl<D: PciFunction> IoQueuePair<D> {
         }
         let (slot, bufs) = self.claim_slot(bufs)?;
         if let Bufs::One(b) = &bufs {
-            let seg = [Segment {
-                iova: Iova(b.iova()),
-                len: b.len() as u32,
-            }];
+            let seg = [segment_of(b)];
             let mut list = ListPages {
                 buf: &self.trackers[slot as usize].list,
                 page: self.page,
@@ -1322,6 +1313,16 @@ impl<D: PciFunction> Drop for IoQueuePair<D> {
             self.sq.leak();
             self.cq.leak();
         }
+    }
+}
+
+/// The planner's view of a buffer (its length was checked to fit a `u32` in
+/// `check_buffers`).
+#[inline]
+fn segment_of(b: &DmaBuf) -> Segment {
+    Segment {
+        iova: Iova(b.iova()),
+        len: b.len() as u32,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use nvme_dio::{Controller, ControllerOptions, MemoryOptions, PageKind};
+use nvme_dio::{Controller, ControllerOptions, MemoryOptions};
 use nvme_dio_dma::VfioFunction;
 use nvme_dio_emu::{EmuConfig, EmuFunction, Mode, NsConfig};
 
@@ -52,11 +52,7 @@ pub fn open(device: &str, emu_blocks: u64) -> Result<AnyController, OpenError> {
         })?;
         let opts = ControllerOptions {
             // No IOMMU to pin for: ordinary pages do when no hugepages are reserved.
-            memory: MemoryOptions {
-                page: PageKind::Huge2M,
-                region_bytes: 8 << 20,
-                allow_fallback: true,
-            },
+            memory: MemoryOptions::any_pages(8 << 20),
             ..ControllerOptions::default()
         };
         return Ok(AnyController::Emu(Controller::new(Arc::new(dev), opts)?));

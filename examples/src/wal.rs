@@ -20,7 +20,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use nvme_dio::{Controller, ControllerOptions, MemoryOptions, PageKind};
+//! use nvme_dio::{Controller, ControllerOptions, MemoryOptions};
 //! use nvme_dio_emu::{EmuConfig, EmuFunction, NsConfig};
 //! use nvme_dio_examples::wal::{Wal, WalConfig, recover};
 //!
@@ -30,7 +30,7 @@
 //!     ..EmuConfig::default()
 //! })?);
 //! let opts = ControllerOptions {
-//!     memory: MemoryOptions { page: PageKind::Huge2M, region_bytes: 8 << 20, allow_fallback: true },
+//!     memory: MemoryOptions::any_pages(8 << 20),
 //!     ..ControllerOptions::default()
 //! };
 //! let ctrl = Controller::new(dev, opts)?;
@@ -816,7 +816,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use nvme_dio::{ControllerOptions, MemoryOptions, PageKind};
+    use nvme_dio::{ControllerOptions, MemoryOptions};
     use nvme_dio_emu::{EmuConfig, EmuFunction, Mode, NsConfig};
 
     fn controller(mode: Mode) -> Controller<EmuFunction> {
@@ -835,11 +835,7 @@ mod tests {
         Controller::new(
             dev,
             ControllerOptions {
-                memory: MemoryOptions {
-                    page: PageKind::Huge2M,
-                    region_bytes: 8 << 20,
-                    allow_fallback: true,
-                },
+                memory: MemoryOptions::any_pages(8 << 20),
                 ..ControllerOptions::default()
             },
         )

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nvme_dio::{
     AsyncQueuePair, CompletionMode, Controller, ControllerOptions, DmaBuf, Error, IoFailed, Lba,
-    MemoryOptions, PageKind, QueuePairOptions, Status,
+    MemoryOptions, QueuePairOptions, Status,
 };
 use nvme_dio_emu::{Action, EmuConfig, EmuFunction, Fault, Mode, NsConfig, Target};
 use nvme_dio_tests::io::{gather, pattern, scatter};
@@ -108,11 +108,7 @@ impl<F: Future> Future for JoinAll<F> {
 
 fn options() -> ControllerOptions {
     ControllerOptions {
-        memory: MemoryOptions {
-            page: PageKind::Huge2M,
-            region_bytes: 8 << 20,
-            allow_fallback: true,
-        },
+        memory: MemoryOptions::any_pages(8 << 20),
         ..ControllerOptions::default()
     }
 }

@@ -11,11 +11,7 @@ use nvme_dio::{
 use nvme_dio_emu::{EmuConfig, EmuFunction, Fault, NsConfig};
 
 fn mem_opts() -> MemoryOptions {
-    MemoryOptions {
-        page: PageKind::Huge2M,
-        region_bytes: 8 << 20,
-        allow_fallback: true,
-    }
+    MemoryOptions::any_pages(8 << 20)
 }
 
 fn controller(opts: ControllerOptions) -> Result<Controller<EmuFunction>, nvme_dio::Error> {

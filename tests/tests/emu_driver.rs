@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nvme_dio::{
-    CompletionMode, Controller, ControllerOptions, Error, Lba, MemoryOptions, PageKind,
-    QueuePairOptions,
+    CompletionMode, Controller, ControllerOptions, Error, Lba, MemoryOptions, QueuePairOptions,
 };
 use nvme_dio_emu::{EmuConfig, EmuFunction, Mode, NsConfig};
 use nvme_dio_tests::io::{Seg, alloc_iovec, pattern, scatter, shapes, wait_one, write_read_verify};
@@ -15,11 +14,7 @@ use nvme_dio_tests::io::{Seg, alloc_iovec, pattern, scatter, shapes, wait_one, w
 fn options() -> ControllerOptions {
     ControllerOptions {
         // The host may have no hugepages reserved; ordinary pages are fine for the emulator.
-        memory: MemoryOptions {
-            page: PageKind::Huge2M,
-            region_bytes: 8 << 20,
-            allow_fallback: true,
-        },
+        memory: MemoryOptions::any_pages(8 << 20),
         ..ControllerOptions::default()
     }
 }

@@ -7,9 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nvme_dio::{
-    Controller, ControllerOptions, Error, Lba, MemoryOptions, PageKind, QueuePairOptions,
-};
+use nvme_dio::{Controller, ControllerOptions, Error, Lba, MemoryOptions, QueuePairOptions};
 use nvme_dio_emu::{Action, EmuConfig, EmuFunction, Fault, Mode, NsConfig, Target};
 use nvme_dio_queue::Status;
 use nvme_dio_queue::opcode;
@@ -27,11 +25,7 @@ fn bring_up(mode: Mode) -> (Arc<EmuFunction>, Controller<EmuFunction>) {
     };
     let dev = Arc::new(EmuFunction::new(cfg).expect("emulated controller"));
     let opts = ControllerOptions {
-        memory: MemoryOptions {
-            page: PageKind::Huge2M,
-            region_bytes: 8 << 20,
-            allow_fallback: true,
-        },
+        memory: MemoryOptions::any_pages(8 << 20),
         admin_timeout: Duration::from_secs(2),
         ..ControllerOptions::default()
     };

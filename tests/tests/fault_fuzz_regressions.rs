@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nvme_dio::{
-    CompletionMode, Controller, ControllerOptions, Error, Lba, MemoryOptions, PageKind,
-    QueuePairOptions,
+    CompletionMode, Controller, ControllerOptions, Error, Lba, MemoryOptions, QueuePairOptions,
 };
 use nvme_dio_emu::{EmuConfig, EmuFunction, Mode, NsConfig};
 use nvme_dio_queue::plan::{self, Limits};
@@ -23,11 +22,7 @@ fn bring_up() -> (Arc<EmuFunction>, Controller<EmuFunction>) {
     let dev = Arc::new(EmuFunction::new(cfg).expect("emulated controller"));
     let opts = ControllerOptions {
         io_queues: 1,
-        memory: MemoryOptions {
-            page: PageKind::Huge2M,
-            region_bytes: 2 << 20,
-            allow_fallback: true,
-        },
+        memory: MemoryOptions::any_pages(2 << 20),
         admin_timeout: Duration::from_secs(5),
         interrupts: false,
         ..ControllerOptions::default()

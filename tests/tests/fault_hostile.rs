@@ -4,9 +4,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use nvme_dio::{
-    Controller, ControllerOptions, Error, Lba, MemoryOptions, PageKind, QueuePairOptions, Stage,
-};
+use nvme_dio::{Controller, ControllerOptions, Error, Lba, MemoryOptions, QueuePairOptions, Stage};
 use nvme_dio_dma::{Bar0, DmaMapper, PciFunction};
 use nvme_dio_emu::{EmuConfig, EmuFunction, NsConfig};
 use nvme_dio_tests::io::{Seg, write_read_verify};
@@ -14,11 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 fn opts() -> ControllerOptions {
     ControllerOptions {
-        memory: MemoryOptions {
-            page: PageKind::Huge2M,
-            region_bytes: 8 << 20,
-            allow_fallback: true,
-        },
+        memory: MemoryOptions::any_pages(8 << 20),
         ..ControllerOptions::default()
     }
 }

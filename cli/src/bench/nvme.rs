@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use nvme_dio::{
     Bufs, CompletionMode, Controller, ControllerOptions, DmaBuf, Error, Lba, MemoryOptions,
-    Namespace, PageKind, PciFunction, QueuePairOptions, QueueStats, Rejected,
+    Namespace, PciFunction, QueuePairOptions, QueueStats, Rejected,
 };
 use nvme_dio_emu::{EmuConfig, EmuFunction, Fault, NsConfig};
 
@@ -74,11 +74,7 @@ pub fn controller_options(queues: u16, interrupts: bool, sgl: bool) -> Controlle
         io_queues: queues.max(1),
         interrupts,
         use_sgl: sgl,
-        memory: MemoryOptions {
-            page: PageKind::Huge2M,
-            region_bytes: 32 << 20,
-            allow_fallback: true,
-        },
+        memory: MemoryOptions::any_pages(32 << 20),
         ..ControllerOptions::default()
     }
 }
