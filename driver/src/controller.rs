@@ -333,8 +333,11 @@ impl<D: PciFunction> Controller<D> {
             .map_err(|e| Error::from(e).at(Stage::AdminQueue))?;
         let admin_size = QueueSize::new(opts.admin_entries.min(cap.mqes().entries()).min(4096))
             .ok_or_else(|| {
-                Error::BadOption(format!("admin_entries {} (2..=4096)", opts.admin_entries))
-                    .at(Stage::AdminQueue)
+                Error::BadOption(format!(
+                    "ControllerOptions::admin_entries {} (2..=4096)",
+                    opts.admin_entries
+                ))
+                .at(Stage::AdminQueue)
             })?;
         let mut admin = AdminQueue::new(&mem, admin_size, page.bytes(), dstrd)
             .map_err(|e| e.at(Stage::AdminQueue))?;
@@ -533,7 +536,7 @@ impl<D: PciFunction> Controller<D> {
         let entries = opts.entries.min(s.info.cap.mqes().entries());
         let size = QueueSize::new(entries).ok_or_else(|| {
             Error::BadOption(format!(
-                "entries {} (2..={})",
+                "QueuePairOptions::entries {} (2..={})",
                 opts.entries,
                 s.info.cap.mqes().entries()
             ))

@@ -160,8 +160,8 @@ pub enum Error {
         /// Queue pairs the controller granted.
         granted: u16,
     },
-    /// A queue pair option is out of range.
-    #[error("invalid queue pair option: {0}")]
+    /// A controller or queue pair option is out of range (the text names which).
+    #[error("invalid option: {0}")]
     BadOption(String),
     /// The controller was reset or shut down while the request was in flight.
     #[error("request aborted: the controller was {0}")]

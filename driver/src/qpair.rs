@@ -713,7 +713,7 @@ impl<D: PciFunction> IoQueuePair<D> {
                 return Err(Error::ForeignBuffer { index });
             }
             if b.len() > u32::MAX as usize {
-                return Err(Error::BadOption(format!(
+                return Err(Error::BadRequest(format!(
                     "buffer {index} is {} bytes; one buffer holds at most 4 GiB - 1",
                     b.len()
                 )));

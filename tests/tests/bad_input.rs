@@ -297,7 +297,7 @@ fn bad_input_at_setup_is_refused_with_a_clear_error() {
         ),
         (
             "a queue pair of one entry",
-            "invalid queue pair option: entries 1",
+            "invalid option: QueuePairOptions::entries 1",
             ctrl.create_io_qpair(QueuePairOptions {
                 entries: 1,
                 ..Default::default()
@@ -334,7 +334,7 @@ fn bad_input_at_setup_is_refused_with_a_clear_error() {
         ),
         (
             "an admin queue of one entry",
-            "controller bring-up failed while setting up the admin queue: invalid queue pair option: admin_entries 1",
+            "controller bring-up failed while setting up the admin queue: invalid option: ControllerOptions::admin_entries 1",
             controller(ControllerOptions {
                 admin_entries: 1,
                 ..default_opts()
