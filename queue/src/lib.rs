@@ -37,6 +37,7 @@ pub mod identify;
 pub mod opcode;
 pub mod plan;
 pub mod prp;
+pub mod queue_pair;
 pub mod regs;
 pub mod sgl;
 pub mod status;

@@ -1,0 +1,650 @@
+//! The core's tests: table tests of the ring indices and CIDs, and a property test that drives
+//! the core against a model controller through random interleavings and checks the
+//! invariants of the module docs after every step.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::ring::{CqIndex, SqIndex};
+use super::tracker::{NO_PARENT, Slab};
+use super::*;
+use crate::cmd::Read;
+use crate::{Lba, Nsid, SegRange};
+
+fn size(n: u32) -> QueueSize {
+    QueueSize::new(n).unwrap()
+}
+
+// ---- table tests ------------------------------------------------------------------------
+
+#[test]
+fn sq_full_and_empty_and_wrap() {
+    let mut sq = SqIndex::new(size(4));
+    assert!(!sq.is_full());
+    assert_eq!(sq.take_doorbell(), None, "nothing pushed, nothing owed");
+    assert_eq!((sq.push(), sq.push(), sq.push()), (0, 1, 2));
+    assert!(sq.is_full(), "(tail + 1) % 4 == head: one slot stays empty");
+    assert_eq!(sq.take_doorbell(), Some(3));
+    assert_eq!(sq.take_doorbell(), None, "once per batch");
+    assert!(sq.set_head(2));
+    assert!(!sq.is_full());
+    assert_eq!(sq.push(), 3);
+    assert_eq!(sq.push(), 0, "the tail wraps to slot 0");
+    assert!(sq.is_full());
+    assert_eq!(sq.take_doorbell(), Some(1));
+}
+
+#[test]
+fn sq_head_only_moves_forward_within_what_was_rung() {
+    let mut sq = SqIndex::new(size(8));
+    for _ in 0..5 {
+        sq.push();
+    }
+    assert!(
+        !sq.set_head(1),
+        "nothing rung yet: the controller cannot have consumed slot 0"
+    );
+    sq.take_doorbell();
+    assert!(sq.set_head(3));
+    assert!(sq.set_head(3), "the same head again is fine");
+    assert!(!sq.set_head(6), "past the tail the controller was told (5)");
+    assert!(!sq.set_head(8), "not a slot index");
+    assert!(
+        !sq.set_head(2),
+        "backwards looks like a move past the tail: refused"
+    );
+    assert!(sq.set_head(5));
+    assert_eq!(sq.unconsumed(), 0);
+}
+
+#[test]
+fn cq_phase_flips_on_every_wrap() {
+    let mut cq = CqIndex::new(size(3));
+    assert_eq!(
+        (cq.head(), cq.phase()),
+        (0, true),
+        "first pass posts phase 1"
+    );
+    assert_eq!(cq.take_doorbell(), None);
+    cq.advance();
+    cq.advance();
+    assert_eq!((cq.head(), cq.phase()), (2, true));
+    cq.advance();
+    assert_eq!(
+        (cq.head(), cq.phase()),
+        (0, false),
+        "wrapped: phase 0 now means new"
+    );
+    assert_eq!(cq.take_doorbell(), Some(0));
+    assert_eq!(cq.take_doorbell(), None);
+    for _ in 0..3 {
+        cq.advance();
+    }
+    assert_eq!((cq.head(), cq.phase()), (0, true));
+    cq.reset();
+    assert_eq!((cq.head(), cq.phase(), cq.take_doorbell()), (0, true, None));
+}
+
+#[test]
+fn cid_generation_catches_a_reused_slot() {
+    let mut slab: Slab<()> = Slab::new(3);
+    let s = slab.claim(2, NO_PARENT, 7, Some(())).unwrap();
+    let first = slab.cid(s);
+    assert_eq!(slab.lookup(first), Some(s));
+    slab.release(s);
+    assert_eq!(slab.lookup(first), None, "released: the CID is stale");
+    let again = slab.claim(2, NO_PARENT, 8, Some(())).unwrap();
+    assert_eq!(again, s, "the same slot comes back first");
+    let second = slab.cid(again);
+    assert_ne!(first, second, "but with another generation");
+    assert_eq!(
+        slab.lookup(first),
+        None,
+        "the old CID does not match the new use"
+    );
+    assert_eq!(slab.lookup(second), Some(s));
+    assert_eq!(slab.lookup(Cid(0xffff)), None, "no such slot");
+}
+
+#[test]
+fn cid_generations_wrap_within_the_bits_left() {
+    // 3 slots: 2 slot bits, 14 generation bits.
+    let mut slab: Slab<()> = Slab::new(3);
+    let mut seen = HashSet::new();
+    for _ in 0..(1 << 14) {
+        let s = slab.claim(0, NO_PARENT, 0, Some(())).unwrap();
+        assert!(
+            seen.insert(slab.cid(s)),
+            "a CID repeats only after 2^14 uses"
+        );
+        slab.release(s);
+    }
+    let s = slab.claim(0, NO_PARENT, 0, Some(())).unwrap();
+    assert!(!seen.insert(slab.cid(s)), "then the generation wraps");
+}
+
+// ---- a sink and a model controller ----------------------------------------------------------
+
+/// A buffer set stand-in: the tag it was submitted under, so its return can be checked.
+#[derive(Debug, PartialEq, Eq)]
+struct Token(u64);
+
+#[derive(Default)]
+struct VecSink {
+    ring: Vec<Option<Sqe>>,
+    /// SQ indices written and not yet consumed by the model controller.
+    unconsumed: BTreeSet<u32>,
+    /// Fail the next `n` data pointer builds.
+    fail_builds: u32,
+    /// Every CID the model controller holds (consumed from the ring, not completed).
+    device_holds: BTreeSet<u16>,
+    slot_mask: u16,
+    violations: Vec<String>,
+}
+
+impl Sink for VecSink {
+    fn write_sqe(&mut self, index: u32, sqe: &Sqe) {
+        if !self.unconsumed.insert(index) {
+            self.violations.push(format!(
+                "SQ slot {index} overwritten before the controller read it"
+            ));
+        }
+        let slot = sqe.cid & self.slot_mask;
+        if self.device_holds.iter().any(|c| c & self.slot_mask == slot) {
+            self.violations.push(format!(
+                "tracker slot {slot} reused while the controller holds it"
+            ));
+        }
+        self.ring[index as usize] = Some(*sqe);
+    }
+
+    fn data_pointer(
+        &mut self,
+        slot: u16,
+        _segs: &[Segment],
+        _cmd: &Command,
+    ) -> Result<Dptr, DptrError> {
+        if self.fail_builds > 0 {
+            self.fail_builds -= 1;
+            return Err(DptrError::Prp(PrpError::Prp1NotDwordAligned { iova: 1 }));
+        }
+        Ok(Dptr::Prp {
+            prp1: 0x1000 * (slot as u64 + 1),
+            prp2: 0,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// Submit a request of one command; `fail` makes its builder refuse.
+    One { fail: bool },
+    /// Submit a split of `children` commands; `bad` of them fail to build.
+    Split { children: u8, bad: u8 },
+    /// Take the SQ doorbell value (the model controller sees the tail).
+    Doorbell,
+    /// The controller reads up to `n` entries from the SQ.
+    Fetch { n: u8 },
+    /// The controller completes the `pick`-th command it holds, with `status`.
+    Complete { pick: u8, status: u8 },
+    /// A CQE naming another SQ, a stale CID, or a CID completed before.
+    Junk { kind: u8, pick: u8 },
+    /// Time passes, then a tick.
+    Tick { ms: u16 },
+    /// The controller is reset (or declared dead, or removed).
+    Teardown { kind: u8 },
+    /// The shell pumps waiting split children.
+    Pump,
+    /// The shell takes deliveries.
+    Take,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => prop::bool::weighted(0.1).prop_map(|fail| Step::One { fail }),
+        2 => (2u8..6, 0u8..2).prop_map(|(children, bad)| Step::Split { children, bad }),
+        4 => Just(Step::Doorbell),
+        4 => (1u8..8).prop_map(|n| Step::Fetch { n }),
+        6 => (any::<u8>(), 0u8..4).prop_map(|(pick, status)| Step::Complete { pick, status }),
+        2 => (0u8..3, any::<u8>()).prop_map(|(kind, pick)| Step::Junk { kind, pick }),
+        1 => (0u16..400).prop_map(|ms| Step::Tick { ms }),
+        1 => (0u8..10).prop_map(|kind| Step::Teardown { kind }),
+        2 => Just(Step::Pump),
+        3 => Just(Step::Take),
+    ]
+}
+
+struct Model {
+    core: QueuePairCore<Token>,
+    sink: VecSink,
+    entries: u32,
+    /// The model controller's SQ head and the tail it was told.
+    dev_head: u32,
+    dev_tail: u32,
+    /// Per CID held: was it aborted on request?
+    held_order: Vec<u16>,
+    completed_cids: Vec<u16>,
+    accepted: BTreeMap<u64, bool>, // tag -> delivered
+    next_tag: u64,
+    now: u64,
+    epoch: u64,
+}
+
+impl Model {
+    fn new(entries: u32) -> Model {
+        let slots = entries - 1;
+        let slot_bits = u32::BITS - (slots.max(2) - 1).leading_zeros();
+        Model {
+            core: QueuePairCore::new(Qid(1), size(entries), Duration::from_millis(100), 0),
+            sink: VecSink {
+                ring: vec![None; entries as usize],
+                slot_mask: ((1u32 << slot_bits) - 1) as u16,
+                ..VecSink::default()
+            },
+            entries,
+            dev_head: 0,
+            dev_tail: 0,
+            held_order: Vec::new(),
+            completed_cids: Vec::new(),
+            accepted: BTreeMap::new(),
+            next_tag: 1,
+            now: 0,
+            epoch: 0,
+        }
+    }
+
+    fn cqe(&self, cid: u16, status: Status) -> Cqe {
+        Cqe {
+            result: 0,
+            rsvd: 0,
+            sqhd: self.dev_head as u16,
+            sqid: 1,
+            cid,
+            status,
+        }
+    }
+
+    fn children(n: u8) -> Vec<Command> {
+        (0..n as u64)
+            .map(|i| Command {
+                slba: Lba(i * 8),
+                nlb: 8,
+                sgl: false,
+                segs: SegRange {
+                    first: i as usize,
+                    first_offset: 0,
+                    last: i as usize,
+                    last_end: 4096,
+                },
+            })
+            .collect()
+    }
+
+    fn run(&mut self, s: &Step) {
+        match *s {
+            Step::One { fail } => {
+                let tag = self.next_tag;
+                self.next_tag += 1;
+                let r = self
+                    .core
+                    .submit(&mut self.sink, tag, Token(tag), |_, _slot| {
+                        if fail {
+                            Err("refused")
+                        } else {
+                            Ok(Read::new(Nsid(1), Lba(tag), 1).build(Dptr::None))
+                        }
+                    });
+                match r {
+                    Ok(()) => {
+                        self.accepted.insert(tag, false);
+                    }
+                    Err((_, Token(t))) => assert_eq!(t, tag, "a refusal gives the buffers back"),
+                }
+            }
+            Step::Split { children, bad } => {
+                let tag = self.next_tag;
+                self.next_tag += 1;
+                self.sink.fail_builds = bad as u32;
+                let segs = vec![
+                    Segment {
+                        iova: crate::Iova(0x10000),
+                        len: 4096
+                    };
+                    children as usize
+                ];
+                let op = SplitOp {
+                    write: tag % 2 == 0,
+                    fua: false,
+                    nsid: Nsid(1),
+                };
+                match self.core.submit_split(
+                    &mut self.sink,
+                    tag,
+                    Token(tag),
+                    op,
+                    segs,
+                    Self::children(children),
+                ) {
+                    Ok(()) => {
+                        self.accepted.insert(tag, false);
+                    }
+                    Err((_, Token(t))) => assert_eq!(t, tag),
+                }
+                self.sink.fail_builds = 0;
+            }
+            Step::Doorbell => {
+                if let Some(tail) = self.core.take_sq_doorbell() {
+                    self.dev_tail = tail;
+                }
+            }
+            Step::Fetch { n } => {
+                for _ in 0..n {
+                    if self.dev_head == self.dev_tail {
+                        break;
+                    }
+                    let sqe = self.sink.ring[self.dev_head as usize]
+                        .take()
+                        .expect("the controller reads a written slot");
+                    self.sink.unconsumed.remove(&self.dev_head);
+                    assert!(
+                        self.sink.device_holds.insert(sqe.cid),
+                        "CID unique in flight"
+                    );
+                    self.held_order.push(sqe.cid);
+                    self.dev_head = (self.dev_head + 1) % self.entries;
+                }
+            }
+            Step::Complete { pick, status } => {
+                if self.held_order.is_empty() {
+                    return;
+                }
+                let cid = self
+                    .held_order
+                    .remove(pick as usize % self.held_order.len());
+                self.sink.device_holds.remove(&cid);
+                let status = match status {
+                    0 | 1 => Status::SUCCESS,
+                    2 => Status::new(0, sc::INTERNAL_ERROR).with_dnr(),
+                    _ => Status::new(0, sc::ABORT_REQUESTED),
+                };
+                let v = self.core.on_cqe(self.cqe(cid, status));
+                assert_eq!(v, CqeVerdict::Matched, "a CQE for a held command matches");
+                self.completed_cids.push(cid);
+            }
+            Step::Junk { kind, pick } => {
+                let live: BTreeSet<u16> = self
+                    .sink
+                    .device_holds
+                    .iter()
+                    .copied()
+                    .chain(self.sink.ring.iter().flatten().map(|s| s.cid))
+                    .collect();
+                let (mut cqe, want) = match kind {
+                    0 => {
+                        // Another SQ's entry, even with a CID that is live here.
+                        let cid = live.iter().next().copied().unwrap_or(pick as u16);
+                        let mut c = self.cqe(cid, Status::SUCCESS);
+                        c.sqid = 2;
+                        (c, CqeVerdict::Foreign)
+                    }
+                    1 => {
+                        let cid = (pick as u16).wrapping_mul(257);
+                        if live.contains(&cid) {
+                            return;
+                        }
+                        (self.cqe(cid, Status::SUCCESS), CqeVerdict::Stale)
+                    }
+                    _ => {
+                        let Some(&cid) = self.completed_cids.last() else {
+                            return;
+                        };
+                        if live.contains(&cid) {
+                            return;
+                        }
+                        // A duplicate, with a head that is not a slot index.
+                        let mut c = self.cqe(cid, Status::SUCCESS);
+                        if pick % 2 == 0 {
+                            c.sqhd = self.entries as u16 + pick as u16;
+                        }
+                        (c, CqeVerdict::Stale)
+                    }
+                };
+                cqe.rsvd = 0;
+                assert_eq!(self.core.on_cqe(cqe), want);
+            }
+            Step::Tick { ms } => {
+                self.now += ms as u64 * 1_000_000;
+                let tick = self.core.on_tick(Stamp(self.now));
+                let (aborts, reset) = (tick.aborts.to_vec(), tick.reset);
+                for Cid(cid) in aborts {
+                    // The controller honours every other Abort.
+                    if cid % 2 == 0
+                        && let Some(pos) = self.held_order.iter().position(|&c| c == cid)
+                    {
+                        self.held_order.remove(pos);
+                        self.sink.device_holds.remove(&cid);
+                        let c = self.cqe(cid, Status::new(0, sc::ABORT_REQUESTED));
+                        assert_eq!(self.core.on_cqe(c), CqeVerdict::Matched);
+                        self.completed_cids.push(cid);
+                    }
+                }
+                if reset {
+                    self.teardown(Teardown::Reset);
+                }
+            }
+            Step::Teardown { kind } => {
+                let why = match kind {
+                    0..=6 => Teardown::Reset,
+                    7 => Teardown::Dead,
+                    8 => Teardown::Gone,
+                    _ => Teardown::Deleted,
+                };
+                self.teardown(why);
+            }
+            Step::Pump => self.core.pump(&mut self.sink),
+            Step::Take => self.take(),
+        }
+    }
+
+    fn teardown(&mut self, why: Teardown) {
+        // The controller forgets its queues.
+        self.held_order.clear();
+        self.sink.device_holds.clear();
+        self.sink.unconsumed.clear();
+        self.sink.ring.iter_mut().for_each(|s| *s = None);
+        self.dev_head = 0;
+        self.dev_tail = 0;
+        self.epoch += 1;
+        self.core.on_teardown(why, self.epoch);
+        assert_eq!(self.core.commands_in_flight(), 0);
+        assert_eq!(self.core.requests_in_flight(), 0);
+        assert_eq!(self.core.epoch(), self.epoch);
+    }
+
+    fn take(&mut self) {
+        while let Some(d) = self.core.next_delivery() {
+            assert_eq!(d.bufs, Token(d.tag), "the request's own buffers come back");
+            match self.accepted.get_mut(&d.tag) {
+                None => panic!("delivered tag {} was never accepted", d.tag),
+                Some(true) => panic!("tag {} delivered twice", d.tag),
+                Some(done) => *done = true,
+            }
+        }
+    }
+
+    fn check(&self) {
+        assert!(
+            self.sink.violations.is_empty(),
+            "{:?}",
+            self.sink.violations
+        );
+        self.core.check_accounting().unwrap();
+        let c = self.core.counters();
+        let accepted = self.accepted.len() as u64;
+        assert_eq!(c.submitted, accepted, "submitted counts accepted requests");
+    }
+
+    /// Completes everything: every accepted request must come out, exactly once.
+    fn quiesce(&mut self) {
+        for _ in 0..10_000 {
+            self.core.pump(&mut self.sink);
+            if let Some(t) = self.core.take_sq_doorbell() {
+                self.dev_tail = t;
+            }
+            self.run(&Step::Fetch { n: 255 });
+            while !self.held_order.is_empty() {
+                self.run(&Step::Complete { pick: 0, status: 0 });
+            }
+            self.take();
+            self.check();
+            if self.core.requests_in_flight() == 0 {
+                break;
+            }
+        }
+        assert_eq!(self.core.requests_in_flight(), 0);
+        let lost: Vec<_> = self.accepted.iter().filter(|(_, d)| !**d).collect();
+        assert!(lost.is_empty(), "never delivered: {lost:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// Random interleavings of submits (single and split, with build failures), doorbells,
+    /// fetches, completions in any order, junk CQEs, ticks past deadlines and teardowns:
+    /// after every step the invariants hold, and at the end every request came out once.
+    #[test]
+    fn core_against_a_model_controller(
+        entries in prop_oneof![Just(2u32), Just(3), Just(4), Just(8), Just(33)],
+        steps in proptest::collection::vec(step(), 1..200),
+    ) {
+        let mut m = Model::new(entries);
+        for s in &steps {
+            m.run(s);
+            m.check();
+        }
+        m.quiesce();
+    }
+}
+
+#[test]
+fn a_split_completes_once_after_its_last_child_with_the_first_failure() {
+    let mut m = Model::new(3); // two slots: a split of 4 must wait for slots
+    m.run(&Step::Split {
+        children: 4,
+        bad: 0,
+    });
+    assert_eq!(m.core.commands_in_flight(), 2);
+    assert_eq!(m.core.splits_waiting(), 1);
+    m.run(&Step::One { fail: false });
+    assert_eq!(m.accepted.len(), 1, "nothing overtakes a waiting split");
+    m.run(&Step::Doorbell);
+    m.run(&Step::Fetch { n: 2 });
+    m.run(&Step::Complete { pick: 0, status: 2 }); // the first child fails
+    m.run(&Step::Complete { pick: 0, status: 0 });
+    m.core.pump(&mut m.sink);
+    assert_eq!(m.core.commands_in_flight(), 0, "no child after a failure");
+    let d = m
+        .core
+        .next_delivery()
+        .expect("delivered after its last child");
+    assert!(
+        matches!(d.outcome, Outcome::Status { opcode: 0x02, .. }),
+        "{:?}",
+        d.outcome
+    ); // tag 1: a read
+    assert!(m.core.next_delivery().is_none(), "exactly once");
+    m.core.check_accounting().unwrap();
+}
+
+#[test]
+fn deadlines_count_from_the_first_tick_and_abort_then_reset() {
+    let mut m = Model::new(4);
+    m.run(&Step::One { fail: false });
+    m.run(&Step::Doorbell);
+    m.run(&Step::Fetch { n: 1 });
+    let t0 = Stamp(1_000_000_000);
+    let t = m.core.on_tick(t0);
+    assert_eq!(
+        (t.aborts.len(), t.reset),
+        (0, false),
+        "first sight: the clock starts"
+    );
+    let t = m.core.on_tick(Stamp(t0.0 + 100_000_000));
+    assert_eq!(
+        (t.aborts.len(), t.reset),
+        (0, false),
+        "at the deadline, not past it"
+    );
+    let t = m.core.on_tick(Stamp(t0.0 + 100_000_001));
+    assert_eq!(t.aborts.len(), 1, "past the deadline: abort it once");
+    let t = m.core.on_tick(Stamp(t0.0 + 150_000_000));
+    assert_eq!(
+        (t.aborts.len(), t.reset),
+        (0, false),
+        "within the grace period"
+    );
+    let t = m.core.on_tick(Stamp(t0.0 + 300_000_002));
+    assert!(t.reset, "not back a grace period after the Abort: reset");
+    assert_eq!(m.core.counters().timeouts, 1);
+}
+
+#[test]
+fn an_aborted_command_is_delivered_as_a_timeout() {
+    let mut m = Model::new(4);
+    m.run(&Step::One { fail: false });
+    m.run(&Step::Doorbell);
+    m.run(&Step::Fetch { n: 1 });
+    m.core.on_tick(Stamp(0));
+    let cid = m.core.on_tick(Stamp(200_000_000)).aborts[0];
+    let v = m
+        .core
+        .on_cqe(m.cqe(cid.0, Status::new(0, sc::ABORT_REQUESTED)));
+    assert_eq!(v, CqeVerdict::Matched);
+    let d = m.core.next_delivery().unwrap();
+    assert_eq!(d.outcome, Outcome::TimedOut { opcode: 0x02 });
+}
+
+#[test]
+fn teardown_retires_everything_once_and_empties_the_rings() {
+    let mut m = Model::new(8);
+    for _ in 0..3 {
+        m.run(&Step::One { fail: false });
+    }
+    m.run(&Step::Split {
+        children: 5,
+        bad: 0,
+    });
+    m.run(&Step::Doorbell);
+    m.run(&Step::Fetch { n: 2 });
+    m.run(&Step::Complete { pick: 0, status: 0 });
+    m.teardown(Teardown::Dead);
+    let mut outcomes = Vec::new();
+    while let Some(d) = m.core.next_delivery() {
+        outcomes.push((d.tag, d.outcome));
+    }
+    assert_eq!(outcomes.len(), 4, "{outcomes:?}");
+    assert_eq!(
+        outcomes[0].1,
+        Outcome::Success,
+        "completed before the teardown"
+    );
+    assert!(
+        outcomes[1..]
+            .iter()
+            .all(|(_, o)| *o == Outcome::TornDown(Teardown::Dead))
+    );
+    assert_eq!(m.core.sq_indices(), (0, 0, 0));
+    assert_eq!((m.core.cq_head(), m.core.cq_phase()), (0, true));
+    m.core.check_accounting().unwrap();
+}
+
+#[test]
+fn accounting_check_can_fail() {
+    let mut m = Model::new(4);
+    m.run(&Step::One { fail: false });
+    m.core.counters.submitted += 1; // a request counted but never tracked
+    assert!(m.core.check_accounting().is_err());
+}
