@@ -67,8 +67,13 @@
 // The controller does not support this.
 #define NVD_ERR_UNSUPPORTED -9
 
-// A bug inside the library (a caught panic); the message says where.
+// A bug inside the library (a caught panic), a controller that broke the spec, or the
+// operating system refusing; the message says which.
 #define NVD_ERR_INTERNAL -10
+
+// The request was in flight when the controller was reset (or the queue pair destroyed):
+// it was not completed; resubmit it. A write may or may not have reached the medium.
+#define NVD_ERR_ABORTED -11
 
 // `nvd_writev` flag: Force Unit Access (the data is durable when the callback runs).
 #define NVD_WRITE_FUA 1

@@ -42,8 +42,8 @@ use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
 use nvme_dio::{
-    Bufs, Completion, CompletionMode, Controller, DmaBuf, Error, IoQueuePair, Lba, Namespace,
-    QueuePairOptions, Rejected,
+    Bufs, Completion, CompletionMode, Controller, DmaBuf, Error, ErrorKind, IoQueuePair, Lba,
+    Namespace, QueuePairOptions, Rejected,
 };
 
 pub use device::AnyFunction;
@@ -71,8 +71,12 @@ pub const NVD_ERR_TIMEOUT: i32 = -7;
 pub const NVD_ERR_RANGE: i32 = -8;
 /// The controller does not support this.
 pub const NVD_ERR_UNSUPPORTED: i32 = -9;
-/// A bug inside the library (a caught panic); the message says where.
+/// A bug inside the library (a caught panic), a controller that broke the spec, or the
+/// operating system refusing; the message says which.
 pub const NVD_ERR_INTERNAL: i32 = -10;
+/// The request was in flight when the controller was reset (or the queue pair destroyed):
+/// it was not completed; resubmit it. A write may or may not have reached the medium.
+pub const NVD_ERR_ABORTED: i32 = -11;
 
 /// `nvd_writev` flag: Force Unit Access (the data is durable when the callback runs).
 pub const NVD_WRITE_FUA: u32 = 1;
@@ -93,24 +97,19 @@ fn fail(code: i32, msg: impl Into<String>) -> Failure {
 }
 
 fn code_of(e: &Error) -> i32 {
-    match e {
-        Error::Command { .. } => NVD_ERR_IO,
-        Error::Timeout { .. } | Error::AdminTimeout { .. } | Error::ReadyTimeout { .. } => {
-            NVD_ERR_TIMEOUT
-        }
-        Error::Invalid(_) | Error::BadOption(_) => NVD_ERR_INVALID,
-        Error::NoSuchNamespace { .. } | Error::OutOfRange { .. } => NVD_ERR_RANGE,
-        Error::NotSupported(_) | Error::Unsupported(_) => NVD_ERR_UNSUPPORTED,
-        Error::QueueFull { .. } | Error::NoFreeQueue { .. } => NVD_ERR_QUEUE_FULL,
-        Error::DeviceGone { .. } | Error::ControllerFatal { .. } | Error::Aborted(_) => {
-            NVD_ERR_NO_DEVICE
-        }
-        Error::Dma(nvme_dio_dma::Error::InvalidArgument { .. }) => NVD_ERR_INVALID,
-        Error::Dma(_) => NVD_ERR_NO_MEMORY,
-        Error::BringUp { source, .. } => match code_of(source) {
-            NVD_ERR_NO_MEMORY => NVD_ERR_NO_MEMORY,
-            _ => NVD_ERR_NO_DEVICE,
-        },
+    // The driver maps every error variant to a kind in one exhaustive match; here every kind
+    // has its code. A kind added later reads as internal until it is given one.
+    match e.kind() {
+        ErrorKind::Device => NVD_ERR_IO,
+        ErrorKind::Timeout => NVD_ERR_TIMEOUT,
+        ErrorKind::InvalidInput => NVD_ERR_INVALID,
+        ErrorKind::OutOfRange => NVD_ERR_RANGE,
+        ErrorKind::Unsupported => NVD_ERR_UNSUPPORTED,
+        ErrorKind::QueueFull => NVD_ERR_QUEUE_FULL,
+        ErrorKind::Aborted => NVD_ERR_ABORTED,
+        ErrorKind::NoDevice => NVD_ERR_NO_DEVICE,
+        ErrorKind::NoMemory => NVD_ERR_NO_MEMORY,
+        ErrorKind::System | ErrorKind::Internal => NVD_ERR_INTERNAL,
         _ => NVD_ERR_INTERNAL,
     }
 }
@@ -119,7 +118,7 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         Failure {
             code: code_of(&e),
-            msg: e.to_string(),
+            msg: e.report(),
         }
     }
 }
@@ -312,7 +311,8 @@ pub extern "C" fn nvd_strerror(code: i32) -> *const c_char {
         NVD_ERR_TIMEOUT => c"timed out",
         NVD_ERR_RANGE => c"LBA range or namespace out of range",
         NVD_ERR_UNSUPPORTED => c"not supported by this controller",
-        NVD_ERR_INTERNAL => c"internal error (a bug in nvme-dio)",
+        NVD_ERR_INTERNAL => c"internal error (a bug in nvme-dio, a controller breaking the spec, or the OS refusing)",
+        NVD_ERR_ABORTED => c"aborted by a controller reset: resubmit",
         _ => c"unknown status code",
     };
     s.as_ptr()
@@ -1026,7 +1026,7 @@ fn settle(inner: &mut QpInner, c: Completion) {
             let st = e
                 .status()
                 .map_or(0, |s| ((s.sct() as u16) << 8) | s.sc() as u16);
-            (code_of(e), st, Some(e.to_string()))
+            (code_of(e), st, Some(e.report()))
         }
     };
     inner.done.push(Delivery {

@@ -44,6 +44,7 @@
 //! enable the IOMMU...).
 
 pub mod barrier;
+pub mod clock;
 pub mod device;
 pub mod iova;
 pub mod memory;

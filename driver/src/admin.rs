@@ -6,21 +6,38 @@
 use std::time::{Duration, Instant};
 
 use nvme_dio_dma::{Bar0, DmaBuf, DmaMemory};
-use nvme_dio_queue::{Cqe, Qid, QueueSize, Sqe, regs};
+use nvme_dio_queue::cmd::Dptr;
+use nvme_dio_queue::queue_pair::{DptrError, Outcome, QueuePairCore, Sink, Teardown};
+use nvme_dio_queue::{Command, Cqe, PrpError, Qid, QueueSize, Segment, Sqe, regs};
 
 use crate::error::{Error, opcode_name};
-use crate::ring::{CqRing, SqRing};
+use crate::ring::{CqMem, SqMem};
 
-/// The admin SQ/CQ pair.
+/// The admin SQ/CQ pair: the same core as an I/O queue pair, driven synchronously.
 #[derive(Debug)]
 pub(crate) struct AdminQueue {
-    sq: SqRing,
-    cq: CqRing,
+    core: QueuePairCore<()>,
+    sq: SqMem,
+    cq: CqMem,
     sq_db: usize,
     cq_db: usize,
-    next_cid: u16,
-    /// Completions whose CID matched no outstanding admin command.
-    pub(crate) stale: u64,
+    next_tag: u64,
+    /// Completions that came after their command had timed out.
+    pub(crate) late: u64,
+}
+
+/// The admin queue's sink: entries only (admin commands carry their own data pointer).
+struct AdminSink<'a>(&'a SqMem);
+
+impl Sink for AdminSink<'_> {
+    fn write_sqe(&mut self, index: u32, sqe: &Sqe) {
+        self.0.write(index, sqe);
+    }
+
+    fn data_pointer(&mut self, _: u16, _: &[Segment], _: &Command) -> Result<Dptr, DptrError> {
+        // Admin commands are never split.
+        Err(DptrError::Prp(PrpError::ZeroLength))
+    }
 }
 
 impl AdminQueue {
@@ -30,22 +47,26 @@ impl AdminQueue {
         page: usize,
         dstrd: u8,
     ) -> Result<AdminQueue, Error> {
-        let sq = mem.alloc(size.entries() as usize * SqRing::ENTRY_BYTES, page)?;
-        let cq = mem.alloc(size.entries() as usize * CqRing::ENTRY_BYTES, page)?;
+        let sq = mem.alloc(size.entries() as usize * SqMem::ENTRY_BYTES, page)?;
+        let cq = mem.alloc(size.entries() as usize * CqMem::ENTRY_BYTES, page)?;
         Ok(AdminQueue {
-            sq: SqRing::new(sq, size),
-            cq: CqRing::new(cq, size),
+            // Deadlines are the caller's (`execute`'s timeout), not the core's.
+            core: QueuePairCore::new(Qid::ADMIN, size, Duration::MAX, 0),
+            sq: SqMem::new(sq, size),
+            cq: CqMem::new(cq, size),
             sq_db: regs::sq_tail_doorbell(Qid::ADMIN, dstrd),
             cq_db: regs::cq_head_doorbell(Qid::ADMIN, dstrd),
-            next_cid: 0,
-            stale: 0,
+            next_tag: 0,
+            late: 0,
         })
     }
 
     /// Forgets ring state after the controller was disabled (the rings are re-programmed).
     pub(crate) fn reset(&mut self) {
-        self.sq.reset();
-        self.cq.reset();
+        self.sq.clear();
+        self.cq.clear();
+        self.core.on_teardown(Teardown::Reset, 0);
+        while self.core.next_delivery().is_some() {}
     }
 
     pub(crate) fn sq_iova(&self) -> u64 {
@@ -61,48 +82,62 @@ impl AdminQueue {
     /// # Errors
     ///
     /// [`Error::Command`] with the device's status, [`Error::AdminTimeout`] if no completion
-    /// came, [`Error::DeviceGone`] if CSTS reads all ones while waiting.
+    /// came (or the ring is full of commands that never came back), [`Error::DeviceGone`]
+    /// if CSTS reads all ones while waiting.
     pub(crate) fn execute<B: Bar0>(
         &mut self,
         bar: &B,
-        mut sqe: Sqe,
+        sqe: Sqe,
         timeout: Duration,
     ) -> Result<Cqe, Error> {
-        let cid = self.next_cid;
-        self.next_cid = self.next_cid.wrapping_add(1);
-        sqe.cid = cid;
-        if self.sq.is_full() {
-            // One command at a time: the ring can only be full if the device stopped
-            // consuming; treat it like a timeout on the previous command.
-            return Err(Error::AdminTimeout {
-                opcode_name: opcode_name(true, sqe.opc),
-                after: Duration::ZERO,
-            });
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let opc = sqe.opc;
+        let timed_out = || Error::AdminTimeout {
+            opcode_name: opcode_name(true, opc),
+            after: timeout,
+        };
+        if self
+            .core
+            .submit(&mut AdminSink(&self.sq), tag, (), |_, _| {
+                Ok::<_, std::convert::Infallible>(sqe)
+            })
+            .is_err()
+        {
+            // Full: every slot holds a command that timed out and never came back.
+            return Err(timed_out());
         }
-        self.sq.push(&sqe);
-        if let Some(tail) = self.sq.take_doorbell() {
+        if let Some(tail) = self.core.take_sq_doorbell() {
+            nvme_dio_dma::barrier::wmb();
             bar.write32(self.sq_db, tail);
         }
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
-            while let Some(cqe) = self.cq.pop() {
-                self.sq.set_head(cqe.sqhd);
-                if let Some(head) = self.cq.take_doorbell() {
+            while let Some(cqe) = self.cq.read_new(self.core.cq_head(), self.core.cq_phase()) {
+                self.core.on_cqe(cqe);
+                if let Some(head) = self.core.take_cq_doorbell() {
                     bar.write32(self.cq_db, head);
                 }
-                if cqe.cid != cid {
-                    self.stale += 1;
-                    continue;
+                while let Some(d) = self.core.next_delivery() {
+                    if d.tag != tag {
+                        self.late += 1;
+                        continue;
+                    }
+                    return match d.outcome {
+                        Outcome::Success => Ok(Cqe {
+                            result: d.result,
+                            ..cqe
+                        }),
+                        Outcome::Status { opcode, status } => Err(Error::Command {
+                            qid: 0,
+                            opcode,
+                            opcode_name: opcode_name(true, opcode),
+                            status,
+                        }),
+                        _ => Err(timed_out()),
+                    };
                 }
-                if cqe.status.is_success() {
-                    return Ok(cqe);
-                }
-                return Err(Error::Command {
-                    opcode: sqe.opc,
-                    opcode_name: opcode_name(true, sqe.opc),
-                    status: cqe.status,
-                });
             }
             spins += 1;
             if spins % 1024 == 0 {
@@ -112,10 +147,7 @@ impl AdminQueue {
                     });
                 }
                 if start.elapsed() > timeout {
-                    return Err(Error::AdminTimeout {
-                        opcode_name: opcode_name(true, sqe.opc),
-                        after: timeout,
-                    });
+                    return Err(timed_out());
                 }
                 std::thread::yield_now();
             }

@@ -5,7 +5,7 @@
 //! threads and create one [`IoQueuePair`] per thread.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nvme_dio_dma::{Bar0, DmaMemory, MemoryOptions, PageKind, PciFunction};
@@ -16,11 +16,13 @@ use nvme_dio_queue::identify::{ActiveNamespaceList, IdentifyController, Identify
 use nvme_dio_queue::regs::{self, Aqa, Cap, Cc, Csts, Version, shn, shst};
 use nvme_dio_queue::{Iova, Nsid, PageSize, Qid, QueueSize, plan};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::poll::PollContext;
 
 use crate::admin::AdminQueue;
-use crate::error::{Error, Stage};
+use crate::error::{AbortReason, BadOption, Error, Nonsense, Stage, Unsupported};
 use crate::namespace::Namespace;
-use crate::qpair::{IoQueuePair, QueuePairOptions};
+use crate::qpair::{IoQueuePair, Parts, QueuePairOptions};
+use crate::ring::DoorbellGate;
 
 /// How to bring a controller up.
 #[derive(Clone, Debug)]
@@ -108,12 +110,16 @@ pub(crate) struct Shared<D: PciFunction> {
     /// [`LIVE`], [`GONE`] (a register read returned all ones) or [`DEAD`] (a reset failed):
     /// once not live, every request fails fast.
     pub(crate) state: AtomicU8,
-    /// Bumped by every controller reset. A queue pair whose epoch is older has lost its
-    /// queues: it fails what it had in flight and re-creates them before its next I/O.
+    /// Bumped when a controller reset (or the release for removal) begins, under the admin
+    /// lock. A queue pair whose epoch is older has lost its queues: once the reset has
+    /// settled it retires what it had in flight and re-creates them.
     pub(crate) epoch: AtomicU64,
-    /// Doorbell writes hold it shared; a reset holds it exclusively, so no doorbell from
-    /// before a reset can reach the controller after it.
-    pub(crate) gate: RwLock<()>,
+    /// The newest epoch whose reset has finished (successfully or not): the controller was
+    /// disabled, or declared gone or dead, and the admin queue is usable again.
+    pub(crate) settled: AtomicU64,
+    /// One "in doorbell" flag per queue pair: see `ring.rs` for why no doorbell from before a
+    /// reset reaches the controller after it, without a lock on the doorbell path.
+    pub(crate) gate: DoorbellGate,
     resets: AtomicU64,
     admin_size: QueueSize,
     ready_limit: Duration,
@@ -161,6 +167,21 @@ pub(crate) fn read32<B: Bar0>(bar: &B, reg: usize) -> Result<u32, Error> {
         u32::MAX => Err(Error::DeviceGone { register: reg }),
         v => Ok(v),
     }
+}
+
+/// CAP as two 32-bit reads, low dword first, as Linux does: a 64-bit MMIO read may be split
+/// or refused on some platforms, and the spec only promises 32-bit access. All ones in both
+/// halves is a device that is gone.
+fn read_cap<B: Bar0>(bar: &B) -> u64 {
+    let lo = bar.read32(regs::CAP) as u64;
+    let hi = bar.read32(regs::CAP + 4) as u64;
+    hi << 32 | lo
+}
+
+/// A 64-bit address register (ASQ, ACQ) as two 32-bit writes, low dword first.
+fn write_addr<B: Bar0>(bar: &B, reg: usize, value: u64) {
+    bar.write32(reg, value as u32);
+    bar.write32(reg + 4, (value >> 32) as u32);
 }
 
 fn wait_ready<B: Bar0>(bar: &B, want: bool, limit: Duration) -> Result<(), Error> {
@@ -211,8 +232,8 @@ fn enable<B: Bar0>(
         }
         .to_u32(),
     );
-    bar.write64(regs::ASQ, admin.sq_iova());
-    bar.write64(regs::ACQ, admin.cq_iova());
+    write_addr(bar, regs::ASQ, admin.sq_iova());
+    write_addr(bar, regs::ACQ, admin.cq_iova());
     let cc = Cc::default()
         .with_css(0)
         .with_mps(page)
@@ -273,7 +294,7 @@ impl<D: PciFunction> Controller<D> {
         let bar = dev.bar0();
 
         // Stage: capabilities.
-        let cap_raw = bar.read64(regs::CAP);
+        let cap_raw = read_cap(bar);
         if cap_raw == u64::MAX {
             return Err(Error::DeviceGone {
                 register: regs::CAP,
@@ -283,36 +304,27 @@ impl<D: PciFunction> Controller<D> {
         let cap = Cap(cap_raw);
         let version = Version(read32(bar, regs::VS).map_err(|e| e.at(Stage::Capabilities))?);
         if !cap.css_nvm() {
-            return Err(
-                Error::Unsupported("CAP.CSS does not include the NVM command set".into())
-                    .at(Stage::Capabilities),
-            );
+            return Err(Error::Unsupported(Unsupported::NoNvmCommandSet).at(Stage::Capabilities));
         }
         if cap.mqes_raw() == 0 {
-            return Err(
-                Error::Nonsense("CAP.MQES is 0 (queues of one entry cannot work)".into())
-                    .at(Stage::Capabilities),
-            );
+            return Err(Error::Nonsense(Nonsense::MqesZero).at(Stage::Capabilities));
         }
         let (Some(mpsmin), Some(mpsmax)) = (cap.mpsmin(), cap.mpsmax()) else {
             return Err(
-                Error::Nonsense(format!("CAP.MPSMIN/MPSMAX unusable in CAP={cap_raw:#x}"))
-                    .at(Stage::Capabilities),
+                Error::Nonsense(Nonsense::PageSizes { cap: cap_raw }).at(Stage::Capabilities)
             );
         };
         if mpsmin > mpsmax {
-            return Err(Error::Nonsense(format!(
-                "CAP.MPSMIN ({} bytes) is above CAP.MPSMAX ({} bytes)",
-                mpsmin.bytes(),
-                mpsmax.bytes()
-            ))
+            return Err(Error::Nonsense(Nonsense::PageSizeOrder {
+                min: mpsmin.bytes(),
+                max: mpsmax.bytes(),
+            })
             .at(Stage::Capabilities));
         }
         if mpsmin.bytes() > 64 << 10 {
-            return Err(Error::Unsupported(format!(
-                "the smallest page the controller takes is {} bytes; this driver handles up to 64 KiB",
-                mpsmin.bytes()
-            ))
+            return Err(Error::Unsupported(Unsupported::PageTooLarge {
+                bytes: mpsmin.bytes(),
+            })
             .at(Stage::Capabilities));
         }
         // The host page size when the controller allows it, so that a DMA buffer's pages
@@ -333,10 +345,9 @@ impl<D: PciFunction> Controller<D> {
             .map_err(|e| Error::from(e).at(Stage::AdminQueue))?;
         let admin_size = QueueSize::new(opts.admin_entries.min(cap.mqes().entries()).min(4096))
             .ok_or_else(|| {
-                Error::BadOption(format!(
-                    "ControllerOptions::admin_entries {} (2..=4096)",
-                    opts.admin_entries
-                ))
+                Error::BadOption(BadOption::AdminEntries {
+                    given: opts.admin_entries,
+                })
                 .at(Stage::AdminQueue)
             })?;
         let mut admin = AdminQueue::new(&mem, admin_size, page.bytes(), dstrd)
@@ -358,15 +369,14 @@ impl<D: PciFunction> Controller<D> {
             .copy_to_slice(0, &mut raw)
             .map_err(|e| Error::from(e).at(Stage::IdentifyController))?;
         let id = IdentifyController::from_bytes(&raw)
-            .map_err(|e| Error::Nonsense(e.to_string()).at(Stage::IdentifyController))?;
+            .map_err(|e| Error::Nonsense(Nonsense::Identify(e)).at(Stage::IdentifyController))?;
         let sq_min = id.sqes().required;
         let cq_min = id.cqes().required;
         if sq_min > 6 || cq_min > 4 {
-            return Err(Error::Unsupported(format!(
-                "SQES/CQES require {}/{}-byte entries; this driver uses 64/16",
-                1u32 << sq_min,
-                1u32 << cq_min
-            ))
+            return Err(Error::Unsupported(Unsupported::EntrySizes {
+                sq: 1u32 << sq_min,
+                cq: 1u32 << cq_min,
+            })
             .at(Stage::IdentifyController));
         }
         let mdts_bytes = id.max_transfer_bytes(mpsmin);
@@ -388,7 +398,7 @@ impl<D: PciFunction> Controller<D> {
                 .copy_to_slice(0, &mut raw)
                 .map_err(|e| Error::from(e).at(Stage::IdentifyNamespaces))?;
             ActiveNamespaceList::parse(&raw)
-                .map_err(|e| Error::Nonsense(e.to_string()).at(Stage::IdentifyNamespaces))?
+                .map_err(|e| Error::Nonsense(Nonsense::Identify(e)).at(Stage::IdentifyNamespaces))?
         };
         for nsid in nsids {
             idbuf.fill(0);
@@ -398,25 +408,26 @@ impl<D: PciFunction> Controller<D> {
             idbuf
                 .copy_to_slice(0, &mut raw)
                 .map_err(|e| Error::from(e).at(Stage::IdentifyNamespaces))?;
-            let ns = IdentifyNamespace::from_bytes(&raw)
-                .map_err(|e| Error::Nonsense(e.to_string()).at(Stage::IdentifyNamespaces))?;
+            let ns = IdentifyNamespace::from_bytes(&raw).map_err(|e| {
+                Error::Nonsense(Nonsense::Identify(e)).at(Stage::IdentifyNamespaces)
+            })?;
             if ns.nsze() == 0 {
                 continue; // allocated but inactive
             }
             if ns.flbas_index() >= ns.nlbaf() {
-                return Err(Error::Nonsense(format!(
-                    "namespace {nsid} uses LBA format {} of the {} it lists",
-                    ns.flbas_index(),
-                    ns.nlbaf()
-                ))
+                return Err(Error::Nonsense(Nonsense::LbaFormatIndex {
+                    nsid,
+                    index: ns.flbas_index(),
+                    count: ns.nlbaf(),
+                })
                 .at(Stage::IdentifyNamespaces));
             }
             let fmt = ns.current_lba_format();
             if !(512..=65536).contains(&fmt.data_size) || !fmt.data_size.is_power_of_two() {
-                return Err(Error::Nonsense(format!(
-                    "namespace {nsid} has LBA size {}",
-                    fmt.data_size
-                ))
+                return Err(Error::Nonsense(Nonsense::LbaSize {
+                    nsid,
+                    size: fmt.data_size,
+                })
                 .at(Stage::IdentifyNamespaces));
             }
             let list_pages = opts.prp_list_pages.max(1);
@@ -434,8 +445,7 @@ impl<D: PciFunction> Controller<D> {
         let granted = set_number_of_queues(bar, &mut admin, opts.io_queues.max(1), t)
             .map_err(|e| e.at(Stage::SetNumberOfQueues))?;
         if granted == 0 {
-            return Err(Error::Nonsense("controller granted zero I/O queues".into())
-                .at(Stage::SetNumberOfQueues));
+            return Err(Error::Nonsense(Nonsense::ZeroQueues).at(Stage::SetNumberOfQueues));
         }
 
         // Stage: interrupts. Vector 0 is the admin queue's; I/O queue `qid` uses vector `qid`.
@@ -477,7 +487,8 @@ impl<D: PciFunction> Controller<D> {
             vectors,
             state: AtomicU8::new(LIVE),
             epoch: AtomicU64::new(0),
-            gate: RwLock::new(()),
+            settled: AtomicU64::new(0),
+            gate: DoorbellGate::new(granted),
             resets: AtomicU64::new(0),
             admin_size,
             ready_limit: limit,
@@ -534,13 +545,10 @@ impl<D: PciFunction> Controller<D> {
         let s = &self.shared;
         s.check_live()?;
         let entries = opts.entries.min(s.info.cap.mqes().entries());
-        let size = QueueSize::new(entries).ok_or_else(|| {
-            Error::BadOption(format!(
-                "QueuePairOptions::entries {} (2..={})",
-                opts.entries,
-                s.info.cap.mqes().entries()
-            ))
-        })?;
+        let size = QueueSize::new(entries).ok_or(Error::BadOption(BadOption::QueueEntries {
+            given: opts.entries,
+            max: s.info.cap.mqes().entries(),
+        }))?;
         let vector = match opts.mode {
             crate::qpair::CompletionMode::Poll => None,
             crate::qpair::CompletionMode::Interrupt => Some(()),
@@ -559,41 +567,63 @@ impl<D: PciFunction> Controller<D> {
                 Some(fd) => Some(Arc::clone(fd)),
                 None => {
                     self.release_qid(qid);
-                    return Err(Error::BadOption(format!(
-                        "interrupt mode needs MSI-X vector {qid}, but {} are enabled",
-                        s.vectors.len()
-                    )));
+                    return Err(Error::BadOption(BadOption::NoVector {
+                        vector: qid,
+                        enabled: s.vectors.len(),
+                    }));
                 }
             },
         };
         let page = s.page.bytes();
-        let sq_mem = s.mem.alloc(size.entries() as usize * 64, page);
-        let cq_mem = s.mem.alloc(size.entries() as usize * 16, page);
-        let (sq_mem, cq_mem) = match (sq_mem, cq_mem) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => {
+        let slots = size.entries() as usize - 1;
+        // Everything the queue pair needs is allocated before its queues are created, so
+        // nothing can fail once the controller holds them.
+        let parts = (|| {
+            let sq = s.mem.alloc(size.entries() as usize * 64, page)?;
+            let cq = s.mem.alloc(size.entries() as usize * 16, page)?;
+            // All list pages in one allocation, sliced per tracker, mapped once.
+            let lists = s.mem.alloc(slots * s.prp_list_pages * page, page)?;
+            let irq = match irq {
+                None => None,
+                Some(fd) => {
+                    let poll = PollContext::new().map_err(|e| Error::Wait(e.into()))?;
+                    poll.add(fd.as_ref(), 0u32)
+                        .map_err(|e| Error::Wait(e.into()))?;
+                    Some((fd, poll))
+                }
+            };
+            let vector = irq.as_ref().map(|_| qid);
+            Ok::<_, Error>(Parts {
+                qid: Qid(qid),
+                size,
+                sq,
+                cq,
+                lists,
+                irq,
+                vector,
+            })
+        })();
+        let parts = match parts {
+            Ok(p) => p,
+            Err(e) => {
                 self.release_qid(qid);
-                return Err(e.into());
+                return Err(e);
             }
         };
-        let q = Qid(qid);
-        let vector = irq.as_ref().map(|_| qid);
-        let epoch = match s.create_queues(q, size, (sq_mem.iova(), cq_mem.iova()), vector) {
+        let iovas = (parts.sq.iova(), parts.cq.iova());
+        let epoch = match s.create_queues(parts.qid, size, iovas, parts.vector) {
             Ok(epoch) => epoch,
             Err(e) => {
                 self.release_qid(qid);
                 return Err(e);
             }
         };
-        IoQueuePair::new(
+        Ok(IoQueuePair::new(
             Arc::clone(&self.shared),
-            q,
-            size,
-            (sq_mem, cq_mem),
-            irq,
+            parts,
             epoch,
-            opts,
-        )
+            &opts,
+        ))
     }
 
     /// Resets the controller (CC.EN 1 -> 0 -> 1) and brings it back up. Every queue pair
@@ -640,7 +670,7 @@ pub(crate) fn lock_admin<D: PciFunction>(
     // controller must be reset before it is used again.
     s.admin
         .lock()
-        .map_err(|_| Error::Aborted("left in an unknown state by a panic"))
+        .map_err(|_| Error::Aborted(AbortReason::AdminPoisoned))
 }
 
 impl<D: PciFunction> Shared<D> {
@@ -651,7 +681,7 @@ impl<D: PciFunction> Shared<D> {
             GONE => Err(Error::DeviceGone {
                 register: regs::CSTS,
             }),
-            _ => Err(Error::Aborted("reset, and did not come back")),
+            _ => Err(Error::Aborted(AbortReason::ResetFailed)),
         }
     }
 
@@ -679,30 +709,51 @@ impl<D: PciFunction> Shared<D> {
         Ok(epoch)
     }
 
+    /// Begins a reset epoch: from now on no doorbell of an older epoch is written, and once
+    /// this returns none is in progress (R1 and R2 in `ring.rs`). Called with the admin lock
+    /// held, so epochs begin and settle in order.
+    fn begin_epoch(&self) -> u64 {
+        let e = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.gate.close();
+        e
+    }
+
+    /// The reset that began epoch `e` has finished; queue pairs may adopt it.
+    fn settle(&self, e: u64) {
+        self.settled.store(e, Ordering::Release);
+    }
+
+    /// True once the reset that began epoch `e` has finished.
+    pub(crate) fn is_settled(&self, e: u64) -> bool {
+        self.settled.load(Ordering::Acquire) >= e
+    }
+
     /// The system wants the device back (hot unplug): stop its DMA (CC.EN = 0), declare it
     /// gone so every request fails fast, and let the owner drop it.
     pub(crate) fn release_for_removal(&self) {
-        let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
         let Ok(_admin) = lock_admin(self) else { return };
         if self.state.load(Ordering::Acquire) != LIVE {
             return;
         }
+        let e = self.begin_epoch();
         // Disabled, the controller drops its queues and touches no memory, so the buffers of
         // the requests it held can be handed back.
         let _ = disable(self.dev.bar0(), self.ready_limit);
         self.state.store(GONE, Ordering::Release);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.settle(e);
     }
 
     /// Resets the controller unless someone already did since `seen` (the caller's epoch).
+    /// Queue pairs do not wait for it: a doorbell is never blocked by it for longer than
+    /// another queue pair's one MMIO write, and each queue pair adopts the reset once it has
+    /// settled.
     pub(crate) fn reset(&self, seen: u64) -> Result<(), Error> {
-        // Order: gate, then admin. Nothing takes the gate while holding the admin lock.
-        let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
         let mut admin = lock_admin(self)?;
         if self.epoch.load(Ordering::Acquire) != seen {
             return self.check_live();
         }
         self.check_live()?;
+        let e = self.begin_epoch();
         let bar = self.dev.bar0();
         let result = (|| {
             disable(bar, self.ready_limit).map_err(|e| e.at(Stage::Disable))?;
@@ -713,10 +764,10 @@ impl<D: PciFunction> Shared<D> {
                 set_number_of_queues(bar, &mut admin, self.info.io_queues, self.admin_timeout)
                     .map_err(|e| e.at(Stage::SetNumberOfQueues))?;
             if granted < self.info.io_queues {
-                return Err(Error::Nonsense(format!(
-                    "after reset the controller granted {granted} I/O queues, {} before",
-                    self.info.io_queues
-                ))
+                return Err(Error::Nonsense(Nonsense::FewerQueuesAfterReset {
+                    granted,
+                    before: self.info.io_queues,
+                })
                 .at(Stage::SetNumberOfQueues));
             }
             Ok(())
@@ -728,9 +779,7 @@ impl<D: PciFunction> Shared<D> {
         } else {
             self.resets.fetch_add(1, Ordering::Relaxed);
         }
-        // Bumped last, after the controller is back (or declared lost): a queue pair that
-        // sees the new epoch sees the finished reset.
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.settle(e);
         result
     }
 
@@ -752,6 +801,13 @@ impl<D: PciFunction> Shared<D> {
             f.push(q.0);
         }
         deleted
+    }
+
+    /// Returns a qid whose queues the controller no longer has (a reset dropped them).
+    pub(crate) fn give_back_qid(&self, q: Qid) {
+        if let Ok(mut f) = self.free_qids.lock() {
+            f.push(q.0);
+        }
     }
 
     /// Sends an Abort for `cid` on `sqid`; `Ok(true)` if the controller says it aborted it

@@ -40,11 +40,13 @@ impl std::fmt::Display for Stage {
     }
 }
 
-/// Everything that can go wrong in the driver.
+/// Everything that can go wrong in the driver. Each failure is a variant with fields;
+/// those about one command name its queue (`qid`).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Bring-up failed; `stage` says where.
-    #[error("controller bring-up failed while {stage}: {source}")]
+    #[error("controller bring-up failed while {stage}")]
     BringUp {
         /// Where it failed.
         stage: Stage,
@@ -83,13 +85,15 @@ pub enum Error {
     },
     /// The controller cannot be driven by this driver.
     #[error("unsupported controller: {0}")]
-    Unsupported(String),
-    /// The controller reported limits that make no sense.
+    Unsupported(Unsupported),
+    /// The controller reported something that makes no sense.
     #[error("controller reported nonsense: {0}")]
-    Nonsense(String),
+    Nonsense(Nonsense),
     /// The device completed a command with an error status.
-    #[error("{opcode_name} failed: {status}")]
+    #[error("{opcode_name} failed on queue {qid}: {status}")]
     Command {
+        /// The queue (0: admin).
+        qid: u16,
         /// The command's opcode.
         opcode: u8,
         /// A readable name of the command.
@@ -99,9 +103,11 @@ pub enum Error {
     },
     /// A command did not complete within its deadline.
     #[error(
-        "{opcode_name} timed out after {after:?} (it was aborted; see the queue pair's counters)"
+        "{opcode_name} on queue {qid} timed out after {after:?} (it was aborted; see the queue pair's counters)"
     )]
     Timeout {
+        /// The queue.
+        qid: u16,
         /// A readable name of the command.
         opcode_name: &'static str,
         /// Its deadline.
@@ -115,9 +121,12 @@ pub enum Error {
         /// Its deadline.
         after: Duration,
     },
-    /// The request was refused before anything was queued: bad input.
-    #[error("invalid request: {0}")]
+    /// The planner refused the request before anything was queued: bad input.
+    #[error("invalid request")]
     Invalid(#[from] nvme_dio_queue::plan::PlanError),
+    /// The request's arguments are out of range.
+    #[error("invalid request: {0}")]
+    Bad(BadRequest),
     /// A request named a namespace the controller does not have.
     #[error("namespace {nsid} does not exist on this controller (active: {active:?})")]
     NoSuchNamespace {
@@ -142,16 +151,17 @@ pub enum Error {
         /// Namespace size.
         ns_blocks: u64,
     },
-    /// A request's arguments are out of range (block counts, range lists).
-    #[error("invalid request: {0}")]
-    BadRequest(String),
-    /// The namespace or controller does not support this command.
+    /// The namespace or controller does not support this.
     #[error("{0} is not supported by this controller")]
-    NotSupported(&'static str),
+    NotSupported(Feature),
     /// The queue pair has no free slot: complete some requests (poll) and submit again.
-    #[error("queue pair full ({outstanding} outstanding): poll for completions, then resubmit")]
+    #[error(
+        "queue pair {qid} full ({outstanding} outstanding): poll for completions, then resubmit"
+    )]
     QueueFull {
-        /// Requests in flight.
+        /// The queue.
+        qid: u16,
+        /// Commands in flight.
         outstanding: usize,
     },
     /// No I/O queue is left: the controller granted fewer than asked.
@@ -160,12 +170,12 @@ pub enum Error {
         /// Queue pairs the controller granted.
         granted: u16,
     },
-    /// A controller or queue pair option is out of range (the text names which).
+    /// A controller or queue pair option is out of range.
     #[error("invalid option: {0}")]
-    BadOption(String),
-    /// The controller was reset or shut down while the request was in flight.
-    #[error("request aborted: the controller was {0}")]
-    Aborted(&'static str),
+    BadOption(BadOption),
+    /// The request was in flight when the controller was reset or the queue pair deleted.
+    #[error("request aborted: {0}")]
+    Aborted(AbortReason),
     /// A buffer was not allocated from this controller's DMA memory.
     #[error(
         "buffer {index} is not from this controller's DMA memory: allocate it with \
@@ -176,14 +186,217 @@ pub enum Error {
         index: usize,
     },
     /// The queue pair's queues could not be re-created after a controller reset.
-    #[error("queue pair lost its queues in a controller reset ({0}); drop it and create another")]
-    QueueLost(String),
+    #[error("queue pair {qid} lost its queues in a controller reset; drop it and create another")]
+    QueueLost {
+        /// The queue.
+        qid: u16,
+        /// Why re-creating them failed.
+        #[source]
+        source: std::sync::Arc<Error>,
+    },
+    /// A planned command's data pointer could not be built (a driver bug, reported).
+    #[error("data pointer for a planned command on queue {qid} could not be built")]
+    DataPointer {
+        /// The queue.
+        qid: u16,
+        /// What the builder said.
+        #[source]
+        source: nvme_dio_queue::queue_pair::DptrError,
+    },
     /// DMA memory or device access failed.
     #[error(transparent)]
     Dma(#[from] nvme_dio_dma::Error),
     /// Waiting on an interrupt eventfd failed.
-    #[error("waiting for an interrupt failed: {0}")]
+    #[error("waiting for an interrupt failed")]
     Wait(#[source] std::io::Error),
+}
+
+/// Why a controller cannot be driven.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unsupported {
+    /// CAP.CSS lacks the NVM command set.
+    #[error("CAP.CSS does not include the NVM command set")]
+    NoNvmCommandSet,
+    /// The smallest page the controller takes is too large.
+    #[error(
+        "the smallest page the controller takes is {bytes} bytes; this driver handles up to 64 KiB"
+    )]
+    PageTooLarge {
+        /// CAP.MPSMIN in bytes.
+        bytes: usize,
+    },
+    /// SQES/CQES require larger entries than the driver uses.
+    #[error("SQES/CQES require {sq}/{cq}-byte entries; this driver uses 64/16")]
+    EntrySizes {
+        /// Required SQ entry bytes.
+        sq: u32,
+        /// Required CQ entry bytes.
+        cq: u32,
+    },
+}
+
+/// Something the controller reported that makes no sense.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Nonsense {
+    /// CAP.MQES is 0.
+    #[error("CAP.MQES is 0 (queues of one entry cannot work)")]
+    MqesZero,
+    /// CAP.MPSMIN/MPSMAX cannot be decoded.
+    #[error("CAP.MPSMIN/MPSMAX unusable in CAP={cap:#x}")]
+    PageSizes {
+        /// The CAP register.
+        cap: u64,
+    },
+    /// CAP.MPSMIN is above CAP.MPSMAX.
+    #[error("CAP.MPSMIN ({min} bytes) is above CAP.MPSMAX ({max} bytes)")]
+    PageSizeOrder {
+        /// MPSMIN in bytes.
+        min: usize,
+        /// MPSMAX in bytes.
+        max: usize,
+    },
+    /// An Identify page could not be parsed.
+    #[error("an Identify page")]
+    Identify(#[source] nvme_dio_queue::IdentifyError),
+    /// A namespace's current LBA format is not one it lists.
+    #[error("namespace {nsid} uses LBA format {index} of the {count} it lists")]
+    LbaFormatIndex {
+        /// The namespace.
+        nsid: Nsid,
+        /// FLBAS index.
+        index: u8,
+        /// NLBAF + 1.
+        count: u8,
+    },
+    /// A namespace's block size is unusable.
+    #[error("namespace {nsid} has LBA size {size}")]
+    LbaSize {
+        /// The namespace.
+        nsid: Nsid,
+        /// Its block size.
+        size: u32,
+    },
+    /// Set Features (Number of Queues) granted none.
+    #[error("controller granted zero I/O queues")]
+    ZeroQueues,
+    /// After a reset the controller granted fewer queues than before.
+    #[error("after reset the controller granted {granted} I/O queues, {before} before")]
+    FewerQueuesAfterReset {
+        /// Granted now.
+        granted: u16,
+        /// Granted at bring-up.
+        before: u16,
+    },
+}
+
+/// A request refused for its arguments, before anything was queued.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BadRequest {
+    /// A block count out of the command's range.
+    #[error("{blocks} blocks: one command takes 1..={max}")]
+    BlockCount {
+        /// Blocks asked for.
+        blocks: u64,
+        /// The most one command takes.
+        max: u64,
+    },
+    /// A Dataset Management range list of the wrong length.
+    #[error("{ranges} deallocate ranges: Dataset Management takes 1..=256 per command")]
+    DeallocateRanges {
+        /// Ranges given.
+        ranges: usize,
+    },
+    /// A buffer longer than one segment can be.
+    #[error("buffer {index} is {bytes} bytes; one buffer holds at most 4 GiB - 1")]
+    BufferTooLarge {
+        /// Its index in the request.
+        index: usize,
+        /// Its length.
+        bytes: usize,
+    },
+    /// The namespace's format carries separate metadata, which the driver does not transfer.
+    #[error(
+        "namespace {nsid} is formatted with {metadata_bytes} bytes of metadata per block, which \
+         nvme-dio does not transfer: use a format without metadata"
+    )]
+    MetadataFormat {
+        /// The namespace.
+        nsid: Nsid,
+        /// Metadata bytes per block.
+        metadata_bytes: u16,
+    },
+    /// A raw command's buffer cannot be described by PRPs.
+    #[error("the buffer cannot be described by PRPs: {0}")]
+    NotDescribable(nvme_dio_queue::PrpError),
+}
+
+/// A controller or queue pair option out of range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BadOption {
+    /// `ControllerOptions::admin_entries`.
+    #[error("ControllerOptions::admin_entries {given} (2..=4096)")]
+    AdminEntries {
+        /// The value given.
+        given: u32,
+    },
+    /// `QueuePairOptions::entries`.
+    #[error("QueuePairOptions::entries {given} (2..={max})")]
+    QueueEntries {
+        /// The value given.
+        given: u32,
+        /// CAP.MQES + 1.
+        max: u32,
+    },
+    /// Interrupt mode without MSI-X vectors.
+    #[error(
+        "QueuePairOptions::mode Interrupt needs MSI-X vector {vector}, but {enabled} are enabled \
+         (ControllerOptions::interrupts)"
+    )]
+    NoVector {
+        /// The vector needed.
+        vector: u16,
+        /// Vectors enabled.
+        enabled: usize,
+    },
+}
+
+/// Something a namespace or controller may lack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Feature {
+    /// The Write Zeroes command (ONCS bit 3).
+    #[error("Write Zeroes")]
+    WriteZeroes,
+    /// Dataset Management with deallocate (ONCS bit 2).
+    #[error("Dataset Management (deallocate)")]
+    Deallocate,
+    /// An interrupt eventfd on a poll-mode queue pair.
+    #[error(
+        "an interrupt eventfd on a poll-mode queue pair (create it with CompletionMode::Interrupt)"
+    )]
+    InterruptFd,
+}
+
+/// Why a request in flight was aborted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AbortReason {
+    /// The controller was reset (it dropped its queues; DMA had stopped).
+    #[error("the controller was reset")]
+    Reset,
+    /// A reset failed: the controller is unusable, and the buffers are kept from reuse.
+    #[error("the controller was reset, and did not come back")]
+    ResetFailed,
+    /// The queue pair was dropped.
+    #[error("the queue pair was deleted")]
+    QueueDeleted,
+    /// A panic left the admin queue in an unknown state.
+    #[error("the admin queue was left in an unknown state by a panic")]
+    AdminPoisoned,
 }
 
 impl Error {
@@ -201,6 +414,95 @@ impl Error {
             Error::BringUp { source, .. } => source.status(),
             _ => None,
         }
+    }
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`, for messages and logs.
+///
+/// Each [`Error`] message says only its own part and names the rest as its `source()`, so a
+/// caller that prints `{e}` sees the outermost part; print `Report(&e)` for the whole story.
+#[derive(Clone, Copy, Debug)]
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+/// What kind of failure an [`Error`] is, for callers that react by kind (retry, give up,
+/// fix the input) and for the C ABI's status codes. Every variant maps to exactly one kind,
+/// in one exhaustive match ([`Error::kind`]), so a new variant cannot go unmapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The device completed the command with an error status.
+    Device,
+    /// A command or a wait ran out of time.
+    Timeout,
+    /// The caller's input or options are invalid: fix them (nothing reached the device).
+    InvalidInput,
+    /// A block range past the namespace's end, or a namespace that does not exist.
+    OutOfRange,
+    /// The controller or namespace cannot do this.
+    Unsupported,
+    /// No free slot or queue now: complete some requests, then resubmit.
+    QueueFull,
+    /// The request was in flight when the controller was reset or the queue pair deleted:
+    /// resubmit it (a write may or may not have reached the medium).
+    Aborted,
+    /// The device is gone or unusable.
+    NoDevice,
+    /// DMA memory could not be had.
+    NoMemory,
+    /// The operating system refused (VFIO, eventfds).
+    System,
+    /// The controller behaved in a way it must not, or the driver has a bug.
+    Internal,
+}
+
+impl Error {
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::BringUp { source, .. } => match source.kind() {
+                ErrorKind::NoMemory | ErrorKind::InvalidInput | ErrorKind::System => source.kind(),
+                ErrorKind::Unsupported => ErrorKind::Unsupported,
+                _ => ErrorKind::NoDevice,
+            },
+            Error::ReadyTimeout { .. } | Error::Timeout { .. } | Error::AdminTimeout { .. } => {
+                ErrorKind::Timeout
+            }
+            Error::ControllerFatal { .. } | Error::DeviceGone { .. } => ErrorKind::NoDevice,
+            Error::Unsupported(_) | Error::NotSupported(_) => ErrorKind::Unsupported,
+            Error::Nonsense(_) | Error::DataPointer { .. } => ErrorKind::Internal,
+            Error::Command { .. } => ErrorKind::Device,
+            Error::Invalid(_)
+            | Error::Bad(_)
+            | Error::BadOption(_)
+            | Error::ForeignBuffer { .. } => ErrorKind::InvalidInput,
+            Error::NoSuchNamespace { .. } | Error::OutOfRange { .. } => ErrorKind::OutOfRange,
+            Error::QueueFull { .. } | Error::NoFreeQueue { .. } => ErrorKind::QueueFull,
+            Error::Aborted(AbortReason::Reset | AbortReason::QueueDeleted) => ErrorKind::Aborted,
+            Error::Aborted(AbortReason::ResetFailed | AbortReason::AdminPoisoned) => {
+                ErrorKind::NoDevice
+            }
+            Error::QueueLost { .. } => ErrorKind::NoDevice,
+            Error::Dma(nvme_dio_dma::Error::InvalidArgument { .. }) => ErrorKind::InvalidInput,
+            Error::Dma(_) => ErrorKind::NoMemory,
+            Error::Wait(_) => ErrorKind::System,
+        }
+    }
+
+    /// The whole chain of causes, as [`Report`] prints it.
+    pub fn report(&self) -> String {
+        Report(self).to_string()
     }
 }
 

@@ -90,9 +90,10 @@ use nvme_dio_dma::{DmaBuf, PciFunction};
 use nvme_dio_queue::Lba;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::completion::{Bufs, Completion, QueueStats, Rejected};
 use crate::error::Error;
 use crate::namespace::Namespace;
-use crate::qpair::{Bufs, Completion, CompletionMode, IoQueuePair, QueueStats, Rejected};
+use crate::qpair::{CompletionMode, IoQueuePair};
 
 /// A request that failed: why, and its buffers handed back.
 ///
@@ -397,9 +398,9 @@ impl<D: PciFunction> AsyncQueuePair<D> {
     /// cannot be duplicated.
     pub fn interrupt_fd(&self) -> Result<InterruptFd, Error> {
         let qp = self.inner.qp.borrow();
-        let fd = qp.eventfd().ok_or(Error::NotSupported(
-            "an interrupt eventfd on a poll-mode queue pair",
-        ))?;
+        let fd = qp
+            .eventfd()
+            .ok_or(Error::NotSupported(crate::error::Feature::InterruptFd))?;
         fd.try_clone().map(InterruptFd).map_err(Error::Wait)
     }
 

@@ -21,9 +21,12 @@
 //!   on its MSI-X eventfd ([`CompletionMode`]), and handed out as [`Completion`]s carrying
 //!   the caller's tag, the result and the buffers.
 //!
-//! The data path, file by file: `qpair.rs` (submit, plan, build) -> `ring.rs` (SQ slot,
-//! doorbell, CQ slot, phase) -> `qpair.rs` (tracker, completion). Bring-up lives in
-//! `controller.rs`, the admin queue in `admin.rs`.
+//! The data path, file by file: `submit.rs` (the [`Io`] request, plan, data pointer, entry
+//! into the SQ slot) -> `ring.rs` (doorbell without a lock, CQ slot, phase) -> `qpair.rs`
+//! (CQEs fed to the core, deadlines, resets) -> `completion.rs` ([`Completion`]). Every
+//! decision on the way is made by the pure queue-pair core,
+//! `nvme_dio_queue::queue_pair`. Bring-up lives in `controller.rs`, the admin queue in
+//! `admin.rs`.
 
 //!
 //! ## Quick start: bring-up, one write, one read
@@ -79,22 +82,29 @@
 
 #![forbid(unsafe_code)]
 
+// One I/O through the files, in order: submit.rs (Io -> plan -> the core claims a tracker
+// -> data pointer -> entry into the SQ slot) -> ring.rs (doorbell, CQ slot, phase) ->
+// qpair.rs (CQE fed to the core, ticks, resets) -> completion.rs (what the caller gets).
+// The decisions are in nvme_dio_queue::queue_pair.
 mod admin;
+mod completion;
 mod controller;
-mod error;
+pub mod error;
 mod future;
 mod namespace;
 mod qpair;
 mod ring;
+mod submit;
 
+pub use completion::{Bufs, Completion, Completions, QueueStats, Rejected};
 pub use controller::{Controller, ControllerInfo, ControllerOptions};
-pub use error::{Error, Stage};
+pub use error::{Error, ErrorKind, Report, Stage};
 pub use future::{AsyncQueuePair, InterruptFd, IoFailed, IoFuture};
 pub use namespace::Namespace;
+pub use nvme_dio_dma::VfioFunction;
 pub use nvme_dio_dma::{DmaBuf, DmaMemory, DmaPool, MemoryOptions, PageKind, PciFunction};
 /// The NVMe spec types and command builders (for [`IoQueuePair::submit_raw`]).
 pub use nvme_dio_queue as spec;
 pub use nvme_dio_queue::{Lba, Nsid, Status};
-pub use qpair::{
-    Bufs, Completion, CompletionMode, IoQueuePair, QueuePairOptions, QueueStats, Rejected,
-};
+pub use qpair::{CompletionMode, IoQueuePair, QueuePairOptions};
+pub use submit::Io;

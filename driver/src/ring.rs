@@ -1,188 +1,224 @@
-//! Submission and completion rings in DMA memory: index and phase logic, volatile slot access.
+//! The queue pair's device-visible side: SQ and CQ slots in DMA memory, and the doorbells.
 //!
 //! The rings are the only device-visible structures the hot path touches. Slots are written
 //! and read as whole entries through the dma crate's volatile accessors; no reference into
-//! the ring ever exists.
+//! the ring ever exists. Which slot to write or read, and which doorbell value is owed, is
+//! the core's decision (`nvme_dio_queue::queue_pair`); this file only moves bytes, and keeps
+//! each memory fence in the same function as the access it orders.
+//!
+//! ## Doorbells without a lock, and why none from before a reset reaches the controller after it
+//!
+//! Each queue pair owns one flag in [`DoorbellGate`] (indexed by its qid). A doorbell write
+//! ([`Doorbells::ring`]) is:
+//!
+//! ```text
+//! D1  flag[qid].store(true, SeqCst)
+//! D2  if epoch.load(SeqCst) != my_epoch { flag[qid].store(false); return (not written) }
+//! D3  MMIO write of the doorbell
+//! D4  flag[qid].store(false, Release)
+//! ```
+//!
+//! and a controller reset (`Shared::reset`, `Shared::release_for_removal`) begins with
+//!
+//! ```text
+//! R1  epoch.fetch_add(1, SeqCst)
+//! R2  for every flag: while flag.load(SeqCst) { spin }      (DoorbellGate::close)
+//! R3  CC.EN = 0 ...
+//! ```
+//!
+//! Claim: no doorbell written for epoch `e` reaches the controller after R3 of the reset that
+//! ends epoch `e`. All of D1, D2, R1, R2 are SeqCst, so they sit in one total order S that
+//! agrees with each thread's program order. If D2 read `e` (the old epoch), D2 comes before
+//! R1 in S, hence D1 < D2 < R1 < R2: R2's load of the flag sees D1's `true` or a later store
+//! to it, and the only later store is D4. So R2 spins until D4, and D4 is a release store
+//! after D3: R2's acquiring load that reads it makes D3 happen before R3. (BAR0 is mapped
+//! uncached; x86 keeps uncached stores in program order, so the doorbell reaches the device
+//! before CC.EN = 0.) If D2 read a newer epoch, there is no D3. The wait in R2 is bounded by
+//! one MMIO write per queue pair caught between D1 and D4, and a queue pair that is not
+//! ringing never holds its flag, so an idle or stuck queue pair cannot block a reset.
+//!
+//! The cost on the doorbell path is two stores and a load to a cache line of the queue
+//! pair's own (the flags are padded apart), instead of a controller-wide lock.
 
-use nvme_dio_dma::{DmaBuf, barrier};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+use nvme_dio_dma::{Bar0, DmaBuf, barrier};
 use nvme_dio_queue::{Cqe, QueueSize, Sqe};
 
-/// A submission queue: the host owns `tail`, the device reports `head` through `cqe.sqhd`.
+/// One "in doorbell" flag per queue id (see the module docs for the protocol).
 #[derive(Debug)]
-pub(crate) struct SqRing {
-    mem: DmaBuf,
-    entries: u32,
-    tail: u32,
-    head: u32,
-    /// The tail last written to the doorbell: `tail != rung` means a doorbell is owed.
-    rung: u32,
+pub(crate) struct DoorbellGate {
+    flags: Box<[CachePadded<AtomicBool>]>,
 }
 
-impl SqRing {
+impl DoorbellGate {
+    /// Flags for qids `0..=max_qid`.
+    pub(crate) fn new(max_qid: u16) -> DoorbellGate {
+        DoorbellGate {
+            flags: (0..=max_qid as usize)
+                .map(|_| CachePadded::new(AtomicBool::new(false)))
+                .collect(),
+        }
+    }
+
+    /// R2: waits until no queue pair is between D1 and D4. The caller did R1 first.
+    pub(crate) fn close(&self) {
+        for f in self.flags.iter() {
+            while f.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// A queue pair's two doorbells and the epoch its queues belong to.
+#[derive(Debug)]
+pub(crate) struct Doorbells {
+    qid: usize,
+    sq_tail: usize,
+    cq_head: usize,
+}
+
+impl Doorbells {
+    pub(crate) fn new(qid: u16, sq_tail: usize, cq_head: usize) -> Doorbells {
+        Doorbells {
+            qid: qid as usize,
+            sq_tail,
+            cq_head,
+        }
+    }
+
+    /// Writes the SQ tail doorbell unless the controller was reset since `my_epoch`
+    /// (returns false then: the entries never reach it). The entries themselves must be
+    /// visible in memory before the controller can see the new tail: the write fence is
+    /// here, next to the store it orders.
+    #[inline]
+    pub(crate) fn ring_sq<B: Bar0>(
+        &self,
+        bar: &B,
+        gate: &DoorbellGate,
+        epoch: &AtomicU64,
+        my_epoch: u64,
+        tail: u32,
+    ) -> bool {
+        barrier::wmb();
+        self.ring(bar, gate, epoch, my_epoch, self.sq_tail, tail)
+    }
+
+    /// Writes the CQ head doorbell unless the controller was reset since `my_epoch`. The
+    /// entries up to `head` were read before this (program order; the reads completed).
+    #[inline]
+    pub(crate) fn ring_cq<B: Bar0>(
+        &self,
+        bar: &B,
+        gate: &DoorbellGate,
+        epoch: &AtomicU64,
+        my_epoch: u64,
+        head: u32,
+    ) -> bool {
+        self.ring(bar, gate, epoch, my_epoch, self.cq_head, head)
+    }
+
+    /// D1..D4 of the module docs.
+    #[inline]
+    fn ring<B: Bar0>(
+        &self,
+        bar: &B,
+        gate: &DoorbellGate,
+        epoch: &AtomicU64,
+        my_epoch: u64,
+        offset: usize,
+        value: u32,
+    ) -> bool {
+        let flag = &gate.flags[self.qid];
+        flag.store(true, Ordering::SeqCst); // D1
+        if epoch.load(Ordering::SeqCst) != my_epoch {
+            // D2: a reset began; it may already be disabling the controller.
+            flag.store(false, Ordering::Release);
+            return false;
+        }
+        bar.write32(offset, value); // D3
+        flag.store(false, Ordering::Release); // D4
+        true
+    }
+}
+
+/// The SQ ring's memory.
+#[derive(Debug)]
+pub(crate) struct SqMem {
+    mem: DmaBuf,
+}
+
+impl SqMem {
     pub(crate) const ENTRY_BYTES: usize = 64;
 
-    pub(crate) fn new(mem: DmaBuf, size: QueueSize) -> SqRing {
+    pub(crate) fn new(mem: DmaBuf, size: QueueSize) -> SqMem {
         debug_assert!(mem.len() >= size.entries() as usize * Self::ENTRY_BYTES);
-        SqRing {
-            mem,
-            entries: size.entries(),
-            tail: 0,
-            head: 0,
-            rung: 0,
-        }
+        SqMem { mem }
     }
 
     pub(crate) fn iova(&self) -> u64 {
         self.mem.iova()
     }
 
-    /// "Full" is `(tail + 1) % len == head`: one slot always stays empty so that a full ring
-    /// and an empty one look different to the device.
+    /// Copies `sqe` into slot `index` as eight volatile qword stores. The controller reads
+    /// it only after a doorbell ([`Doorbells::ring_sq`] fences first).
     #[inline]
-    pub(crate) fn is_full(&self) -> bool {
-        self.advance(self.tail) == self.head
-    }
-
-    /// Writes `sqe` into the tail slot and advances the tail. The device sees it only after
-    /// the next doorbell write.
-    #[inline]
-    pub(crate) fn push(&mut self, sqe: &Sqe) {
-        debug_assert!(
-            !self.is_full(),
-            "caller checks is_full (trackers bound the ring)"
-        );
+    pub(crate) fn write(&self, index: u32, sqe: &Sqe) {
         self.mem
-            .write_qwords(self.tail as usize * Self::ENTRY_BYTES, &sqe.to_qwords());
-        self.tail = self.advance(self.tail);
+            .write_qwords(index as usize * Self::ENTRY_BYTES, &sqe.to_qwords());
     }
 
-    /// True if entries were pushed since the last doorbell write.
-    #[inline]
-    pub(crate) fn doorbell_owed(&self) -> bool {
-        self.tail != self.rung
-    }
-
-    /// The tail to write to the doorbell, if any entry was pushed since the last one.
-    #[inline]
-    pub(crate) fn take_doorbell(&mut self) -> Option<u32> {
-        if self.tail == self.rung {
-            return None;
-        }
-        // The entries must be visible in memory before the device can see the new tail.
-        barrier::wmb();
-        self.rung = self.tail;
-        Some(self.tail)
-    }
-
-    /// Records the head the controller reported; returns false if it is not a slot index
-    /// or would move the head past the tail (a broken controller).
-    #[inline]
-    pub(crate) fn set_head(&mut self, sqhd: u16) -> bool {
-        let h = sqhd as u32;
-        if h >= self.entries {
-            return false;
-        }
-        // The head may only move forward, and never past what the device was told: the
-        // slots it may have consumed are head..rung, so the new head lies in head..=rung.
-        let in_flight = (self.rung + self.entries - self.head) % self.entries;
-        let moved = (h + self.entries - self.head) % self.entries;
-        if moved > in_flight {
-            return false;
-        }
-        self.head = h;
-        true
-    }
-
-    /// Keeps the ring's memory allocated forever (the device may still write it).
-    pub(crate) fn leak(&mut self) {
-        self.mem.leak_on_drop();
-    }
-
-    /// Forgets everything (the controller was reset; the queue will be created anew).
-    pub(crate) fn reset(&mut self) {
-        self.tail = 0;
-        self.head = 0;
-        self.rung = 0;
+    /// Zeroes the ring (the queue will be created anew).
+    pub(crate) fn clear(&self) {
         self.mem.fill(0);
     }
 
-    #[inline]
-    fn advance(&self, i: u32) -> u32 {
-        if i + 1 == self.entries { 0 } else { i + 1 }
+    /// Keeps the memory allocated forever (the device may still read or write it).
+    pub(crate) fn leak(&mut self) {
+        self.mem.leak_on_drop();
     }
 }
 
-/// A completion queue: the host owns `head` and the expected phase.
+/// The CQ ring's memory.
 #[derive(Debug)]
-pub(crate) struct CqRing {
+pub(crate) struct CqMem {
     mem: DmaBuf,
-    entries: u32,
-    head: u32,
-    phase: bool,
-    /// Entries consumed since the head doorbell was last written.
-    unrung: u32,
 }
 
-impl CqRing {
+impl CqMem {
     pub(crate) const ENTRY_BYTES: usize = 16;
 
-    pub(crate) fn new(mem: DmaBuf, size: QueueSize) -> CqRing {
+    pub(crate) fn new(mem: DmaBuf, size: QueueSize) -> CqMem {
         debug_assert!(mem.len() >= size.entries() as usize * Self::ENTRY_BYTES);
-        // The device posts its first pass with phase 1; the memory starts zeroed.
-        CqRing {
-            mem,
-            entries: size.entries(),
-            head: 0,
-            phase: true,
-            unrung: 0,
-        }
+        CqMem { mem }
     }
 
     pub(crate) fn iova(&self) -> u64 {
         self.mem.iova()
     }
 
-    /// The next new entry, if the device has posted one; advances the head.
+    /// The entry in slot `head` if the controller has posted it (its phase bit is `phase`).
     #[inline]
-    pub(crate) fn pop(&mut self) -> Option<Cqe> {
-        let off = self.head as usize * Self::ENTRY_BYTES;
+    pub(crate) fn read_new(&self, head: u32, phase: bool) -> Option<Cqe> {
+        let off = head as usize * Self::ENTRY_BYTES;
         let dw3 = self.mem.read_u32(off + Cqe::DW3_OFFSET);
-        if Cqe::phase_of_dw3(dw3) != self.phase {
+        if Cqe::phase_of_dw3(dw3) != phase {
             return None;
         }
         // The phase bit says the entry is new; its other dwords must not be read before it.
         barrier::rmb();
-        let cqe = Cqe::from_dwords(self.mem.read_dwords(off));
-        self.head += 1;
-        if self.head == self.entries {
-            self.head = 0;
-            self.phase = !self.phase;
-        }
-        self.unrung += 1;
-        Some(cqe)
+        Some(Cqe::from_dwords(self.mem.read_dwords(off)))
     }
 
-    /// The head to write to the doorbell, if any entry was consumed since the last one.
-    #[inline]
-    pub(crate) fn take_doorbell(&mut self) -> Option<u32> {
-        if self.unrung == 0 {
-            return None;
-        }
-        self.unrung = 0;
-        Some(self.head)
+    /// Zeroes the ring so no old entry carries the phase the host expects next.
+    pub(crate) fn clear(&self) {
+        self.mem.fill(0);
     }
 
-    /// Keeps the ring's memory allocated forever (the device may still write it).
+    /// Keeps the memory allocated forever (the device may still write it).
     pub(crate) fn leak(&mut self) {
         self.mem.leak_on_drop();
-    }
-
-    /// Forgets everything (the controller was reset; the queue will be created anew). The
-    /// memory is zeroed so no old entry carries the phase the host now expects.
-    pub(crate) fn reset(&mut self) {
-        self.head = 0;
-        self.phase = true;
-        self.unrung = 0;
-        self.mem.fill(0);
     }
 }

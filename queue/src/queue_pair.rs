@@ -128,6 +128,9 @@ pub struct Delivery<B> {
     pub outcome: Outcome,
     /// Its buffers, given back.
     pub bufs: B,
+    /// Dword 0 of its CQE (command specific; 0 when it did not complete on the device, and
+    /// for a split).
+    pub result: u32,
 }
 
 /// Why a submission was refused; nothing was queued and the buffers come back with it.
@@ -528,7 +531,7 @@ impl<B> QueuePairCore<B> {
                 status: cqe.status,
             }
         };
-        self.retire(slot, outcome);
+        self.retire(slot, outcome, cqe.result);
         CqeVerdict::Matched
     }
 
@@ -596,7 +599,7 @@ impl<B> QueuePairCore<B> {
         self.counters.teardowns += 1;
         for slot in 0..self.slab.capacity() as u16 {
             if self.slab.trackers[slot as usize].busy {
-                self.retire(slot, Outcome::TornDown(why));
+                self.retire(slot, Outcome::TornDown(why), 0);
             }
         }
         for idx in self.splits.live() {
@@ -615,11 +618,11 @@ impl<B> QueuePairCore<B> {
     /// The one way a command leaves the controller's hands: its tracker is freed and its
     /// request delivered, or, for a child, its parent told.
     #[inline]
-    fn retire(&mut self, slot: u16, outcome: Outcome) {
+    fn retire(&mut self, slot: u16, outcome: Outcome, result: u32) {
         let r = self.slab.release(slot);
         if r.parent == NO_PARENT {
             let bufs = r.bufs.expect("a request of one command owns its buffers");
-            self.deliver(r.tag, outcome, bufs);
+            self.deliver(r.tag, outcome, bufs, result);
             return;
         }
         let p = self
@@ -637,18 +640,23 @@ impl<B> QueuePairCore<B> {
         let done = self.splits.get_mut(idx).is_some_and(|p| p.is_done());
         if done {
             let p = self.splits.remove(idx);
-            self.deliver(p.tag, p.failure.unwrap_or(Outcome::Success), p.bufs);
+            self.deliver(p.tag, p.failure.unwrap_or(Outcome::Success), p.bufs, 0);
         }
     }
 
     #[inline]
-    fn deliver(&mut self, tag: u64, outcome: Outcome, bufs: B) {
+    fn deliver(&mut self, tag: u64, outcome: Outcome, bufs: B, result: u32) {
         if outcome.is_success() {
             self.counters.succeeded += 1;
         } else {
             self.counters.failed += 1;
         }
-        self.ready.push_back(Delivery { tag, outcome, bufs });
+        self.ready.push_back(Delivery {
+            tag,
+            outcome,
+            bufs,
+            result,
+        });
     }
 
     /// SQ indices, for tests and diagnostics: (head, tail, unconsumed).

@@ -73,7 +73,7 @@ fn submit_cases() -> Vec<Case> {
     vec![
         ("readv of no buffers", "the I/O has no bytes", |f| {
             f.qp.readv(&f.ns4k, Lba(0), Vec::new(), 1)
-                .map_err(|r| r.error.to_string())
+                .map_err(|r| r.error.report())
         }),
         (
             "a write of 1000 bytes on 4 KiB blocks",
@@ -81,7 +81,7 @@ fn submit_cases() -> Vec<Case> {
             |f| {
                 let b = buf(f, 0, 1000);
                 f.qp.write(&f.ns4k, Lba(0), b, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
@@ -90,7 +90,7 @@ fn submit_cases() -> Vec<Case> {
             |f| {
                 let b = buf(f, 0, 516);
                 f.qp.read(&f.ns512, Lba(0), b, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
@@ -99,7 +99,7 @@ fn submit_cases() -> Vec<Case> {
             |f| {
                 let b = buf(f, 2, 4096);
                 f.qp.read(&f.ns4k, Lba(0), b, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
@@ -108,7 +108,7 @@ fn submit_cases() -> Vec<Case> {
             |f| {
                 let b = buf(f, 1, 512);
                 f.qp.read(&f.ns512, Lba(0), b, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
@@ -117,13 +117,13 @@ fn submit_cases() -> Vec<Case> {
             |f| {
                 let v = vec![buf(f, 0, 510), buf(f, 0, 2)];
                 f.qp.readv(&f.ns512, Lba(0), v, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         ("an empty segment in an iovec set", "is empty", |f| {
             let v = vec![buf(f, 0, 512), buf(f, 0, 0)];
             f.qp.readv(&f.ns512, Lba(0), v, 1)
-                .map_err(|r| r.error.to_string())
+                .map_err(|r| r.error.report())
         }),
         (
             "a read starting at the namespace end",
@@ -131,7 +131,7 @@ fn submit_cases() -> Vec<Case> {
             |f| {
                 let b = buf(f, 0, 4096);
                 f.qp.read(&f.ns4k, Lba(1024), b, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
@@ -140,7 +140,7 @@ fn submit_cases() -> Vec<Case> {
             |f| {
                 let b = buf(f, 0, 8192);
                 f.qp.read(&f.ns4k, Lba(1023), b, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
@@ -149,7 +149,7 @@ fn submit_cases() -> Vec<Case> {
             |f| {
                 let b = buf(f, 0, 4096);
                 f.qp.write(&f.ns4k, Lba(u64::MAX), b, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
@@ -160,7 +160,7 @@ fn submit_cases() -> Vec<Case> {
                 // the first 4 KiB block, and without SGLs no whole-block split exists.
                 let v = vec![buf(f, 2048, 2048), buf(f, 256, 2048)];
                 f.qp.readv(&f.ns4k, Lba(0), v, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
@@ -169,7 +169,7 @@ fn submit_cases() -> Vec<Case> {
             |f| {
                 let v = (0..8).map(|i| buf(f, 8 + i * 4, 512)).collect();
                 f.qp.readv(&f.ns4k, Lba(0), v, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
@@ -179,7 +179,7 @@ fn submit_cases() -> Vec<Case> {
                 let other = controller(default_opts()).unwrap();
                 let b = other.memory().alloc(4096, 4096).unwrap();
                 f.qp.read(&f.ns4k, Lba(0), b, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
@@ -189,7 +189,7 @@ fn submit_cases() -> Vec<Case> {
                 let other = controller(default_opts()).unwrap();
                 let v = vec![buf(f, 0, 4096), other.memory().alloc(4096, 4096).unwrap()];
                 f.qp.writev(&f.ns4k, Lba(0), v, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
@@ -197,7 +197,7 @@ fn submit_cases() -> Vec<Case> {
             "invalid request: 0 blocks: one command takes 1..=65536",
             |f| {
                 f.qp.write_zeroes(&f.ns4k, Lba(0), 0, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
@@ -205,7 +205,7 @@ fn submit_cases() -> Vec<Case> {
             "blocks 1000..1000+100 run past the end of namespace 1 (1024 blocks)",
             |f| {
                 f.qp.write_zeroes(&f.ns4k, Lba(1000), 100, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
@@ -213,7 +213,7 @@ fn submit_cases() -> Vec<Case> {
             "70000 blocks: one command takes 1..=65536",
             |f| {
                 f.qp.write_zeroes(&f.ns512, Lba(0), 70_000, 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
@@ -221,34 +221,34 @@ fn submit_cases() -> Vec<Case> {
             "invalid request: 0 deallocate ranges: Dataset Management takes 1..=256",
             |f| {
                 f.qp.deallocate(&f.ns4k, &[], 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         ("deallocate with 257 ranges", "257 deallocate ranges", |f| {
             let r: Vec<_> = (0..257).map(|i| (Lba(i), 1)).collect();
             f.qp.deallocate(&f.ns4k, &r, 1)
-                .map_err(|r| r.error.to_string())
+                .map_err(|r| r.error.report())
         }),
         (
             "deallocate past the end",
             "blocks 1020..1020+10 run past the end of namespace 1",
             |f| {
                 f.qp.deallocate(&f.ns4k, &[(Lba(0), 1), (Lba(1020), 10)], 1)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
         (
             "a request beyond the queue's depth",
-            "queue pair full (7 outstanding): poll for completions",
+            "queue pair 1 full (7 outstanding): poll for completions",
             |f| {
                 for i in 0..7 {
                     let b = buf(f, 0, 4096);
                     f.qp.read(&f.ns4k, Lba(i), b, i)
-                        .map_err(|r| r.error.to_string())?;
+                        .map_err(|r| r.error.report())?;
                 }
                 let b = buf(f, 0, 4096);
                 f.qp.read(&f.ns4k, Lba(0), b, 99)
-                    .map_err(|r| r.error.to_string())
+                    .map_err(|r| r.error.report())
             },
         ),
     ]
@@ -268,7 +268,7 @@ fn bad_input_at_submit_is_refused_with_a_clear_error_and_nothing_queued() {
         // Only the queue-full case accepted anything (the requests that filled the queue).
         let accepted = f.qp.stats().submitted;
         assert!(
-            accepted == 0 || want.starts_with("queue pair full"),
+            accepted == 0 || want.starts_with("queue pair 1 full"),
             "{what}: {accepted} accepted"
         );
         assert_eq!(
@@ -288,12 +288,12 @@ fn bad_input_at_setup_is_refused_with_a_clear_error() {
         (
             "namespace 0",
             "namespace 0 does not exist on this controller (active: [1, 2])",
-            ctrl.namespace(0).map(|_| ()).map_err(|e| e.to_string()),
+            ctrl.namespace(0).map(|_| ()).map_err(|e| e.report()),
         ),
         (
             "namespace 99",
             "namespace 99 does not exist",
-            ctrl.namespace(99).map(|_| ()).map_err(|e| e.to_string()),
+            ctrl.namespace(99).map(|_| ()).map_err(|e| e.report()),
         ),
         (
             "a queue pair of one entry",
@@ -303,7 +303,7 @@ fn bad_input_at_setup_is_refused_with_a_clear_error() {
                 ..Default::default()
             })
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.report()),
         ),
         (
             "more queue pairs than granted",
@@ -314,12 +314,12 @@ fn bad_input_at_setup_is_refused_with_a_clear_error() {
                     .collect();
                 ctrl.create_io_qpair(QueuePairOptions::default())
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.report())
             },
         ),
         (
             "interrupt mode without MSI-X",
-            "interrupt mode needs MSI-X vector",
+            "Interrupt needs MSI-X vector 1, but 0 are enabled",
             controller(ControllerOptions {
                 interrupts: false,
                 ..default_opts()
@@ -330,7 +330,7 @@ fn bad_input_at_setup_is_refused_with_a_clear_error() {
                 ..Default::default()
             })
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.report()),
         ),
         (
             "an admin queue of one entry",
@@ -340,7 +340,7 @@ fn bad_input_at_setup_is_refused_with_a_clear_error() {
                 ..default_opts()
             })
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.report()),
         ),
         (
             "more hugepages than the machine has, without fallback",
@@ -354,7 +354,7 @@ fn bad_input_at_setup_is_refused_with_a_clear_error() {
                 ..default_opts()
             })
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.report()),
         ),
         ("a request after the device was removed", "device gone", {
             let f = fixture();
@@ -368,8 +368,7 @@ fn bad_input_at_setup_is_refused_with_a_clear_error() {
             let c = nvme_dio_tests::io::wait_one(&mut qp, Duration::from_secs(60));
             assert!(c.result.is_err());
             let b = ctrl.memory().alloc(4096, 4096).unwrap();
-            qp.read(&ns4k, Lba(0), b, 2)
-                .map_err(|r| r.error.to_string())
+            qp.read(&ns4k, Lba(0), b, 2).map_err(|r| r.error.report())
         }),
         ("a PCI address that is not one", "0000:zz:00.0", {
             nvme_dio_dma::VfioFunction::open("0000:zz:00.0")
@@ -409,7 +408,7 @@ fn bad_input_io_on_a_namespace_with_metadata_is_refused() {
         .read(&ns, Lba(0), ctrl.memory().alloc(512, 4096).unwrap(), 1)
         .unwrap_err();
     assert_eq!(
-        r.error.to_string(),
+        r.error.report(),
         "invalid request: namespace 1 is formatted with 8 bytes of metadata per block, which \
          nvme-dio does not transfer: use a format without metadata"
     );

@@ -456,7 +456,7 @@ fn raw_commands_let_the_device_judge_the_request() {
     let e = c.result.unwrap_err();
     assert_eq!(
         e.to_string(),
-        "Read failed: LBA Out of Range (sct 0, sc 0x80, DNR)"
+        "Read failed on queue 1: LBA Out of Range (sct 0, sc 0x80, DNR)"
     );
     assert!(e.status().is_some_and(|s| s.dnr()));
     assert!(c.bufs.into_one().is_some());

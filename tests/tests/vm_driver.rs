@@ -147,7 +147,7 @@ fn vm_default_lba_out_of_range_is_the_devices_clear_error() {
     let e = c.result.unwrap_err();
     assert_eq!(
         e.to_string(),
-        "Read failed: LBA Out of Range (sct 0, sc 0x80, DNR)"
+        "Read failed on queue 1: LBA Out of Range (sct 0, sc 0x80, DNR)"
     );
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nvme_dio::{
-    Bufs, CompletionMode, Controller, ControllerOptions, DmaBuf, Error, Lba, MemoryOptions,
+    Bufs, CompletionMode, Controller, ControllerOptions, DmaBuf, Error, Io, Lba, MemoryOptions,
     Namespace, PciFunction, QueuePairOptions, QueueStats, Rejected,
 };
 use nvme_dio_emu::{EmuConfig, EmuFunction, Fault, NsConfig};
@@ -292,16 +292,23 @@ fn submit<D: PciFunction>(
     bufs: Bufs,
     tag: u64,
 ) -> Result<(), Rejected> {
-    match (bufs, write) {
-        (Bufs::One(b), false) => qp.read(ns, Lba(lba), b, tag),
-        (Bufs::One(b), true) => qp.write(ns, Lba(lba), b, tag),
-        (Bufs::Many(v), false) => qp.readv(ns, Lba(lba), v, tag),
-        (Bufs::Many(v), true) => qp.writev(ns, Lba(lba), v, tag),
-        (Bufs::None, _) => Err(Rejected {
-            error: Box::new(Error::BadOption("slot without buffers".into())),
-            bufs: Bufs::None,
-        }),
-    }
+    let lba = Lba(lba);
+    let io = if write {
+        Io::Write {
+            ns,
+            lba,
+            bufs,
+            fua: false,
+        }
+    } else {
+        Io::Read {
+            ns,
+            lba,
+            bufs,
+            fua: false,
+        }
+    };
+    qp.submit(io, tag)
 }
 
 fn entries(job: &Job) -> u32 {

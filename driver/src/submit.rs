@@ -1,0 +1,718 @@
+//! The submission path: one typed request ([`Io`]) and one way in ([`IoQueuePair::submit`]).
+//!
+//! An I/O goes: check the request (nothing reaches the device if it is bad) -> plan it
+//! (`nvme_dio_queue::plan`: one command, the fast path, or a split) -> the core claims a
+//! tracker -> the data pointer is built in that tracker's list pages ([`Placer`]) -> the
+//! typed builder makes the entry -> the core sets the CID and [`Placer`] copies the entry into
+//! the SQ slot. The doorbell is written later, once per batch ([`IoQueuePair::ring`]).
+
+use nvme_dio_dma::{DmaBuf, PciFunction};
+use nvme_dio_queue::cmd::{DatasetManagement, Dptr, DsmRange, Flush, Read, Write, WriteZeroes};
+use nvme_dio_queue::plan::{self, Command, Plan};
+use nvme_dio_queue::prp::{self, PrpListPages, Segment};
+use nvme_dio_queue::queue_pair::{DptrError, Refusal, Sink, SplitOp};
+use nvme_dio_queue::{Iova, Lba, PageSize, Sqe, sgl};
+
+use crate::completion::{Bufs, Rejected};
+use crate::error::{BadRequest, Error, Feature};
+use crate::namespace::Namespace;
+use crate::qpair::IoQueuePair;
+use crate::ring::SqMem;
+
+/// One I/O request. Build it with the constructors, hand it to [`IoQueuePair::submit`].
+///
+/// ```
+/// # use nvme_dio::{Io, Lba, DmaBuf, Namespace};
+/// # fn f(ns: &Namespace, buf: DmaBuf) {
+/// let io = Io::write(ns, Lba(8), buf).fua(); // durable when it completes
+/// # let _ = io;
+/// # }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Io<'a> {
+    /// Read into the buffers, in order, starting at `lba`.
+    Read {
+        /// The namespace.
+        ns: &'a Namespace,
+        /// First block.
+        lba: Lba,
+        /// Where the data goes.
+        bufs: Bufs,
+        /// Force Unit Access.
+        fua: bool,
+    },
+    /// Write the buffers, in order, starting at `lba`.
+    Write {
+        /// The namespace.
+        ns: &'a Namespace,
+        /// First block.
+        lba: Lba,
+        /// The data.
+        bufs: Bufs,
+        /// Force Unit Access: durable when it completes.
+        fua: bool,
+    },
+    /// Flush the namespace's volatile write cache.
+    Flush {
+        /// The namespace.
+        ns: &'a Namespace,
+    },
+    /// Write zeroes to `blocks` blocks (no data transfer).
+    WriteZeroes {
+        /// The namespace.
+        ns: &'a Namespace,
+        /// First block.
+        lba: Lba,
+        /// Block count (1 ..= 65 536).
+        blocks: u32,
+    },
+    /// Deallocate (trim) ranges of `(first block, block count)`.
+    Deallocate {
+        /// The namespace.
+        ns: &'a Namespace,
+        /// 1 ..= 256 ranges.
+        ranges: &'a [(Lba, u32)],
+    },
+    /// A command as built by the caller (see [`Io::raw`]).
+    Raw {
+        /// The entry; the queue sets its CID and, with a buffer, its PRPs.
+        sqe: Sqe,
+        /// Its data buffer, if any.
+        buf: Option<DmaBuf>,
+    },
+}
+
+impl<'a> Io<'a> {
+    /// A read of `buf.len()` bytes at `lba`.
+    pub fn read(ns: &'a Namespace, lba: Lba, buf: DmaBuf) -> Io<'a> {
+        Io::Read {
+            ns,
+            lba,
+            bufs: Bufs::One(buf),
+            fua: false,
+        }
+    }
+
+    /// A read into an iovec set.
+    pub fn readv(ns: &'a Namespace, lba: Lba, bufs: Vec<DmaBuf>) -> Io<'a> {
+        Io::Read {
+            ns,
+            lba,
+            bufs: Bufs::Many(bufs),
+            fua: false,
+        }
+    }
+
+    /// A write of `buf` at `lba`.
+    pub fn write(ns: &'a Namespace, lba: Lba, buf: DmaBuf) -> Io<'a> {
+        Io::Write {
+            ns,
+            lba,
+            bufs: Bufs::One(buf),
+            fua: false,
+        }
+    }
+
+    /// A write of an iovec set.
+    pub fn writev(ns: &'a Namespace, lba: Lba, bufs: Vec<DmaBuf>) -> Io<'a> {
+        Io::Write {
+            ns,
+            lba,
+            bufs: Bufs::Many(bufs),
+            fua: false,
+        }
+    }
+
+    /// Sets Force Unit Access on a read or write (a write is then durable when it
+    /// completes; a read comes from the medium, not a cache). No effect on other requests.
+    pub fn fua(mut self) -> Io<'a> {
+        if let Io::Read { fua, .. } | Io::Write { fua, .. } = &mut self {
+            *fua = true;
+        }
+        self
+    }
+
+    /// A flush of the namespace's volatile write cache.
+    pub fn flush(ns: &'a Namespace) -> Io<'a> {
+        Io::Flush { ns }
+    }
+
+    /// Write Zeroes over `blocks` blocks at `lba`.
+    pub fn write_zeroes(ns: &'a Namespace, lba: Lba, blocks: u32) -> Io<'a> {
+        Io::WriteZeroes { ns, lba, blocks }
+    }
+
+    /// Deallocate (trim) `ranges` of `(first block, block count)`.
+    pub fn deallocate(ns: &'a Namespace, ranges: &'a [(Lba, u32)]) -> Io<'a> {
+        Io::Deallocate { ns, ranges }
+    }
+
+    /// An I/O command as built by the caller (a vendor command, or a test that wants the
+    /// device, not the driver, to judge a request). The driver checks nothing but the
+    /// buffer's origin: it sets the CID and, if `buf` is given, PRP1/PRP2 (with a PRP list in
+    /// the slot's own list pages when the buffer spans more than two pages). Device errors
+    /// come back in the completion as [`Error::Command`].
+    pub fn raw(sqe: Sqe, buf: Option<DmaBuf>) -> Io<'a> {
+        Io::Raw { sqe, buf }
+    }
+
+    /// The buffers this request carries (handed back when it is refused).
+    fn into_bufs(self) -> Bufs {
+        match self {
+            Io::Read { bufs, .. } | Io::Write { bufs, .. } => bufs,
+            Io::Raw { buf, .. } => buf.map_or(Bufs::None, Bufs::One),
+            Io::Flush { .. } | Io::WriteZeroes { .. } | Io::Deallocate { .. } => Bufs::None,
+        }
+    }
+}
+
+/// All tracker list pages of a queue pair: one allocation, mapped once, sliced per tracker.
+#[derive(Debug)]
+pub(crate) struct ListMem {
+    mem: DmaBuf,
+    /// Bytes per tracker (`pages` controller pages).
+    per_slot: usize,
+    pages: usize,
+    page: PageSize,
+}
+
+impl ListMem {
+    pub(crate) fn new(mem: DmaBuf, pages: usize, page: PageSize) -> ListMem {
+        ListMem {
+            mem,
+            per_slot: pages * page.bytes(),
+            pages,
+            page,
+        }
+    }
+
+    pub(crate) fn leak(&mut self) {
+        self.mem.leak_on_drop();
+    }
+}
+
+/// One tracker's list pages, as the PRP and SGL builders see them.
+struct SlotPages<'a> {
+    list: &'a ListMem,
+    base: usize,
+}
+
+impl PrpListPages for SlotPages<'_> {
+    #[inline]
+    fn page(&mut self, n: usize) -> Option<Iova> {
+        (n < self.list.pages)
+            .then(|| Iova(self.list.mem.iova() + (self.base + n * self.list.page.bytes()) as u64))
+    }
+    #[inline]
+    fn set(&mut self, n: usize, i: usize, entry: u64) {
+        self.list
+            .mem
+            .write_u64(self.base + n * self.list.page.bytes() + i * 8, entry);
+    }
+}
+
+/// The core's [`Sink`]: entries go into the SQ ring, data pointers into the tracker's list
+/// pages.
+pub(crate) struct Placer<'a> {
+    pub(crate) sq: &'a SqMem,
+    pub(crate) lists: &'a ListMem,
+}
+
+impl Placer<'_> {
+    fn pages(&self, slot: u16) -> SlotPages<'_> {
+        SlotPages {
+            list: self.lists,
+            base: slot as usize * self.lists.per_slot,
+        }
+    }
+
+    #[inline]
+    fn range_dptr(&self, slot: u16, segs: &[Segment], cmd: &Command) -> Result<Dptr, DptrError> {
+        let mut pages = self.pages(slot);
+        let page = self.lists.page;
+        if cmd.sgl {
+            Ok(sgl::build_range(segs, &cmd.segs, page, &mut pages)?)
+        } else {
+            Ok(prp::build_range(segs, &cmd.segs, page, &mut pages)?)
+        }
+    }
+}
+
+impl Sink for Placer<'_> {
+    #[inline]
+    fn write_sqe(&mut self, index: u32, sqe: &Sqe) {
+        self.sq.write(index, sqe);
+    }
+
+    #[inline]
+    fn data_pointer(
+        &mut self,
+        slot: u16,
+        segs: &[Segment],
+        cmd: &Command,
+    ) -> Result<Dptr, DptrError> {
+        self.range_dptr(slot, segs, cmd)
+    }
+}
+
+/// The planner's view of a buffer (its length was checked to fit a `u32`).
+#[inline]
+fn segment_of(b: &DmaBuf) -> Segment {
+    Segment {
+        iova: Iova(b.iova()),
+        len: b.len() as u32,
+    }
+}
+
+fn refusal<E>(r: Refusal<E>, qid: u16, into: impl FnOnce(E) -> Error) -> Error {
+    match r {
+        Refusal::Full { in_flight } => Error::QueueFull {
+            qid,
+            outstanding: in_flight,
+        },
+        Refusal::BehindSplit => Error::QueueFull {
+            qid,
+            outstanding: usize::MAX,
+        },
+        Refusal::Build(e) => into(e),
+    }
+}
+
+impl<D: PciFunction> IoQueuePair<D> {
+    /// Submits one request under `tag`. It is queued, not yet sent: the doorbell is written
+    /// once per batch by [`IoQueuePair::ring`], [`IoQueuePair::poll`] or
+    /// [`IoQueuePair::wait`]. The request's buffers move in and come back in its
+    /// [`crate::Completion`], so they cannot be freed or touched while the device owns them:
+    ///
+    /// ```compile_fail,E0382
+    /// fn f<D: nvme_dio::PciFunction>(
+    ///     qp: &mut nvme_dio::IoQueuePair<D>,
+    ///     ns: &nvme_dio::Namespace,
+    ///     buf: nvme_dio::DmaBuf,
+    /// ) {
+    ///     qp.submit(nvme_dio::Io::read(ns, nvme_dio::Lba(0), buf), 1).unwrap();
+    ///     drop(buf); // the request owns it until it completes
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`], with the buffers inside, when the request is invalid (nothing reached
+    /// the device), the queue pair is full ([`Error::QueueFull`]: poll, then resubmit), or
+    /// the controller is lost.
+    pub fn submit(&mut self, io: Io<'_>, tag: u64) -> Result<(), Rejected> {
+        if let Err(e) = self.sync() {
+            return Err(Rejected::new(e, io.into_bufs()));
+        }
+        match io {
+            Io::Read { ns, lba, bufs, fua } => self.submit_rw(ns, lba, bufs, tag, false, fua),
+            Io::Write { ns, lba, bufs, fua } => self.submit_rw(ns, lba, bufs, tag, true, fua),
+            Io::Flush { ns } => {
+                let sqe = Flush::new(ns.id()).build();
+                self.submit_built(sqe, tag, Bufs::None)
+            }
+            Io::WriteZeroes { ns, lba, blocks } => {
+                if !ns.supports_write_zeroes() {
+                    return Err(Rejected::new(
+                        Error::NotSupported(Feature::WriteZeroes),
+                        Bufs::None,
+                    ));
+                }
+                if let Err(e) = check_range(ns, lba, blocks as u64, 65_536) {
+                    return Err(Rejected::new(e, Bufs::None));
+                }
+                let sqe = WriteZeroes::new(ns.id(), lba, blocks).build();
+                self.submit_built(sqe, tag, Bufs::None)
+            }
+            Io::Deallocate { ns, ranges } => self.submit_deallocate(ns, ranges, tag),
+            Io::Raw { sqe, buf } => self.submit_raw_io(sqe, buf, tag),
+        }
+    }
+
+    /// Read or write of an iovec set: plan, then one command (fast path) or a split.
+    #[inline]
+    fn submit_rw(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        bufs: Bufs,
+        tag: u64,
+        write: bool,
+        fua: bool,
+    ) -> Result<(), Rejected> {
+        if let Err(e) = self.check_buffers(&bufs) {
+            return Err(Rejected::new(e, bufs));
+        }
+        if ns.metadata_size() != 0 {
+            // The format carries separate metadata, which would need a metadata pointer per
+            // command; without one the controller would DMA it to IOVA 0.
+            return Err(Rejected::new(
+                Error::Bad(BadRequest::MetadataFormat {
+                    nsid: ns.id(),
+                    metadata_bytes: ns.metadata_size(),
+                }),
+                bufs,
+            ));
+        }
+        let one;
+        let segs: &[Segment] = match &bufs {
+            Bufs::One(b) => {
+                one = [segment_of(b)];
+                &one
+            }
+            Bufs::Many(v) => {
+                self.scratch.clear();
+                self.scratch.extend(v.iter().map(segment_of));
+                &self.scratch
+            }
+            Bufs::None => &[],
+        };
+        let qid = self.core.qid().0;
+        match plan::plan(segs, lba, ns.limits()) {
+            Err(e) => Err(Rejected::new(plan_error(ns, e), bufs)),
+            Ok(Plan::One(cmd)) => {
+                let nsid = ns.id();
+                let mut placer = Placer {
+                    sq: &self.sq,
+                    lists: &self.lists,
+                };
+                self.core
+                    .submit(&mut placer, tag, bufs, |p, slot| {
+                        let dptr = p.range_dptr(slot, segs, &cmd)?;
+                        Ok(if write {
+                            Write::new(nsid, cmd.slba, cmd.nlb).fua(fua).build(dptr)
+                        } else {
+                            Read::new(nsid, cmd.slba, cmd.nlb).fua(fua).build(dptr)
+                        })
+                    })
+                    .map_err(|(r, bufs)| {
+                        // The planner only emits commands that fit the rules and the list
+                        // pages, so a build failure here is a driver bug, reported.
+                        Rejected::new(
+                            refusal(r, qid, |source| Error::DataPointer { qid, source }),
+                            bufs,
+                        )
+                    })
+            }
+            Ok(Plan::Split(children)) => {
+                let op = SplitOp {
+                    write,
+                    fua,
+                    nsid: ns.id(),
+                };
+                let segs = segs.to_vec();
+                let mut placer = Placer {
+                    sq: &self.sq,
+                    lists: &self.lists,
+                };
+                self.core
+                    .submit_split(&mut placer, tag, bufs, op, segs, children)
+                    .map_err(|(r, bufs)| {
+                        Rejected::new(
+                            refusal(r, qid, |source| Error::DataPointer { qid, source }),
+                            bufs,
+                        )
+                    })
+            }
+        }
+    }
+
+    /// Every buffer must be mapped for this controller (another device's buffers have IOVAs
+    /// that mean something else here) and fit a segment length.
+    #[inline]
+    fn check_buffers(&self, bufs: &Bufs) -> Result<(), Error> {
+        let check = |index: usize, b: &DmaBuf| {
+            if b.domain() != self.domain {
+                return Err(Error::ForeignBuffer { index });
+            }
+            if b.len() > u32::MAX as usize {
+                return Err(Error::Bad(BadRequest::BufferTooLarge {
+                    index,
+                    bytes: b.len(),
+                }));
+            }
+            Ok(())
+        };
+        match bufs {
+            Bufs::None => Ok(()),
+            Bufs::One(b) => check(0, b),
+            Bufs::Many(v) => v.iter().enumerate().try_for_each(|(i, b)| check(i, b)),
+        }
+    }
+
+    fn submit_deallocate(
+        &mut self,
+        ns: &Namespace,
+        ranges: &[(Lba, u32)],
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        let reject = |error: Error| Err(Rejected::new(error, Bufs::None));
+        if !ns.supports_deallocate() {
+            return reject(Error::NotSupported(Feature::Deallocate));
+        }
+        if ranges.is_empty() || ranges.len() > 256 {
+            return reject(Error::Bad(BadRequest::DeallocateRanges {
+                ranges: ranges.len(),
+            }));
+        }
+        for &(lba, n) in ranges {
+            if let Err(e) = check_range(ns, lba, n as u64, u32::MAX as u64) {
+                return reject(e);
+            }
+        }
+        let list = match self.shared.mem.alloc(ranges.len() * 16, self.page.bytes()) {
+            Ok(b) => b,
+            Err(e) => return reject(e.into()),
+        };
+        for (i, &(lba, n)) in ranges.iter().enumerate() {
+            let r = DsmRange {
+                context: 0,
+                nlb: n,
+                slba: lba.0,
+            }
+            .to_bytes();
+            if let Err(e) = list.copy_from_slice(i * 16, &r) {
+                return reject(e.into());
+            }
+        }
+        let sqe = DatasetManagement::deallocate(ns.id(), ranges.len() as u32).build(Dptr::Prp {
+            prp1: list.iova(),
+            prp2: 0,
+        });
+        // The range list travels as the request's buffer so it lives until completion.
+        self.submit_built(sqe, tag, Bufs::One(list))
+    }
+
+    fn submit_raw_io(&mut self, sqe: Sqe, buf: Option<DmaBuf>, tag: u64) -> Result<(), Rejected> {
+        let bufs = buf.map_or(Bufs::None, Bufs::One);
+        if let Err(e) = self.check_buffers(&bufs) {
+            return Err(Rejected::new(e, bufs));
+        }
+        let seg = match &bufs {
+            Bufs::One(b) => Some([segment_of(b)]),
+            _ => None,
+        };
+        let page = self.page;
+        let qid = self.core.qid().0;
+        let mut placer = Placer {
+            sq: &self.sq,
+            lists: &self.lists,
+        };
+        self.core
+            .submit(&mut placer, tag, bufs, |p, slot| {
+                let mut sqe = sqe;
+                if let Some(seg) = seg {
+                    match prp::build(&seg, page, &mut p.pages(slot))? {
+                        Dptr::Prp { prp1, prp2 } => {
+                            sqe.prp1 = prp1;
+                            sqe.prp2 = prp2;
+                            sqe.flags &= !nvme_dio_queue::entry::PSDT_SGL;
+                        }
+                        _ => unreachable!("prp::build returns PRPs"),
+                    }
+                }
+                Ok::<_, nvme_dio_queue::PrpError>(sqe)
+            })
+            .map_err(|(r, bufs)| {
+                Rejected::new(
+                    refusal(r, qid, |e| Error::Bad(BadRequest::NotDescribable(e))),
+                    bufs,
+                )
+            })
+    }
+
+    /// Submits a command built whole (flush, write zeroes, deallocate).
+    fn submit_built(&mut self, sqe: Sqe, tag: u64, bufs: Bufs) -> Result<(), Rejected> {
+        let qid = self.core.qid().0;
+        let mut placer = Placer {
+            sq: &self.sq,
+            lists: &self.lists,
+        };
+        self.core
+            .submit(&mut placer, tag, bufs, |_, _| {
+                Ok::<_, std::convert::Infallible>(sqe)
+            })
+            .map_err(|(r, bufs)| Rejected::new(refusal(r, qid, |e| match e {}), bufs))
+    }
+
+    // ---- sugar: each is `submit` with the matching `Io` -------------------------------
+
+    /// Reads `buf.len()` bytes starting at block `lba` into `buf`: `submit(Io::read(..))`.
+    ///
+    /// # Errors
+    ///
+    /// As [`IoQueuePair::submit`].
+    #[inline]
+    pub fn read(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        buf: DmaBuf,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        self.submit(Io::read(ns, lba, buf), tag)
+    }
+
+    /// Writes `buf` to the blocks starting at `lba`: `submit(Io::write(..))`.
+    ///
+    /// # Errors
+    ///
+    /// As [`IoQueuePair::submit`].
+    #[inline]
+    pub fn write(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        buf: DmaBuf,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        self.submit(Io::write(ns, lba, buf), tag)
+    }
+
+    /// Writes `buf` with Force Unit Access: durable when it completes.
+    ///
+    /// # Errors
+    ///
+    /// As [`IoQueuePair::submit`].
+    pub fn write_fua(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        buf: DmaBuf,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        self.submit(Io::write(ns, lba, buf).fua(), tag)
+    }
+
+    /// Reads into an iovec set, in order, starting at `lba`.
+    ///
+    /// # Errors
+    ///
+    /// As [`IoQueuePair::submit`].
+    pub fn readv(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        bufs: Vec<DmaBuf>,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        self.submit(Io::readv(ns, lba, bufs), tag)
+    }
+
+    /// Writes an iovec set, in order, starting at `lba`.
+    ///
+    /// # Errors
+    ///
+    /// As [`IoQueuePair::submit`].
+    pub fn writev(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        bufs: Vec<DmaBuf>,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        self.submit(Io::writev(ns, lba, bufs), tag)
+    }
+
+    /// Writes an iovec set with Force Unit Access.
+    ///
+    /// # Errors
+    ///
+    /// As [`IoQueuePair::submit`].
+    pub fn writev_fua(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        bufs: Vec<DmaBuf>,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        self.submit(Io::writev(ns, lba, bufs).fua(), tag)
+    }
+
+    /// Flushes the volatile write cache of the namespace.
+    ///
+    /// # Errors
+    ///
+    /// As [`IoQueuePair::submit`].
+    pub fn flush(&mut self, ns: &Namespace, tag: u64) -> Result<(), Rejected> {
+        self.submit(Io::flush(ns), tag)
+    }
+
+    /// Writes zeroes to `blocks` blocks starting at `lba` (no data transfer).
+    ///
+    /// # Errors
+    ///
+    /// As [`IoQueuePair::submit`]; also when the command is unsupported.
+    pub fn write_zeroes(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        blocks: u32,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        self.submit(Io::write_zeroes(ns, lba, blocks), tag)
+    }
+
+    /// Deallocates (trims) the given ranges of `(first block, block count)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`IoQueuePair::submit`]; also when a range is invalid, there are more than 256 or
+    /// none, the command is unsupported, or the range list cannot be allocated.
+    pub fn deallocate(
+        &mut self,
+        ns: &Namespace,
+        ranges: &[(Lba, u32)],
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        self.submit(Io::deallocate(ns, ranges), tag)
+    }
+
+    /// Submits a command as built by the caller: `submit(Io::raw(..))`, see [`Io::raw`].
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`] if the queue is full, the buffer is foreign, or it cannot be described
+    /// by PRPs (not dword aligned, or larger than the list pages hold).
+    pub fn submit_raw(&mut self, sqe: Sqe, buf: Option<DmaBuf>, tag: u64) -> Result<(), Rejected> {
+        self.submit(Io::raw(sqe, buf), tag)
+    }
+}
+
+/// A planner refusal as the driver's error: a range past the end reads the same whichever
+/// call found it.
+fn plan_error(ns: &Namespace, e: plan::PlanError) -> Error {
+    match e {
+        plan::PlanError::OutOfRange {
+            slba,
+            blocks,
+            ns_blocks,
+        } => Error::OutOfRange {
+            nsid: ns.id(),
+            slba: Lba(slba),
+            blocks,
+            ns_blocks,
+        },
+        e => Error::Invalid(e),
+    }
+}
+
+fn check_range(ns: &Namespace, lba: Lba, blocks: u64, max: u64) -> Result<(), Error> {
+    if blocks == 0 || blocks > max {
+        return Err(Error::Bad(BadRequest::BlockCount { blocks, max }));
+    }
+    if lba
+        .0
+        .checked_add(blocks)
+        .is_none_or(|end| end > ns.blocks())
+    {
+        return Err(Error::OutOfRange {
+            nsid: ns.id(),
+            slba: lba,
+            blocks,
+            ns_blocks: ns.blocks(),
+        });
+    }
+    Ok(())
+}
