@@ -4,7 +4,7 @@
  *
  * Model
  *   nvd_open()          brings a controller up: a PCI address bound to vfio-pci
- *                       ("0000:01:00.0"), or "emu" (emulated, 64 MiB RAM namespace).
+ *                       ("0000:01:00.0"), or "emu:ram" (emulated, 64 MiB RAM namespace).
  *   nvd_qpair_create()  one I/O queue pair per thread; a queue pair is used by one thread at
  *                       a time (a concurrent call from another thread gets NVD_ERR_BUSY).
  *   nvd_buf_alloc()     DMA buffers. Filled and read by copy (nvd_buf_write/nvd_buf_read):
@@ -144,9 +144,11 @@ const char *nvd_strerror(int32_t code);
 
 // Opens and brings up a controller.
 //
-// `device` is a PCI address bound to vfio-pci (`"0000:01:00.0"`), or `"emu"` / `"emu:ram"`
-// (an emulated controller with one 64 MiB RAM namespace of 4 KiB blocks), `"emu:null"`
-// (1 GiB, data not kept), `"emu:thread"` (RAM, completing on its own thread).
+// `device` is a PCI address bound to vfio-pci (`"0000:01:00.0"`), or an emulated
+// controller, named as everywhere in nvme-dio: `"emu"` (a null namespace that keeps no
+// data), `"emu:ram"` (one 64 MiB RAM namespace of 4 KiB blocks), either followed by
+// `":thread"` (completions from the emulator's own thread, like hardware) and/or `":512"`
+// (512-byte blocks).
 // On success `*out` holds the controller; close it with `nvd_close`.
 //
 // # Safety

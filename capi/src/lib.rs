@@ -31,8 +31,6 @@
 
 #![allow(non_camel_case_types)]
 
-mod device;
-
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_void};
@@ -42,11 +40,9 @@ use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
 use nvme_dio::{
-    Bufs, Completion, CompletionMode, Controller, DmaBuf, Error, ErrorKind, IoQueuePair, Lba,
-    Namespace, QueuePairOptions, Rejected,
+    Bufs, Completion, CompletionMode, Controller, Device, DeviceSpec, DmaBuf, Error, ErrorKind,
+    IoQueuePair, Lba, Namespace, QueuePairOptions, Rejected, Report,
 };
-
-pub use device::AnyFunction;
 
 // ---- status codes -----------------------------------------------------------------------
 
@@ -180,7 +176,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A controller that has been brought up (opaque).
 #[derive(Debug)]
 pub struct nvd_ctrl {
-    ctrl: Controller<AnyFunction>,
+    ctrl: Controller<Device>,
     namespaces: Vec<Namespace>,
     /// Queue pairs alive: `nvd_close` refuses while any exist.
     qpairs: Arc<AtomicUsize>,
@@ -189,7 +185,7 @@ pub struct nvd_ctrl {
 /// An I/O queue pair (opaque). One thread at a time.
 #[derive(Debug)]
 pub struct nvd_qpair {
-    ctrl: Controller<AnyFunction>,
+    ctrl: Controller<Device>,
     namespaces: Vec<Namespace>,
     qpairs: Arc<AtomicUsize>,
     inner: Mutex<QpInner>,
@@ -199,7 +195,7 @@ pub struct nvd_qpair {
 
 #[derive(Debug)]
 struct QpInner {
-    qp: IoQueuePair<AnyFunction>,
+    qp: IoQueuePair<Device>,
     next_tag: u64,
     pending: HashMap<u64, Pending>,
     /// Reused between polls.
@@ -322,9 +318,11 @@ pub extern "C" fn nvd_strerror(code: i32) -> *const c_char {
 
 /// Opens and brings up a controller.
 ///
-/// `device` is a PCI address bound to vfio-pci (`"0000:01:00.0"`), or `"emu"` / `"emu:ram"`
-/// (an emulated controller with one 64 MiB RAM namespace of 4 KiB blocks), `"emu:null"`
-/// (1 GiB, data not kept), `"emu:thread"` (RAM, completing on its own thread).
+/// `device` is a PCI address bound to vfio-pci (`"0000:01:00.0"`), or an emulated
+/// controller, named as everywhere in nvme-dio: `"emu"` (a null namespace that keeps no
+/// data), `"emu:ram"` (one 64 MiB RAM namespace of 4 KiB blocks), either followed by
+/// `":thread"` (completions from the emulator's own thread, like hardware) and/or `":512"`
+/// (512-byte blocks).
 /// On success `*out` holds the controller; close it with `nvd_close`.
 ///
 /// # Safety
@@ -343,9 +341,13 @@ pub unsafe extern "C" fn nvd_open(device: *const c_char, out: *mut *mut nvd_ctrl
         let device = unsafe { CStr::from_ptr(device) }
             .to_str()
             .map_err(|_| fail(NVD_ERR_INVALID, "device is not UTF-8"))?;
-        let target = device::parse_target(device).map_err(|m| fail(NVD_ERR_INVALID, m))?;
-        let (dev, opts) = device::open(&target).map_err(|m| fail(NVD_ERR_NO_DEVICE, m))?;
-        let ctrl = Controller::new(dev, opts)?;
+        let spec: DeviceSpec = device
+            .parse()
+            .map_err(|e: nvme_dio::DeviceSpecError| fail(NVD_ERR_INVALID, e.to_string()))?;
+        let dev = Device::open(&spec, None)
+            .map_err(|e| fail(NVD_ERR_NO_DEVICE, Report(&e).to_string()))?;
+        let opts = dev.default_options();
+        let ctrl = Controller::new(Arc::new(dev), opts)?;
         let namespaces = ctrl.namespaces().to_vec();
         let handle = Box::new(nvd_ctrl {
             ctrl,
@@ -475,7 +477,7 @@ pub unsafe extern "C" fn nvd_ns_info_get(
 
 // ---- buffers ------------------------------------------------------------------------------
 
-fn owner_id(ctrl: &Controller<AnyFunction>) -> usize {
+fn owner_id(ctrl: &Controller<Device>) -> usize {
     Arc::as_ptr(ctrl.device()) as usize
 }
 

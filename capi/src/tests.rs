@@ -7,6 +7,9 @@ use std::ptr;
 use nvme_dio::Status;
 use nvme_dio_emu::{Action, Fault, Target};
 
+/// Blocks of the `emu:ram` namespace (4 KiB each).
+const EMU_RAM_BLOCKS: u64 = nvme_dio::EMU_RAM_BYTES / 4096;
+
 use super::*;
 
 /// What callbacks record: (tag from ctx, status, nvme status).
@@ -80,8 +83,8 @@ impl Fixture {
     fn emu(&self) -> &nvme_dio_emu::EmuFunction {
         // SAFETY: live controller.
         match unsafe { &**(*self.ctrl).ctrl.device() } {
-            AnyFunction::Emu(f) => f,
-            AnyFunction::Vfio(_) => unreachable!("tests open emu"),
+            Device::Emu(f) => f,
+            _ => unreachable!("tests open emu"),
         }
     }
 }
@@ -104,7 +107,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn open_info_write_read_flush_verify() {
-    let f = Fixture::new(c"emu", 0);
+    let f = Fixture::new(c"emu:ram", 0);
     let mut info = nvd_ctrl_info {
         model: [0; 41],
         serial: [0; 21],
@@ -127,7 +130,7 @@ fn open_info_write_read_flush_verify() {
     }
     assert_eq!(
         (ns.nsid, ns.block_size, ns.blocks),
-        (1, 4096, device::EMU_RAM_BLOCKS)
+        (1, 4096, EMU_RAM_BLOCKS)
     );
     assert_eq!(ns.volatile_write_cache, 1);
 
@@ -193,7 +196,7 @@ fn open_info_write_read_flush_verify() {
 
 #[test]
 fn null_and_invalid_arguments_are_error_codes() {
-    let f = Fixture::new(c"emu", 0);
+    let f = Fixture::new(c"emu:ram", 0);
     let b = f.buf(4096);
     let mut log = Log::default();
     let ctx = (&raw mut log).cast::<c_void>();
@@ -205,7 +208,10 @@ fn null_and_invalid_arguments_are_error_codes() {
         assert_eq!(nvd_open(c"emu:disk".as_ptr(), &mut out), NVD_ERR_INVALID);
         assert!(last_error().contains("emu:ram"), "{}", last_error());
         assert_eq!(nvd_open(c"zz:00.0".as_ptr(), &mut out), NVD_ERR_INVALID);
-        assert_eq!(nvd_open(c"emu".as_ptr(), ptr::null_mut()), NVD_ERR_INVALID);
+        assert_eq!(
+            nvd_open(c"emu:ram".as_ptr(), ptr::null_mut()),
+            NVD_ERR_INVALID
+        );
         assert_eq!(nvd_ns_count(ptr::null()), NVD_ERR_INVALID);
         assert_eq!(
             nvd_ns_info_get(f.ctrl, 5, &mut nvd_ns_info::default()),
@@ -248,15 +254,7 @@ fn null_and_invalid_arguments_are_error_codes() {
             NVD_ERR_INVALID
         );
         assert_eq!(
-            nvd_readv(
-                f.qp,
-                1,
-                device::EMU_RAM_BLOCKS,
-                one.as_ptr(),
-                1,
-                Some(record),
-                ctx
-            ),
+            nvd_readv(f.qp, 1, EMU_RAM_BLOCKS, one.as_ptr(), 1, Some(record), ctx),
             NVD_ERR_RANGE
         );
         assert!(last_error().contains("past"), "{}", last_error());
@@ -270,7 +268,7 @@ fn null_and_invalid_arguments_are_error_codes() {
         );
         assert_eq!(nvd_buf_fill(b, 2), NVD_OK);
         // A buffer of another controller.
-        let g = Fixture::new(c"emu", 0);
+        let g = Fixture::new(c"emu:ram", 0);
         let other = [g.buf(4096).cast_const()];
         assert_eq!(
             nvd_readv(f.qp, 1, 0, other.as_ptr(), 1, Some(record), ctx),
@@ -296,7 +294,7 @@ fn null_and_invalid_arguments_are_error_codes() {
 
 #[test]
 fn device_errors_reach_the_callback_with_the_nvme_status() {
-    let f = Fixture::new(c"emu", NVD_QPAIR_INTERRUPT);
+    let f = Fixture::new(c"emu:ram", NVD_QPAIR_INTERRUPT);
     let b = f.buf(4096);
     f.emu()
         .inject(Fault::Command {
@@ -359,7 +357,7 @@ unsafe extern "C" fn chain(ctx: *mut c_void, status: i32, _nvme: u16) {
 
 #[test]
 fn a_callback_may_submit_on_its_own_queue_pair() {
-    let f = Fixture::new(c"emu", 0);
+    let f = Fixture::new(c"emu:ram", 0);
     let b = f.buf(4096);
     let mut c = Chain {
         qp: f.qp,
@@ -410,7 +408,7 @@ fn a_panic_is_caught_and_reported() {
 
 #[test]
 fn queue_full_is_backpressure_not_loss() {
-    let f = Fixture::new(c"emu", 0);
+    let f = Fixture::new(c"emu:ram", 0);
     let bufs: Vec<*mut nvd_buf> = (0..16).map(|_| f.buf(4096)).collect();
     let mut log = Log::default();
     let ctx = (&raw mut log).cast::<c_void>();

@@ -64,6 +64,7 @@ impl Completion {
     /// The core's delivery as the caller sees it. Buffers of a request the controller may
     /// still write (it was in flight when a reset failed) come back marked to be leaked,
     /// never to be reused.
+    #[inline]
     pub(crate) fn from_delivery(d: Delivery<Bufs>, qid: u16, timeout: Duration) -> Completion {
         let Delivery {
             tag,
@@ -71,35 +72,46 @@ impl Completion {
             mut bufs,
             ..
         } = d;
+        // The success path is a move; building an error is out of line.
         let result = match outcome {
             Outcome::Success => Ok(()),
-            Outcome::Status { opcode, status } => Err(Error::Command {
-                qid,
-                opcode,
-                opcode_name: opcode_name(false, opcode),
-                status,
-            }),
-            Outcome::TimedOut { opcode } => Err(Error::Timeout {
-                qid,
-                opcode_name: opcode_name(false, opcode),
-                after: timeout,
-            }),
-            Outcome::Unbuildable(e) => Err(Error::DataPointer { qid, source: e }),
-            Outcome::TornDown(why) => {
-                if why == Teardown::Dead {
-                    bufs.leak_on_drop();
-                }
-                Err(match why {
-                    Teardown::Reset => Error::Aborted(AbortReason::Reset),
-                    Teardown::Dead => Error::Aborted(AbortReason::ResetFailed),
-                    Teardown::Gone => Error::DeviceGone {
-                        register: nvme_dio_queue::regs::CSTS,
-                    },
-                    Teardown::Deleted => Error::Aborted(AbortReason::QueueDeleted),
-                })
-            }
+            failed => Err(failure(failed, &mut bufs, qid, timeout)),
         };
         Completion { tag, result, bufs }
+    }
+}
+
+/// The error a failed delivery carries.
+#[cold]
+#[inline(never)]
+fn failure(outcome: Outcome, bufs: &mut Bufs, qid: u16, timeout: Duration) -> Error {
+    match outcome {
+        Outcome::Success => unreachable!("successes are not failures"),
+        Outcome::Status { opcode, status } => Error::Command {
+            qid,
+            opcode,
+            opcode_name: opcode_name(false, opcode),
+            status,
+        },
+        Outcome::TimedOut { opcode } => Error::Timeout {
+            qid,
+            opcode_name: opcode_name(false, opcode),
+            after: timeout,
+        },
+        Outcome::Unbuildable(e) => Error::DataPointer { qid, source: e },
+        Outcome::TornDown(why) => {
+            if why == Teardown::Dead {
+                bufs.leak_on_drop();
+            }
+            match why {
+                Teardown::Reset => Error::Aborted(AbortReason::Reset),
+                Teardown::Dead => Error::Aborted(AbortReason::ResetFailed),
+                Teardown::Gone => Error::DeviceGone {
+                    register: nvme_dio_queue::regs::CSTS,
+                },
+                Teardown::Deleted => Error::Aborted(AbortReason::QueueDeleted),
+            }
+        }
     }
 }
 

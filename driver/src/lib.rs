@@ -89,6 +89,7 @@
 mod admin;
 mod completion;
 mod controller;
+mod device;
 pub mod error;
 mod future;
 mod namespace;
@@ -98,6 +99,9 @@ mod submit;
 
 pub use completion::{Bufs, Completion, Completions, QueueStats, Rejected};
 pub use controller::{Controller, ControllerInfo, ControllerOptions};
+pub use device::{
+    Device, DeviceSpec, DeviceSpecError, EMU_NULL_BYTES, EMU_RAM_BYTES, EmuSpec, OpenError,
+};
 pub use error::{Error, ErrorKind, Report, Stage};
 pub use future::{AsyncQueuePair, InterruptFd, IoFailed, IoFuture};
 pub use namespace::Namespace;

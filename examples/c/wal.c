@@ -10,7 +10,7 @@
  *       [--crash-after N]          abort() right after the Nth acknowledgement
  *       [--recover [--expect N]]   only read back and check; fail if fewer than N records
  *
- * DEV is "emu" (default: the emulated controller, RAM-backed; its data dies with the
+ * DEV is "emu:ram" (default: the emulated controller, RAM-backed; its data dies with the
  * process) or a PCI address bound to vfio-pci ("0000:00:04.0").
  *
  * On-device layout, from --start-lba: one header block (magic, epoch, checksum), then record
@@ -171,7 +171,7 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
-    const char *device = "emu";
+    const char *device = "emu:ram";
     uint64_t records = 1000, crash_after = 0, expect = 0, start = 0;
     int depth = 8, recover = 0, interrupt = 0;
     for (int i = 1; i < argc; i++) {

@@ -23,8 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
-use nvme_dio::{Controller, PciFunction};
-use nvme_dio_examples::device::{self, AnyController};
+use nvme_dio::{Controller, Device, DeviceSpec, OpenError, PciFunction, Report};
 use nvme_dio_examples::wal::{
     Durability, DurableHook, Recovered, Wal, WalConfig, check_demo_payload, demo_payload, recover,
 };
@@ -39,9 +38,10 @@ enum DurabilityArg {
 #[derive(Debug, Parser)]
 #[command(name = "wal")]
 struct Args {
-    /// `emu` (the emulated controller; `emu:512` for 512-byte blocks) or a PCI address
-    /// bound to vfio-pci.
-    #[arg(long, default_value = "emu")]
+    /// `emu:ram:thread` (the emulated controller with a RAM namespace, completing on its own
+    /// thread like hardware; add `:512` for 512-byte blocks) or a PCI address bound to
+    /// vfio-pci. Device strings mean the same in every nvme-dio tool.
+    #[arg(long, default_value = "emu:ram:thread")]
     device: String,
     /// Namespace.
     #[arg(long, default_value_t = 1)]
@@ -86,16 +86,25 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let ctrl = match device::open(&args.device, args.emu_blocks) {
-        Ok(c) => c,
+    let opened = args
+        .device
+        .parse::<DeviceSpec>()
+        .map_err(OpenError::from)
+        .and_then(|spec| {
+            let bytes = match &spec {
+                DeviceSpec::Emu(e) => Some(args.emu_blocks * e.lba_size as u64),
+                _ => None,
+            };
+            let dev = Device::open(&spec, bytes)?;
+            let opts = dev.default_options();
+            Controller::new(Arc::new(dev), opts).map_err(OpenError::Driver)
+        });
+    match opened {
+        Ok(ctrl) => run(ctrl, &args),
         Err(e) => {
-            eprintln!("wal: cannot open {}: {e}", args.device);
-            return ExitCode::from(3);
+            eprintln!("wal: cannot open {}: {}", args.device, Report(&e));
+            ExitCode::from(3)
         }
-    };
-    match ctrl {
-        AnyController::Emu(c) => run(c, &args),
-        AnyController::Vfio(c) => run(c, &args),
     }
 }
 

@@ -7,7 +7,6 @@
 //!   line, on the emulated controller or a PCI device, with a simulated crash.
 //! - `c/wal.c`: the same idea over the C ABI (`nvme-dio-capi`), built and run by the tests
 //!   crate (`tests/tests/capi_c_example.rs`).
-//! - [`device`]: open `emu` or a PCI address, the way both examples take `--device`.
 //!
 //! The sections below are the driver's entry points in use; each is a doctest, so it
 //! compiles and runs against the emulated controller on every `cargo test`.
@@ -107,5 +106,4 @@
 
 #![forbid(unsafe_code)]
 
-pub mod device;
 pub mod wal;

@@ -203,7 +203,13 @@ fn c_wal_example_writes_reads_back_verifies_and_crashes_on_request() {
     // queue pair's MSI-X eventfd.
     let (out, stdout, stderr) = run(
         &exe,
-        &["--device", "emu:thread", "--interrupt", "--records", "300"],
+        &[
+            "--device",
+            "emu:ram:thread",
+            "--interrupt",
+            "--records",
+            "300",
+        ],
     );
     assert!(
         out.status.success(),

@@ -498,3 +498,47 @@ fn drain_hands_back_every_request_in_flight() {
     assert_eq!(qp.outstanding(), 0);
     assert_no_ub(&dev);
 }
+
+#[test]
+fn breaking_out_of_completions_loses_nothing() {
+    use nvme_dio_emu::{Action, Fault, Target};
+    use nvme_dio_queue::Status;
+    let (dev, ctrl) = bring_up(EmuConfig::default(), options());
+    let ns = ctrl.namespace(1).unwrap().clone();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    // The first of eight reads fails; the loop below gives up at the first error, as a `?`
+    // would.
+    dev.inject(Fault::Command {
+        target: Target::NthIo(0),
+        action: Action::Status(Status::new(0, 0x06).with_dnr()),
+    })
+    .unwrap();
+    for tag in 0..8 {
+        qp.read(&ns, Lba(tag), ctrl.memory().alloc(4096, 4096).unwrap(), tag)
+            .unwrap();
+    }
+    while qp.ready() < 8 {
+        qp.wait(Duration::from_secs(1)).unwrap();
+    }
+    let mut seen = Vec::new();
+    for c in qp.completions() {
+        seen.push(c.tag);
+        if c.result.is_err() {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![0],
+        "the failed read comes first and ends the loop"
+    );
+    assert_eq!(qp.ready(), 7, "the seven not yielded are still queued");
+    let rest: Vec<u64> = qp.completions().map(|c| c.tag).collect();
+    assert_eq!(
+        rest,
+        (1..8).collect::<Vec<_>>(),
+        "and come out next time, in order"
+    );
+    assert_eq!(qp.stats().completed, 8);
+    assert_no_ub(&dev);
+}
