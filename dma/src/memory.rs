@@ -583,8 +583,16 @@ impl DmaBuf {
     /// For memory a device may still write after the driver gave up on it (a queue the
     /// controller never confirmed deleting, a command it never completed): leaking it is the
     /// only way to be sure no later owner sees the device's writes.
+    ///
+    /// A pool block keeps its whole pool allocated too: the pool's range (which holds the
+    /// block) never goes back to the region heap, so no later allocation, from the pool or
+    /// from [`DmaMemory::alloc`], can overlap the leaked bytes.
     pub fn leak_on_drop(&mut self) {
-        self.origin = Origin::Leaked;
+        if let Origin::Pool { pool, .. } = std::mem::replace(&mut self.origin, Origin::Leaked) {
+            // The block's index is never pushed back, and this reference is never dropped:
+            // `PoolInner::drop` (which frees the pool's range to the heap) never runs.
+            std::mem::forget(pool);
+        }
     }
 
     fn new(region: Arc<Region>, offset: usize, cap: usize, origin: Origin) -> Self {

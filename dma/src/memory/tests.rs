@@ -657,3 +657,40 @@ fn two_memories_over_one_mapper_share_its_iova_space() {
     drop((x, y, a, b, c));
     assert!(mapper.mappings().is_empty() && other.mappings().is_empty());
 }
+
+/// Issue 12, defect 1: a leaked pool block must keep its bytes out of every allocator, also
+/// after the pool is gone (before the fix the pool's whole range went back to the region heap,
+/// and the next `alloc` got the leaked block's IOVA: two live buffers over the same bytes).
+#[test]
+fn a_leaked_pool_block_is_never_handed_out_again() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let pool = mem.pool(4096, 4, 4096).unwrap();
+    let mut a = pool.alloc().unwrap();
+    let leaked = a.iova()..a.iova() + 4096;
+    a.leak_on_drop();
+    drop(a);
+    // The pool never gives it out again ...
+    let others: Vec<_> = std::iter::from_fn(|| pool.alloc()).collect();
+    assert_eq!(others.len(), 3, "the leaked block stays out of the pool");
+    assert!(others.iter().all(|b| !leaked.contains(&b.iova())));
+    drop(others);
+    drop(pool);
+    // ... nor does the region heap once the pool is gone: fill the region with pages and
+    // check none of them overlaps the leaked block.
+    let mut got = Vec::new();
+    while mapper.map_calls() == 1 {
+        let b = mem.alloc(4096, 4096).unwrap();
+        if mapper.map_calls() != 1 {
+            break; // a new region: the first one is full
+        }
+        assert!(
+            !leaked.contains(&b.iova()),
+            "IOVA {:#x} of a leaked pool block handed out again",
+            b.iova()
+        );
+        got.push(b);
+    }
+    assert!(got.len() >= 2 * MIB / 4096 - 4, "the rest of the region is usable");
+}
