@@ -14,6 +14,8 @@ use nvme_dio_queue::status::sct;
 use nvme_dio_queue::{Sqe, Status};
 use vmm_sys_util::eventfd::EventFd;
 
+use nvme_dio_dma::RangeSet;
+
 use crate::config::{Backing, EmuConfig};
 use crate::fault::{Action, Faults};
 use crate::mem::Table;
@@ -49,6 +51,15 @@ pub struct EmuStats {
     pub err_events: u64,
     /// MSI-X eventfd signals.
     pub interrupts: u64,
+    /// Device writes into memory the host had given back (the freed-write checker; see
+    /// [`crate::EmuFunction::freed_write_events`]). Zero for a correct driver.
+    pub freed_writes: u64,
+    /// Writes the device made after a disable, from [`crate::Fault::LateWrites`].
+    pub late_writes: u64,
+    /// BAR reads answered with all ones by [`crate::Fault::AllOnesReads`].
+    pub all_ones_reads: u64,
+    /// Blocks whose unflushed writes a [`crate::EmuFunction::power_cut`] lost.
+    pub lost_blocks: u64,
 }
 
 /// An I/O or admin submission queue.
@@ -96,10 +107,14 @@ pub(crate) struct Held {
     pub(crate) cid: u16,
     pub(crate) result: u32,
     pub(crate) status: Status,
-    /// Post once this instant has passed; `None` = never (dropped or AER).
+    /// Post once this instant has passed; `None` = never (dropped or AER), unless `after`.
     pub(crate) deadline: Option<Instant>,
+    /// Post after this many more host register accesses ([`Action::DelayAccesses`]).
+    pub(crate) after: Option<u32>,
     /// An Async Event Request (counts against AERL).
     pub(crate) aer: bool,
+    /// First data page of a Read or Write (IOVA, bytes), for [`crate::Fault::LateWrites`].
+    pub(crate) data: Option<(u64, u32)>,
 }
 
 /// A namespace and its store.
@@ -112,6 +127,12 @@ pub(crate) struct Namespace {
     pub(crate) noiob: u16,
     pub(crate) data: Vec<u8>,
     pub(crate) meta: Vec<u8>,
+    /// The volatile write cache model (RAM namespaces with `EmuConfig::vwc`): what stable
+    /// storage holds. `data` is what reads see; blocks in `dirty` differ from here until a
+    /// Flush (or FUA) copies them, and a power cut copies them back. Empty: no model.
+    pub(crate) durable: Vec<u8>,
+    /// Blocks written into the cache and not yet flushed.
+    pub(crate) dirty: RangeSet,
 }
 
 /// Result of executing one command.
@@ -183,6 +204,19 @@ pub(crate) struct State {
     pub(crate) power_on: Instant,
     pub(crate) bytes_read: u64,
     pub(crate) bytes_written: u64,
+
+    // Injected controller faults (see `crate::Fault`).
+    /// Held commands waiting for `after` register accesses.
+    pub(crate) counted: usize,
+    /// `Fault::DisableHangs` armed, and fired (the disable that never completes).
+    pub(crate) disable_hangs: bool,
+    pub(crate) disable_hung: bool,
+    /// `Fault::LateWrites` armed (accesses), then the pages and accesses left.
+    pub(crate) late_armed: u32,
+    pub(crate) late_pages: Vec<(u64, u32)>,
+    pub(crate) late_left: u32,
+    /// `Fault::EnableFails`: enables still to fail.
+    pub(crate) enable_fails: u32,
 }
 
 /// Async Event Request Limit (zero-based, Identify Controller AERL): 4 outstanding.
@@ -212,6 +246,14 @@ impl State {
                     } else {
                         Vec::new()
                     },
+                    // Zeroed lazily by the allocator, like `data`: only flushed blocks
+                    // cost memory.
+                    durable: if ram && cfg.vwc {
+                        vec![0; (n.blocks * n.lba_size as u64) as usize]
+                    } else {
+                        Vec::new()
+                    },
+                    dirty: RangeSet::default(),
                 }
             })
             .collect();
@@ -251,6 +293,13 @@ impl State {
             power_on: Instant::now(),
             bytes_read: 0,
             bytes_written: 0,
+            counted: 0,
+            disable_hangs: false,
+            disable_hung: false,
+            late_armed: 0,
+            late_pages: Vec::new(),
+            late_left: 0,
+            enable_fails: 0,
             cfg,
         }
     }
@@ -301,6 +350,11 @@ impl State {
     }
 
     pub(crate) fn write_cc(&mut self, v: u32) {
+        if self.disable_hung {
+            // Fault::DisableHangs: the controller no longer answers CC (only FLR helps).
+            self.cc = v;
+            return;
+        }
         let old = Cc(self.cc);
         let new = Cc(v);
         self.update_ready();
@@ -311,6 +365,16 @@ impl State {
                 ));
             }
             self.cc = v;
+            if self.enable_fails > 0 {
+                self.enable_fails -= 1;
+                self.stats.faults_fired += 1;
+                self.cfs = true;
+                self.err(
+                    "controller enable failed (CSTS.CFS set): injected EnableFails, reset again"
+                        .to_string(),
+                );
+                return;
+            }
             match self.start() {
                 Ok(()) => {
                     self.cfs = false;
@@ -325,6 +389,18 @@ impl State {
             }
         } else if old.en() && !new.en() {
             self.cc = v;
+            if self.late_armed > 0 {
+                self.late_pages = self.held.iter().filter_map(|h| h.data).collect();
+                self.late_left = std::mem::take(&mut self.late_armed);
+                self.stats.faults_fired += 1;
+            }
+            if self.disable_hangs {
+                // The disable never completes: RDY stays 1, queues and held commands stay.
+                self.disable_hangs = false;
+                self.disable_hung = true;
+                self.stats.faults_fired += 1;
+                return;
+            }
             self.reset_ctrl();
             self.set_rdy_target(false);
         } else {
@@ -422,6 +498,7 @@ impl State {
         }
         self.held.clear();
         self.delayed = 0;
+        self.counted = 0;
         self.aers = 0;
         self.dbbuf = None;
         self.nq = (self.cfg.max_ioqpairs, self.cfg.max_ioqpairs);
@@ -444,6 +521,58 @@ impl State {
         self.rdy = false;
         self.rdy_target = false;
         self.msix.clear();
+        self.disable_hung = false;
+        self.late_pages.clear();
+        self.late_left = 0;
+    }
+
+    /// One host register access (a 32-bit BAR read or write): counts down
+    /// [`Action::DelayAccesses`] completions (posted by the caller's `poll_delayed`) and
+    /// makes the writes of [`crate::Fault::LateWrites`].
+    #[inline]
+    pub(crate) fn on_access(&mut self) {
+        if self.counted > 0 {
+            self.count_down();
+        }
+        if self.late_left > 0 {
+            self.late_write();
+        }
+    }
+
+    #[cold]
+    fn count_down(&mut self) {
+        let now = Instant::now();
+        for h in &mut self.held {
+            if let Some(n) = h.after {
+                if n <= 1 {
+                    // Due: `poll_delayed` posts it.
+                    h.after = None;
+                    h.deadline = Some(now);
+                    self.counted -= 1;
+                } else {
+                    h.after = Some(n - 1);
+                }
+            }
+        }
+    }
+
+    #[cold]
+    fn late_write(&mut self) {
+        self.update_ready();
+        if !self.rdy {
+            // The disable completed: DMA is stopped.
+            self.late_pages.clear();
+            self.late_left = 0;
+            return;
+        }
+        self.late_left -= 1;
+        for &(iova, len) in &self.late_pages {
+            let junk = vec![0xde; len as usize];
+            let mut h = self.data_hint;
+            if self.table.write(iova, &junk, &mut h) {
+                self.stats.late_writes += 1;
+            }
+        }
     }
 
     // ---------------------------------------------------------------- doorbells
@@ -649,7 +778,9 @@ impl State {
                     result: 0,
                     status: Status::SUCCESS,
                     deadline: None,
+                    after: None,
                     aer: true,
+                    data: None,
                 });
                 return;
             }
@@ -664,13 +795,23 @@ impl State {
         self.stats.faults_fired += 1;
         match action {
             Action::Status(_) => unreachable!("handled above"),
-            Action::Drop | Action::Delay(_) => {
-                let deadline = match action {
+            Action::Drop | Action::Delay(_) | Action::DelayAccesses(_) => {
+                let (deadline, after) = match action {
                     Action::Delay(d) => {
                         self.delayed += 1;
-                        Some(Instant::now() + d)
+                        (Some(Instant::now() + d), None)
                     }
-                    _ => None,
+                    Action::DelayAccesses(n) => {
+                        self.delayed += 1;
+                        self.counted += 1;
+                        (None, Some(n))
+                    }
+                    _ => (None, None),
+                };
+                let data = if admin {
+                    None
+                } else {
+                    self.first_data_page(sqe)
                 };
                 self.held.push(Held {
                     sqid,
@@ -678,7 +819,9 @@ impl State {
                     result,
                     status,
                     deadline,
+                    after,
                     aer: false,
+                    data,
                 });
             }
             Action::DuplicateCqe => {
@@ -695,6 +838,18 @@ impl State {
                 self.post(cqid, sqid, stale, 0, Status::SUCCESS);
             }
         }
+    }
+
+    /// The first data page (IOVA, bytes) of a Read or Write with a PRP data pointer.
+    fn first_data_page(&self, sqe: &Sqe) -> Option<(u64, u32)> {
+        use nvme_dio_queue::opcode::nvm;
+        if !matches!(sqe.opc, nvm::READ | nvm::WRITE) || sqe.flags >> 6 != 0 {
+            return None;
+        }
+        let i = self.ns_index(sqe.nsid).ok()?;
+        let len = ((sqe.cdw12 & 0xffff) as u64 + 1) << self.ns[i].lba_shift;
+        let first = len.min(self.page - (sqe.prp1 & (self.page - 1)));
+        Some((sqe.prp1, first as u32))
     }
 
     /// True if `cid` is held, or sits in SQ `sqid` between head and tail (not fetched yet).
@@ -896,8 +1051,11 @@ impl State {
             return false;
         };
         let h = self.held.remove(i);
-        if h.deadline.is_some() {
+        if h.deadline.is_some() || h.after.is_some() {
             self.delayed -= 1;
+        }
+        if h.after.is_some() {
+            self.counted -= 1;
         }
         if h.aer {
             self.aers -= 1;
