@@ -106,6 +106,22 @@ pub trait PciFunction: Send + Sync + 'static {
     fn removal_requested(&self) -> bool {
         false
     }
+    /// Sets (`true`) or clears (`false`) Bus Master Enable in the function's PCI command
+    /// register, checked by reading it back. While it is clear the function can issue no
+    /// memory requests: no DMA at all, whatever the controller thinks it is doing. Clearing
+    /// it is the proof [`crate::DmaStopped::BusMasterCleared`] (Linux clears it before it
+    /// cancels requests of a dead controller).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BusMasterUnsupported`] by default (a function that cannot do it); the
+    /// config-space error (or [`Error::DeviceGone`]) on VFIO.
+    fn set_bus_master(&self, enable: bool) -> Result<(), Error> {
+        let _ = enable;
+        Err(Error::BusMasterUnsupported {
+            function: self.describe(),
+        })
+    }
     /// A function-level reset (VFIO_DEVICE_RESET), used when the controller is wedged.
     ///
     /// # Errors

@@ -241,6 +241,14 @@ pub enum Error {
         /// Vectors available.
         available: u32,
     },
+    /// The function cannot have its Bus Master Enable bit changed.
+    #[error(
+        "{function} cannot set or clear Bus Master Enable: stop DMA another way (disable the controller, reset the function, or unmap its memory)"
+    )]
+    BusMasterUnsupported {
+        /// The function, as [`PciFunction::describe`] names it.
+        function: String,
+    },
     /// The function cannot be reset.
     #[error("{bdf} does not support reset (no VFIO_DEVICE_FLAGS_RESET)")]
     ResetUnsupported {

@@ -213,10 +213,15 @@ pub(crate) struct State {
     pub(crate) disable_hung: bool,
     /// `Fault::LateWrites` armed (accesses), then the pages and accesses left.
     pub(crate) late_armed: u32,
-    pub(crate) late_pages: Vec<(u64, u32)>,
+    /// (IOVA, bytes, given back since): a page the host freed after the capture is one
+    /// the device must not write, even once it is allocated to someone else again.
+    pub(crate) late_pages: Vec<(u64, u32, bool)>,
     pub(crate) late_left: u32,
     /// `Fault::EnableFails`: enables still to fail.
     pub(crate) enable_fails: u32,
+    /// PCI command register Bus Master Enable (`PciFunction::set_bus_master`): clear, the
+    /// function does no DMA at all (doorbells are ignored, nothing is posted or written).
+    pub(crate) bus_master: bool,
 }
 
 /// Async Event Request Limit (zero-based, Identify Controller AERL): 4 outstanding.
@@ -300,6 +305,7 @@ impl State {
             late_pages: Vec::new(),
             late_left: 0,
             enable_fails: 0,
+            bus_master: true,
             cfg,
         }
     }
@@ -390,7 +396,12 @@ impl State {
         } else if old.en() && !new.en() {
             self.cc = v;
             if self.late_armed > 0 {
-                self.late_pages = self.held.iter().filter_map(|h| h.data).collect();
+                self.late_pages = self
+                    .held
+                    .iter()
+                    .filter_map(|h| h.data)
+                    .map(|(iova, len)| (iova, len, false))
+                    .collect();
                 self.late_left = std::mem::take(&mut self.late_armed);
                 self.stats.faults_fired += 1;
             }
@@ -526,6 +537,17 @@ impl State {
         self.late_left = 0;
     }
 
+    /// The host reported `iova..iova+len` free: remember it for the pages late writes
+    /// still target.
+    pub(crate) fn range_freed(&mut self, iova: u64, len: u64) {
+        self.table.free.insert(iova, len);
+        for p in &mut self.late_pages {
+            if iova < p.0 + p.1 as u64 && p.0 < iova + len {
+                p.2 = true;
+            }
+        }
+    }
+
     /// One host register access (a 32-bit BAR read or write): counts down
     /// [`Action::DelayAccesses`] completions (posted by the caller's `poll_delayed`) and
     /// makes the writes of [`crate::Fault::LateWrites`].
@@ -558,6 +580,9 @@ impl State {
 
     #[cold]
     fn late_write(&mut self) {
+        if !self.bus_master {
+            return; // the writes are not issued; the accesses still count down
+        }
         self.update_ready();
         if !self.rdy {
             // The disable completed: DMA is stopped.
@@ -566,9 +591,14 @@ impl State {
             return;
         }
         self.late_left -= 1;
-        for &(iova, len) in &self.late_pages {
+        for &(iova, len, freed) in &self.late_pages {
             let junk = vec![0xde; len as usize];
             let mut h = self.data_hint;
+            if freed {
+                // Given back since the command was issued: a bug even if the bytes belong
+                // to a new owner now (the free-bytes check alone cannot see that).
+                self.table.flag_reused(iova, len as u64);
+            }
             if self.table.write(iova, &junk, &mut h) {
                 self.stats.late_writes += 1;
             }
@@ -580,6 +610,9 @@ impl State {
     /// A doorbell write: `idx` is (offset - 0x1000) / stride: `2 * qid` for an SQ tail,
     /// `2 * qid + 1` for a CQ head.
     pub(crate) fn doorbell(&mut self, idx: usize, value: u32) {
+        if !self.bus_master {
+            return; // no DMA: nothing can be fetched or posted
+        }
         if self.delayed > 0 {
             self.poll_delayed();
         }
@@ -713,6 +746,9 @@ impl State {
         let Some(db) = self.dbbuf else {
             return;
         };
+        if !self.bus_master {
+            return;
+        }
         for qid in 1..self.sqs.len() {
             let mut h = db.hint;
             if let Some(sq) = &self.sqs[qid] {
@@ -948,7 +984,7 @@ impl State {
     /// false, writing nothing, if the queue does not exist, is the admin CQ, is full, or has
     /// completions waiting for room (they go first), or the controller is not running.
     pub(crate) fn post_raw(&mut self, cqid: u16, mut d: [u32; 4]) -> bool {
-        if cqid == 0 || self.cfs || !self.enabled {
+        if cqid == 0 || self.cfs || !self.enabled || !self.bus_master {
             return false;
         }
         let Some(Some(cq)) = self.cqs.get(cqid as usize) else {
@@ -1011,7 +1047,7 @@ impl State {
 
     /// Posts delayed completions whose time has come.
     pub(crate) fn poll_delayed(&mut self) {
-        if self.delayed == 0 {
+        if self.delayed == 0 || !self.bus_master {
             return;
         }
         let now = Instant::now();

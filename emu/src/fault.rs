@@ -85,7 +85,10 @@ pub enum Fault {
     /// of the next `accesses` 32-bit BAR accesses while the disable has not completed
     /// (CSTS.RDY still 1: pair it with [`Fault::DisableHangs`]), it writes `0xde` bytes
     /// into every remembered page, as a DMA engine that was never stopped does. Counted in
-    /// [`crate::EmuStats::late_writes`]; a function-level reset stops it.
+    /// [`crate::EmuStats::late_writes`]; clearing bus mastering
+    /// ([`nvme_dio_dma::PciFunction::set_bus_master`]) or a function-level reset stops it.
+    /// A page the host gave back after the disable counts as a freed write
+    /// ([`crate::EmuStats::freed_writes`]) even if it was handed to a new owner since.
     LateWrites {
         /// Register accesses that each write every remembered page once.
         accesses: u32,

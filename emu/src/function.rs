@@ -296,7 +296,7 @@ impl DmaMapper for EmuMapper {
     }
 
     fn range_freed(&self, iova: u64, len: usize) {
-        self.shared.lock().table.free.insert(iova, len as u64);
+        self.shared.lock().range_freed(iova, len as u64);
     }
 }
 
@@ -615,9 +615,22 @@ impl PciFunction for EmuFunction {
         Ok(())
     }
 
+    fn set_bus_master(&self, enable: bool) -> Result<(), nvme_dio_dma::Error> {
+        if self.shared.removed.load(Ordering::Acquire) {
+            return Err(nvme_dio_dma::Error::DeviceGone {
+                bdf: "emu".to_string(),
+            });
+        }
+        self.shared.lock().bus_master = enable;
+        Ok(())
+    }
+
     fn reset(&self) -> Result<(), nvme_dio_dma::Error> {
         let mut s = self.shared.lock();
         s.flr();
+        // As VfioFunction::reset: the reset clears the command register, and the function
+        // turns memory space and bus mastering back on.
+        s.bus_master = true;
         // Under the lock: the thread takes dirty bits only while holding it.
         for d in self.shared.db_dirty.iter() {
             d.store(0, Ordering::Relaxed);

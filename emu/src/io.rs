@@ -515,6 +515,7 @@ impl State {
         }
         self.stats.lost_blocks += lost;
         self.flr();
+        self.bus_master = true;
         lost
     }
 }

@@ -157,6 +157,15 @@ impl Table {
         }
     }
 
+    /// A device write into `iova..iova+len`, which the host gave back after the device took
+    /// it (a late write of a held command) and may have handed to a new owner since: flagged
+    /// unless the bytes are free now (then the write itself is flagged).
+    pub(crate) fn flag_reused(&self, iova: u64, len: u64) {
+        if self.free.overlap(iova, len).is_none() {
+            self.flag_freed(iova, len, iova..iova + len);
+        }
+    }
+
     /// Device writes into freed memory so far.
     pub(crate) fn freed_writes(&self) -> u64 {
         self.freed_writes.get()

@@ -512,3 +512,65 @@ fn late_writes_into_a_quarantined_buffer_are_harmless() {
     // And the bytes are reusable now.
     assert_eq!(h.mem.alloc(4096, 4096).unwrap().iova(), iova);
 }
+
+#[test]
+fn clearing_bus_master_stops_every_dma_and_proves_the_quarantine_free() {
+    let mut h = DmaHost::new();
+    h.f.inject(fault(Target::NthIo(0), Action::Drop)).unwrap();
+    let data = h.mem.alloc(4096, 4096).unwrap();
+    h.submit(rw(nvm::READ, 1, 0, 8, data.iova(), 0));
+    h.f.inject(Fault::DisableHangs).unwrap();
+    h.f.inject(Fault::LateWrites { accesses: 10 }).unwrap();
+    h.f.bar0().write32(regs::CC, cc_good().with_en(false).0);
+    h.mem.quarantine(data).unwrap();
+    let _ = h.f.bar0().read32(regs::CSTS);
+    assert_eq!(h.f.stats().late_writes, 1, "the device is still writing");
+    // The disable hangs; clearing bus mastering stops DMA regardless.
+    h.f.set_bus_master(false).unwrap();
+    h.mem.release_quarantine(DmaStopped::BusMasterCleared);
+    let again = h.mem.alloc(4096, 4096).unwrap(); // someone else's buffer now
+    again.fill(0x11);
+    for _ in 0..5 {
+        let _ = h.f.bar0().read32(regs::CSTS);
+    }
+    let reads = h.f.stats().reads;
+    h.submit(rw(nvm::READ, 1, 0, 8, again.iova(), 0)); // doorbell ignored: no DMA
+    let s = h.f.stats();
+    assert_eq!((s.late_writes, s.freed_writes, s.reads), (1, 0, reads));
+    let mut b = [0u8; 8];
+    again.copy_to_slice(0, &mut b).unwrap();
+    assert_eq!(b, [0x11; 8], "nothing reached the new owner's buffer");
+    // A function reset turns bus mastering back on (as VfioFunction::reset does).
+    h.f.reset().unwrap();
+    assert!(!Csts(h.f.bar0().read32(regs::CSTS)).rdy());
+    assert!(h.f.ub_events().is_empty(), "{:?}", h.f.ub_events());
+}
+
+#[test]
+fn a_late_write_into_a_freed_and_reallocated_buffer_is_still_flagged() {
+    let mut h = DmaHost::new();
+    h.f.inject(fault(Target::NthIo(0), Action::Drop)).unwrap();
+    let data = h.mem.alloc(4096, 4096).unwrap();
+    let iova = data.iova();
+    h.submit(rw(nvm::READ, 1, 0, 8, iova, 0));
+    h.f.inject(Fault::DisableHangs).unwrap();
+    h.f.inject(Fault::LateWrites { accesses: 1 }).unwrap();
+    h.f.bar0().write32(regs::CC, cc_good().with_en(false).0);
+    drop(data);
+    let other = h.mem.alloc(4096, 4096).unwrap();
+    assert_eq!(other.iova(), iova, "handed to a new owner");
+    let _ = h.f.bar0().read32(regs::CSTS);
+    let s = h.f.stats();
+    assert_eq!(
+        (s.late_writes, s.freed_writes),
+        (1, 1),
+        "{:?}",
+        h.f.freed_write_events()
+    );
+    let mut b = [0u8; 4];
+    other.copy_to_slice(0, &mut b).unwrap();
+    assert_eq!(
+        b, [0xde; 4],
+        "the new owner's bytes were overwritten: the harm itself"
+    );
+}
