@@ -213,23 +213,21 @@ pub struct RangeSet {
 }
 
 impl RangeSet {
-    /// Adds `start..start+len` (overlapping or adjacent members are merged). An empty or
-    /// overflowing range is clipped to `u64::MAX`.
+    /// Adds `start..start+len` (overlapping or adjacent members are merged). An empty range
+    /// adds nothing; one running past `u64::MAX` is clipped there.
     pub fn insert(&mut self, start: u64, len: u64) {
         let end = start.saturating_add(len);
         if start >= end {
             return;
         }
         let (mut lo, mut hi) = (start, end);
-        let touching: Vec<u64> = self
-            .map
-            .range(..=end)
-            .rev()
-            .take_while(|&(_, &e)| e >= start)
-            .map(|(&s, _)| s)
-            .collect();
-        for s in touching {
-            let e = self.map.remove(&s).expect("key just seen");
+        // Merge members that overlap or touch, one at a time (no allocation: this runs for
+        // every buffer free and every cached write in the emulator).
+        while let Some((&s, &e)) = self.map.range(..=hi).next_back() {
+            if e < lo {
+                break;
+            }
+            self.map.remove(&s);
             lo = lo.min(s);
             hi = hi.max(e);
         }
@@ -242,20 +240,19 @@ impl RangeSet {
         if start >= end {
             return;
         }
-        let hit: Vec<(u64, u64)> = self
-            .map
-            .range(..end)
-            .rev()
-            .take_while(|&(_, &e)| e > start)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (s, e) in hit {
-            self.map.remove(&s);
-            if s < start {
-                self.map.insert(s, start);
+        // The last member starting before `end`, while it reaches past `start`: cut it.
+        // A left piece kept ends at `start`, so the loop stops there.
+        while let Some((&s, &e)) = self.map.range(..end).next_back() {
+            if e <= start {
+                break;
             }
+            self.map.remove(&s);
             if e > end {
                 self.map.insert(end, e);
+            }
+            if s < start {
+                self.map.insert(s, start);
+                break;
             }
         }
     }
