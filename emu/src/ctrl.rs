@@ -548,6 +548,16 @@ impl State {
         }
     }
 
+    /// A held command completed (posted late, or aborted): the device is done with its
+    /// buffer, so late writes stop targeting it and the host may free it.
+    fn forget_late_page(&mut self, data: Option<(u64, u32)>) {
+        if let Some(d) = data {
+            if !self.late_pages.is_empty() {
+                self.late_pages.retain(|p| (p.0, p.1) != d);
+            }
+        }
+    }
+
     /// One host register access (a 32-bit BAR read or write): counts down
     /// [`Action::DelayAccesses`] completions (posted by the caller's `poll_delayed`) and
     /// makes the writes of [`crate::Fault::LateWrites`].
@@ -581,7 +591,7 @@ impl State {
     #[cold]
     fn late_write(&mut self) {
         if !self.bus_master {
-            return; // the writes are not issued; the accesses still count down
+            return; // nothing is issued (or counted) while bus mastering is off
         }
         self.update_ready();
         if !self.rdy {
@@ -1057,6 +1067,7 @@ impl State {
             if h.deadline.is_some_and(|d| d <= now) {
                 self.held.remove(i);
                 self.delayed -= 1;
+                self.forget_late_page(h.data);
                 let cqid = match self.sqs.get(h.sqid as usize) {
                     Some(Some(sq)) => sq.cqid,
                     _ => continue, // its SQ was deleted: nothing to post to
@@ -1087,6 +1098,7 @@ impl State {
             return false;
         };
         let h = self.held.remove(i);
+        self.forget_late_page(h.data);
         if h.deadline.is_some() || h.after.is_some() {
             self.delayed -= 1;
         }

@@ -574,3 +574,39 @@ fn a_late_write_into_a_freed_and_reallocated_buffer_is_still_flagged() {
         "the new owner's bytes were overwritten: the harm itself"
     );
 }
+
+#[test]
+fn late_writes_end_for_a_command_that_completes() {
+    // A hung controller that still posts a delayed completion is done with that buffer:
+    // the host may free it then, and no late write follows.
+    let mut h = DmaHost::new();
+    h.f.inject(fault(Target::NthIo(0), Action::DelayAccesses(2)))
+        .unwrap();
+    let data = h.mem.alloc(4096, 4096).unwrap();
+    h.submit(rw(nvm::READ, 1, 0, 8, data.iova(), 0));
+    h.f.inject(Fault::DisableHangs).unwrap();
+    h.f.inject(Fault::LateWrites { accesses: 10 }).unwrap();
+    // The CC write is the first counted access (the countdown is at 1 after it) ...
+    h.f.bar0().write32(regs::CC, cc_good().with_en(false).0);
+    assert_eq!(h.f.stats().late_writes, 0);
+    // ... and this read the second: one late write, then the completion is posted.
+    let _ = h.f.bar0().read32(regs::CSTS);
+    assert_eq!(h.f.stats().late_writes, 1);
+    let cqe = Cqe::from_dwords(h.cq.as_ref().unwrap().read_dwords(0));
+    assert!(
+        cqe.status.phase() && cqe.status.is_success(),
+        "{}",
+        cqe.status
+    );
+    drop(data); // completed: giving it back is right
+    for _ in 0..5 {
+        let _ = h.f.bar0().read32(regs::CSTS);
+    }
+    let s = h.f.stats();
+    assert_eq!(
+        (s.late_writes, s.freed_writes),
+        (1, 0),
+        "{:?}",
+        h.f.freed_write_events()
+    );
+}
