@@ -53,6 +53,30 @@ pub trait DmaMapper: Send + Sync {
     fn unmap(&self, iova: u64, len: usize) -> Result<(), Error>;
     /// IOVA ranges the device accepts (half-open), from VFIO_IOMMU_GET_INFO on VFIO.
     fn iova_ranges(&self) -> Vec<Range<u64>>;
+
+    /// True if this mapper wants to be told which mapped bytes are free and which are in use
+    /// ([`DmaMapper::range_freed`], [`DmaMapper::range_allocated`]). Asked once per region
+    /// when [`crate::DmaMemory`] maps it; false by default (VFIO: a real IOMMU cannot use it),
+    /// so the hooks cost nothing there. The emulated controller says true and flags any
+    /// device write into free bytes: memory the driver has given back.
+    fn tracks_allocations(&self) -> bool {
+        false
+    }
+
+    /// `iova..iova+len` (mapped) was handed to an owner: a buffer or a pool block. Called
+    /// after the allocator gave it out, only if [`DmaMapper::tracks_allocations`].
+    fn range_allocated(&self, iova: u64, len: usize) {
+        let _ = (iova, len);
+    }
+
+    /// `iova..iova+len` (mapped) is free: a region was just mapped (all of it), or a buffer
+    /// or pool block is going back to its allocator (called before it can be handed out
+    /// again). A device write there from now on is a driver bug. Only called if
+    /// [`DmaMapper::tracks_allocations`]; buffers leaked or held in quarantine are never
+    /// reported free.
+    fn range_freed(&self, iova: u64, len: usize) {
+        let _ = (iova, len);
+    }
 }
 
 /// A PCIe function the NVMe driver can own: BAR0, DMA, MSI-X and reset.
@@ -81,6 +105,22 @@ pub trait PciFunction: Send + Sync + 'static {
     /// stop using it and release it. Checked off the I/O path (a syscall on VFIO).
     fn removal_requested(&self) -> bool {
         false
+    }
+    /// Sets (`true`) or clears (`false`) Bus Master Enable in the function's PCI command
+    /// register, checked by reading it back. While it is clear the function can issue no
+    /// memory requests: no DMA at all, whatever the controller thinks it is doing. Clearing
+    /// it is the proof [`crate::DmaStopped::BusMasterCleared`] (Linux clears it before it
+    /// cancels requests of a dead controller).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BusMasterUnsupported`] by default (a function that cannot do it); the
+    /// config-space error (or [`Error::DeviceGone`]) on VFIO.
+    fn set_bus_master(&self, enable: bool) -> Result<(), Error> {
+        let _ = enable;
+        Err(Error::BusMasterUnsupported {
+            function: self.describe(),
+        })
     }
     /// A function-level reset (VFIO_DEVICE_RESET), used when the controller is wedged.
     ///

@@ -194,6 +194,106 @@ impl IovaAllocator {
     }
 }
 
+/// A set of half-open `u64` ranges, kept disjoint and coalesced: which mapped bytes are free,
+/// for a mapper that checks device writes against them (the emulated controller's
+/// freed-write checker, [`crate::RecordingMapper::tracking`]).
+///
+/// ```
+/// use nvme_dio_dma::RangeSet;
+/// let mut free = RangeSet::default();
+/// free.insert(0x1000, 0x3000); // 0x1000..0x4000
+/// free.remove(0x2000, 0x1000); // handed out: 0x1000..0x2000 and 0x3000..0x4000 stay
+/// assert_eq!(free.overlap(0x1800, 0x1000), Some(0x1800..0x2000));
+/// assert_eq!(free.overlap(0x2000, 0x1000), None);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeSet {
+    /// start -> end, disjoint and never adjacent.
+    map: BTreeMap<u64, u64>,
+}
+
+impl RangeSet {
+    /// Adds `start..start+len` (overlapping or adjacent members are merged). An empty range
+    /// adds nothing; one running past `u64::MAX` is clipped there.
+    pub fn insert(&mut self, start: u64, len: u64) {
+        let end = start.saturating_add(len);
+        if start >= end {
+            return;
+        }
+        let (mut lo, mut hi) = (start, end);
+        // Merge members that overlap or touch, one at a time (no allocation: this runs for
+        // every buffer free and every cached write in the emulator).
+        while let Some((&s, &e)) = self.map.range(..=hi).next_back() {
+            if e < lo {
+                break;
+            }
+            self.map.remove(&s);
+            lo = lo.min(s);
+            hi = hi.max(e);
+        }
+        self.map.insert(lo, hi);
+    }
+
+    /// Removes `start..start+len` (members are cut where they overlap it).
+    pub fn remove(&mut self, start: u64, len: u64) {
+        let end = start.saturating_add(len);
+        if start >= end {
+            return;
+        }
+        // The last member starting before `end`, while it reaches past `start`: cut it.
+        // A left piece kept ends at `start`, so the loop stops there.
+        while let Some((&s, &e)) = self.map.range(..end).next_back() {
+            if e <= start {
+                break;
+            }
+            self.map.remove(&s);
+            if e > end {
+                self.map.insert(end, e);
+            }
+            if s < start {
+                self.map.insert(s, start);
+                break;
+            }
+        }
+    }
+
+    /// The first part of `start..start+len` that is in the set, if any. O(log n).
+    pub fn overlap(&self, start: u64, len: u64) -> Option<Range<u64>> {
+        let end = start.saturating_add(len);
+        if start >= end {
+            return None;
+        }
+        // Members are disjoint: if any overlaps, the last one starting before `end` does.
+        let (&s, &e) = self.map.range(..end).next_back()?;
+        (e > start).then(|| {
+            // The first overlapping member may be an earlier one.
+            let first = self
+                .map
+                .range(..end)
+                .rev()
+                .take_while(|&(_, &me)| me > start)
+                .last()
+                .map_or((s, e), |(&a, &b)| (a, b));
+            first.0.max(start)..first.1.min(end)
+        })
+    }
+
+    /// True if no range is in the set.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes in the set.
+    pub fn bytes(&self) -> u64 {
+        self.map.iter().map(|(s, e)| e - s).sum()
+    }
+
+    /// The members, in order.
+    pub fn ranges(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        self.map.iter().map(|(&s, &e)| s..e)
+    }
+}
+
 #[cfg(test)]
 // A list of one IOVA range is exactly what these tests mean.
 #[allow(clippy::single_range_in_vec_init)]
@@ -348,6 +448,33 @@ mod tests {
             if let Some(big) = a.ranges().iter().map(|r| r.end - r.start).max() {
                 let got = a.alloc(big, 1);
                 prop_assert!(got.is_some_and(|s| a.ranges().iter().any(|r| r.start == s)));
+            }
+        }
+    }
+
+    proptest! {
+        /// RangeSet against a bitmap: after any inserts and removes, membership, overlap,
+        /// byte count and the disjoint-and-coalesced shape all agree.
+        #[test]
+        fn range_set_matches_a_bitmap(ops in proptest::collection::vec((any::<bool>(), 0u64..200, 0u64..60), 0..60)) {
+            let mut set = RangeSet::default();
+            let mut bits = [false; 300];
+            for (add, start, len) in ops {
+                if add { set.insert(start, len) } else { set.remove(start, len) }
+                for b in &mut bits[start as usize..(start + len) as usize] { *b = add; }
+                let rs: Vec<_> = set.ranges().collect();
+                for w in rs.windows(2) {
+                    prop_assert!(w[0].end < w[1].start, "not disjoint and coalesced: {:?}", rs);
+                }
+                prop_assert_eq!(set.bytes(), bits.iter().filter(|&&b| b).count() as u64);
+                for (q, ql) in [(0u64, 300u64), (start, len), (start.saturating_sub(3), 7), (start + len, 5)] {
+                    let first = (q..q + ql).find(|&i| bits[i as usize]);
+                    let got = set.overlap(q, ql);
+                    prop_assert_eq!(got.as_ref().map(|r| r.start), first, "overlap({}, {})", q, ql);
+                    if let Some(r) = got {
+                        prop_assert!((r.start..r.end).all(|i| bits[i as usize]) && r.end <= q + ql);
+                    }
+                }
             }
         }
     }

@@ -37,6 +37,23 @@
 //!    reused while the device may still hold them.
 //! 6. A register read of all ones means the device is gone: callers turn it into
 //!    [`Error::DeviceGone`], never into a value.
+//! 7. **The quarantine rule.** A buffer the device may still write (a command that never
+//!    completed, a queue whose deletion was never confirmed, anything in flight when the
+//!    controller failed) is never returned to an allocator or a caller until DMA is proven
+//!    stopped. It goes into [`DmaMemory::quarantine`], where it is held and counted
+//!    ([`DmaMemory::held_buffers`], [`DmaMemory::held_bytes`]), and comes out only through
+//!    [`DmaMemory::release_quarantine`], which takes a [`DmaStopped`] proof: the controller
+//!    disabled (CC.EN = 0 and CSTS.RDY read 0, not all ones), bus mastering cleared, a
+//!    function reset done, or the IOMMU mapping removed. Without such a proof the buffer
+//!    stays held, and if its [`DmaMemory`] goes first it is leaked
+//!    ([`DmaBuf::leak_on_drop`]: allocated and mapped for the life of the process, a pool
+//!    block with its whole pool). Every failure path (timeout, reset, removal, drop, dead
+//!    controller) goes through this one place.
+//!
+//!    A mapper may watch the rule being kept: one whose [`DmaMapper::tracks_allocations`]
+//!    is true is told which mapped bytes are free ([`DmaMapper::range_freed`],
+//!    [`DmaMapper::range_allocated`]); the emulated controller flags every device write into
+//!    free bytes.
 //!
 //! ## Errors
 //!
@@ -51,8 +68,11 @@ pub mod memory;
 pub mod vfio;
 
 pub use device::{Bar0, DmaMapper, PciFunction};
-pub use iova::{IOVA_FLOOR, IovaAllocator};
-pub use memory::{DmaBuf, DmaMemory, DmaPool, MemoryOptions, PageKind, RecordingMapper};
+pub use iova::{IOVA_FLOOR, IovaAllocator, RangeSet};
+pub use memory::{
+    DmaBuf, DmaMemory, DmaPool, DmaStopped, MemoryOptions, PageKind, QuarantineStats,
+    RecordingMapper,
+};
 pub use vfio::{SmokeReport, VfioBar, VfioFunction, VfioMapper, parse_bdf, vm_smoke_test};
 
 use std::io;
@@ -221,6 +241,14 @@ pub enum Error {
         requested: u32,
         /// Vectors available.
         available: u32,
+    },
+    /// The function cannot have its Bus Master Enable bit changed.
+    #[error(
+        "{function} cannot set or clear Bus Master Enable: stop DMA another way (disable the controller, reset the function, or unmap its memory)"
+    )]
+    BusMasterUnsupported {
+        /// The function, as [`PciFunction::describe`] names it.
+        function: String,
     },
     /// The function cannot be reset.
     #[error("{bdf} does not support reset (no VFIO_DEVICE_FLAGS_RESET)")]

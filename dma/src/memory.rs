@@ -30,7 +30,7 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::Error;
 use crate::device::DmaMapper;
-use crate::iova::{IovaAllocator, RangeAllocator};
+use crate::iova::{IovaAllocator, RangeAllocator, RangeSet};
 
 /// Hugepage size for DMA regions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -154,6 +154,27 @@ struct Region {
     heap: Mutex<RangeAllocator>,
     mapper: Arc<dyn DmaMapper>,
     iova_alloc: Arc<Mutex<IovaAllocator>>,
+    /// `mapper.tracks_allocations()`, asked once: report allocations and frees to it.
+    track: bool,
+}
+
+impl Region {
+    /// Tells a tracking mapper that `off..off+len` was handed out (after the allocator did).
+    #[inline]
+    fn note_allocated(&self, off: usize, len: usize) {
+        if self.track {
+            self.mapper.range_allocated(self.iova + off as u64, len);
+        }
+    }
+
+    /// Tells a tracking mapper that `off..off+len` is free (before the allocator can hand
+    /// it out again, so a new owner's `note_allocated` always comes after).
+    #[inline]
+    fn note_freed(&self, off: usize, len: usize) {
+        if self.track {
+            self.mapper.range_freed(self.iova + off as u64, len);
+        }
+    }
 }
 
 // SAFETY: `host` points into the mapping `map` owns for the region's whole life; the region
@@ -209,6 +230,69 @@ struct MemInner {
     /// Shared regions (dedicated ones are owned by their buffer only).
     regions: Mutex<Vec<Arc<Region>>>,
     fallback: AtomicBool,
+    /// Buffers the device may still write, held until DMA is proven stopped.
+    quarantine: Mutex<Quarantine>,
+}
+
+#[derive(Default)]
+struct Quarantine {
+    held: Vec<DmaBuf>,
+    bytes: usize,
+    released_buffers: u64,
+    released_bytes: u64,
+    releases: u64,
+}
+
+impl Drop for MemInner {
+    fn drop(&mut self) {
+        // Never proven stopped: the held buffers stay allocated and mapped for good.
+        let q = self.quarantine.get_mut().unwrap_or_else(|e| e.into_inner());
+        for mut b in q.held.drain(..) {
+            b.leak_on_drop();
+        }
+    }
+}
+
+/// Why the device can no longer write host memory: the proof [`DmaMemory::release_quarantine`]
+/// asks for. Obtain it from the hardware, never assume it (see the crate's quarantine rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DmaStopped {
+    /// CC.EN was cleared and CSTS.RDY then read 0 (not all ones: a dead link proves
+    /// nothing): the controller is disabled, its queues are gone.
+    ControllerDisabled,
+    /// Bus Master Enable was cleared in the function's PCI command register (and read back
+    /// clear): the function can issue no memory requests.
+    BusMasterCleared,
+    /// A function-level reset completed.
+    FunctionReset,
+    /// The IOMMU mappings of this memory were removed: the device can reach none of it.
+    MappingRemoved,
+}
+
+impl fmt::Display for DmaStopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DmaStopped::ControllerDisabled => "controller disabled (CSTS.RDY = 0)",
+            DmaStopped::BusMasterCleared => "bus mastering cleared",
+            DmaStopped::FunctionReset => "function reset",
+            DmaStopped::MappingRemoved => "IOMMU mapping removed",
+        })
+    }
+}
+
+/// Counters of a [`DmaMemory`]'s quarantine, from [`DmaMemory::quarantine_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuarantineStats {
+    /// Buffers held now.
+    pub held_buffers: usize,
+    /// Bytes held now (whole allocations, views ignored).
+    pub held_bytes: usize,
+    /// Buffers given back by [`DmaMemory::release_quarantine`] so far.
+    pub released_buffers: u64,
+    /// Bytes given back so far.
+    pub released_bytes: u64,
+    /// Calls of [`DmaMemory::release_quarantine`] so far (with or without held buffers).
+    pub releases: u64,
 }
 
 /// DMA memory for one device (container): regions, their IOVAs and the buffers in them.
@@ -264,6 +348,7 @@ impl DmaMemory {
                 iova,
                 regions: Mutex::new(Vec::new()),
                 fallback: AtomicBool::new(false),
+                quarantine: Mutex::new(Quarantine::default()),
             }),
         };
         let first = mem.new_region(opts.region_bytes)?;
@@ -298,6 +383,97 @@ impl DmaMemory {
         lock(&self.inner.regions).len()
     }
 
+    /// Holds `buf`, which the device may still write (its command never completed, its
+    /// queue was never confirmed deleted), until DMA is proven stopped: it is not freed, and
+    /// its bytes are not handed to anyone, until [`DmaMemory::release_quarantine`]. If this
+    /// memory is dropped first, held buffers are leaked (kept allocated and mapped).
+    ///
+    /// Pool blocks may be held too; they go back to their pool on release.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `buf` belongs to another device's memory
+    /// ([`DmaBuf::domain`] differs): a proof about this device says nothing about that one,
+    /// so the buffer is leaked instead (never freed) and the error says so.
+    pub fn quarantine(&self, mut buf: DmaBuf) -> Result<(), Error> {
+        if buf.domain() != self.domain() {
+            let what = format!(
+                "quarantine of {buf:?} from another device's DMA memory (leaked instead: hold it in its own DmaMemory)"
+            );
+            buf.leak_on_drop();
+            return Err(Error::InvalidArgument { what });
+        }
+        let mut q = lock(&self.inner.quarantine);
+        q.bytes += buf.cap;
+        q.held.push(buf);
+        Ok(())
+    }
+
+    /// Holds every buffer of `bufs` (see [`DmaMemory::quarantine`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`DmaMemory::quarantine`], for the first foreign buffer; every other buffer is
+    /// held (or, if foreign, leaked) all the same.
+    pub fn quarantine_all(&self, bufs: impl IntoIterator<Item = DmaBuf>) -> Result<(), Error> {
+        let mut first = Ok(());
+        for b in bufs {
+            if let Err(e) = self.quarantine(b) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// Gives every held buffer back to its allocator (region heap or pool), now that the
+    /// device provably cannot write them (`proof`). Returns what was released.
+    ///
+    /// Call it after obtaining the proof and before the device can do DMA again (before
+    /// CC.EN = 1, before bus mastering is re-enabled): a buffer held in between may belong
+    /// to a command the restarted device is running.
+    pub fn release_quarantine(&self, proof: DmaStopped) -> QuarantineStats {
+        let _ = proof; // the type is the point: callers must name how DMA was stopped
+        let held = {
+            let mut q = lock(&self.inner.quarantine);
+            q.releases += 1;
+            q.released_buffers += q.held.len() as u64;
+            q.released_bytes += q.bytes as u64;
+            q.bytes = 0;
+            std::mem::take(&mut q.held)
+        };
+        let out = QuarantineStats {
+            held_buffers: held.len(),
+            held_bytes: held.iter().map(|b| b.cap).sum(),
+            ..QuarantineStats::default()
+        };
+        drop(held); // outside the lock: each drop may take a region or pool lock
+        out
+    }
+
+    /// Bytes held in quarantine now (whole allocations).
+    pub fn held_bytes(&self) -> usize {
+        lock(&self.inner.quarantine).bytes
+    }
+
+    /// Buffers held in quarantine now.
+    pub fn held_buffers(&self) -> usize {
+        lock(&self.inner.quarantine).held.len()
+    }
+
+    /// The quarantine's counters (a snapshot).
+    pub fn quarantine_stats(&self) -> QuarantineStats {
+        let q = lock(&self.inner.quarantine);
+        QuarantineStats {
+            held_buffers: q.held.len(),
+            held_bytes: q.bytes,
+            released_buffers: q.released_buffers,
+            released_bytes: q.released_bytes,
+            releases: q.releases,
+        }
+    }
+
     /// Allocates a zeroed buffer of `len` bytes whose IOVA is aligned to `align` (a power of
     /// two; values below 4 mean 4; at most the page size).
     ///
@@ -311,6 +487,7 @@ impl DmaMemory {
     /// made.
     pub fn alloc(&self, len: usize, align: usize) -> Result<DmaBuf, Error> {
         let (region, offset, fresh) = self.alloc_raw(len, align)?;
+        region.note_allocated(offset, len);
         let buf = DmaBuf::new(region, offset, len, Origin::Heap);
         if !fresh {
             buf.fill(0);
@@ -343,6 +520,8 @@ impl DmaMemory {
             .ok_or_else(|| Error::InvalidArgument {
                 what: format!("pool of {count} x {stride} bytes overflows"),
             })?;
+        // The pool's range is not reported allocated to a tracking mapper: a block is in
+        // use only between `DmaPool::alloc` and its drop, and free blocks are free memory.
         let (region, offset, fresh) = self.alloc_raw(total, align)?;
         let free = ArrayQueue::new(count);
         for i in 0..count as u32 {
@@ -433,6 +612,10 @@ impl DmaMemory {
                 .expect("just allocated");
             return Err(e);
         }
+        let track = self.inner.mapper.tracks_allocations();
+        if track {
+            self.inner.mapper.range_freed(iova, len);
+        }
         Ok(Arc::new(Region {
             map: Some(map),
             host,
@@ -442,6 +625,7 @@ impl DmaMemory {
             heap: Mutex::new(RangeAllocator::new(std::iter::once(0..len as u64))),
             mapper: self.inner.mapper.clone(),
             iova_alloc: self.inner.iova.clone(),
+            track,
         }))
     }
 }
@@ -562,10 +746,12 @@ impl Drop for DmaBuf {
     fn drop(&mut self) {
         match &self.origin {
             Origin::Heap => {
+                self.region.note_freed(self.offset, self.cap);
                 let r = lock(&self.region.heap).free(self.offset as u64, self.cap as u64);
                 debug_assert!(r.is_ok(), "DmaBuf freed twice: {r:?}");
             }
             Origin::Pool { pool, index } => {
+                self.region.note_freed(self.offset, self.cap);
                 let r = pool.free.push(*index);
                 debug_assert!(r.is_ok(), "pool block {index} freed twice");
             }
@@ -583,8 +769,16 @@ impl DmaBuf {
     /// For memory a device may still write after the driver gave up on it (a queue the
     /// controller never confirmed deleting, a command it never completed): leaking it is the
     /// only way to be sure no later owner sees the device's writes.
+    ///
+    /// A pool block keeps its whole pool allocated too: the pool's range (which holds the
+    /// block) never goes back to the region heap, so no later allocation, from the pool or
+    /// from [`DmaMemory::alloc`], can overlap the leaked bytes.
     pub fn leak_on_drop(&mut self) {
-        self.origin = Origin::Leaked;
+        if let Origin::Pool { pool, .. } = std::mem::replace(&mut self.origin, Origin::Leaked) {
+            // The block's index is never pushed back, and this reference is never dropped:
+            // `PoolInner::drop` (which frees the pool's range to the heap) never runs.
+            std::mem::forget(pool);
+        }
     }
 
     fn new(region: Arc<Region>, offset: usize, cap: usize, origin: Origin) -> Self {
@@ -867,6 +1061,9 @@ impl DmaPool {
     pub fn alloc(&self) -> Option<DmaBuf> {
         let index = self.inner.free.pop()?;
         let offset = self.inner.offset + index as usize * self.inner.stride;
+        self.inner
+            .region
+            .note_allocated(offset, self.inner.block_size);
         Some(DmaBuf::new(
             self.inner.region.clone(),
             offset,
@@ -903,6 +1100,9 @@ pub struct RecordingMapper {
     maps: Mutex<BTreeMap<u64, (usize, usize)>>,
     map_calls: AtomicUsize,
     unmap_calls: AtomicUsize,
+    /// Tracks free bytes ([`RecordingMapper::tracking`]).
+    track: bool,
+    free: Mutex<RangeSet>,
 }
 
 impl Default for RecordingMapper {
@@ -924,7 +1124,25 @@ impl RecordingMapper {
             maps: Mutex::new(BTreeMap::new()),
             map_calls: AtomicUsize::new(0),
             unmap_calls: AtomicUsize::new(0),
+            track: false,
+            free: Mutex::new(RangeSet::default()),
         }
+    }
+
+    /// Like [`RecordingMapper::new`], and it tracks which mapped bytes are free
+    /// ([`DmaMapper::tracks_allocations`]): see [`RecordingMapper::free_overlap`].
+    pub fn tracking() -> Self {
+        Self {
+            track: true,
+            ..Self::new()
+        }
+    }
+
+    /// With [`RecordingMapper::tracking`]: the first part of `iova..iova+len` that the memory
+    /// reported free (given back, or never handed out), if any. What a device write there
+    /// would hit.
+    pub fn free_overlap(&self, iova: u64, len: usize) -> Option<Range<u64>> {
+        lock(&self.free).overlap(iova, len as u64)
     }
 
     /// Current mappings as `(iova, host address, len)`, sorted by IOVA.
@@ -991,6 +1209,7 @@ impl DmaMapper for RecordingMapper {
         match maps.get(&iova) {
             Some(&(_, l)) if l == len => {
                 maps.remove(&iova);
+                lock(&self.free).remove(iova, len as u64);
                 self.unmap_calls.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
@@ -1005,6 +1224,18 @@ impl DmaMapper for RecordingMapper {
 
     fn iova_ranges(&self) -> Vec<Range<u64>> {
         self.ranges.clone()
+    }
+
+    fn tracks_allocations(&self) -> bool {
+        self.track
+    }
+
+    fn range_allocated(&self, iova: u64, len: usize) {
+        lock(&self.free).remove(iova, len as u64);
+    }
+
+    fn range_freed(&self, iova: u64, len: usize) {
+        lock(&self.free).insert(iova, len as u64);
     }
 }
 

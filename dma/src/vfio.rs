@@ -859,6 +859,14 @@ impl PciFunction for VfioFunction {
         self.enable_bus_master()
     }
 
+    fn set_bus_master(&self, enable: bool) -> Result<(), Error> {
+        if enable {
+            self.enable_bus_master()
+        } else {
+            self.disable_bus_master()
+        }
+    }
+
     fn describe(&self) -> String {
         format!("{} (vfio, group {})", self.bdf, self.group)
     }

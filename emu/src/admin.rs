@@ -113,6 +113,12 @@ impl State {
                     return Err(generic(sc::INVALID_FIELD));
                 }
                 self.vwc_enabled = s.cdw11 & 1 != 0;
+                if !self.vwc_enabled {
+                    // Turning the cache off writes it back first.
+                    for i in 0..self.ns.len() {
+                        self.flush_cache(i);
+                    }
+                }
                 Ok(0)
             }
             _ => Err(generic(sc::INVALID_FIELD)),

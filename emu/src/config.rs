@@ -106,12 +106,23 @@ pub struct EmuConfig {
     pub model: String,
     /// Firmware revision (at most 8 ASCII bytes).
     pub firmware: String,
-    /// A volatile write cache is present (VWC.present, Flush meaningful).
+    /// A volatile write cache is present (Identify VWC bit 0) and on at power-up. RAM
+    /// namespaces then model it: a write reaches stable storage only when a Flush covers
+    /// it, or when it was written with FUA (or while the cache was turned off with Set
+    /// Features); [`crate::EmuFunction::power_cut`] loses every other write. Reads always
+    /// see the latest data.
     pub vwc: bool,
     /// Namespaces, NSID 1 first.
     pub namespaces: Vec<NsConfig>,
     /// Inline or background thread.
     pub mode: Mode,
+    /// The freed-write checker: the mapper asks the host's `DmaMemory` to report which
+    /// mapped bytes are free ([`nvme_dio_dma::DmaMapper::tracks_allocations`]), and every
+    /// device write into free bytes (memory the driver has given back) is counted in
+    /// [`crate::EmuStats::freed_writes`] and described in
+    /// [`crate::EmuFunction::freed_write_events`]. On by default; off spares the host a
+    /// controller-lock round trip per buffer allocation and free (benchmarks).
+    pub check_freed_writes: bool,
 }
 
 impl Default for EmuConfig {
@@ -134,6 +145,7 @@ impl Default for EmuConfig {
             vwc: true,
             namespaces: vec![NsConfig::default()],
             mode: Mode::Inline,
+            check_freed_writes: true,
         }
     }
 }

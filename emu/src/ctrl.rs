@@ -14,6 +14,8 @@ use nvme_dio_queue::status::sct;
 use nvme_dio_queue::{Sqe, Status};
 use vmm_sys_util::eventfd::EventFd;
 
+use nvme_dio_dma::RangeSet;
+
 use crate::config::{Backing, EmuConfig};
 use crate::fault::{Action, Faults};
 use crate::mem::Table;
@@ -49,6 +51,15 @@ pub struct EmuStats {
     pub err_events: u64,
     /// MSI-X eventfd signals.
     pub interrupts: u64,
+    /// Device writes into memory the host had given back (the freed-write checker; see
+    /// [`crate::EmuFunction::freed_write_events`]). Zero for a correct driver.
+    pub freed_writes: u64,
+    /// Writes the device made after a disable, from [`crate::Fault::LateWrites`].
+    pub late_writes: u64,
+    /// BAR reads answered with all ones by [`crate::Fault::AllOnesReads`].
+    pub all_ones_reads: u64,
+    /// Blocks whose unflushed writes a [`crate::EmuFunction::power_cut`] lost.
+    pub lost_blocks: u64,
 }
 
 /// An I/O or admin submission queue.
@@ -96,10 +107,14 @@ pub(crate) struct Held {
     pub(crate) cid: u16,
     pub(crate) result: u32,
     pub(crate) status: Status,
-    /// Post once this instant has passed; `None` = never (dropped or AER).
+    /// Post once this instant has passed; `None` = never (dropped or AER), unless `after`.
     pub(crate) deadline: Option<Instant>,
+    /// Post after this many more host register accesses ([`Action::DelayAccesses`]).
+    pub(crate) after: Option<u32>,
     /// An Async Event Request (counts against AERL).
     pub(crate) aer: bool,
+    /// First data page of a Read or Write (IOVA, bytes), for [`crate::Fault::LateWrites`].
+    pub(crate) data: Option<(u64, u32)>,
 }
 
 /// A namespace and its store.
@@ -112,6 +127,12 @@ pub(crate) struct Namespace {
     pub(crate) noiob: u16,
     pub(crate) data: Vec<u8>,
     pub(crate) meta: Vec<u8>,
+    /// The volatile write cache model (RAM namespaces with `EmuConfig::vwc`): what stable
+    /// storage holds. `data` is what reads see; blocks in `dirty` differ from here until a
+    /// Flush (or FUA) copies them, and a power cut copies them back. Empty: no model.
+    pub(crate) durable: Vec<u8>,
+    /// Blocks written into the cache and not yet flushed.
+    pub(crate) dirty: RangeSet,
 }
 
 /// Result of executing one command.
@@ -183,6 +204,24 @@ pub(crate) struct State {
     pub(crate) power_on: Instant,
     pub(crate) bytes_read: u64,
     pub(crate) bytes_written: u64,
+
+    // Injected controller faults (see `crate::Fault`).
+    /// Held commands waiting for `after` register accesses.
+    pub(crate) counted: usize,
+    /// `Fault::DisableHangs` armed, and fired (the disable that never completes).
+    pub(crate) disable_hangs: bool,
+    pub(crate) disable_hung: bool,
+    /// `Fault::LateWrites` armed (accesses), then the pages and accesses left.
+    pub(crate) late_armed: u32,
+    /// (IOVA, bytes, given back since): a page the host freed after the capture is one
+    /// the device must not write, even once it is allocated to someone else again.
+    pub(crate) late_pages: Vec<(u64, u32, bool)>,
+    pub(crate) late_left: u32,
+    /// `Fault::EnableFails`: enables still to fail.
+    pub(crate) enable_fails: u32,
+    /// PCI command register Bus Master Enable (`PciFunction::set_bus_master`): clear, the
+    /// function does no DMA at all (doorbells are ignored, nothing is posted or written).
+    pub(crate) bus_master: bool,
 }
 
 /// Async Event Request Limit (zero-based, Identify Controller AERL): 4 outstanding.
@@ -212,6 +251,14 @@ impl State {
                     } else {
                         Vec::new()
                     },
+                    // Zeroed lazily by the allocator, like `data`: only flushed blocks
+                    // cost memory.
+                    durable: if ram && cfg.vwc {
+                        vec![0; (n.blocks * n.lba_size as u64) as usize]
+                    } else {
+                        Vec::new()
+                    },
+                    dirty: RangeSet::default(),
                 }
             })
             .collect();
@@ -251,6 +298,14 @@ impl State {
             power_on: Instant::now(),
             bytes_read: 0,
             bytes_written: 0,
+            counted: 0,
+            disable_hangs: false,
+            disable_hung: false,
+            late_armed: 0,
+            late_pages: Vec::new(),
+            late_left: 0,
+            enable_fails: 0,
+            bus_master: true,
             cfg,
         }
     }
@@ -301,6 +356,11 @@ impl State {
     }
 
     pub(crate) fn write_cc(&mut self, v: u32) {
+        if self.disable_hung {
+            // Fault::DisableHangs: the controller no longer answers CC (only FLR helps).
+            self.cc = v;
+            return;
+        }
         let old = Cc(self.cc);
         let new = Cc(v);
         self.update_ready();
@@ -311,6 +371,16 @@ impl State {
                 ));
             }
             self.cc = v;
+            if self.enable_fails > 0 {
+                self.enable_fails -= 1;
+                self.stats.faults_fired += 1;
+                self.cfs = true;
+                self.err(
+                    "controller enable failed (CSTS.CFS set): injected EnableFails, reset again"
+                        .to_string(),
+                );
+                return;
+            }
             match self.start() {
                 Ok(()) => {
                     self.cfs = false;
@@ -325,6 +395,23 @@ impl State {
             }
         } else if old.en() && !new.en() {
             self.cc = v;
+            if self.late_armed > 0 {
+                self.late_pages = self
+                    .held
+                    .iter()
+                    .filter_map(|h| h.data)
+                    .map(|(iova, len)| (iova, len, false))
+                    .collect();
+                self.late_left = std::mem::take(&mut self.late_armed);
+                self.stats.faults_fired += 1;
+            }
+            if self.disable_hangs {
+                // The disable never completes: RDY stays 1, queues and held commands stay.
+                self.disable_hangs = false;
+                self.disable_hung = true;
+                self.stats.faults_fired += 1;
+                return;
+            }
             self.reset_ctrl();
             self.set_rdy_target(false);
         } else {
@@ -422,6 +509,7 @@ impl State {
         }
         self.held.clear();
         self.delayed = 0;
+        self.counted = 0;
         self.aers = 0;
         self.dbbuf = None;
         self.nq = (self.cfg.max_ioqpairs, self.cfg.max_ioqpairs);
@@ -444,6 +532,87 @@ impl State {
         self.rdy = false;
         self.rdy_target = false;
         self.msix.clear();
+        self.disable_hung = false;
+        self.late_pages.clear();
+        self.late_left = 0;
+    }
+
+    /// The host reported `iova..iova+len` free: remember it for the pages late writes
+    /// still target.
+    pub(crate) fn range_freed(&mut self, iova: u64, len: u64) {
+        self.table.free.insert(iova, len);
+        for p in &mut self.late_pages {
+            if iova < p.0 + p.1 as u64 && p.0 < iova + len {
+                p.2 = true;
+            }
+        }
+    }
+
+    /// A held command completed (posted late, or aborted): the device is done with its
+    /// buffer, so late writes stop targeting it and the host may free it.
+    fn forget_late_page(&mut self, data: Option<(u64, u32)>) {
+        if let Some(d) = data {
+            if !self.late_pages.is_empty() {
+                self.late_pages.retain(|p| (p.0, p.1) != d);
+            }
+        }
+    }
+
+    /// One host register access (a 32-bit BAR read or write): counts down
+    /// [`Action::DelayAccesses`] completions (posted by the caller's `poll_delayed`) and
+    /// makes the writes of [`crate::Fault::LateWrites`].
+    #[inline]
+    pub(crate) fn on_access(&mut self) {
+        if self.counted > 0 {
+            self.count_down();
+        }
+        if self.late_left > 0 {
+            self.late_write();
+        }
+    }
+
+    #[cold]
+    fn count_down(&mut self) {
+        let now = Instant::now();
+        for h in &mut self.held {
+            if let Some(n) = h.after {
+                if n <= 1 {
+                    // Due: `poll_delayed` posts it.
+                    h.after = None;
+                    h.deadline = Some(now);
+                    self.counted -= 1;
+                } else {
+                    h.after = Some(n - 1);
+                }
+            }
+        }
+    }
+
+    #[cold]
+    fn late_write(&mut self) {
+        if !self.bus_master {
+            return; // nothing is issued (or counted) while bus mastering is off
+        }
+        self.update_ready();
+        if !self.rdy {
+            // The disable completed: DMA is stopped.
+            self.late_pages.clear();
+            self.late_left = 0;
+            return;
+        }
+        self.late_left -= 1;
+        for &(iova, len, freed) in &self.late_pages {
+            let junk = vec![0xde; len as usize];
+            let mut h = self.data_hint;
+            if freed {
+                // Given back since the command was issued: a bug even if the bytes belong
+                // to a new owner now (the free-bytes check alone cannot see that).
+                self.table.flag_reused(iova, len as u64);
+            }
+            if self.table.write(iova, &junk, &mut h) {
+                self.stats.late_writes += 1;
+            }
+        }
     }
 
     // ---------------------------------------------------------------- doorbells
@@ -451,6 +620,9 @@ impl State {
     /// A doorbell write: `idx` is (offset - 0x1000) / stride: `2 * qid` for an SQ tail,
     /// `2 * qid + 1` for a CQ head.
     pub(crate) fn doorbell(&mut self, idx: usize, value: u32) {
+        if !self.bus_master {
+            return; // no DMA: nothing can be fetched or posted
+        }
         if self.delayed > 0 {
             self.poll_delayed();
         }
@@ -584,6 +756,9 @@ impl State {
         let Some(db) = self.dbbuf else {
             return;
         };
+        if !self.bus_master {
+            return;
+        }
         for qid in 1..self.sqs.len() {
             let mut h = db.hint;
             if let Some(sq) = &self.sqs[qid] {
@@ -649,7 +824,9 @@ impl State {
                     result: 0,
                     status: Status::SUCCESS,
                     deadline: None,
+                    after: None,
                     aer: true,
+                    data: None,
                 });
                 return;
             }
@@ -664,13 +841,23 @@ impl State {
         self.stats.faults_fired += 1;
         match action {
             Action::Status(_) => unreachable!("handled above"),
-            Action::Drop | Action::Delay(_) => {
-                let deadline = match action {
+            Action::Drop | Action::Delay(_) | Action::DelayAccesses(_) => {
+                let (deadline, after) = match action {
                     Action::Delay(d) => {
                         self.delayed += 1;
-                        Some(Instant::now() + d)
+                        (Some(Instant::now() + d), None)
                     }
-                    _ => None,
+                    Action::DelayAccesses(n) => {
+                        self.delayed += 1;
+                        self.counted += 1;
+                        (None, Some(n))
+                    }
+                    _ => (None, None),
+                };
+                let data = if admin {
+                    None
+                } else {
+                    self.first_data_page(sqe)
                 };
                 self.held.push(Held {
                     sqid,
@@ -678,7 +865,9 @@ impl State {
                     result,
                     status,
                     deadline,
+                    after,
                     aer: false,
+                    data,
                 });
             }
             Action::DuplicateCqe => {
@@ -695,6 +884,18 @@ impl State {
                 self.post(cqid, sqid, stale, 0, Status::SUCCESS);
             }
         }
+    }
+
+    /// The first data page (IOVA, bytes) of a Read or Write with a PRP data pointer.
+    fn first_data_page(&self, sqe: &Sqe) -> Option<(u64, u32)> {
+        use nvme_dio_queue::opcode::nvm;
+        if !matches!(sqe.opc, nvm::READ | nvm::WRITE) || sqe.flags >> 6 != 0 {
+            return None;
+        }
+        let i = self.ns_index(sqe.nsid).ok()?;
+        let len = ((sqe.cdw12 & 0xffff) as u64 + 1) << self.ns[i].lba_shift;
+        let first = len.min(self.page - (sqe.prp1 & (self.page - 1)));
+        Some((sqe.prp1, first as u32))
     }
 
     /// True if `cid` is held, or sits in SQ `sqid` between head and tail (not fetched yet).
@@ -793,7 +994,7 @@ impl State {
     /// false, writing nothing, if the queue does not exist, is the admin CQ, is full, or has
     /// completions waiting for room (they go first), or the controller is not running.
     pub(crate) fn post_raw(&mut self, cqid: u16, mut d: [u32; 4]) -> bool {
-        if cqid == 0 || self.cfs || !self.enabled {
+        if cqid == 0 || self.cfs || !self.enabled || !self.bus_master {
             return false;
         }
         let Some(Some(cq)) = self.cqs.get(cqid as usize) else {
@@ -856,7 +1057,7 @@ impl State {
 
     /// Posts delayed completions whose time has come.
     pub(crate) fn poll_delayed(&mut self) {
-        if self.delayed == 0 {
+        if self.delayed == 0 || !self.bus_master {
             return;
         }
         let now = Instant::now();
@@ -866,6 +1067,7 @@ impl State {
             if h.deadline.is_some_and(|d| d <= now) {
                 self.held.remove(i);
                 self.delayed -= 1;
+                self.forget_late_page(h.data);
                 let cqid = match self.sqs.get(h.sqid as usize) {
                     Some(Some(sq)) => sq.cqid,
                     _ => continue, // its SQ was deleted: nothing to post to
@@ -896,8 +1098,12 @@ impl State {
             return false;
         };
         let h = self.held.remove(i);
-        if h.deadline.is_some() {
+        self.forget_late_page(h.data);
+        if h.deadline.is_some() || h.after.is_some() {
             self.delayed -= 1;
+        }
+        if h.after.is_some() {
+            self.counted -= 1;
         }
         if h.aer {
             self.aers -= 1;

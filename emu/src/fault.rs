@@ -48,6 +48,14 @@ pub enum Action {
     StaleCqe,
     /// Execute it and post its completion twice.
     DuplicateCqe,
+    /// Execute it, and post its completion only after this many further 32-bit BAR
+    /// accesses by the host (reads or writes of any register, doorbells included; in
+    /// [`crate::Mode::Thread`] doorbell writes do not count, as they never take the
+    /// controller lock). Deterministic, unlike [`Action::Delay`]. Abort finds it. With
+    /// `Target::Opcode { admin: true, opcode: CREATE_IO_CQ, .. }` it is a Create I/O CQ that
+    /// completes late: the queue exists as soon as the command runs, the completion comes
+    /// after the driver may have given up on it.
+    DelayAccesses(u32),
 }
 
 /// A fault to inject with [`crate::EmuFunction::inject`].
@@ -66,6 +74,39 @@ pub enum Fault {
     /// Surprise removal: from now on every BAR read returns all ones and writes are ignored;
     /// each enabled MSI-X eventfd is signalled once so waiters wake up.
     SurpriseRemoval,
+    /// The next disable (CC.EN 1 -> 0) never completes: CSTS.RDY stays 1, the queues and
+    /// held commands stay, doorbells are still processed, and later CC writes are stored
+    /// but change nothing. Only a function-level reset ([`nvme_dio_dma::PciFunction::reset`])
+    /// or [`crate::EmuFunction::power_cut`] ends it. DMA was never proven stopped.
+    DisableHangs,
+    /// A device that keeps writing after a failed disable. At the next disable (CC.EN
+    /// 1 -> 0) the controller remembers the first data page of every Read or Write (PRP
+    /// data pointer) it holds, that is, has not completed (dropped, delayed); then, on each
+    /// of the next `accesses` 32-bit BAR accesses while the disable has not completed
+    /// (CSTS.RDY still 1: pair it with [`Fault::DisableHangs`]), it writes `0xde` bytes
+    /// into every remembered page, as a DMA engine that was never stopped does. Counted in
+    /// [`crate::EmuStats::late_writes`]; clearing bus mastering
+    /// ([`nvme_dio_dma::PciFunction::set_bus_master`]) or a function-level reset stops it.
+    /// A page the host gave back after the disable counts as a freed write
+    /// ([`crate::EmuStats::freed_writes`]) even if it was handed to a new owner since.
+    LateWrites {
+        /// Register accesses that each write every remembered page once.
+        accesses: u32,
+    },
+    /// The next `reads` BAR reads (32- or 64-bit, any register) return all ones, then reads
+    /// are normal again: a transient all-ones read (link retraining, AER/DPC recovery), not
+    /// a removal. Writes are unaffected. Counted in [`crate::EmuStats::all_ones_reads`].
+    AllOnesReads {
+        /// Reads to answer with all ones.
+        reads: u32,
+    },
+    /// The next `times` enables (CC.EN 0 -> 1) fail: CSTS.CFS is set and RDY stays 0, as when
+    /// a controller wedges in its reset; after each the host must disable (CC.EN = 0) and
+    /// enable again. `times: 1` is a controller that needs two resets.
+    EnableFails {
+        /// Enables that fail before one works.
+        times: u32,
+    },
     /// Flip bit `bit` (0..8*lba_size) of the stored data of block `lba` in namespace `nsid`
     /// (RAM namespaces only), so verify-after-read tests can see corruption.
     FlipBit {

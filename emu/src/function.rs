@@ -21,6 +21,8 @@ use crate::mem::{IOVA_RANGE, Mapping, TableError};
 pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) removed: AtomicBool,
+    /// `Fault::AllOnesReads`: BAR reads still to answer with all ones.
+    all_ones: AtomicU32,
     mode: Mode,
     cap: u64,
     stride_shift: u32,
@@ -36,6 +38,22 @@ impl Shared {
     /// Locks the state; a panic in another holder does not make the emulator unusable.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True if this read is one of `Fault::AllOnesReads` (counted).
+    #[inline]
+    fn all_ones_read(&self) -> bool {
+        if self.all_ones.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let took = self
+            .all_ones
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if took {
+            self.lock().stats.all_ones_reads += 1;
+        }
+        took
     }
 
     fn unpark(&self) {
@@ -65,10 +83,11 @@ impl EmuBar {
 impl Bar0 for EmuBar {
     fn read32(&self, offset: usize) -> u32 {
         let sh = &*self.shared;
-        if sh.removed.load(Ordering::Acquire) {
+        if sh.removed.load(Ordering::Acquire) || sh.all_ones_read() {
             return u32::MAX;
         }
         let mut s = sh.lock();
+        s.on_access();
         s.poll_delayed();
         if offset % 4 != 0 || offset + 4 > sh.bar_len {
             s.ub(format!(
@@ -120,6 +139,7 @@ impl Bar0 for EmuBar {
                 }
             }
             let mut s = sh.lock();
+            s.on_access();
             match idx {
                 Some(i) if i < 2 * s.sqs.len() => s.doorbell(i, value),
                 Some(i) => s.ub(format!(
@@ -133,6 +153,7 @@ impl Bar0 for EmuBar {
             return;
         }
         let mut s = sh.lock();
+        s.on_access();
         s.poll_delayed();
         if offset % 4 != 0 || offset + 4 > sh.bar_len {
             s.ub(format!(
@@ -197,7 +218,7 @@ impl Bar0 for EmuBar {
     }
 
     fn read64(&self, offset: usize) -> u64 {
-        if self.shared.removed.load(Ordering::Acquire) {
+        if self.shared.removed.load(Ordering::Acquire) || self.shared.all_ones_read() {
             return u64::MAX;
         }
         match offset {
@@ -265,6 +286,18 @@ impl DmaMapper for EmuMapper {
     fn iova_ranges(&self) -> Vec<Range<u64>> {
         vec![IOVA_RANGE]
     }
+
+    fn tracks_allocations(&self) -> bool {
+        self.shared.lock().cfg.check_freed_writes
+    }
+
+    fn range_allocated(&self, iova: u64, len: usize) {
+        self.shared.lock().table.free.remove(iova, len as u64);
+    }
+
+    fn range_freed(&self, iova: u64, len: usize) {
+        self.shared.lock().range_freed(iova, len as u64);
+    }
 }
 
 fn map_error(op: &'static str, iova: u64, len: usize, e: TableError) -> nvme_dio_dma::Error {
@@ -317,6 +350,7 @@ impl EmuFunction {
             stop: AtomicBool::new(false),
             thread: OnceLock::new(),
             removed: AtomicBool::new(false),
+            all_ones: AtomicU32::new(0),
             state: Mutex::new(State::new(cfg.clone())),
         });
         let thread = if cfg.mode == Mode::Thread {
@@ -363,6 +397,13 @@ impl EmuFunction {
                 s.stats.faults_fired += 1;
             }
             Fault::SurpriseRemoval => self.remove(),
+            Fault::DisableHangs => self.shared.lock().disable_hangs = true,
+            Fault::LateWrites { accesses } => self.shared.lock().late_armed = accesses,
+            Fault::AllOnesReads { reads } => {
+                self.shared.lock().stats.faults_fired += 1;
+                self.shared.all_ones.fetch_add(reads, Ordering::AcqRel);
+            }
+            Fault::EnableFails { times } => self.shared.lock().enable_fails = times,
             Fault::FlipBit { nsid, lba, bit } => {
                 let mut s = self.shared.lock();
                 let bad = EmuError::NoSuchBlock { nsid, lba };
@@ -373,6 +414,9 @@ impl EmuFunction {
                 }
                 let byte = (lba << ns.lba_shift) as usize + bit as usize / 8;
                 ns.data[byte] ^= 1 << (bit % 8);
+                if !ns.durable.is_empty() {
+                    ns.durable[byte] ^= 1 << (bit % 8); // the medium itself is corrupt
+                }
                 s.stats.faults_fired += 1;
             }
         }
@@ -399,7 +443,19 @@ impl EmuFunction {
 
     /// The counters.
     pub fn stats(&self) -> EmuStats {
-        self.shared.lock().stats
+        let s = self.shared.lock();
+        EmuStats {
+            freed_writes: s.table.freed_writes(),
+            ..s.stats
+        }
+    }
+
+    /// Device writes into memory the driver had given back, oldest first (the freed-write
+    /// checker, [`EmuConfig::check_freed_writes`]; at most 256 are described, all are
+    /// counted in [`EmuStats::freed_writes`]). A driver that keeps the quarantine rule
+    /// causes none, whatever the faults: tests assert this is empty.
+    pub fn freed_write_events(&self) -> Vec<String> {
+        self.shared.lock().table.freed_write_events()
     }
 
     /// Undefined-behaviour events so far, oldest first (QEMU's `pci_nvme_ub_*` class): every
@@ -453,7 +509,27 @@ impl EmuFunction {
             .ok_or(bad.clone())?;
         let dst = ns.data.get_mut(start..start + buf.len()).ok_or(bad)?;
         dst.copy_from_slice(buf);
+        if !ns.durable.is_empty() {
+            // Straight to the medium: durable, whatever the cache holds.
+            ns.durable[start..start + buf.len()].copy_from_slice(buf);
+        }
         Ok(())
+    }
+
+    /// A simulated power cut: every write the volatile write cache held (not covered by a
+    /// Flush, not written with FUA, not written while the cache was off) is lost, and the
+    /// controller comes back in its power-on state (as after a function-level reset: CC.EN
+    /// = 0, no queues, held commands and hung disables gone, MSI-X off). Armed command
+    /// faults stay armed. Returns the number of blocks that lost data (also added to
+    /// [`EmuStats::lost_blocks`]). Without [`EmuConfig::vwc`] nothing is cached, so nothing
+    /// is lost.
+    pub fn power_cut(&self) -> u64 {
+        let mut s = self.shared.lock();
+        let lost = s.power_cut();
+        for d in self.shared.db_dirty.iter() {
+            d.store(0, Ordering::Relaxed);
+        }
+        lost
     }
 
     /// Writes an arbitrary completion entry `dwords` into I/O completion queue `qid` at its
@@ -539,9 +615,22 @@ impl PciFunction for EmuFunction {
         Ok(())
     }
 
+    fn set_bus_master(&self, enable: bool) -> Result<(), nvme_dio_dma::Error> {
+        if self.shared.removed.load(Ordering::Acquire) {
+            return Err(nvme_dio_dma::Error::DeviceGone {
+                bdf: "emu".to_string(),
+            });
+        }
+        self.shared.lock().bus_master = enable;
+        Ok(())
+    }
+
     fn reset(&self) -> Result<(), nvme_dio_dma::Error> {
         let mut s = self.shared.lock();
         s.flr();
+        // As VfioFunction::reset: the reset clears the command register, and the function
+        // turns memory space and bus mastering back on.
+        s.bus_master = true;
         // Under the lock: the thread takes dirty bits only while holding it.
         for d in self.shared.db_dirty.iter() {
             d.store(0, Ordering::Relaxed);

@@ -12,6 +12,9 @@ use nvme_dio_queue::{Sqe, Status};
 use crate::ctrl::{Outcome, State, generic};
 use crate::mem::Table;
 
+/// CDW12 bit 30: Force Unit Access (NVM Command Set 1.0, 3.2.6).
+const FUA: u32 = 1 << 30;
+
 /// Most mappings (PRP entries or SGL data blocks) one command may use, like QEMU (IOV_MAX);
 /// beyond it QEMU fails with Internal Error, and so do we.
 pub(crate) const MAX_MAPPINGS: u32 = 1024;
@@ -312,9 +315,15 @@ impl State {
         match s.opc {
             nvm::FLUSH => {
                 if s.nsid == 0xffff_ffff && self.cfg.vwc {
-                    return Ok(()); // VWC reports NSID FFFFFFFFh flush support
+                    // VWC reports NSID FFFFFFFFh flush support.
+                    for i in 0..self.ns.len() {
+                        self.flush_cache(i);
+                    }
+                    return Ok(());
                 }
-                self.ns_index(s.nsid).map(|_| ())
+                let i = self.ns_index(s.nsid)?;
+                self.flush_cache(i);
+                Ok(())
             }
             nvm::WRITE_ZEROES => {
                 let i = self.ns_index(s.nsid)?;
@@ -324,6 +333,7 @@ impl State {
                 );
                 self.check_range(i, slba, nlb)?;
                 self.zero(i, slba, nlb);
+                self.cached(i, slba, nlb, s.cdw12 & FUA != 0);
                 Ok(())
             }
             nvm::DATASET_MANAGEMENT => {
@@ -345,6 +355,7 @@ impl State {
                 if s.cdw11 & (1 << 2) != 0 {
                     for &(slba, nlb) in &list {
                         self.zero(i, slba, nlb); // deallocated blocks read as zeroes (DLFEAT)
+                        self.cached(i, slba, nlb, false);
                     }
                 }
                 Ok(())
@@ -440,9 +451,71 @@ impl State {
         if r.is_ok() {
             match dir {
                 Dir::ToHost => self.bytes_read += len,
-                Dir::FromHost => self.bytes_written += len,
+                Dir::FromHost => {
+                    self.bytes_written += len;
+                    self.cached(i, slba, nlb, s.cdw12 & FUA != 0);
+                }
             }
         }
         r
+    }
+
+    // ------------------------------------------------------------ volatile write cache
+
+    /// Blocks `slba..slba+nlb` of namespace `i` were just written (in `data`): with the
+    /// cache on they are dirty until a Flush; with FUA, or with the cache off (Set
+    /// Features), they reach the medium now. Nothing to do without the cache model.
+    #[inline]
+    fn cached(&mut self, i: usize, slba: u64, nlb: u64, fua: bool) {
+        let ns = &mut self.ns[i];
+        if ns.durable.is_empty() {
+            return;
+        }
+        if fua || !self.vwc_enabled {
+            let (a, b) = (
+                (slba << ns.lba_shift) as usize,
+                ((slba + nlb) << ns.lba_shift) as usize,
+            );
+            ns.durable[a..b].copy_from_slice(&ns.data[a..b]);
+            // An older cached write to these blocks is superseded: they are clean now.
+            ns.dirty.remove(slba, nlb);
+        } else {
+            ns.dirty.insert(slba, nlb);
+        }
+    }
+
+    /// Flush (NVM Command Set 1.0, 3.2.2): every cached block of namespace `i` reaches the
+    /// medium.
+    pub(crate) fn flush_cache(&mut self, i: usize) {
+        let ns = &mut self.ns[i];
+        for r in ns.dirty.ranges() {
+            let (a, b) = (
+                (r.start << ns.lba_shift) as usize,
+                (r.end << ns.lba_shift) as usize,
+            );
+            ns.durable[a..b].copy_from_slice(&ns.data[a..b]);
+        }
+        ns.dirty = Default::default();
+    }
+
+    /// Power lost: cached blocks revert to what the medium holds; the controller returns
+    /// to power-on. Returns the blocks reverted.
+    pub(crate) fn power_cut(&mut self) -> u64 {
+        let mut lost = 0;
+        for ns in &mut self.ns {
+            for r in ns.dirty.ranges() {
+                let (a, b) = (
+                    (r.start << ns.lba_shift) as usize,
+                    (r.end << ns.lba_shift) as usize,
+                );
+                ns.data[a..b].copy_from_slice(&ns.durable[a..b]);
+                lost += r.end - r.start;
+            }
+            ns.dirty = Default::default();
+        }
+        self.stats.lost_blocks += lost;
+        self.flr();
+        self.bus_master = true;
+        lost
     }
 }

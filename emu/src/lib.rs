@@ -35,9 +35,24 @@
 //!   host-side equivalent of QEMU's `pci_nvme_ub_*` trace, and tests assert it is empty.
 //!   Controller-level failures (a rejected enable, a fatal error) go to
 //!   [`EmuFunction::err_events`], like QEMU's `pci_nvme_err_*`.
-//! * **Faults** ([`Fault`], [`EmuFunction::inject`]): error status, dropped, delayed,
-//!   duplicated or stale completions for the Nth I/O command or an opcode; CSTS.CFS; surprise
-//!   removal; a flipped bit in stored data. [`EmuFunction::stats`] counts what happened.
+//! * **Faults** ([`Fault`], [`EmuFunction::inject`]): error status, dropped, delayed (by
+//!   time or by a count of register accesses), duplicated or stale completions for the Nth
+//!   I/O command or an opcode (a late Create I/O CQ is one); CSTS.CFS; surprise removal;
+//!   transient all-ones reads; a disable that never completes (RDY stays 1); a device that
+//!   keeps writing the data pages of the commands it holds after a failed disable; a
+//!   controller that needs more than one reset; a flipped bit in stored data.
+//!   [`EmuFunction::stats`] counts what happened.
+//! * **Volatile write cache** ([`EmuConfig::vwc`], on by default): RAM namespaces keep
+//!   what stable storage holds apart from what reads see; a Flush, FUA, or writing with the
+//!   cache turned off makes a write durable, and [`EmuFunction::power_cut`] loses the rest.
+//! * **The freed-write checker** ([`EmuConfig::check_freed_writes`], on by default): the
+//!   mapper asks the host's `nvme_dio_dma::DmaMemory` to report which mapped bytes are free
+//!   (regions mapped, buffers and pool blocks given back; held and leaked buffers never
+//!   are), and every device write (data, CQE, EventIdx, late write) into free bytes is
+//!   counted in [`EmuStats::freed_writes`] and described in
+//!   [`EmuFunction::freed_write_events`]: memory the driver gave back while the device
+//!   could still write it. A driver that keeps the quarantine rule causes none; tests
+//!   assert it. Memory mapped by hand (not through `DmaMemory`) is never checked.
 //!
 //! ## Modes
 //!

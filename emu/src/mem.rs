@@ -6,7 +6,10 @@
 //! The table lives inside the controller state, behind the same lock as the queues, so a
 //! mapping cannot disappear while a command is using it: `unmap` waits for the command.
 
+use std::cell::{Cell, RefCell};
 use std::ops::Range;
+
+use nvme_dio_dma::RangeSet;
 
 /// One mapping: `len` bytes at `iova` are the host bytes at `host`.
 #[derive(Clone, Copy, Debug)]
@@ -24,7 +27,17 @@ pub(crate) const IOVA_RANGE: Range<u64> = 0x1000..1 << 39;
 #[derive(Debug, Default)]
 pub(crate) struct Table {
     maps: Vec<Mapping>,
+    /// Mapped bytes the host's DMA memory reported free (given back, or never handed out):
+    /// the freed-write checker. Empty unless the host's memory tracks allocations.
+    pub(crate) free: RangeSet,
+    /// Device writes that hit `free`. Cells: the writers hold `&Table` (next to a mutable
+    /// namespace borrow); the whole table is behind the controller lock.
+    freed_writes: Cell<u64>,
+    freed_write_events: RefCell<Vec<String>>,
 }
+
+/// At most this many freed-write descriptions are kept (all are counted).
+const MAX_FREED_WRITE_EVENTS: usize = 256;
 
 /// Why a map or unmap was refused.
 #[derive(Debug)]
@@ -59,6 +72,8 @@ impl Table {
         {
             Some(i) => {
                 self.maps.remove(i);
+                // Unmapped bytes are neither free nor in use: a write there is an IOMMU fault.
+                self.free.remove(iova, len);
                 Ok(())
             }
             None => Err(TableError::NotMapped),
@@ -116,9 +131,58 @@ impl Table {
         true
     }
 
+    /// The freed-write checker: called for every device write about to happen. A write
+    /// into bytes the host's memory reported free is a driver bug (the device may write
+    /// memory that was given back, and that someone else may own now); it is counted and
+    /// described, and the write goes ahead, as it would on hardware.
+    #[inline]
+    fn check_freed(&self, iova: u64, len: u64) {
+        if self.free.is_empty() {
+            return;
+        }
+        if let Some(hit) = self.free.overlap(iova, len) {
+            self.flag_freed(iova, len, hit);
+        }
+    }
+
+    #[cold]
+    fn flag_freed(&self, iova: u64, len: u64, hit: Range<u64>) {
+        self.freed_writes.set(self.freed_writes.get() + 1);
+        let mut ev = self.freed_write_events.borrow_mut();
+        if ev.len() < MAX_FREED_WRITE_EVENTS {
+            ev.push(format!(
+                "device write of {len} bytes at IOVA {iova:#x} hits {:#x}..{:#x}, memory the driver has given back",
+                hit.start, hit.end
+            ));
+        }
+    }
+
+    /// A device write into `iova..iova+len`, which the host gave back after the device took
+    /// it (a late write of a held command) and may have handed to a new owner since: flagged
+    /// unless the bytes are free now (then the write itself is flagged).
+    pub(crate) fn flag_reused(&self, iova: u64, len: u64) {
+        if self.free.overlap(iova, len).is_none() {
+            self.flag_freed(iova, len, iova..iova + len);
+        }
+    }
+
+    /// Device writes into freed memory so far.
+    pub(crate) fn freed_writes(&self) -> u64 {
+        self.freed_writes.get()
+    }
+
+    /// Their descriptions, oldest first (at most [`MAX_FREED_WRITE_EVENTS`]).
+    pub(crate) fn freed_write_events(&self) -> Vec<String> {
+        self.freed_write_events.borrow().clone()
+    }
+
     /// Copies `src` to the device-visible bytes at `iova` (device-to-host DMA).
     /// Returns false (copying nothing) if any byte is unmapped.
     pub(crate) fn write(&self, iova: u64, src: &[u8], hint: &mut usize) -> bool {
+        // Only a write that happens counts: an unmapped byte means nothing is copied.
+        if !self.free.is_empty() && self.check(iova, src.len() as u64, hint) {
+            self.check_freed(iova, src.len() as u64);
+        }
         self.copy(iova, src.len() as u64, hint, |host, off, n| {
             // SAFETY: `host..host+n` lies inside a live mapping (the table is only changed
             // under the same lock the caller holds, and `DmaMapper::map`'s contract keeps the
@@ -210,6 +274,7 @@ impl Table {
             // the host mapped unaligned memory; refuse rather than tear.
             return false;
         }
+        self.check_freed(iova, 16);
         let p = host as *mut u32;
         for (i, v) in d.iter().enumerate().take(3) {
             // SAFETY: `host..host+16` is inside a live mapping and 4-aligned.
@@ -241,6 +306,7 @@ impl Table {
         if host % 4 != 0 {
             return false;
         }
+        self.check_freed(iova, 4);
         // SAFETY: inside a live mapping, 4-aligned.
         unsafe { std::ptr::write_volatile(host as *mut u32, v.to_le()) };
         true

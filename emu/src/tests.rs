@@ -1684,3 +1684,5 @@ fn deleting_an_sq_completes_its_held_commands_and_admin_faults_work() {
     assert_eq!(h.f.stats().faults_fired, 2);
     h.assert_no_ub();
 }
+
+mod faults;

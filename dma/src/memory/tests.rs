@@ -657,3 +657,166 @@ fn two_memories_over_one_mapper_share_its_iova_space() {
     drop((x, y, a, b, c));
     assert!(mapper.mappings().is_empty() && other.mappings().is_empty());
 }
+
+/// Issue 12, defect 1: a leaked pool block must keep its bytes out of every allocator, also
+/// after the pool is gone (before the fix the pool's whole range went back to the region heap,
+/// and the next `alloc` got the leaked block's IOVA: two live buffers over the same bytes).
+#[test]
+fn a_leaked_pool_block_is_never_handed_out_again() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let pool = mem.pool(4096, 4, 4096).unwrap();
+    let mut a = pool.alloc().unwrap();
+    let leaked = a.iova()..a.iova() + 4096;
+    a.leak_on_drop();
+    drop(a);
+    // The pool never gives it out again ...
+    let others: Vec<_> = std::iter::from_fn(|| pool.alloc()).collect();
+    assert_eq!(others.len(), 3, "the leaked block stays out of the pool");
+    assert!(others.iter().all(|b| !leaked.contains(&b.iova())));
+    drop(others);
+    drop(pool);
+    // ... nor does the region heap once the pool is gone: fill the region with pages and
+    // check none of them overlaps the leaked block.
+    let mut got = Vec::new();
+    while mapper.map_calls() == 1 {
+        let b = mem.alloc(4096, 4096).unwrap();
+        if mapper.map_calls() != 1 {
+            break; // a new region: the first one is full
+        }
+        assert!(
+            !leaked.contains(&b.iova()),
+            "IOVA {:#x} of a leaked pool block handed out again",
+            b.iova()
+        );
+        got.push(b);
+    }
+    assert!(
+        got.len() >= 2 * MIB / 4096 - 4,
+        "the rest of the region is usable"
+    );
+}
+
+#[test]
+fn quarantine_holds_buffers_until_dma_is_proven_stopped() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::tracking());
+    let mem = mem_with(&mapper, small_opts());
+    let pool = mem.pool(4096, 2, 4096).unwrap();
+    let a = mem.alloc(8192, 4096).unwrap();
+    let b = pool.alloc().unwrap();
+    let (ia, ib) = (a.iova(), b.iova());
+    mem.quarantine(a).unwrap();
+    mem.quarantine_all([b]).unwrap();
+    assert_eq!((mem.held_buffers(), mem.held_bytes()), (2, 8192 + 4096));
+    // Held bytes stay allocated: nobody gets them, and a device write there is no violation.
+    assert_eq!(pool.available(), 1);
+    let c = pool.alloc().unwrap();
+    assert_ne!(c.iova(), ib);
+    assert!(pool.alloc().is_none(), "the held block is not in the pool");
+    let mut others = Vec::new();
+    for _ in 0..64 {
+        let x = mem.alloc(8192, 4096).unwrap();
+        assert!(
+            x.iova() + 8192 <= ia || x.iova() >= ia + 8192,
+            "held bytes handed out"
+        );
+        others.push(x);
+    }
+    assert_eq!(mapper.free_overlap(ia, 8192), None);
+    assert_eq!(mapper.free_overlap(ib, 4096), None);
+    let r = mem.release_quarantine(DmaStopped::ControllerDisabled);
+    assert_eq!((r.held_buffers, r.held_bytes), (2, 8192 + 4096));
+    assert_eq!((mem.held_buffers(), mem.held_bytes()), (0, 0));
+    let st = mem.quarantine_stats();
+    assert_eq!(
+        (st.released_buffers, st.released_bytes, st.releases),
+        (2, 8192 + 4096, 1)
+    );
+    // Released: back in their allocators, and free for the checker.
+    assert_eq!(pool.available(), 1);
+    assert_eq!(mapper.free_overlap(ib, 4096), Some(ib..ib + 4096));
+    assert_eq!(mapper.free_overlap(ia, 8192), Some(ia..ia + 8192));
+    assert_eq!(
+        mem.alloc(8192, 4096).unwrap().iova(),
+        ia,
+        "first fit reuses it"
+    );
+    assert_eq!(
+        mem.release_quarantine(DmaStopped::FunctionReset),
+        QuarantineStats::default()
+    );
+}
+
+#[test]
+fn held_buffers_are_leaked_when_the_memory_goes_first() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::tracking());
+    let mem = mem_with(&mapper, small_opts());
+    let a = mem.alloc(4096, 4096).unwrap();
+    let ia = a.iova();
+    mem.quarantine(a).unwrap();
+    let keep = mem.alloc(4096, 4096).unwrap(); // keeps the region alive past `mem`
+    drop(mem);
+    assert!(mapper.translate(ia, 4096).is_some(), "still mapped");
+    assert_eq!(mapper.free_overlap(ia, 4096), None, "never reported free");
+    drop(keep);
+    assert!(
+        mapper.translate(ia, 4096).is_some(),
+        "the region is leaked, not unmapped"
+    );
+    assert_eq!(mapper.unmap_calls(), 0);
+}
+
+#[test]
+fn a_foreign_buffer_is_refused_by_the_quarantine_and_leaked() {
+    let _g = serial();
+    let m1 = Arc::new(RecordingMapper::tracking());
+    let m2 = Arc::new(RecordingMapper::new());
+    let mem1 = mem_with(&m1, small_opts());
+    let mem2 = mem_with(&m2, small_opts());
+    let b = mem2.alloc(4096, 4096).unwrap();
+    let ib = b.iova();
+    let e = mem1.quarantine(b).unwrap_err();
+    assert!(e.to_string().contains("another device"), "{e}");
+    assert_eq!(mem1.held_buffers(), 0);
+    drop(mem2);
+    assert!(m2.translate(ib, 4096).is_some(), "leaked, so still mapped");
+}
+
+#[test]
+fn a_tracking_mapper_sees_every_allocation_and_free() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::tracking());
+    let mem = mem_with(&mapper, small_opts());
+    let (base, len) = {
+        let m = mapper.mappings()[0];
+        (m.0, m.2)
+    };
+    assert_eq!(
+        mapper.free_overlap(base, len),
+        Some(base..base + len as u64)
+    );
+    let a = mem.alloc(4096, 4096).unwrap();
+    let ia = a.iova();
+    assert_eq!(mapper.free_overlap(ia, 4096), None);
+    drop(a);
+    assert_eq!(mapper.free_overlap(ia, 4096), Some(ia..ia + 4096));
+    // Pool blocks: in use between alloc and drop; free otherwise (the pool's free blocks
+    // are memory the driver is not using).
+    let pool = mem.pool(512, 4, 512).unwrap();
+    let b = pool.alloc().unwrap();
+    let ib = b.iova();
+    assert_eq!(mapper.free_overlap(ib, 512), None);
+    assert!(mapper.free_overlap(ib + 512, 512).is_some(), "free block");
+    drop(b);
+    assert!(mapper.free_overlap(ib, 512).is_some());
+    // Leaked: never free again.
+    let mut c = pool.alloc().unwrap();
+    let ic = c.iova();
+    c.leak_on_drop();
+    drop(c);
+    drop(pool);
+    assert_eq!(mapper.free_overlap(ic, 512), None);
+}
