@@ -335,6 +335,12 @@ impl PciFunction for Device {
             Device::Vfio(f) => f.reset(),
         }
     }
+    fn set_bus_master(&self, enable: bool) -> Result<(), nvme_dio_dma::Error> {
+        match self {
+            Device::Emu(f) => f.set_bus_master(enable),
+            Device::Vfio(f) => f.set_bus_master(enable),
+        }
+    }
     fn describe(&self) -> String {
         match self {
             Device::Emu(f) => f.describe(),
