@@ -156,11 +156,10 @@ pub fn identify(device: &DeviceSpec) -> Result<ControllerReport, CliError> {
 pub fn run(a: &IdentifyArgs) -> Result<(), CliError> {
     let r = identify(&a.device)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::out::println(&serde_json::to_string_pretty(&r)?)
     } else {
-        print!("{}", human(&r));
+        crate::out::print(&human(&r))
     }
-    Ok(())
 }
 
 fn mib(b: u64) -> String {

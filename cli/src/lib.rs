@@ -20,6 +20,7 @@ pub mod bench;
 pub mod error;
 pub mod identify;
 pub mod list;
+pub mod out;
 pub mod setup;
 pub mod stats;
 pub mod sysfs;

@@ -365,3 +365,96 @@ fn fault_soak_bench_verify_several_queues_with_splits_loses_nothing() {
         v["ios"], v["verify"]["checked_blocks"]
     );
 }
+
+/// Runs nvme-dio with its stdout on `out`, under a hang detector: a run that has not ended
+/// after 60 s is killed and the test fails (a hang, not a slow run: every run here takes
+/// well under a second).
+fn nvme_dio_with_stdout(args: &[&str], out: std::process::Stdio) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nvme-dio"))
+        .args(args)
+        .stdout(out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nvme-dio");
+    let stderr_pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut { stderr_pipe }, &mut s).unwrap();
+        s
+    });
+    let status = wait_or_kill(&mut child, args);
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: reader.join().unwrap(),
+    }
+}
+
+/// Waits for `child`; kills it and fails the test if it is still running after 60 s.
+fn wait_or_kill(child: &mut std::process::Child, args: &[&str]) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nvme-dio {args:?} hung (killed after 60 s)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn assert_no_panic(args: &[&str], e: &str) {
+    assert!(
+        !e.contains("panicked") && !e.contains("RUST_BACKTRACE") && !e.contains("stack backtrace"),
+        "{args:?} panicked:\n{e}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_pipe_exits_quietly_with_status_0() {
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["identify"],
+        &["identify", "--json"],
+        &["bench", "--ios", "1000"],
+        &["bench", "--ios", "1000", "--json"],
+    ] {
+        // The read end is closed before the child starts, so its first write meets EPIPE
+        // (deterministically, unlike `| true`, which may exit after the write).
+        let (r, w) = std::io::pipe().unwrap();
+        drop(r);
+        let o = nvme_dio_with_stdout(args, w.into());
+        let e = stderr(&o);
+        assert_no_panic(args, &e);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {e}");
+        assert!(e.is_empty(), "{args:?} printed to stderr:\n{e}");
+    }
+}
+
+#[test]
+fn a_full_disk_on_stdout_is_an_error() {
+    for args in [
+        &["identify"][..],
+        &["identify", "--json"],
+        &["list", "--json"],
+        &["bench", "--ios", "1000", "--json"],
+        &["bench", "--ios", "1000"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = nvme_dio_with_stdout(args, full.into());
+        let e = stderr(&o);
+        assert_no_panic(args, &e);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        assert!(
+            e.starts_with("error: cannot write to standard output") && e.contains("No space left"),
+            "{args:?}: {e}"
+        );
+    }
+}

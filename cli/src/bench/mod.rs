@@ -784,14 +784,18 @@ fn finish(args: &BenchArgs, r: Report) -> Result<(), CliError> {
             source,
         })?;
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    let text = if args.json {
+        serde_json::to_string_pretty(&r)? + "\n"
     } else {
-        print!("{}", human(&r));
+        let mut t = human(&r);
         if let Some(p) = &args.histogram {
-            println!("histogram written to {}", p.display());
+            let _ = writeln!(t, "histogram written to {}", p.display());
         }
-    }
+        t
+    };
+    // A failed or mismatching run still fails when its report could not be printed: the
+    // output error comes after those.
+    let printed = crate::out::print(&text);
     if let Some(v) = &r.verify
         && v.mismatches > 0
     {
@@ -806,7 +810,7 @@ fn finish(args: &BenchArgs, r: Report) -> Result<(), CliError> {
             first: r.first_error.clone().unwrap_or_default(),
         });
     }
-    Ok(())
+    printed
 }
 
 /// Pins the calling worker to CPU `q % cpus` if asked; returns the CPU, or a note why not.
