@@ -458,3 +458,65 @@ fn a_full_disk_on_stdout_is_an_error() {
         );
     }
 }
+
+/// Runs nvme-dio under the hang detector of [`wait_or_kill`], capturing both streams.
+fn run_bounded(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nvme-dio"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nvme-dio");
+    let (o, e) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let read = |mut p: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            p.read_to_end(&mut s).unwrap();
+            s
+        })
+    };
+    let (ro, re) = (read(Box::new(o)), read(Box::new(e)));
+    let status = wait_or_kill(&mut child, args);
+    Output {
+        status,
+        stdout: ro.join().unwrap(),
+        stderr: re.join().unwrap(),
+    }
+}
+
+/// Asserts a bounded run fails with status `code` and stderr holding every `needle`.
+fn assert_refused(args: &[&str], code: i32, needles: &[&str]) {
+    let o = run_bounded(args);
+    let e = stderr(&o);
+    assert_no_panic(args, &e);
+    assert_eq!(o.status.code(), Some(code), "{args:?}: {e}");
+    for n in needles {
+        assert!(e.contains(n), "{args:?}: stderr lacks {n:?}:\n{e}");
+    }
+}
+
+#[test]
+fn verify_on_the_null_namespace_is_refused_at_once() {
+    // Used to write the whole 1 TiB null namespace silently (a hang), then read zeroes back.
+    assert_refused(
+        &["bench", "--verify", "-t", "1"],
+        1,
+        &["null namespace", "--device emu:ram"],
+    );
+    // A small null namespace was reported as corruption ("data from another block?").
+    assert_refused(
+        &["bench", "--verify", "--size", "1m", "--ios", "100"],
+        1,
+        &["null namespace", "--device emu:ram"],
+    );
+}
+
+#[test]
+fn a_ram_namespace_larger_than_memory_is_refused_before_allocating() {
+    // Used to abort with "memory allocation of 1099511627776 bytes failed".
+    assert_refused(
+        &["bench", "--device", "emu:ram", "--size", "1t", "--ios", "1"],
+        1,
+        &["--size 1.0 TiB", "available", "smaller --size"],
+    );
+}

@@ -338,7 +338,64 @@ fn check_args(a: &BenchArgs) -> Result<(), CliError> {
     if a.time <= 0.0 && a.ios.is_none() {
         return bad("-t 0 measures nothing: give a time in seconds, or --ios N".into());
     }
+    if a.verify && a.device == (DeviceSpec::Emu { ram: false }) {
+        return bad("--verify needs a namespace that keeps what is written, and `--device emu` is a null namespace (writes are dropped, reads return zeroes): use --device emu:ram".into());
+    }
+    if a.device == (DeviceSpec::Emu { ram: true }) {
+        let want = a.size.unwrap_or(nvme::EMU_RAM_BYTES);
+        if let Some(avail) = mem_available()
+            && want > avail
+        {
+            return bad(format!(
+                "--size {} for `--device emu:ram` needs {} of RAM for the emulated namespace, but only {} is available (MemAvailable in /proc/meminfo): use a smaller --size, or --device emu (a null namespace of any size) when the data need not be kept",
+                human_size(want),
+                human_size(want),
+                human_size(avail)
+            ));
+        }
+    }
     Ok(())
+}
+
+/// MemAvailable from /proc/meminfo, bytes (None where it cannot be read).
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `1.5 GiB`, `64.0 MiB`, `4.0 KiB`, `512 bytes`.
+pub fn human_size(b: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    for (u, name) in UNITS {
+        if b >= u {
+            return format!("{:.1} {name}", b as f64 / u as f64);
+        }
+    }
+    format!("{b} bytes")
+}
+
+/// A progress bar on stderr for a long step (writing the working set before verify), when
+/// stderr is a terminal; `None` otherwise (scripts and tests see nothing).
+pub fn progress_bar(what: &str, bytes: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(bytes);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("static template"),
+    );
+    b.set_message(what.to_string());
+    Some(b)
 }
 
 /// Builds the job from the arguments and the device's geometry.

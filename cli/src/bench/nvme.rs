@@ -331,7 +331,11 @@ fn prefill<D: PciFunction>(
     let mut idle: Vec<usize> = (0..slots.len()).collect();
     let mut stream = vec![0u8; job.io_size as usize];
     let (mut next, mut done) = (0u64, 0u64);
+    let bar = super::progress_bar("writing the working set before verify", units * job.io_size);
     while done < units {
+        if let Some(b) = &bar {
+            b.set_position(done * job.io_size);
+        }
         while next < units
             && let Some(&i) = idle.last()
         {
@@ -369,6 +373,9 @@ fn prefill<D: PciFunction>(
             idle.push(i);
             done += 1;
         }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     Ok(())
 }

@@ -63,6 +63,8 @@ pub struct Mismatch {
     pub got: u8,
     /// The LBA the block claims to be (its first 8 bytes).
     pub claims_lba: u64,
+    /// The whole block read as zeroes: never written, or the device keeps no data.
+    pub zeroes: bool,
 }
 
 impl std::fmt::Display for Mismatch {
@@ -74,7 +76,9 @@ impl std::fmt::Display for Mismatch {
             self.offset,
             self.expected,
             self.got,
-            if self.claims_lba != self.lba {
+            if self.zeroes {
+                " (the whole block reads as zeroes: it was never written, or the device keeps no data)".to_string()
+            } else if self.claims_lba != self.lba {
                 format!(
                     " (the block's header names LBA {}: data from another block?)",
                     self.claims_lba
@@ -112,6 +116,7 @@ pub fn check(
                 claims_lba: u64::from_le_bytes(
                     got[..8].try_into().expect("blocks are at least 512 bytes"),
                 ),
+                zeroes: got.iter().all(|&b| b == 0),
             });
         }
     }
@@ -250,7 +255,14 @@ mod tests {
             m[0]
         );
         // A never-written (zero) block is a mismatch too.
-        assert_eq!(check(&[0u8; 512], 5, 512, 7, &mut scratch[..512]).len(), 1);
+        let m = check(&[0u8; 512], 5, 512, 7, &mut scratch[..512]);
+        assert_eq!(m.len(), 1);
+        // ... and is named as such, not as data from another block.
+        let text = m[0].to_string();
+        assert!(
+            text.contains("reads as zeroes") && !text.contains("another block"),
+            "{text}"
+        );
     }
 
     #[test]

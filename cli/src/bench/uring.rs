@@ -154,7 +154,11 @@ fn prefill(
             u.set_segments(slot, packed).map_err(uerr(path))?;
         }
     }
+    let bar = super::progress_bar("writing the working set before verify", units * job.io_size);
     while done < units {
+        if let Some(b) = &bar {
+            b.set_position(done * job.io_size);
+        }
         while next < units
             && let Some(slot) = idle.pop()
         {
@@ -181,6 +185,9 @@ fn prefill(
                 first: format!("writing the working set before verify: {first}"),
             });
         }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     Ok(())
 }
