@@ -520,3 +520,109 @@ fn a_ram_namespace_larger_than_memory_is_refused_before_allocating() {
         &["--size 1.0 TiB", "available", "smaller --size"],
     );
 }
+
+#[test]
+fn a_bad_histogram_path_fails_before_the_run() {
+    // Used to run the whole bench and then print nothing but the write error.
+    let o = run_bounded(&["bench", "-t", "30", "--histogram", "/no/such/dir/x.svg"]);
+    let e = stderr(&o);
+    assert_no_panic(&[], &e);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("cannot create the histogram file (checked before the run) /no/such/dir/x.svg")
+            && e.contains("No such file"),
+        "{e}"
+    );
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+}
+
+/// True once `pid` catches SIGINT (bit 1 of SigCgt in /proc/PID/status).
+fn catches_sigint(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("SigCgt:"))
+                .and_then(|l| u64::from_str_radix(l[7..].trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & (1 << (2 - 1)) != 0)
+}
+
+/// Starts a long bench, waits until its Ctrl-C handler is in place (no sleep-and-hope),
+/// sends SIGINT, and returns what it printed.
+fn interrupt_bench(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nvme-dio"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nvme-dio");
+    let (o, e) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let read = |mut p: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            p.read_to_end(&mut s).unwrap();
+            s
+        })
+    };
+    let (ro, re) = (read(Box::new(o)), read(Box::new(e)));
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !catches_sigint(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{args:?} never installed a SIGINT handler"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{args:?} ended early: {}",
+            String::from_utf8_lossy(&re.join().unwrap())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let k = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    let status = wait_or_kill(&mut child, args);
+    Output {
+        status,
+        stdout: ro.join().unwrap(),
+        stderr: re.join().unwrap(),
+    }
+}
+
+#[test]
+fn ctrl_c_prints_the_partial_report_and_exits_130() {
+    let o = interrupt_bench(&["bench", "-t", "60", "--json"]);
+    let e = stderr(&o);
+    assert_no_panic(&[], &e);
+    assert_eq!(o.status.code(), Some(130), "{e}");
+    assert!(e.contains("interrupted (Ctrl-C)"), "{e}");
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|err| panic!("no JSON report after Ctrl-C ({err}): {}", stdout(&o)));
+    assert!(
+        v["notes"].to_string().contains("interrupted by Ctrl-C"),
+        "{v}"
+    );
+    assert!(v["elapsed_s"].as_f64().unwrap() < 60.0, "{v}");
+    // Human form, interrupt mode (workers asleep on the eventfd): the summary is printed.
+    let o = interrupt_bench(&[
+        "bench",
+        "-t",
+        "60",
+        "--mode",
+        "irq",
+        "--emu-thread",
+        "-q",
+        "1",
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{e}");
+    let out = stdout(&o);
+    assert!(
+        out.contains("IOPS") && out.contains("interrupted by Ctrl-C"),
+        "{out}"
+    );
+}

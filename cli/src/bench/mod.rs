@@ -298,22 +298,90 @@ pub struct Report {
 /// Bad argument combinations, device errors, failed I/Os, verify mismatches.
 pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     check_args(args)?;
-    let report = match (args.engine(), &args.device) {
-        (Engine::Vfio, DeviceSpec::Emu { .. } | DeviceSpec::Pci(_)) => nvme::run(args)?,
-        (Engine::IoUring, DeviceSpec::Path(p)) => uring::run(args, p)?,
-        (Engine::Vfio, DeviceSpec::Path(p)) => {
-            return Err(CliError::BadArgument(format!(
-                "--engine vfio drives a PCI controller (or `emu`), not a path: use --engine io_uring for {}, or give the controller's PCI address (see `nvme-dio list`)",
-                p.display()
-            )));
-        }
-        (Engine::IoUring, d) => {
-            return Err(CliError::BadArgument(format!(
-                "--engine io_uring goes through the kernel and needs a block device or file path, not {d}: use --engine vfio for it"
-            )));
+    // Output paths are checked before the run, so a typo does not cost the run's results.
+    let hist = HistogramFile::create(args)?;
+    // Ctrl-C stops the run and prints what was measured (fio does the same); a second
+    // Ctrl-C terminates as usual. Without the handler Ctrl-C still works, only abruptly.
+    let mut notes = Vec::new();
+    if let Err(e) = nvme_dio_uring::catch_sigint() {
+        notes.push(format!("Ctrl-C will end the run without a report: {e}"));
+    }
+    let result = match (args.engine(), &args.device) {
+        (Engine::Vfio, DeviceSpec::Emu { .. } | DeviceSpec::Pci(_)) => nvme::run(args),
+        (Engine::IoUring, DeviceSpec::Path(p)) => uring::run(args, p),
+        (Engine::Vfio, DeviceSpec::Path(p)) => Err(CliError::BadArgument(format!(
+            "--engine vfio drives a PCI controller (or `emu`), not a path: use --engine io_uring for {}, or give the controller's PCI address (see `nvme-dio list`)",
+            p.display()
+        ))),
+        (Engine::IoUring, d) => Err(CliError::BadArgument(format!(
+            "--engine io_uring goes through the kernel and needs a block device or file path, not {d}: use --engine vfio for it"
+        ))),
+    };
+    let mut report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(h) = hist {
+                h.discard();
+            }
+            return Err(e);
         }
     };
-    finish(args, report)
+    report.notes.extend(notes);
+    let interrupted = interrupted();
+    if interrupted {
+        report.notes.push(format!(
+            "interrupted by Ctrl-C after {:.2} s of measuring: the figures cover the I/Os completed until then",
+            report.elapsed_s
+        ));
+    }
+    finish(args, report, hist)?;
+    if interrupted {
+        return Err(CliError::Interrupted(
+            "; the report covers the run until then".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// True once Ctrl-C arrived (after [`run`] installed its handler).
+pub fn interrupted() -> bool {
+    nvme_dio_uring::sigint_caught()
+}
+
+/// The error for a Ctrl-C during a step before measuring (bring-up, writing the working
+/// set): there is nothing to report.
+pub fn interrupted_during(what: &str) -> CliError {
+    CliError::Interrupted(format!(" while {what}; nothing was measured"))
+}
+
+/// The `--histogram` file, created before the run so a bad path fails at once.
+#[derive(Debug)]
+pub struct HistogramFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl HistogramFile {
+    fn create(args: &BenchArgs) -> Result<Option<HistogramFile>, CliError> {
+        let Some(path) = &args.histogram else {
+            return Ok(None);
+        };
+        let file = std::fs::File::create(path).map_err(|source| CliError::File {
+            op: "create the histogram file (checked before the run)",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some(HistogramFile {
+            path: path.clone(),
+            file,
+        }))
+    }
+
+    /// Removes the (empty) file again when the run failed before any result.
+    fn discard(self) {
+        drop(self.file);
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn check_args(a: &BenchArgs) -> Result<(), CliError> {
@@ -485,6 +553,9 @@ where
                     std::thread::Builder::new()
                         .name(format!("bench-q{q}"))
                         .spawn_scoped(s, move || {
+                            // Ctrl-C goes to the main thread (it keeps time and stops the
+                            // run); a worker asleep in an interrupt wait must not get EINTR.
+                            let _ = nvme_dio_uring::block_sigint_in_this_thread();
                             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                 worker(q, ctl)
                             }));
@@ -530,7 +601,7 @@ fn keep_time(args: &BenchArgs, ctl: &Control, show: bool) {
         b
     });
     let tick = Duration::from_millis(100);
-    let all_done = || ctl.done.load(Ordering::Acquire) == n;
+    let all_done = || ctl.done.load(Ordering::Acquire) == n || interrupted();
     if args.warmup > 0.0 {
         let end = Instant::now() + Duration::from_secs_f64(args.warmup);
         while Instant::now() < end && !all_done() {
@@ -813,8 +884,8 @@ pub fn human(r: &Report) -> String {
     o
 }
 
-fn finish(args: &BenchArgs, r: Report) -> Result<(), CliError> {
-    if let (Some(path), Some(h)) = (&args.histogram, &r.hist) {
+fn finish(args: &BenchArgs, r: Report, hist: Option<HistogramFile>) -> Result<(), CliError> {
+    if let (Some(mut out), Some(h)) = (hist, &r.hist) {
         let lines = vec![
             r.device_description.clone(),
             format!("settings: {}", tag(&r)),
@@ -835,10 +906,12 @@ fn finish(args: &BenchArgs, r: Report) -> Result<(), CliError> {
             &format!("nvme-dio bench: {} ({} engine)", r.device, r.engine),
             &lines,
         );
-        std::fs::write(path, svg).map_err(|source| CliError::File {
-            op: "write the histogram to",
-            path: path.clone(),
-            source,
+        std::io::Write::write_all(&mut out.file, svg.as_bytes()).map_err(|source| {
+            CliError::File {
+                op: "write the histogram to",
+                path: out.path.clone(),
+                source,
+            }
         })?;
     }
     let text = if args.json {

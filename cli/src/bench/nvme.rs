@@ -333,6 +333,11 @@ fn prefill<D: PciFunction>(
     let (mut next, mut done) = (0u64, 0u64);
     let bar = super::progress_bar("writing the working set before verify", units * job.io_size);
     while done < units {
+        if super::interrupted() {
+            return Err(super::interrupted_during(
+                "writing the working set before verify",
+            ));
+        }
         if let Some(b) = &bar {
             b.set_position(done * job.io_size);
         }

@@ -156,6 +156,11 @@ fn prefill(
     }
     let bar = super::progress_bar("writing the working set before verify", units * job.io_size);
     while done < units {
+        if super::interrupted() {
+            return Err(super::interrupted_during(
+                "writing the working set before verify",
+            ));
+        }
         if let Some(b) = &bar {
             b.set_position(done * job.io_size);
         }
