@@ -63,6 +63,18 @@ pub enum CliError {
         #[source]
         source: io::Error,
     },
+    /// The first I/O, tried before the run, failed: the device cannot do what the run asks.
+    #[error(
+        "{path}: {what} at offset 0, tried before the run, failed, so the run was not started: {detail}"
+    )]
+    FirstIo {
+        /// The file or device.
+        path: PathBuf,
+        /// What was tried.
+        what: String,
+        /// The failure and what to do.
+        detail: String,
+    },
     /// I/Os failed during the benchmark.
     #[error("{count} I/O(s) failed; the first: {first}")]
     IoFailed {

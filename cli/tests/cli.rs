@@ -626,3 +626,193 @@ fn ctrl_c_prints_the_partial_report_and_exits_130() {
         "{out}"
     );
 }
+
+#[test]
+fn misleading_messages_now_name_the_real_problem() {
+    // A directory: used to blame the filesystem's O_DIRECT support.
+    let dir = scratch("a-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    assert_refused(
+        &["bench", "--device", dir.to_str().unwrap(), "--ios", "1"],
+        1,
+        &["is a directory"],
+    );
+    let o = run_bounded(&["bench", "--device", dir.to_str().unwrap(), "--ios", "1"]);
+    assert!(!stderr(&o).contains("O_DIRECT (tmpfs"), "{}", stderr(&o));
+    std::fs::remove_dir(&dir).unwrap();
+    // More queues than the controller grants: say the flag.
+    assert_refused(
+        &["bench", "--queues", "100", "--ios", "100"],
+        1,
+        &["granted 64", "--queues 64 or fewer"],
+    );
+    let o = run_bounded(&["bench", "--queues", "100", "--ios", "100"]);
+    assert!(!stderr(&o).contains("drop a queue pair"), "{}", stderr(&o));
+    // A queue depth beyond the controller's queue size: refused, not silently clamped.
+    assert_refused(
+        &["bench", "-q", "4096", "--ios", "10"],
+        1,
+        &[
+            "-q 4096 needs 4097 entries",
+            "allows 2048",
+            "-q 2047 or less",
+        ],
+    );
+    // A zero timeout: refused, not silently 1 ms.
+    assert_refused(
+        &["bench", "--timeout-ms", "0", "--ios", "10"],
+        2,
+        &["--timeout-ms", "at least 1"],
+    );
+    // Negative numbers: the flag and the expected form, not "unexpected argument '-5'".
+    for (flag, want) in [
+        ("-q", "--queue-depth"),
+        ("--queues", "--queues"),
+        ("--ios", "--ios"),
+        ("-t", "--time"),
+        ("--size", "--size"),
+    ] {
+        let o = run_bounded(&["bench", flag, "-5"]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{flag}: {e}");
+        assert!(
+            e.contains(want) && e.contains("negative") && !e.contains("unexpected argument"),
+            "{flag}: {e}"
+        );
+    }
+    // A seed that is not a number: the flag and the forms accepted.
+    assert_refused(
+        &["bench", "--seed", "abc"],
+        2,
+        &["--seed", "whole number", "hex with 0x"],
+    );
+    let o = run_bounded(&["bench", "--seed", "abc"]);
+    assert!(
+        !stderr(&o).contains("invalid digit found in string"),
+        "{}",
+        stderr(&o)
+    );
+    // A PCI address that does not exist, or is no NVMe controller: not an IOMMU problem.
+    assert_refused(
+        &["bench", "--device", "0000:ff:1f.7", "--ios", "1"],
+        1,
+        &["no PCI device 0000:ff:1f.7"],
+    );
+    if let Some(bdf) = std::fs::read_dir("/sys/bus/pci/devices")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|b| {
+            std::fs::read_to_string(format!("/sys/bus/pci/devices/{b}/class"))
+                .is_ok_and(|c| c.trim() != "0x010802")
+        })
+    {
+        assert_refused(
+            &["bench", "--device", &bdf, "--ios", "1"],
+            1,
+            &["is not an NVMe controller"],
+        );
+        let o = run_bounded(&["identify", "--device", &bdf]);
+        assert!(
+            stderr(&o).contains("is not an NVMe controller") && !stderr(&o).contains("IOMMU"),
+            "{}",
+            stderr(&o)
+        );
+    } else {
+        println!(
+            "no non-NVMe PCI device on this machine: that case is covered by the unit test only"
+        );
+    }
+}
+
+#[test]
+fn iopoll_on_a_file_fails_before_the_run_with_the_reason() {
+    let path = scratch("iopoll.dat");
+    std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+    // Used to submit, fail every I/O, print IOPS 0 with the failures' latency, then error.
+    let o = run_bounded(&[
+        "bench",
+        "--device",
+        path.to_str().unwrap(),
+        "--iopoll",
+        "--ios",
+        "100",
+    ]);
+    let e = stderr(&o);
+    assert_no_panic(&[], &e);
+    std::fs::remove_file(&path).unwrap();
+    if o.status.success() {
+        println!("this filesystem polls O_DIRECT files: nothing to check here");
+        return;
+    }
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("tried before the run") && e.contains("--iopoll") && e.contains("drop --iopoll"),
+        "{e}"
+    );
+    assert!(
+        o.stdout.is_empty(),
+        "no report of a run that did not run: {}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn a_read_only_block_device_fails_before_the_run() {
+    let path = scratch("ro-loop.dat");
+    std::fs::write(&path, vec![0u8; 4 << 20]).unwrap();
+    let l = Command::new("losetup")
+        .args(["-r", "-f", "--show", path.to_str().unwrap()])
+        .output();
+    let Some(dev) = l
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    else {
+        std::fs::remove_file(&path).unwrap();
+        println!("NOT RUN: no loop device (losetup -r failed; needs root and /dev/loop-control)");
+        return;
+    };
+    let o = run_bounded(&["bench", "--device", &dev, "-w", "randwrite", "--ios", "10"]);
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    std::fs::remove_file(&path).unwrap();
+    let e = stderr(&o);
+    assert_no_panic(&[], &e);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("a write of 4096 bytes at offset 0, tried before the run")
+            && e.contains("read-only"),
+        "{e}"
+    );
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+}
+
+#[test]
+fn latency_comes_from_successful_ios_only() {
+    // Every I/O fails (the first one, with -q 1 and the run stopping at the first failure):
+    // the report must not show a latency made of failures.
+    let o = run_bounded(&[
+        "bench",
+        "--json",
+        "--inject-io-error",
+        "0",
+        "--ios",
+        "10",
+        "-q",
+        "1",
+    ]);
+    let e = stderr(&o);
+    assert_no_panic(&[], &e);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("I/O(s) failed") && e.contains("Internal Error"),
+        "{e}"
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ios"], 0, "{v}");
+    assert!(v["errors"].as_u64().unwrap() >= 1, "{v}");
+    for (k, x) in v["latency"].as_object().unwrap() {
+        assert_eq!(x.as_f64(), Some(0.0), "latency.{k} of failed I/Os: {v}");
+    }
+}

@@ -110,6 +110,7 @@ pub fn with_controller<V: WithController>(
             v.with(ctrl, desc, Some(dev))
         }
         DeviceSpec::Pci(bdf) => {
+            check_pci(&crate::sysfs::Sysfs::host(), bdf)?;
             let dev = Arc::new(nvme_dio_dma::VfioFunction::open(bdf).map_err(|source| {
                 CliError::Vfio {
                     device: bdf.clone(),
@@ -130,6 +131,47 @@ pub fn with_controller<V: WithController>(
             "{} is a path: the userspace driver needs `emu`, `emu:ram` or a PCI address (see `nvme-dio list`)",
             p.display()
         ))),
+    }
+}
+
+/// Checks, from sysfs, that `bdf` is an NVMe controller bound to vfio-pci, so the message
+/// names what is wrong (opening a host bridge through VFIO blamed the IOMMU).
+///
+/// # Errors
+///
+/// [`CliError::BadArgument`] naming the address, what it is, and what to do.
+pub fn check_pci(s: &crate::sysfs::Sysfs, bdf: &str) -> Result<(), CliError> {
+    let bad = |m: String| Err(CliError::BadArgument(m));
+    let dir = s.dev(bdf);
+    if !dir.exists() {
+        return bad(format!(
+            "no PCI device {bdf} ({} does not exist): `nvme-dio list` shows the NVMe controllers",
+            dir.display()
+        ));
+    }
+    match s.class(bdf) {
+        Some(crate::sysfs::NVME_CLASS) => {}
+        Some(c) => {
+            return bad(format!(
+                "{bdf} is not an NVMe controller (PCI class {c:#08x}; NVMe is {:#08x}): `nvme-dio list` shows the NVMe controllers",
+                crate::sysfs::NVME_CLASS
+            ));
+        }
+        None => {}
+    }
+    match s.driver(bdf).as_deref() {
+        Some("vfio-pci") => Ok(()),
+        Some(d) => bad(format!(
+            "{bdf} is bound to the {d} driver, not vfio-pci: run `nvme-dio setup {bdf}` first{}",
+            if d == "nvme" {
+                " (or bench its block device through the kernel, e.g. --device /dev/nvme0n1)"
+            } else {
+                ""
+            }
+        )),
+        None => bad(format!(
+            "{bdf} is bound to no driver: run `nvme-dio setup {bdf}` to bind it to vfio-pci"
+        )),
     }
 }
 
@@ -167,7 +209,31 @@ impl WithController for Bench<'_> {
             .map_err(|e| CliError::driver(&dev, e))?
             .clone();
         let job = make_job(args, ns.lba_size(), ns.bytes())?;
+        let info = ctrl.info();
+        if args.queues > info.io_queues {
+            return Err(CliError::BadArgument(format!(
+                "--queues {}: the controller granted {} I/O queue pairs: use --queues {} or fewer",
+                args.queues, info.io_queues, info.io_queues
+            )));
+        }
+        let mqes = info.cap.mqes().entries();
+        if job.qd + 1 > mqes {
+            return Err(CliError::BadArgument(format!(
+                "-q {} needs {} entries per queue (one stays free), but the controller allows {}: use -q {} or less",
+                job.qd,
+                job.qd + 1,
+                mqes,
+                mqes - 1
+            )));
+        }
         let mut notes = Vec::new();
+        if entries(&job) > mqes {
+            notes.push(format!(
+                "queues have {mqes} entries (the controller's limit), fewer than -q {} x {} segments + 1: an I/O that splits into one command per segment may wait for room",
+                job.qd,
+                job.shapes.len()
+            ));
+        }
         if ctrl.memory().is_fallback() {
             notes.push(
                 "DMA buffers are on ordinary pages (no free 2 MiB hugepages): reserve some with `nvme-dio setup BDF --hugepages N` for real devices".into(),
@@ -202,7 +268,19 @@ impl WithController for Bench<'_> {
             .map_err(|source| CliError::Emu { source })?;
             notes.push(format!("testing aid: bit 0 of LBA {lba} was flipped in the emulator's storage after the working set was written"));
         }
-        let timeout = Duration::from_millis(args.timeout_ms.max(1));
+        if let (Some(n), Some(emu)) = (args.inject_io_error, &emu) {
+            emu.inject(Fault::Command {
+                target: nvme_dio_emu::Target::NthIo(n),
+                action: nvme_dio_emu::Action::Status(
+                    nvme_dio_queue::Status::new(0, 0x06).with_dnr(),
+                ),
+            })
+            .map_err(|source| CliError::Emu { source })?;
+            notes.push(format!(
+                "testing aid: I/O command {n} of the run was made to fail"
+            ));
+        }
+        let timeout = Duration::from_millis(args.timeout_ms);
         let results = super::run_workers(args, &job, |q, ctl| {
             worker(&ctrl, &ns, &job, timeout, &dev, q, ctl)
         })?;
@@ -543,7 +621,6 @@ fn worker<D: PciFunction>(
             if !measuring || stopped {
                 continue;
             }
-            stats::record(&mut res.hist, now.duration_since(s.start).as_nanos() as u64);
             if let Err(e) = c.result {
                 res.errors += 1;
                 res.first_error.get_or_insert_with(|| {
@@ -556,6 +633,8 @@ fn worker<D: PciFunction>(
                 failed = true;
                 continue;
             }
+            // Latency of successful I/Os only: a failure's time says nothing about the device.
+            stats::record(&mut res.hist, now.duration_since(s.start).as_nanos() as u64);
             res.ios += 1;
             res.bytes += io as u64;
             if job.verify && !s.write {
@@ -585,4 +664,36 @@ fn worker<D: PciFunction>(
         });
     }
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sysfs::NVME_CLASS;
+    use crate::sysfs::fake::Tree;
+
+    #[test]
+    fn a_pci_address_is_checked_for_existence_class_and_driver_first() {
+        let t = Tree::new("check-pci");
+        t.device("0000:00:00.0", 0x060000, None, None);
+        t.device("0000:01:00.0", NVME_CLASS, Some("nvme"), Some(3));
+        t.device("0000:02:00.0", NVME_CLASS, Some("vfio-pci"), Some(4));
+        t.device("0000:03:00.0", NVME_CLASS, None, Some(5));
+        let s = t.sysfs();
+        let msg = |bdf| check_pci(&s, bdf).unwrap_err().to_string();
+        assert!(msg("0000:09:00.0").contains("no PCI device 0000:09:00.0"));
+        let m = msg("0000:00:00.0");
+        assert!(
+            m.contains("not an NVMe controller (PCI class 0x060000") && !m.contains("IOMMU"),
+            "{m}"
+        );
+        let m = msg("0000:01:00.0");
+        assert!(
+            m.contains("bound to the nvme driver, not vfio-pci")
+                && m.contains("nvme-dio setup 0000:01:00.0"),
+            "{m}"
+        );
+        assert!(msg("0000:03:00.0").contains("bound to no driver"));
+        check_pci(&s, "0000:02:00.0").unwrap();
+    }
 }

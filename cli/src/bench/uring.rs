@@ -60,6 +60,12 @@ fn options(args: &BenchArgs, job_writes: bool) -> UringOptions {
 ///
 /// Open/setup failures, bad geometry, failed I/Os, verify mismatches (in the report).
 pub fn run(args: &BenchArgs, path: &Path) -> Result<Report, CliError> {
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(CliError::BadArgument(format!(
+            "{} is a directory: give a block device (like /dev/nvme0n1) or a file on a filesystem that supports O_DIRECT",
+            path.display()
+        )));
+    }
     let writes = args.read_pct() < 100 || args.verify;
     if writes {
         refuse_mounted(&crate::sysfs::Sysfs::host(), path)?;
@@ -74,6 +80,7 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<Report, CliError> {
         Uring::open(path, args.queue_depth as usize, slot_bytes, &opts).map_err(uerr(path))?;
     let job = make_job(args, lba, probe.size() / lba as u64 * lba as u64)?;
     let mut notes = probe.info().notes.clone();
+    first_ios(&mut probe, &job, &packed, path, args.iopoll, writes)?;
     if job.verify && job.read_pct > 0 {
         prefill(&mut probe, &job, &packed, path)?;
     }
@@ -133,6 +140,57 @@ fn refuse_mounted(s: &crate::sysfs::Sysfs, path: &Path) -> Result<(), CliError> 
         path.display(),
         busy.join(", ")
     )))
+}
+
+/// Does one I/O of each direction the run uses at offset 0 before the run starts, so that a
+/// device that cannot do it (a read-only device, `--iopoll` on a file or a device without
+/// poll queues) fails at once with the reason, instead of after a run of failures.
+fn first_ios(
+    u: &mut Uring,
+    job: &Job,
+    packed: &[(usize, usize)],
+    path: &Path,
+    iopoll: bool,
+    writes: bool,
+) -> Result<(), CliError> {
+    let io = job.io_size as usize;
+    if packed.len() > 1 {
+        u.set_segments(0, packed).map_err(uerr(path))?;
+    }
+    let mut dirs = Vec::new();
+    if job.read_pct > 0 {
+        dirs.push((Dir::Read, "read"));
+    }
+    if writes {
+        // With verify the working set is written next anyway; without, the run writes
+        // whatever its buffers hold, as this one does.
+        dirs.push((Dir::Write, "write"));
+    }
+    for (dir, name) in dirs {
+        u.push(0, dir, 0, io).map_err(uerr(path))?;
+        let res = loop {
+            u.submit(1).map_err(uerr(path))?;
+            let mut got = None;
+            u.reap(|_, _, r| got = Some(r));
+            if let Some(r) = got {
+                break r;
+            }
+            if super::interrupted() {
+                return Err(super::interrupted_during("trying the first I/O"));
+            }
+        };
+        if res != io as i32 {
+            return Err(CliError::FirstIo {
+                path: path.to_owned(),
+                what: format!(
+                    "a {name} of {io} bytes{}",
+                    if iopoll { " with --iopoll" } else { "" }
+                ),
+                detail: describe(res, io, 0, job.lba_size),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Writes the working set once with the verify pattern, so every later read has something
@@ -222,12 +280,16 @@ fn describe(res: i32, want: usize, lba: u64, lba_size: u32) -> String {
     }
     let e = std::io::Error::from_raw_os_error(-res);
     let hint = match -res {
+        1 | 13 | 30 => {
+            // EPERM, EACCES, EROFS
+            ": the device or file is read-only; use a read workload (-w read / randread) or a writable device"
+        }
         22 => {
             // EINVAL
             ": O_DIRECT needs offsets, lengths and buffers aligned to the device's logical block size"
         }
         95 => {
-            ": the device cannot do this (with --iopoll: it has no poll queues; load nvme with poll_queues=N, or drop --iopoll)"
+            ": the device cannot do this (with --iopoll: only a block device with poll queues can be polled, not a regular file; load nvme with poll_queues=N, or drop --iopoll)"
         }
         _ => "",
     };
@@ -364,10 +426,6 @@ fn worker(
                 continue;
             }
             let (lba, write) = ops[slot];
-            stats::record(
-                &mut res.hist,
-                now.duration_since(starts[slot]).as_nanos() as u64,
-            );
             if r != io as i32 {
                 res.errors += 1;
                 res.first_error
@@ -375,6 +433,11 @@ fn worker(
                 failed = true;
                 continue;
             }
+            // Latency of successful I/Os only: a failure's time says nothing about the device.
+            stats::record(
+                &mut res.hist,
+                now.duration_since(starts[slot]).as_nanos() as u64,
+            );
             res.ios += 1;
             res.bytes += io as u64;
             if job.verify && !write {
