@@ -113,12 +113,21 @@ fn json_has_device_engine_settings_figures_latency_and_queue_counters() {
     assert_eq!(v["engine"], "vfio");
     assert_eq!(v["settings"]["workload"], "randread");
     assert_eq!(v["settings"]["queue_depth"], 32);
-    assert_eq!(v["settings"]["io_size"], 4096);
+    assert_eq!(v["settings"]["io_size_bytes"], 4096);
     assert_eq!(v["ios"], 20000);
     assert_eq!(v["errors"], 0);
     assert!(v["iops"].as_f64().unwrap() > 0.0 && v["mib_s"].as_f64().unwrap() > 0.0);
     let l = &v["latency"];
-    for k in ["avg", "min", "max", "p50", "p90", "p99", "p99_9", "p99_99"] {
+    for k in [
+        "avg_ns",
+        "min_ns",
+        "max_ns",
+        "p50_ns",
+        "p90_ns",
+        "p99_ns",
+        "p99_9_ns",
+        "p99_99_ns",
+    ] {
         assert!(
             l[k].as_f64().is_some_and(|x| x > 0.0),
             "latency.{k} = {}",
@@ -126,9 +135,9 @@ fn json_has_device_engine_settings_figures_latency_and_queue_counters() {
         );
     }
     let (p50, p99, max) = (
-        l["p50"].as_u64().unwrap(),
-        l["p99"].as_u64().unwrap(),
-        l["max"].as_u64().unwrap(),
+        l["p50_ns"].as_u64().unwrap(),
+        l["p99_ns"].as_u64().unwrap(),
+        l["max_ns"].as_u64().unwrap(),
     );
     assert!(p50 <= p99 && p99 <= max);
     let q = &v["queues"][0];
@@ -299,7 +308,7 @@ fn list_and_identify_succeed() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["emulated"], true);
-    assert_eq!(v["namespaces"][0]["lba_size"], 4096);
+    assert_eq!(v["namespaces"][0]["lba_size_bytes"], 4096);
     assert!(v["max_transfer_bytes"].as_u64().unwrap() > 0);
 }
 
@@ -321,7 +330,7 @@ fn sequential_workloads_warmup_and_batch_are_honoured() {
     ]);
     assert_eq!(v["settings"]["read_pct"], 30);
     assert_eq!(v["verify"]["mismatches"], 0);
-    assert_eq!(v["settings"]["lba_size"], 512);
+    assert_eq!(v["settings"]["lba_size_bytes"], 512);
 }
 
 /// The soak (issue 7): mixed random reads and writes, several queue pairs, split-forcing
@@ -814,5 +823,93 @@ fn latency_comes_from_successful_ios_only() {
     assert!(v["errors"].as_u64().unwrap() >= 1, "{v}");
     for (k, x) in v["latency"].as_object().unwrap() {
         assert_eq!(x.as_f64(), Some(0.0), "latency.{k} of failed I/Os: {v}");
+    }
+}
+
+#[test]
+fn cpu_time_is_the_threads_own_and_wall_time_its_own_line() {
+    // irq mode with the emulator on its own thread: the worker sleeps, so its CPU time
+    // (from the kernel's per-thread accounting) cannot exceed its wall time.
+    let v = bench_json(&["--mode", "irq", "--emu-thread", "-q", "1", "--ios", "2000"]);
+    let cpu = v["cpu_ns_per_io"].as_f64().expect("cpu_ns_per_io");
+    let wall = v["wall_ns_per_io"].as_f64().expect("wall_ns_per_io");
+    assert!(cpu > 0.0 && wall > 0.0, "{v}");
+    // A physical bound, not a timing one: one thread uses at most one CPU.
+    assert!(cpu <= wall * 1.1 + 1_000.0, "cpu {cpu} > wall {wall}: {v}");
+    assert!(
+        v.get("ns_per_io").is_none(),
+        "the old ambiguous key is gone: {v}"
+    );
+    let o = run_bounded(&[
+        "bench",
+        "--mode",
+        "irq",
+        "--emu-thread",
+        "-q",
+        "1",
+        "--ios",
+        "500",
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cpu_line = out
+        .lines()
+        .find(|l| l.starts_with("CPU/IO"))
+        .expect("CPU/IO line");
+    assert!(cpu_line.contains("CPU time"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("wall/IO")), "{out}");
+    assert!(
+        !out.contains("poll mode spins") && !out.contains("poll mode:"),
+        "irq mode: {out}"
+    );
+    assert!(out.contains("irq mode: the workers sleep"), "{out}");
+}
+
+#[test]
+fn irq_mode_on_the_inline_emulator_says_it_never_sleeps() {
+    let o = run_bounded(&["bench", "--mode", "irq", "--ios", "500"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("never waits on the interrupt") && out.contains("--emu-thread"),
+        "{out}"
+    );
+    // Poll mode and the emulator thread need no such note.
+    let o = run_bounded(&["bench", "--mode", "irq", "--emu-thread", "--ios", "500"]);
+    assert!(!stdout(&o).contains("never waits"), "{}", stdout(&o));
+}
+
+#[test]
+fn identify_reports_what_bench_can_get_and_json_carries_units() {
+    let o = run_bounded(&["identify", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    // bench --queues 64 --mode irq runs on the emulated controller: identify says so.
+    assert_eq!(v["io_queues"], 64, "{v}");
+    assert_eq!(v["msix_vectors"], 65, "{v}");
+    assert_eq!(v["doorbell_stride_bytes"], 4, "{v}");
+    assert_eq!(v["page_size_bytes"], 4096, "{v}");
+    assert!(v.get("doorbell_stride").is_none(), "{v}");
+    let o = run_bounded(&["identify"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("64 I/O queue pairs granted") && out.contains("65 MSI-X vectors"),
+        "{out}"
+    );
+    assert!(out.contains("doorbell stride 4 bytes"), "{out}");
+    let v = bench_json(&["--queues", "64", "--mode", "irq", "-q", "1", "--ios", "640"]);
+    assert_eq!(v["queues"].as_array().unwrap().len(), 64);
+    // Every latency key names its unit.
+    let v = bench_json(&["--ios", "100"]);
+    for k in v["latency"].as_object().unwrap().keys() {
+        assert!(k.ends_with("_ns"), "latency.{k} has no unit: {v}");
+    }
+    for k in [
+        "io_size_bytes",
+        "lba_size_bytes",
+        "working_set_bytes",
+        "time_s",
+    ] {
+        assert!(v["settings"].get(k).is_some(), "settings.{k}: {v}");
     }
 }

@@ -13,16 +13,18 @@
 //!
 //! ## `--json`
 //!
-//! One object ([`Report`]): `device`, `device_description`, `emulated`, `engine`
-//! (`vfio`|`io_uring`), `settings` {workload, read_pct, io_size, lba_size, queue_depth,
-//! queues, segments, segment_shapes [[in-page offset, len]..], mode, batch, time_s,
-//! warmup_s, ios, working_set_bytes, verify, seed, pinned, emu_mode, iopoll, sqpoll},
-//! `ios`, `bytes`, `elapsed_s`, `iops`, `mib_s`, `ns_per_io`, `latency` {avg, min, max, p50,
-//! p90, p99, p99_9, p99_99} in ns, `errors`, `first_error`, `verify` {checked_blocks,
-//! mismatches, first_mismatch} or null, `queues` [{queue, cpu, submitted, completed, errors,
-//! split_requests, commands, doorbell_writes, sq_doorbells, cq_doorbells, polls,
-//! empty_polls, timeouts, interrupts, syscalls}] (null where the engine has no such thing),
-//! `notes`.
+//! One object ([`Report`]). Every key with a unit names it (`_bytes`, `_s`, `_ns`,
+//! `_per_io`); counts have none. `device`, `device_description`, `emulated`, `engine`
+//! (`vfio`|`io_uring`), `settings` {workload, read_pct, io_size_bytes, lba_size_bytes,
+//! queue_depth, queues, segments, segment_shapes [[in-page offset, len]..], mode, batch,
+//! time_s, warmup_s, ios, working_set_bytes, verify, seed, pinned, emu_mode, iopoll,
+//! sqpoll}, `ios`, `bytes`, `elapsed_s`, `iops`, `mib_s`, `cpu_ns_per_io` (the worker
+//! threads' own CPU time), `wall_ns_per_io`, `latency` {avg_ns, min_ns, max_ns, p50_ns,
+//! p90_ns, p99_ns, p99_9_ns, p99_99_ns} (successful I/Os only; zeroes if none succeeded),
+//! `errors`, `first_error`, `verify` {checked_blocks, mismatches, first_mismatch} or null,
+//! `queues` [{queue, cpu, submitted, completed, errors, split_requests, commands,
+//! doorbell_writes, sq_doorbells, cq_doorbells, polls, empty_polls, timeouts, interrupts,
+//! syscalls}] (null where the engine has no such thing), `notes`.
 //!
 //! The engines (`nvme.rs`: the nvme-dio driver on VFIO or the emulated controller;
 //! `uring.rs`: the kernel through io_uring) share the workload generator and verify pattern
@@ -167,6 +169,8 @@ pub struct QueueResult {
     pub first_mismatch: Option<String>,
     /// The measuring window.
     pub elapsed: Duration,
+    /// CPU time the worker thread used in that window (None if the clock failed).
+    pub cpu: Option<Duration>,
     /// Counters.
     pub counters: QueueCounters,
 }
@@ -184,6 +188,7 @@ impl QueueResult {
             mismatches: 0,
             first_mismatch: None,
             elapsed: Duration::ZERO,
+            cpu: None,
             counters: QueueCounters {
                 queue: q,
                 cpu,
@@ -201,8 +206,10 @@ pub struct Settings {
     /// Read percentage.
     pub read_pct: u8,
     /// Bytes per I/O.
+    #[serde(rename = "io_size_bytes")]
     pub io_size: u64,
     /// Device block size.
+    #[serde(rename = "lba_size_bytes")]
     pub lba_size: u32,
     /// I/Os in flight per queue.
     pub queue_depth: u32,
@@ -272,8 +279,13 @@ pub struct Report {
     pub iops: f64,
     /// MiB per second (sum over queues).
     pub mib_s: f64,
-    /// CPU time per I/O: each worker thread spins, so `queues * window / I/Os`, in ns.
-    pub ns_per_io: f64,
+    /// CPU time per I/O, ns: the worker threads' own CPU time (the kernel's per-thread
+    /// accounting) over the measuring window, summed, divided by the I/Os. Null if the
+    /// clock could not be read.
+    pub cpu_ns_per_io: Option<f64>,
+    /// Wall time per I/O, ns: `queues * window / I/Os`. Equal to the CPU time when the
+    /// workers spin (poll mode); larger when they sleep.
+    pub wall_ns_per_io: f64,
     /// Latency in ns.
     pub latency: Latency,
     /// Failed I/Os.
@@ -675,7 +687,8 @@ pub fn report(
     let (mut checked, mut mismatches) = (0u64, 0u64);
     let (mut first_error, mut first_mismatch) = (None, None);
     let mut elapsed = Duration::ZERO;
-    let mut cpu_ns = 0.0;
+    let mut wall_ns = 0.0;
+    let mut cpu_ns = Some(0.0);
     let mut queues = Vec::new();
     for r in results {
         hist.add(&r.hist).expect("histograms share bounds");
@@ -691,7 +704,8 @@ pub fn report(
             iops += r.ios as f64 / secs;
             mib_s += r.bytes as f64 / secs / (1 << 20) as f64;
         }
-        cpu_ns += secs * 1e9;
+        wall_ns += secs * 1e9;
+        cpu_ns = cpu_ns.zip(r.cpu).map(|(a, c)| a + c.as_secs_f64() * 1e9);
         elapsed = elapsed.max(r.elapsed);
         queues.push(r.counters);
     }
@@ -731,7 +745,8 @@ pub fn report(
         elapsed_s: elapsed.as_secs_f64(),
         iops,
         mib_s,
-        ns_per_io: if ios > 0 { cpu_ns / ios as f64 } else { 0.0 },
+        cpu_ns_per_io: cpu_ns.map(|c| if ios > 0 { c / ios as f64 } else { 0.0 }),
+        wall_ns_per_io: if ios > 0 { wall_ns / ios as f64 } else { 0.0 },
         latency: Latency::from_histogram(&hist),
         errors,
         first_error,
@@ -826,25 +841,45 @@ pub fn human(r: &Report) -> String {
     let _ = writeln!(o, "MiB/s    {:>12.1}   {t}", r.mib_s);
     let _ = writeln!(
         o,
-        "CPU/IO   {:>12}   {t} (thread wall time x queues / I/Os; poll mode spins)",
-        fmt_ns(r.ns_per_io)
+        "CPU/IO   {:>12}   {t} (worker threads' CPU time / I/Os{})",
+        r.cpu_ns_per_io.map_or("unknown".to_string(), fmt_ns),
+        match (s.emu_mode, r.engine, s.sqpoll) {
+            (Some("thread"), ..) => "; the emulator thread's CPU is not included",
+            (Some(_), ..) => "; includes the inline emulator's work",
+            (None, Engine::IoUring, true) => "; the kernel's SQPOLL thread is not included",
+            (None, Engine::IoUring, false) => "; includes the kernel's work in io_uring_enter",
+            _ => "",
+        }
     );
     let _ = writeln!(
         o,
-        "latency  avg {}  min {}  max {}   {t}",
-        fmt_ns(l.avg),
-        fmt_ns(l.min as f64),
-        fmt_ns(l.max as f64)
+        "wall/IO  {:>12}   {t} (queues x measuring window / I/Os; {})",
+        fmt_ns(r.wall_ns_per_io),
+        match s.mode {
+            Mode::Poll => "poll mode: the workers spin, so CPU and wall time are close",
+            Mode::Irq => "irq mode: the workers sleep between completions",
+        }
     );
-    let _ = writeln!(
-        o,
-        "         p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}   {t}",
-        fmt_ns(l.p50 as f64),
-        fmt_ns(l.p90 as f64),
-        fmt_ns(l.p99 as f64),
-        fmt_ns(l.p99_9 as f64),
-        fmt_ns(l.p99_99 as f64)
-    );
+    if r.ios == 0 {
+        let _ = writeln!(o, "latency  none: no I/O succeeded   {t}");
+    } else {
+        let _ = writeln!(
+            o,
+            "latency  avg {}  min {}  max {}   {t}",
+            fmt_ns(l.avg),
+            fmt_ns(l.min as f64),
+            fmt_ns(l.max as f64)
+        );
+        let _ = writeln!(
+            o,
+            "         p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}   {t}",
+            fmt_ns(l.p50 as f64),
+            fmt_ns(l.p90 as f64),
+            fmt_ns(l.p99 as f64),
+            fmt_ns(l.p99_9 as f64),
+            fmt_ns(l.p99_99 as f64)
+        );
+    }
     let _ = writeln!(
         o,
         "I/Os     {} in {:.2} s, {} errors",
@@ -961,6 +996,19 @@ pub fn pin(job: &Job, q: usize) -> (Option<usize>, Option<String>) {
             None,
             Some(format!("queue {q} not pinned to cpu {cpu}: {e}")),
         ),
+    }
+}
+
+/// The calling thread's CPU time so far (None if the clock cannot be read).
+pub fn thread_cpu() -> Option<Duration> {
+    nvme_dio_uring::thread_cpu_time().ok()
+}
+
+/// Marks the end of a worker's measuring window, wall and CPU clocks together (once).
+pub fn mark_end(t_end: &mut Option<Instant>, cpu_end: &mut Option<Duration>) {
+    if t_end.is_none() {
+        *t_end = Some(Instant::now());
+        *cpu_end = thread_cpu();
     }
 }
 

@@ -21,7 +21,8 @@ use nvme_dio_emu::{EmuConfig, EmuFunction, Fault, NsConfig};
 
 use super::pattern::{self, OpGen};
 use super::{
-    Control, Job, MEASURE, QueueResult, Report, STOP, budget_left, make_job, phase, pin, publish,
+    Control, Job, MEASURE, QueueResult, Report, STOP, budget_left, make_job, mark_end, phase, pin,
+    publish, thread_cpu,
 };
 use crate::args::{BenchArgs, DeviceSpec, Mode};
 use crate::error::CliError;
@@ -246,6 +247,9 @@ impl WithController for Bench<'_> {
                 "emulated controller: the emulator works inside the doorbell write, so these are driver + emulator CPU figures, not a device's".into()
             });
         }
+        if emu.is_some() && !args.emu_thread && args.mode == Mode::Irq {
+            notes.push("--mode irq on the inline emulator: each completion is posted inside the doorbell write, so the worker finds it before it would sleep and never waits on the interrupt; add --emu-thread for a worker that really sleeps".into());
+        }
         if job.shapes.len() > 1 {
             notes.push(if ns.supports_sgl() {
                 "segments: the controller supports SGLs, so an iovec set that breaks the PRP rule may go out as one SGL command (use --no-sgl to force PRP splits)".into()
@@ -293,7 +297,7 @@ impl WithController for Bench<'_> {
             }
         }
         description.push_str(&format!(
-            "; {} I/O queues granted, max transfer {} bytes",
+            "; {} I/O queue pair(s) asked for and granted, max transfer {} bytes",
             ctrl.info().io_queues,
             ns.max_transfer()
         ));
@@ -543,6 +547,8 @@ fn worker<D: PciFunction>(
     let mut failed = false;
     let mut t_start = Instant::now();
     let mut t_end = None;
+    let mut cpu_start = thread_cpu();
+    let mut cpu_end = None;
     let mut s0 = qp.stats().clone();
     let mut issued = 0u64;
     loop {
@@ -553,10 +559,11 @@ fn worker<D: PciFunction>(
             s0 = qp.stats().clone();
             issued = 0;
             t_start = Instant::now();
+            cpu_start = thread_cpu();
         }
         if ph == STOP && !stopped {
             stopped = true;
-            t_end.get_or_insert_with(Instant::now);
+            mark_end(&mut t_end, &mut cpu_end);
         }
         if !stopped && !failed && !idle.is_empty() && (!measuring || budget_left(budget, issued)) {
             // One clock read before the batch: every I/O in it starts no later than this.
@@ -648,11 +655,15 @@ fn worker<D: PciFunction>(
             }
         }
         if measuring && !stopped && !budget_left(budget, issued) && idle.len() == nslots {
-            t_end.get_or_insert_with(Instant::now);
+            mark_end(&mut t_end, &mut cpu_end);
         }
         publish(ctl, q, res.ios);
     }
     res.elapsed = t_end.unwrap_or_else(Instant::now).duration_since(t_start);
+    res.cpu = cpu_end
+        .or_else(thread_cpu)
+        .zip(cpu_start)
+        .map(|(b, a)| b.saturating_sub(a));
     let s1 = qp.stats().clone();
     diff(&s0, &s1, &mut res);
     if s1.stale_cqes > s0.stale_cqes {

@@ -11,7 +11,8 @@ use nvme_dio_uring::{Dir, Uring, UringOptions};
 
 use super::pattern::{self, OpGen};
 use super::{
-    Control, Job, MEASURE, QueueResult, Report, STOP, budget_left, make_job, phase, pin, publish,
+    Control, Job, MEASURE, QueueResult, Report, STOP, budget_left, make_job, mark_end, phase, pin,
+    publish, thread_cpu,
 };
 use crate::args::{BenchArgs, Mode};
 use crate::error::CliError;
@@ -348,6 +349,8 @@ fn worker(
     let mut failed = false;
     let mut t_start = Instant::now();
     let mut t_end = None;
+    let mut cpu_start = thread_cpu();
+    let mut cpu_end = None;
     let mut issued = 0u64;
     let (mut submitted, mut completed, mut polls, mut empty, mut syscalls) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -358,10 +361,11 @@ fn worker(
             res = QueueResult::new(q, cpu);
             (submitted, completed, polls, empty, syscalls, issued) = (0, 0, 0, 0, 0, 0);
             t_start = Instant::now();
+            cpu_start = thread_cpu();
         }
         if ph == STOP && !stopped {
             stopped = true;
-            t_end.get_or_insert_with(Instant::now);
+            mark_end(&mut t_end, &mut cpu_end);
         }
         let out_of_budget = measuring && !budget_left(budget, issued);
         if !stopped && !failed && !out_of_budget && !idle.is_empty() {
@@ -451,11 +455,15 @@ fn worker(
             }
         }
         if measuring && !stopped && !budget_left(budget, issued) && u.in_flight() == 0 {
-            t_end.get_or_insert_with(Instant::now);
+            mark_end(&mut t_end, &mut cpu_end);
         }
         publish(ctl, q, res.ios);
     }
     res.elapsed = t_end.unwrap_or_else(Instant::now).duration_since(t_start);
+    res.cpu = cpu_end
+        .or_else(thread_cpu)
+        .zip(cpu_start)
+        .map(|(b, a)| b.saturating_sub(a));
     res.counters.submitted = submitted;
     res.counters.completed = completed;
     res.counters.errors = res.errors;
