@@ -82,6 +82,15 @@ pub fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     if s.contains('/') {
         return Ok(DeviceSpec::Path(PathBuf::from(s)));
     }
+    if s.contains(':')
+        && s.contains('.')
+        && s.chars()
+            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+    {
+        return Err(format!(
+            "{s:?} is not a valid PCI address: expected [domain:]bus:device.function in hex, with the device 00 to 1f and the function 0 to 7, like 0000:01:00.0 (see `nvme-dio list`)"
+        ));
+    }
     Err(format!(
         "unknown device {s:?}: expected `emu` (emulated, null namespace), `emu:ram` (emulated, RAM namespace), \
          a PCI address like 0000:01:00.0 (see `nvme-dio list`), or a path to a block device or file such as /dev/nvme0n1 or ./file"
@@ -152,7 +161,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 fn parse_whole(s: &str, lo: u64, hi: u64, hex: bool) -> Result<u64, String> {
     let t = s.trim();
     let range = if hi == u64::MAX {
-        format!("a whole number of at least {lo}")
+        format!("a whole number of at least {lo}, below 2^64")
     } else {
         format!("a whole number from {lo} to {hi}")
     };
@@ -253,6 +262,9 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     }
     match s.trim_end_matches('s').parse::<f64>() {
         Ok(v) if (0.0..=86_400.0).contains(&v) => Ok(v),
+        Ok(v) if v.is_finite() => Err(format!(
+            "{v} s is out of range: give seconds from 0 to 86400 (one day)"
+        )),
         _ => Err(format!(
             "{s:?} is not a duration: give seconds, like 10 or 0.5"
         )),
@@ -386,7 +398,7 @@ pub struct BenchArgs {
     pub queue_depth: u32,
 
     /// Bytes per I/O (4k, 128k, 1m; a multiple of 512).
-    #[arg(short = 'o', long, visible_alias = "bs", default_value = "4k", value_parser = parse_io_size, allow_negative_numbers = true)]
+    #[arg(short = 'o', long, visible_alias = "bs", default_value = "4k", value_parser = parse_io_size, allow_hyphen_values = true)]
     pub io_size: u64,
 
     /// Access pattern.
@@ -445,7 +457,7 @@ pub struct BenchArgs {
 
     /// Bytes of the device to use, from offset 0 (default: all of it; 256 MiB with
     /// --verify on a real device, since it is written first).
-    #[arg(long, value_parser = parse_size, allow_negative_numbers = true)]
+    #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
     pub size: Option<u64>,
 
     /// Namespace to use (vfio engine).

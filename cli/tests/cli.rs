@@ -913,3 +913,101 @@ fn identify_reports_what_bench_can_get_and_json_carries_units() {
         assert!(v["settings"].get(k).is_some(), "settings.{k}: {v}");
     }
 }
+
+/// Bad invocations: each must end (under the hang detector) with its exit status (2 for a
+/// command line clap refuses, 1 for a run that cannot go ahead) and a message holding the
+/// key words, without a panic.
+#[test]
+fn table_of_bad_invocations_fails_cleanly_with_a_sentence() {
+    #[rustfmt::skip]
+    let table: &[(&[&str], i32, &[&str])] = &[
+        (&["bench", "--io-size", "4x"], 2, &["--io-size", "not a size"]),
+        (&["bench", "-o", "1000"], 2, &["--io-size", "not a multiple of 512"]),
+        (&["bench", "-o", "2g"], 2, &["--io-size", "more than 1 GiB"]),
+        (&["bench", "-o", "0"], 2, &["--io-size", "zero bytes"]),
+        (&["bench", "-o", "-4k"], 2, &["--io-size", "negative sizes"]),
+        (&["bench", "-w", "randrw", "--mix", "150"], 2, &["--mix", "0 to 100"]),
+        (&["bench", "-w", "randrw", "-M", "-5"], 2, &["--mix", "negative percentages"]),
+        (&["bench", "-w", "randread", "-M", "50"], 1, &["--mix only applies"]),
+        (&["bench", "--mix"], 2, &["--mix", "a value is required"]),
+        (&["bench", "--device", "bogus"], 2, &["--device", "unknown device"]),
+        (&["bench", "--device", "0000:01:20.0"], 2, &["not a valid PCI address", "00 to 1f"]),
+        (&["bench", "--segments", "3"], 1, &["--segments 3 needs at least 3 blocks"]),
+        (&["bench", "--segments", "0"], 2, &["--segments", "from 1 to 256"]),
+        (&["bench", "--segments", "300"], 2, &["--segments", "out of range"]),
+        (&["bench", "--engine", "io_uring"], 1, &["needs a block device or file path"]),
+        (&["bench", "--engine", "vfio", "--device", "./f"], 1, &["--engine io_uring"]),
+        (&["bench", "--engine", "spdk"], 2, &["--engine", "possible values"]),
+        (&["bench", "--inject-flip-bit", "3"], 1, &["emu:ram only"]),
+        (&["bench", "--inject-io-error", "1", "--device", "./x"], 1, &["emulated controller only"]),
+        (&["bench", "--device", "./f", "--emu-thread"], 1, &["emulated controller only"]),
+        (&["bench", "--iopoll"], 1, &["io_uring options"]),
+        (&["bench", "--sqpoll"], 1, &["io_uring options"]),
+        (&["bench", "-t", "0"], 1, &["-t 0 measures nothing", "--ios"]),
+        (&["bench", "-t", "abc"], 2, &["--time", "not a duration"]),
+        (&["bench", "-t", "100000"], 2, &["--time", "out of range", "86400"]),
+        (&["bench", "-t", "-5"], 2, &["--time", "negative durations"]),
+        (&["bench", "--warmup", "-1"], 2, &["--warmup", "negative durations"]),
+        (&["bench", "-q", "0"], 2, &["--queue-depth", "from 1 to 65535"]),
+        (&["bench", "-q", "70000"], 2, &["--queue-depth", "out of range"]),
+        (&["bench", "-q", "-5"], 2, &["--queue-depth", "negative numbers are not allowed"]),
+        (&["bench", "-q", "4096", "--ios", "1"], 1, &["-q 4096 needs 4097 entries", "-q 2047 or less"]),
+        (&["bench", "--queues", "0"], 2, &["--queues", "from 1 to 1024"]),
+        (&["bench", "--queues", "2000"], 2, &["--queues", "out of range"]),
+        (&["bench", "--queues", "100", "--ios", "1"], 1, &["granted 64", "--queues 64 or fewer"]),
+        (&["bench", "--batch", "0"], 2, &["--batch", "out of range"]),
+        (&["bench", "--ios", "0"], 2, &["--ios", "at least 1"]),
+        (&["bench", "--ios", "-1"], 2, &["--ios", "negative numbers"]),
+        (&["bench", "--nsid", "0"], 2, &["--nsid", "out of range"]),
+        (&["bench", "--nsid", "2", "--ios", "1"], 1, &["namespace 2 does not exist"]),
+        (&["bench", "--size", "0"], 2, &["--size", "zero bytes"]),
+        (&["bench", "--size", "1k", "--ios", "1"], 1, &["smaller than one I/O"]),
+        (&["bench", "--emu-lba-size", "1024"], 2, &["--emu-lba-size", "possible values"]),
+        (&["bench", "-w", "bogus"], 2, &["--workload", "possible values"]),
+        (&["bench", "--mode", "bogus"], 2, &["--mode", "possible values"]),
+        (&["bench", "--no-such-flag"], 2, &["unexpected argument '--no-such-flag'"]),
+        (&["bench", "--seed", "abc"], 2, &["--seed", "hex with 0x"]),
+        (&["bench", "--seed", "99999999999999999999999"], 2, &["--seed", "too large"]),
+        (&["bench", "--timeout-ms", "0"], 2, &["--timeout-ms", "at least 1"]),
+        (&["bench", "--timeout-ms", "-1"], 2, &["--timeout-ms", "negative numbers"]),
+        (&["bench", "--device", "emu:ram", "--size", "1t"], 1, &["needs 1.0 TiB of RAM"]),
+        (&["bench", "--verify"], 1, &["null namespace", "--device emu:ram"]),
+        (&["bench", "-o", "512", "--ios", "1"], 1, &["not a multiple of the device's 4096-byte blocks"]),
+        (&["bench", "--device", "./no-such-file", "--ios", "1"], 1, &["no such file", "create it first"]),
+        (&["bench", "--device", "/dev/null", "--ios", "1"], 1, &["/dev/null is a character device"]),
+        (&["bench", "--device", "/", "--ios", "1"], 1, &["/ is a directory"]),
+        (&["bench", "--histogram", "/no/such/dir/x.svg", "--ios", "1"], 1, &["cannot create the histogram file"]),
+        (&["bench", "--device", "0000:ff:1f.7", "--ios", "1"], 1, &["no PCI device 0000:ff:1f.7"]),
+        (&["setup", "nope"], 2, &["not a PCI address"]),
+        (&["setup"], 2, &["required arguments were not provided"]),
+        (&["setup", "0000:ff:1f.7", "--hugepages", "-3"], 2, &["--hugepages", "negative numbers"]),
+        (&["reset", "0000:ff:1f.7"], 1, &["refusing to reset", "no PCI device"]),
+        (&["identify", "--device", "bogus"], 2, &["unknown device"]),
+        (&["identify", "--device", "./file"], 1, &["is a path", "PCI address"]),
+        (&["identify", "--device", "0000:ff:1f.7"], 1, &["no PCI device 0000:ff:1f.7"]),
+        (&["frobnicate"], 2, &["unrecognized subcommand 'frobnicate'"]),
+    ];
+    assert!(table.len() >= 40);
+    let mut failures = Vec::new();
+    for (args, code, words) in table {
+        let o = run_bounded(args);
+        let e = stderr(&o);
+        let ok = o.status.code() == Some(*code)
+            && words.iter().all(|w| e.contains(w))
+            && !e.contains("panicked")
+            && !e.contains("RUST_BACKTRACE");
+        if !ok {
+            failures.push(format!(
+                "{args:?}: status {:?} (want {code}), stderr:\n{e}",
+                o.status.code()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed:\n{}",
+        failures.len(),
+        table.len(),
+        failures.join("\n")
+    );
+}

@@ -61,11 +61,24 @@ fn options(args: &BenchArgs, job_writes: bool) -> UringOptions {
 ///
 /// Open/setup failures, bad geometry, failed I/Os, verify mismatches (in the report).
 pub fn run(args: &BenchArgs, path: &Path) -> Result<Report, CliError> {
-    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
-        return Err(CliError::BadArgument(format!(
-            "{} is a directory: give a block device (like /dev/nvme0n1) or a file on a filesystem that supports O_DIRECT",
-            path.display()
-        )));
+    if let Ok(m) = std::fs::metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        let t = m.file_type();
+        let what = if t.is_dir() {
+            Some("a directory")
+        } else if t.is_char_device() {
+            Some("a character device, not a block device")
+        } else if t.is_fifo() || t.is_socket() {
+            Some("a pipe or socket")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(CliError::BadArgument(format!(
+                "{} is {what}: give a block device (like /dev/nvme0n1) or a file on a filesystem that supports O_DIRECT",
+                path.display()
+            )));
+        }
     }
     let writes = args.read_pct() < 100 || args.verify;
     if writes {
