@@ -483,6 +483,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub emu_thread: bool,
 
+    /// The emulated controller advertises and accepts SGLs, as QEMU's does (default: PRPs
+    /// only, so --segments splits).
+    #[arg(long)]
+    pub emu_sgl: bool,
+
     /// io_uring: IORING_SETUP_IOPOLL (the kernel polls the device; needs poll queues).
     #[arg(long)]
     pub iopoll: bool,

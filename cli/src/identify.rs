@@ -138,7 +138,9 @@ impl WithController for Identify {
 /// Device and bring-up errors.
 pub fn identify(device: &DeviceSpec) -> Result<ControllerReport, CliError> {
     let emu = match device {
-        DeviceSpec::Emu { ram } => emu_config(*ram, if *ram { 512 } else { 4096 }, None, false),
+        DeviceSpec::Emu { ram } => {
+            emu_config(*ram, if *ram { 512 } else { 4096 }, None, false, false)
+        }
         _ => EmuConfig::default(),
     };
     // Ask for the most a controller can grant (65535 queue pairs, interrupts on), so what

@@ -1011,3 +1011,92 @@ fn table_of_bad_invocations_fails_cleanly_with_a_sentence() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn segments_smaller_than_a_block_run_with_sgls_and_are_refused_without() {
+    // A 512-byte I/O in 2 segments of 256 bytes on a 512-byte namespace: one SGL command.
+    let v = bench_json(&[
+        "--device",
+        "emu:ram",
+        "--emu-sgl",
+        "--segments",
+        "2",
+        "-o",
+        "512",
+        "--verify",
+        "-w",
+        "randrw",
+        "--ios",
+        "2000",
+    ]);
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["verify"]["mismatches"], 0, "{v}");
+    assert!(v["verify"]["checked_blocks"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(
+        v["settings"]["segment_shapes"],
+        serde_json::json!([[0, 256], [512, 256]]),
+        "{v}"
+    );
+    assert_eq!(
+        v["queues"][0]["split_requests"], 0,
+        "one SGL command each: {v}"
+    );
+    // Without SGLs the reason is the missing SGL support, or --no-sgl.
+    assert_refused(
+        &[
+            "bench",
+            "--device",
+            "emu:ram",
+            "--segments",
+            "2",
+            "-o",
+            "512",
+            "--ios",
+            "10",
+        ],
+        1,
+        &[
+            "--segments 2 needs at least 2 blocks",
+            "does not support SGLs",
+        ],
+    );
+    assert_refused(
+        &[
+            "bench",
+            "--device",
+            "emu:ram",
+            "--emu-sgl",
+            "--no-sgl",
+            "--segments",
+            "2",
+            "-o",
+            "512",
+            "--ios",
+            "10",
+        ],
+        1,
+        &[
+            "--segments 2 needs at least 2 blocks",
+            "--no-sgl forces PRPs",
+        ],
+    );
+    // The kernel path says why it needs whole blocks.
+    let path = scratch("seg.dat");
+    std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+    assert_refused(
+        &[
+            "bench",
+            "--device",
+            path.to_str().unwrap(),
+            "--segments",
+            "2",
+            "-o",
+            "512",
+            "--ios",
+            "10",
+        ],
+        1,
+        &["whole-block segments only"],
+    );
+    std::fs::remove_file(&path).unwrap();
+}

@@ -412,6 +412,11 @@ fn check_args(a: &BenchArgs) -> Result<(), CliError> {
             "--inject-io-error is a testing aid for the emulated controller only (--device emu or emu:ram)".into(),
         );
     }
+    if a.emu_sgl && !a.device.is_emu() {
+        return bad(
+            "--emu-sgl applies to the emulated controller only (--device emu or emu:ram)".into(),
+        );
+    }
     if a.emu_thread && !a.device.is_emu() {
         return bad(
             "--emu-thread applies to the emulated controller only (--device emu or emu:ram)".into(),
@@ -488,7 +493,13 @@ pub fn progress_bar(what: &str, bytes: u64) -> Option<indicatif::ProgressBar> {
 /// # Errors
 ///
 /// [`CliError::BadArgument`] when the I/O size, segments or working set do not fit the device.
-pub fn make_job(args: &BenchArgs, lba_size: u32, device_bytes: u64) -> Result<Job, CliError> {
+/// `sub_block` says whether segments smaller than a block can be sent (SGLs), or why not.
+pub fn make_job(
+    args: &BenchArgs,
+    lba_size: u32,
+    device_bytes: u64,
+    sub_block: Result<(), &str>,
+) -> Result<Job, CliError> {
     let bad = |s: String| Err(CliError::BadArgument(s));
     if args.io_size % lba_size as u64 != 0 {
         return bad(format!(
@@ -497,7 +508,7 @@ pub fn make_job(args: &BenchArgs, lba_size: u32, device_bytes: u64) -> Result<Jo
             lba_size.max(4096)
         ));
     }
-    let shapes = pattern::segment_shapes(args.io_size, lba_size, args.segments)
+    let shapes = pattern::segment_shapes(args.io_size, lba_size, args.segments, sub_block)
         .map_err(CliError::BadArgument)?;
     let default_size = match (&args.device, args.verify) {
         (DeviceSpec::Emu { .. }, _) | (_, false) => device_bytes,

@@ -51,7 +51,13 @@ pub trait WithController {
 }
 
 /// The emulated controller's configuration for `emu` / `emu:ram`.
-pub fn emu_config(ram: bool, lba_size: u32, size: Option<u64>, thread: bool) -> EmuConfig {
+pub fn emu_config(
+    ram: bool,
+    lba_size: u32,
+    size: Option<u64>,
+    thread: bool,
+    sgl: bool,
+) -> EmuConfig {
     let bytes = size.unwrap_or(if ram { EMU_RAM_BYTES } else { EMU_NULL_BYTES });
     let blocks = (bytes / lba_size as u64).max(1);
     EmuConfig {
@@ -65,6 +71,7 @@ pub fn emu_config(ram: bool, lba_size: u32, size: Option<u64>, thread: bool) -> 
         } else {
             nvme_dio_emu::Mode::Inline
         },
+        sgl,
         ..EmuConfig::default()
     }
 }
@@ -183,9 +190,13 @@ pub fn check_pci(s: &crate::sysfs::Sysfs, bdf: &str) -> Result<(), CliError> {
 /// Device, geometry and setup errors; I/O failures and mismatches come back in the report.
 pub fn run(args: &BenchArgs) -> Result<Report, CliError> {
     let emu = match &args.device {
-        DeviceSpec::Emu { ram } => {
-            emu_config(*ram, args.emu_lba_size(), args.size, args.emu_thread)
-        }
+        DeviceSpec::Emu { ram } => emu_config(
+            *ram,
+            args.emu_lba_size(),
+            args.size,
+            args.emu_thread,
+            args.emu_sgl,
+        ),
         _ => EmuConfig::default(),
     };
     let opts = controller_options(args.queues, args.mode == Mode::Irq, !args.no_sgl);
@@ -209,7 +220,16 @@ impl WithController for Bench<'_> {
             .namespace(args.nsid)
             .map_err(|e| CliError::driver(&dev, e))?
             .clone();
-        let job = make_job(args, ns.lba_size(), ns.bytes())?;
+        let sub_block = if ns.supports_sgl() {
+            Ok(())
+        } else if args.no_sgl {
+            Err("--no-sgl forces PRPs, which the planner splits only at block boundaries")
+        } else {
+            Err(
+                "this controller does not support SGLs (without them each segment must be whole blocks)",
+            )
+        };
+        let job = make_job(args, ns.lba_size(), ns.bytes(), sub_block)?;
         let info = ctrl.info();
         if args.queues > info.io_queues {
             return Err(CliError::BadArgument(format!(

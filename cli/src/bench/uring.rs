@@ -18,6 +18,9 @@ use crate::args::{BenchArgs, Mode};
 use crate::error::CliError;
 use crate::stats;
 
+/// Why the kernel path takes whole-block segments only.
+const KERNEL_SEGMENTS: &str = "O_DIRECT through the kernel takes whole-block segments only";
+
 fn uerr(path: &Path) -> impl Fn(nvme_dio_uring::UringError) -> CliError + '_ {
     move |source| CliError::Uring {
         path: path.to_owned(),
@@ -87,12 +90,17 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<Report, CliError> {
     let opts = options(args, writes);
     let lba = logical_block_size(path);
     let (packed, slot_bytes) = pattern::pack_segments(
-        &pattern::segment_shapes(args.io_size, lba, args.segments)
+        &pattern::segment_shapes(args.io_size, lba, args.segments, Err(KERNEL_SEGMENTS))
             .map_err(CliError::BadArgument)?,
     );
     let mut probe =
         Uring::open(path, args.queue_depth as usize, slot_bytes, &opts).map_err(uerr(path))?;
-    let job = make_job(args, lba, probe.size() / lba as u64 * lba as u64)?;
+    let job = make_job(
+        args,
+        lba,
+        probe.size() / lba as u64 * lba as u64,
+        Err(KERNEL_SEGMENTS),
+    )?;
     let mut notes = probe.info().notes.clone();
     first_ios(&mut probe, &job, &packed, path, args.iopoll, writes)?;
     if job.verify && job.read_pct > 0 {
