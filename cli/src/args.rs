@@ -513,6 +513,11 @@ pub struct BenchArgs {
     /// (0 = the first) fails with Internal Error (DNR).
     #[arg(long, value_name = "N", hide = true, value_parser = parse_lba, allow_negative_numbers = true)]
     pub inject_io_error: Option<u64>,
+
+    /// Testing aid, emulated controller only: every write fails with Namespace is Write
+    /// Protected, as on a write-protected namespace.
+    #[arg(long, hide = true)]
+    pub inject_write_protect: bool,
 }
 
 impl BenchArgs {

@@ -65,11 +65,11 @@ pub enum CliError {
     },
     /// The first I/O, tried before the run, failed: the device cannot do what the run asks.
     #[error(
-        "{path}: {what} at offset 0, tried before the run, failed, so the run was not started: {detail}"
+        "{device}: {what} at offset 0, tried before the run, failed, so the run was not started: {detail}"
     )]
     FirstIo {
         /// The file or device.
-        path: PathBuf,
+        device: String,
         /// What was tried.
         what: String,
         /// The failure and what to do.

@@ -1100,3 +1100,35 @@ fn segments_smaller_than_a_block_run_with_sgls_and_are_refused_without() {
     );
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn a_write_protected_namespace_fails_before_the_run() {
+    // Used to run, fail every write, and print IOPS 0 with the failures' latency.
+    assert_refused(
+        &[
+            "bench",
+            "-w",
+            "randwrite",
+            "--inject-write-protect",
+            "--ios",
+            "100",
+        ],
+        1,
+        &[
+            "a write of 4096 bytes at offset 0, tried before the run",
+            "Write Protected",
+        ],
+    );
+    let o = run_bounded(&[
+        "bench",
+        "-w",
+        "randwrite",
+        "--inject-write-protect",
+        "--ios",
+        "100",
+    ]);
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+    // Reads on the same namespace still run.
+    let v = bench_json(&["-w", "randread", "--inject-write-protect", "--ios", "100"]);
+    assert_eq!(v["ios"], 100);
+}

@@ -407,6 +407,11 @@ fn check_args(a: &BenchArgs) -> Result<(), CliError> {
     if a.inject_flip_bit.is_some() && a.device != (DeviceSpec::Emu { ram: true }) {
         return bad("--inject-flip-bit is a testing aid for --device emu:ram only".into());
     }
+    if a.inject_write_protect && !a.device.is_emu() {
+        return bad(
+            "--inject-write-protect is a testing aid for the emulated controller only (--device emu or emu:ram)".into(),
+        );
+    }
     if a.inject_io_error.is_some() && !a.device.is_emu() {
         return bad(
             "--inject-io-error is a testing aid for the emulated controller only (--device emu or emu:ram)".into(),

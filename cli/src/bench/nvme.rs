@@ -277,6 +277,20 @@ impl WithController for Bench<'_> {
                 format!("segments: each I/O is {} segments whose boundaries break the PRP rule, so the planner splits it", job.shapes.len())
             });
         }
+        if let (true, Some(emu)) = (args.inject_write_protect, &emu) {
+            emu.inject(Fault::Command {
+                target: nvme_dio_emu::Target::Opcode {
+                    admin: false,
+                    opcode: nvme_dio_queue::opcode::nvm::WRITE,
+                    count: u32::MAX,
+                },
+                action: nvme_dio_emu::Action::Status(
+                    nvme_dio_queue::Status::new(0, 0x20).with_dnr(),
+                ),
+            })
+            .map_err(|source| CliError::Emu { source })?;
+        }
+        first_ios(&ctrl, &ns, &job, &dev)?;
         if job.verify && job.read_pct > 0 {
             prefill(&ctrl, &ns, &job, &dev)?;
         }
@@ -409,6 +423,63 @@ fn submit<D: PciFunction>(
 fn entries(job: &Job) -> u32 {
     // A split I/O takes one slot per command: room for every segment of every request.
     (job.qd * job.shapes.len() as u32 + 1).clamp(2, 65_536)
+}
+
+/// Does one I/O of each direction the run uses at LBA 0 before the run starts, so a
+/// namespace that refuses it (write protected, or an I/O the controller cannot take)
+/// fails at once with the controller's status, instead of after a run of failures.
+fn first_ios<D: PciFunction>(
+    ctrl: &Controller<D>,
+    ns: &Namespace,
+    job: &Job,
+    dev: &str,
+) -> Result<(), CliError> {
+    let mut qp = ctrl
+        .create_io_qpair(QueuePairOptions {
+            entries: entries(job),
+            mode: CompletionMode::Poll,
+            timeout: Duration::from_secs(30),
+        })
+        .map_err(|e| CliError::driver(dev, e))?;
+    let mut bufs = alloc_slot_bufs(ctrl, &job.shapes)?;
+    let mut dirs = Vec::new();
+    if job.read_pct > 0 {
+        dirs.push((false, "read"));
+    }
+    if job.read_pct < 100 || job.verify {
+        // Written with the verify pattern of LBA 0, as the run (or its prefill) would.
+        let mut stream = vec![0u8; job.io_size as usize];
+        pattern::fill(&mut stream, 0, job.lba_size as usize, job.seed);
+        scatter(&bufs, &stream);
+        dirs.push((true, "write"));
+    }
+    for (write, name) in dirs {
+        let what = format!("a {name} of {} bytes", job.io_size);
+        submit(&mut qp, ns, 0, write, bufs, 0).map_err(|r| CliError::FirstIo {
+            device: dev.to_string(),
+            what: what.clone(),
+            detail: r.error.to_string(),
+        })?;
+        let c = loop {
+            qp.wait(Duration::from_secs(30))
+                .map_err(|e| CliError::driver(dev, e))?;
+            if let Some(c) = qp.next_completion() {
+                break c;
+            }
+            if super::interrupted() {
+                return Err(super::interrupted_during("trying the first I/O"));
+            }
+        };
+        bufs = c.bufs;
+        if let Err(e) = c.result {
+            return Err(CliError::FirstIo {
+                device: dev.to_string(),
+                what,
+                detail: e.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Writes the working set once with the verify pattern (QD deep, io-size chunks).

@@ -203,7 +203,7 @@ fn first_ios(
         };
         if res != io as i32 {
             return Err(CliError::FirstIo {
-                path: path.to_owned(),
+                device: path.display().to_string(),
                 what: format!(
                     "a {name} of {io} bytes{}",
                     if iopoll { " with --iopoll" } else { "" }
