@@ -8,17 +8,33 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use nvme_dio_cli::{CliError, args::Cli, error::render, run};
+use clap::error::ErrorKind;
+use nvme_dio_cli::{CliError, args::Cli, error::render, out, run};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version into a file or pipe go through the one stdout writer too
+        // (clap ignores a failed write: `--help > /dev/full` said nothing and exited 0). On
+        // a terminal clap prints them itself, in colour.
+        Err(e)
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+                && !std::io::stdout().is_terminal() =>
+        {
+            return exit(out::print(&e.render().to_string()));
+        }
+        Err(e) => e.exit(),
+    };
+    exit(run(cli))
+}
+
+fn exit(r: Result<(), CliError>) -> ExitCode {
+    match r {
+        Ok(()) | Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
             // A closed stderr must not turn into a panic either: the status still tells.
             let _ = writeln!(std::io::stderr(), "{}", render(&e));

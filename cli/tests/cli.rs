@@ -425,7 +425,8 @@ fn assert_no_panic(args: &[&str], e: &str) {
 #[test]
 fn a_closed_stdout_pipe_exits_quietly_with_status_0() {
     for args in [
-        &["list"][..],
+        &["--help"][..],
+        &["list"],
         &["list", "--json"],
         &["identify"],
         &["identify", "--json"],
@@ -447,7 +448,10 @@ fn a_closed_stdout_pipe_exits_quietly_with_status_0() {
 #[test]
 fn a_full_disk_on_stdout_is_an_error() {
     for args in [
-        &["identify"][..],
+        &["--help"][..],
+        &["bench", "--help"],
+        &["--version"],
+        &["identify"],
         &["identify", "--json"],
         &["list", "--json"],
         &["bench", "--ios", "1000", "--json"],
