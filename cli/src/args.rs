@@ -79,7 +79,8 @@ pub fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     if let Some(bdf) = parse_bdf(s) {
         return Ok(DeviceSpec::Pci(bdf));
     }
-    if s.contains('/') {
+    // A path: anything with a slash, or a name that exists here (`--device testfile`).
+    if s.contains('/') || std::path::Path::new(s).exists() {
         return Ok(DeviceSpec::Path(PathBuf::from(s)));
     }
     if s.contains(':')
@@ -631,6 +632,14 @@ mod tests {
             Ok(DeviceSpec::Path("/dev/nvme0n1".into()))
         );
         assert_eq!(parse_device("./f"), Ok(DeviceSpec::Path("./f".into())));
+        // A bare name is a path when such a file exists (it is refused otherwise).
+        let name = format!("nvme-dio-args-test-{}", std::process::id());
+        let here = std::env::current_dir().unwrap().join(&name);
+        std::fs::write(&here, b"x").unwrap();
+        let r = parse_device(&name);
+        std::fs::remove_file(&here).unwrap();
+        assert_eq!(r, Ok(DeviceSpec::Path(name.clone().into())));
+        assert!(parse_device(&name).is_err());
         assert!(
             parse_device("bogus")
                 .unwrap_err()
