@@ -1,6 +1,6 @@
 //! Standard output, through one writer.
 //!
-//! Every report, listing and JSON object goes through [`print`], which writes and flushes
+//! Every report, listing and JSON object goes through [`print()`], which writes and flushes
 //! and maps the two failures a tool meets in ordinary use:
 //!
 //! - the reader went away (`nvme-dio list | head -1`, `... | true`): EPIPE, reported as
@@ -27,7 +27,7 @@ pub fn print(text: &str) -> Result<(), CliError> {
 ///
 /// # Errors
 ///
-/// As [`print`].
+/// As [`print()`].
 pub fn println(text: &str) -> Result<(), CliError> {
     let mut o = io::stdout().lock();
     write_to(&mut o, text)?;
@@ -47,11 +47,11 @@ pub fn status(text: &str) -> Result<(), CliError> {
     }
 }
 
-/// Writes `text` to `w` and flushes, mapping the error as [`print`] does.
+/// Writes `text` to `w` and flushes, mapping the error as [`print()`] does.
 ///
 /// # Errors
 ///
-/// As [`print`].
+/// As [`print()`].
 pub fn write_to(w: &mut impl Write, text: &str) -> Result<(), CliError> {
     w.write_all(text.as_bytes())
         .and_then(|()| w.flush())
