@@ -79,8 +79,18 @@ pub fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     if let Some(bdf) = parse_bdf(s) {
         return Ok(DeviceSpec::Pci(bdf));
     }
-    if s.contains('/') {
+    // A path: anything with a slash, or a name that exists here (`--device testfile`).
+    if s.contains('/') || std::path::Path::new(s).exists() {
         return Ok(DeviceSpec::Path(PathBuf::from(s)));
+    }
+    if s.contains(':')
+        && s.contains('.')
+        && s.chars()
+            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+    {
+        return Err(format!(
+            "{s:?} is not a valid PCI address: expected [domain:]bus:device.function in hex, with the device 00 to 1f and the function 0 to 7, like 0000:01:00.0 (see `nvme-dio list`)"
+        ));
     }
     Err(format!(
         "unknown device {s:?}: expected `emu` (emulated, null namespace), `emu:ram` (emulated, RAM namespace), \
@@ -112,6 +122,11 @@ pub fn parse_bdf(s: &str) -> Option<String> {
 /// A sentence with examples, for anything else or zero.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "{s:?}: negative sizes are not allowed: use a number of bytes with an optional k/m/g suffix, like 512, 4k or 1m"
+        ));
+    }
     let lower = t.to_ascii_lowercase();
     let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &lower[digits.len()..];
@@ -141,6 +156,90 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
+/// Parses a whole number in `lo..=hi` (decimal; `0x` hex too if `hex`), with a sentence
+/// for a negative number, junk, or a value out of range. clap puts the flag in front:
+/// `invalid value '-5' for '--queue-depth <QUEUE_DEPTH>': ...`.
+fn parse_whole(s: &str, lo: u64, hi: u64, hex: bool) -> Result<u64, String> {
+    let t = s.trim();
+    let range = if hi == u64::MAX {
+        format!("a whole number of at least {lo}, below 2^64")
+    } else {
+        format!("a whole number from {lo} to {hi}")
+    };
+    if t.starts_with('-') {
+        return Err(format!("negative numbers are not allowed: give {range}"));
+    }
+    let v = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) if hex => u64::from_str_radix(h, 16),
+        _ => t.parse::<u64>(),
+    };
+    let v = v.map_err(|e| {
+        if matches!(e.kind(), std::num::IntErrorKind::PosOverflow) {
+            format!("{s:?} is too large: give {range}")
+        } else {
+            format!(
+                "{s:?} is not a whole number: give {range}{}",
+                if hex {
+                    " (decimal, or hex with 0x)"
+                } else {
+                    ""
+                }
+            )
+        }
+    })?;
+    if !(lo..=hi).contains(&v) {
+        return Err(format!("{v} is out of range: give {range}"));
+    }
+    Ok(v)
+}
+
+fn parse_queue_depth(s: &str) -> Result<u32, String> {
+    parse_whole(s, 1, 65_535, false).map(|v| v as u32)
+}
+
+fn parse_ios(s: &str) -> Result<u64, String> {
+    parse_whole(s, 1, u64::MAX, false)
+}
+
+fn parse_queues(s: &str) -> Result<u16, String> {
+    parse_whole(s, 1, 1024, false).map(|v| v as u16)
+}
+
+fn parse_segments(s: &str) -> Result<u32, String> {
+    parse_whole(s, 1, 256, false).map(|v| v as u32)
+}
+
+fn parse_batch(s: &str) -> Result<u32, String> {
+    parse_whole(s, 1, u32::MAX as u64, false).map(|v| v as u32)
+}
+
+fn parse_seed(s: &str) -> Result<u64, String> {
+    parse_whole(s, 0, u64::MAX, true)
+}
+
+fn parse_nsid(s: &str) -> Result<u32, String> {
+    // NSID 0 and 0xffffffff (broadcast) never name one namespace.
+    parse_whole(s, 1, 0xffff_fffe, false).map(|v| v as u32)
+}
+
+fn parse_timeout_ms(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Err(
+            "a timeout of 0 ms would fail every I/O: give milliseconds, at least 1 (the default is 30000)"
+                .into(),
+        );
+    }
+    parse_whole(s, 1, 3_600_000, false)
+}
+
+fn parse_lba(s: &str) -> Result<u64, String> {
+    parse_whole(s, 0, u64::MAX, false)
+}
+
+fn parse_hugepages(s: &str) -> Result<u64, String> {
+    parse_whole(s, 0, u64::MAX, false)
+}
+
 fn parse_io_size(s: &str) -> Result<u64, String> {
     let v = parse_size(s)?;
     if v % 512 != 0 {
@@ -157,8 +256,16 @@ fn parse_io_size(s: &str) -> Result<u64, String> {
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
+    if s.trim().starts_with('-') {
+        return Err(format!(
+            "{s:?}: negative durations are not allowed: give seconds, like 10 or 0.5"
+        ));
+    }
     match s.trim_end_matches('s').parse::<f64>() {
         Ok(v) if (0.0..=86_400.0).contains(&v) => Ok(v),
+        Ok(v) if v.is_finite() => Err(format!(
+            "{v} s is out of range: give seconds from 0 to 86400 (one day)"
+        )),
         _ => Err(format!(
             "{s:?} is not a duration: give seconds, like 10 or 0.5"
         )),
@@ -166,6 +273,11 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 }
 
 fn parse_mix(s: &str) -> Result<u8, String> {
+    if s.trim().starts_with('-') {
+        return Err(format!(
+            "{s:?}: negative percentages are not allowed: --mix is the read percentage, 0 to 100 (like 70)"
+        ));
+    }
     match s.trim_end_matches('%').parse::<u32>() {
         Ok(v) if v <= 100 => Ok(v as u8),
         Ok(v) => Err(format!(
@@ -283,11 +395,11 @@ pub struct BenchArgs {
     pub engine: Option<Engine>,
 
     /// I/Os kept in flight per queue.
-    #[arg(short = 'q', long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    #[arg(short = 'q', long, default_value_t = 32, value_parser = parse_queue_depth, allow_negative_numbers = true)]
     pub queue_depth: u32,
 
     /// Bytes per I/O (4k, 128k, 1m; a multiple of 512).
-    #[arg(short = 'o', long, visible_alias = "bs", default_value = "4k", value_parser = parse_io_size)]
+    #[arg(short = 'o', long, visible_alias = "bs", default_value = "4k", value_parser = parse_io_size, allow_hyphen_values = true)]
     pub io_size: u64,
 
     /// Access pattern.
@@ -295,24 +407,24 @@ pub struct BenchArgs {
     pub workload: Workload,
 
     /// Read percentage for rw / randrw (0-100).
-    #[arg(short = 'M', long, value_parser = parse_mix)]
+    #[arg(short = 'M', long, value_parser = parse_mix, allow_negative_numbers = true)]
     pub mix: Option<u8>,
 
     /// Seconds to measure.
-    #[arg(short, long, default_value = "5", value_parser = parse_seconds)]
+    #[arg(short, long, default_value = "5", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub time: f64,
 
     /// Seconds to run before measuring (discarded).
-    #[arg(long, default_value = "0", value_parser = parse_seconds)]
+    #[arg(long, default_value = "0", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub warmup: f64,
 
     /// Stop after this many measured I/Os in total (split across queues): short,
     /// deterministic runs for tests.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = parse_ios, allow_negative_numbers = true)]
     pub ios: Option<u64>,
 
     /// Queue pairs, one thread each, pinned to CPU (queue index mod CPUs) unless --no-pin.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, default_value_t = 1, value_parser = parse_queues, allow_negative_numbers = true)]
     pub queues: u16,
 
     /// Do not pin worker threads to CPUs.
@@ -322,7 +434,7 @@ pub struct BenchArgs {
     /// Send each I/O as an iovec set of N segments. Segment 0 starts page aligned; segment
     /// i > 0 starts 512 * ((i - 1) % 7 + 1) bytes into a page, so each boundary breaks the
     /// PRP rule and (without SGLs) the planner splits the I/O into N commands.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(long, default_value_t = 1, value_parser = parse_segments, allow_negative_numbers = true)]
     pub segments: u32,
 
     /// Completion mode: spin on the CQ (poll) or sleep on the interrupt (irq).
@@ -331,7 +443,7 @@ pub struct BenchArgs {
 
     /// Submit up to N I/Os, then ring the doorbell once. Default: the queue depth (one
     /// doorbell per completion batch).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = parse_batch, allow_negative_numbers = true)]
     pub batch: Option<u32>,
 
     /// Write data that carries its LBA and a seed, check every read; a mismatch fails the
@@ -339,21 +451,22 @@ pub struct BenchArgs {
     #[arg(long)]
     pub verify: bool,
 
-    /// Seed for the random offsets and the verify pattern (default: from the clock).
-    #[arg(long)]
+    /// Seed for the random offsets and the verify pattern: a whole number, decimal or 0x
+    /// hex (default: from the clock).
+    #[arg(long, value_parser = parse_seed, allow_negative_numbers = true)]
     pub seed: Option<u64>,
 
     /// Bytes of the device to use, from offset 0 (default: all of it; 256 MiB with
     /// --verify on a real device, since it is written first).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
     pub size: Option<u64>,
 
     /// Namespace to use (vfio engine).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = parse_nsid, allow_negative_numbers = true)]
     pub nsid: u32,
 
     /// Per-I/O timeout in milliseconds (vfio engine): a late command is aborted and counted.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 30_000, value_parser = parse_timeout_ms, allow_negative_numbers = true)]
     pub timeout_ms: u64,
 
     /// Describe data with PRPs only, even where the controller supports SGLs.
@@ -370,6 +483,11 @@ pub struct BenchArgs {
     /// sleeps on the queue's interrupt eventfd.
     #[arg(long)]
     pub emu_thread: bool,
+
+    /// The emulated controller advertises and accepts SGLs, as QEMU's does (default: PRPs
+    /// only, so --segments splits).
+    #[arg(long)]
+    pub emu_sgl: bool,
 
     /// io_uring: IORING_SETUP_IOPOLL (the kernel polls the device; needs poll queues).
     #[arg(long)]
@@ -389,8 +507,18 @@ pub struct BenchArgs {
 
     /// Testing aid, emulated RAM device only: after the working set is written, flip bit 0
     /// of this LBA in the emulator's storage, so --verify must fail.
-    #[arg(long, value_name = "LBA", hide = true)]
+    #[arg(long, value_name = "LBA", hide = true, value_parser = parse_lba, allow_negative_numbers = true)]
     pub inject_flip_bit: Option<u64>,
+
+    /// Testing aid, emulated controller only: the Nth I/O command from the start of the run
+    /// (0 = the first) fails with Internal Error (DNR).
+    #[arg(long, value_name = "N", hide = true, value_parser = parse_lba, allow_negative_numbers = true)]
+    pub inject_io_error: Option<u64>,
+
+    /// Testing aid, emulated controller only: every write fails with Namespace is Write
+    /// Protected, as on a write-protected namespace.
+    #[arg(long, hide = true)]
+    pub inject_write_protect: bool,
 }
 
 impl BenchArgs {
@@ -448,7 +576,7 @@ pub struct SetupArgs {
     #[arg(value_parser = parse_bdf_arg)]
     pub bdf: String,
     /// Make sure at least this many 2 MiB hugepages are reserved.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_hugepages, allow_negative_numbers = true)]
     pub hugepages: Option<u64>,
 }
 
@@ -504,6 +632,14 @@ mod tests {
             Ok(DeviceSpec::Path("/dev/nvme0n1".into()))
         );
         assert_eq!(parse_device("./f"), Ok(DeviceSpec::Path("./f".into())));
+        // A bare name is a path when such a file exists (it is refused otherwise).
+        let name = format!("nvme-dio-args-test-{}", std::process::id());
+        let here = std::env::current_dir().unwrap().join(&name);
+        std::fs::write(&here, b"x").unwrap();
+        let r = parse_device(&name);
+        std::fs::remove_file(&here).unwrap();
+        assert_eq!(r, Ok(DeviceSpec::Path(name.clone().into())));
+        assert!(parse_device(&name).is_err());
         assert!(
             parse_device("bogus")
                 .unwrap_err()
@@ -516,6 +652,53 @@ mod tests {
         assert!(
             parse_device("0000:01:00.8").is_err(),
             "function 8 is out of range"
+        );
+    }
+
+    #[test]
+    fn whole_numbers_name_the_expected_form() {
+        assert_eq!(parse_queue_depth("32"), Ok(32));
+        assert!(
+            parse_queue_depth("-5")
+                .unwrap_err()
+                .contains("negative numbers are not allowed: give a whole number from 1 to 65535")
+        );
+        assert!(parse_queue_depth("0").unwrap_err().contains("out of range"));
+        assert!(
+            parse_queue_depth("x")
+                .unwrap_err()
+                .contains("not a whole number")
+        );
+        assert!(
+            parse_ios("99999999999999999999")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert_eq!(parse_seed("42"), Ok(42));
+        assert_eq!(parse_seed("0x2a"), Ok(42));
+        assert!(
+            parse_seed("abc")
+                .unwrap_err()
+                .contains("decimal, or hex with 0x")
+        );
+        assert!(parse_timeout_ms("0").unwrap_err().contains("at least 1"));
+        assert!(parse_size("-4k").unwrap_err().contains("negative sizes"));
+        assert!(
+            parse_seconds("-1")
+                .unwrap_err()
+                .contains("negative durations")
+        );
+        assert!(
+            parse_mix("-1")
+                .unwrap_err()
+                .contains("negative percentages")
+        );
+        let e = Cli::try_parse_from(["nvme-dio", "bench", "-q", "-5"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'-5' for '--queue-depth") && e.contains("negative numbers"),
+            "{e}"
         );
     }
 

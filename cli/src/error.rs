@@ -63,6 +63,18 @@ pub enum CliError {
         #[source]
         source: io::Error,
     },
+    /// The first I/O, tried before the run, failed: the device cannot do what the run asks.
+    #[error(
+        "{device}: {what} at offset 0, tried before the run, failed, so the run was not started: {detail}"
+    )]
+    FirstIo {
+        /// The file or device.
+        device: String,
+        /// What was tried.
+        what: String,
+        /// The failure and what to do.
+        detail: String,
+    },
     /// I/Os failed during the benchmark.
     #[error("{count} I/O(s) failed; the first: {first}")]
     IoFailed {
@@ -115,9 +127,36 @@ pub enum CliError {
     /// JSON output failed.
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// Standard output is a pipe whose reader has gone (`nvme-dio list | head -1`): not an
+    /// error for the user; `main` exits quietly with status 0.
+    #[error("standard output was closed by its reader")]
+    StdoutClosed,
+    /// Writing to standard output failed for another reason (a full disk, above all).
+    #[error(
+        "cannot write to standard output: {source}; the output is lost (free some space, or redirect it elsewhere)"
+    )]
+    Stdout {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Ctrl-C (SIGINT) stopped the command. For `bench` the report of what ran until then
+    /// has been printed; `main` exits with 130 (128 + SIGINT), as shells report it.
+    #[error("interrupted (Ctrl-C){0}")]
+    Interrupted(String),
 }
 
 impl CliError {
+    /// The exit status for this error: 130 for [`CliError::Interrupted`], 0 for
+    /// [`CliError::StdoutClosed`] (see `out.rs`), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::StdoutClosed => 0,
+            CliError::Interrupted(_) => 130,
+            _ => 1,
+        }
+    }
+
     /// Wraps a driver error with the device it came from.
     pub fn driver(device: impl ToString, source: nvme_dio::Error) -> CliError {
         CliError::Driver {

@@ -33,17 +33,18 @@ pub struct ControllerReport {
     /// Max transfer per command the driver uses, bytes.
     pub max_transfer_bytes: u32,
     /// Controller memory page size in use.
-    pub page_size: usize,
+    pub page_size_bytes: usize,
     /// CAP.MQES: entries per I/O queue at most.
     pub max_queue_entries: u32,
-    /// I/O queue pairs granted.
+    /// I/O queue pairs the controller grants (identify asks for the most, 65535).
     pub io_queues: u16,
-    /// MSI-X vectors enabled.
+    /// MSI-X vectors the driver could enable (identify asks for one per queue plus the
+    /// admin queue's); 0 means interrupt mode is not available.
     pub msix_vectors: u32,
     /// CAP.TO.
     pub ready_timeout_ms: u128,
-    /// CAP.DSTRD.
-    pub doorbell_stride: u8,
+    /// Doorbell stride in bytes (`4 << CAP.DSTRD`).
+    pub doorbell_stride_bytes: u32,
     /// SGLs supported and used for I/O.
     pub sgl: bool,
     /// NN: namespaces supported.
@@ -66,9 +67,9 @@ pub struct NamespaceReport {
     /// Bytes.
     pub bytes: u64,
     /// The LBA format in use: data bytes per block.
-    pub lba_size: u32,
+    pub lba_size_bytes: u32,
     /// The LBA format in use: metadata bytes per block.
-    pub metadata_size: u16,
+    pub metadata_size_bytes: u16,
     /// Max transfer per command, bytes.
     pub max_transfer_bytes: u32,
     /// NOIOB in blocks (0 = none).
@@ -101,12 +102,12 @@ impl WithController for Identify {
             version: i.version.to_string(),
             mdts: i.mdts,
             max_transfer_bytes: i.max_transfer,
-            page_size: i.page_size.bytes(),
+            page_size_bytes: i.page_size.bytes(),
             max_queue_entries: i.cap.mqes().entries(),
             io_queues: i.io_queues,
             msix_vectors: i.msix_vectors,
             ready_timeout_ms: i.cap.timeout().as_millis(),
-            doorbell_stride: i.cap.dstrd(),
+            doorbell_stride_bytes: 4u32 << i.cap.dstrd(),
             sgl: i.sgl,
             max_namespaces: i.max_namespaces,
             volatile_write_cache: i.identify.vwc_present(),
@@ -118,8 +119,8 @@ impl WithController for Identify {
                     blocks: n.blocks(),
                     capacity_blocks: n.capacity(),
                     bytes: n.bytes(),
-                    lba_size: n.lba_size(),
-                    metadata_size: n.metadata_size(),
+                    lba_size_bytes: n.lba_size(),
+                    metadata_size_bytes: n.metadata_size(),
                     max_transfer_bytes: n.max_transfer(),
                     optimal_io_boundary_blocks: n.optimal_io_boundary(),
                     write_zeroes: n.supports_write_zeroes(),
@@ -137,13 +138,18 @@ impl WithController for Identify {
 /// Device and bring-up errors.
 pub fn identify(device: &DeviceSpec) -> Result<ControllerReport, CliError> {
     let emu = match device {
-        DeviceSpec::Emu { ram } => emu_config(*ram, if *ram { 512 } else { 4096 }, None, false),
+        DeviceSpec::Emu { ram } => {
+            emu_config(*ram, if *ram { 512 } else { 4096 }, None, false, false)
+        }
         _ => EmuConfig::default(),
     };
+    // Ask for the most a controller can grant (65535 queue pairs, interrupts on), so what
+    // is printed is what the controller allows, not what one queue pair needed: bench gets
+    // the same numbers. Set Features only records the count; nothing is created.
     with_controller(
         device,
         emu,
-        controller_options(1, false, true),
+        controller_options(u16::MAX, true, true),
         Identify(device.to_string(), device.is_emu()),
     )
 }
@@ -156,11 +162,10 @@ pub fn identify(device: &DeviceSpec) -> Result<ControllerReport, CliError> {
 pub fn run(a: &IdentifyArgs) -> Result<(), CliError> {
     let r = identify(&a.device)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::out::println(&serde_json::to_string_pretty(&r)?)
     } else {
-        print!("{}", human(&r));
+        crate::out::print(&human(&r))
     }
-    Ok(())
 }
 
 fn mib(b: u64) -> String {
@@ -199,17 +204,28 @@ pub fn human(r: &ControllerReport) -> String {
         },
         r.max_transfer_bytes >> 10
     );
-    let _ = writeln!(o, "  page size       {} bytes", r.page_size);
+    let _ = writeln!(o, "  page size       {} bytes", r.page_size_bytes);
     let _ = writeln!(
         o,
-        "  queues          {} I/O queue pairs granted, up to {} entries each, {} MSI-X vectors",
-        r.io_queues, r.max_queue_entries, r.msix_vectors
+        "  queues          {} I/O queue pairs granted (the most this controller gives), up to {} entries each",
+        r.io_queues, r.max_queue_entries
+    );
+    let _ = writeln!(
+        o,
+        "  interrupts      {}",
+        if r.msix_vectors > 1 {
+            format!(
+                "{} MSI-X vectors (one per I/O queue plus the admin queue's): --mode irq works",
+                r.msix_vectors
+            )
+        } else {
+            "no MSI-X vectors for I/O queues: --mode irq is not available".to_string()
+        }
     );
     let _ = writeln!(
         o,
         "  doorbell stride {} bytes, ready timeout {} ms",
-        4u32 << r.doorbell_stride,
-        r.ready_timeout_ms
+        r.doorbell_stride_bytes, r.ready_timeout_ms
     );
     let _ = writeln!(
         o,
@@ -241,9 +257,9 @@ pub fn human(r: &ControllerReport) -> String {
             "  namespace {}: {} blocks x {} bytes{} = {} (capacity {} blocks); max transfer {} KiB{}; write zeroes {}, deallocate {}",
             n.nsid,
             n.blocks,
-            n.lba_size,
-            if n.metadata_size > 0 {
-                format!(" + {} metadata", n.metadata_size)
+            n.lba_size_bytes,
+            if n.metadata_size_bytes > 0 {
+                format!(" + {} metadata", n.metadata_size_bytes)
             } else {
                 String::new()
             },
@@ -275,7 +291,7 @@ mod tests {
         assert!(r.emulated);
         assert_eq!(r.namespaces.len(), 1);
         assert_eq!(
-            (r.namespaces[0].lba_size, r.namespaces[0].bytes),
+            (r.namespaces[0].lba_size_bytes, r.namespaces[0].bytes),
             (512, crate::bench::nvme::EMU_RAM_BYTES)
         );
         assert!(r.max_transfer_bytes > 0 && r.io_queues >= 1);

@@ -10,8 +10,13 @@
 //!   filesystems, IOMMU group viability, RLIMIT_MEMLOCK, hugepages) and give it back.
 //!
 //! The library half exists so the pieces are unit-tested; `main.rs` only parses and
-//! dispatches. `#![forbid(unsafe_code)]`: the two system calls the benchmark needs beyond
-//! std (io_uring, sched_setaffinity) live in `nvme-dio-uring`.
+//! dispatches. `#![forbid(unsafe_code)]`: the system calls the benchmark needs beyond std
+//! (io_uring, sched_setaffinity, the Ctrl-C flag, the thread CPU clock) live in
+//! `nvme-dio-uring`.
+//!
+//! All standard output goes through [`out`]: a reader that goes away (`| head`) ends the
+//! command quietly with status 0, a full disk is an error. Ctrl-C during `bench` prints the
+//! report of what ran and exits with 130.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +25,7 @@ pub mod bench;
 pub mod error;
 pub mod identify;
 pub mod list;
+pub mod out;
 pub mod setup;
 pub mod stats;
 pub mod sysfs;

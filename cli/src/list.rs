@@ -10,16 +10,15 @@ use crate::sysfs::{Controller, Sysfs};
 ///
 /// # Errors
 ///
-/// Only if JSON output fails.
+/// Only if the output cannot be written (see [`crate::out`]).
 pub fn run(args: &ListArgs) -> Result<(), CliError> {
     let s = Sysfs::host();
     let c = s.nvme_controllers();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&c)?);
+        crate::out::println(&serde_json::to_string_pretty(&c)?)
     } else {
-        print!("{}", render(&c, &s));
+        crate::out::print(&render(&c, &s))
     }
-    Ok(())
 }
 
 /// The human listing.

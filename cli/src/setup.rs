@@ -98,28 +98,30 @@ pub fn setup(s: &Sysfs, a: &SetupArgs) -> Result<(), CliError> {
     let group = preflight(s, bdf)?;
     let before = s.driver(bdf);
     if before.as_deref() == Some("vfio-pci") {
-        println!("{bdf} is already bound to vfio-pci (IOMMU group {group})");
+        crate::out::status(&format!(
+            "{bdf} is already bound to vfio-pci (IOMMU group {group})"
+        ))?;
     } else {
         bind_vfio(s, bdf)?;
-        println!(
+        crate::out::status(&format!(
             "{bdf}: {} -> vfio-pci (IOMMU group {group})",
             before.as_deref().unwrap_or("no driver")
-        );
+        ))?;
     }
     let node = s.path(&format!("dev/vfio/{group}"));
     if !node.exists() {
-        println!(
+        crate::out::status(&format!(
             "warning: {} does not exist yet; check `dmesg` for vfio-pci errors",
             node.display()
-        );
+        ))?;
     }
     if let Some(n) = a.hugepages {
         reserve_hugepages(s, n)?;
     }
     for line in memlock_advice(s) {
-        println!("{line}");
+        crate::out::status(&line)?;
     }
-    println!("ready: nvme-dio bench --device {bdf}");
+    crate::out::status(&format!("ready: nvme-dio bench --device {bdf}"))?;
     Ok(())
 }
 
@@ -190,14 +192,14 @@ fn reserve_hugepages(s: &Sysfs, want: u64) -> Result<(), CliError> {
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok());
     if now < want {
-        println!(
+        crate::out::status(&format!(
             "warning: only {now} of {want} 2 MiB hugepages could be reserved (memory is fragmented): reserve them at boot with hugepages={want}"
-        );
+        ))?;
     } else {
-        println!(
+        crate::out::status(&format!(
             "hugepages: {now} x 2 MiB reserved{}",
             free.map(|f| format!(", {f} free")).unwrap_or_default()
-        );
+        ))?;
     }
     Ok(())
 }
@@ -276,7 +278,7 @@ pub fn reset(s: &Sysfs, a: &ResetArgs) -> Result<(), CliError> {
     match s.driver(bdf) {
         Some(d) if d == "nvme" => {
             let disks = s.block_devices(bdf);
-            println!(
+            crate::out::status(&format!(
                 "{bdf}: {} -> nvme{}",
                 before.as_deref().unwrap_or("no driver"),
                 if disks.is_empty() {
@@ -284,7 +286,7 @@ pub fn reset(s: &Sysfs, a: &ResetArgs) -> Result<(), CliError> {
                 } else {
                     format!(", block devices {}", disks.join(" "))
                 }
-            );
+            ))?;
             Ok(())
         }
         other => refuse(format!(

@@ -20,24 +20,32 @@ pub fn record(h: &mut Histogram<u64>, ns: u64) {
     h.saturating_record(ns.clamp(1, MAX_NS));
 }
 
-/// Latency figures in nanoseconds.
+/// Latency figures in nanoseconds (JSON keys carry the unit: `avg_ns`, `p99_9_ns`, ...).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Latency {
     /// Mean.
+    #[serde(rename = "avg_ns")]
     pub avg: f64,
     /// Smallest.
+    #[serde(rename = "min_ns")]
     pub min: u64,
     /// Largest.
+    #[serde(rename = "max_ns")]
     pub max: u64,
     /// Median.
+    #[serde(rename = "p50_ns")]
     pub p50: u64,
     /// 90th percentile.
+    #[serde(rename = "p90_ns")]
     pub p90: u64,
     /// 99th.
+    #[serde(rename = "p99_ns")]
     pub p99: u64,
     /// 99.9th.
+    #[serde(rename = "p99_9_ns")]
     pub p99_9: u64,
     /// 99.99th.
+    #[serde(rename = "p99_99_ns")]
     pub p99_99: u64,
 }
 

@@ -113,12 +113,21 @@ fn json_has_device_engine_settings_figures_latency_and_queue_counters() {
     assert_eq!(v["engine"], "vfio");
     assert_eq!(v["settings"]["workload"], "randread");
     assert_eq!(v["settings"]["queue_depth"], 32);
-    assert_eq!(v["settings"]["io_size"], 4096);
+    assert_eq!(v["settings"]["io_size_bytes"], 4096);
     assert_eq!(v["ios"], 20000);
     assert_eq!(v["errors"], 0);
     assert!(v["iops"].as_f64().unwrap() > 0.0 && v["mib_s"].as_f64().unwrap() > 0.0);
     let l = &v["latency"];
-    for k in ["avg", "min", "max", "p50", "p90", "p99", "p99_9", "p99_99"] {
+    for k in [
+        "avg_ns",
+        "min_ns",
+        "max_ns",
+        "p50_ns",
+        "p90_ns",
+        "p99_ns",
+        "p99_9_ns",
+        "p99_99_ns",
+    ] {
         assert!(
             l[k].as_f64().is_some_and(|x| x > 0.0),
             "latency.{k} = {}",
@@ -126,9 +135,9 @@ fn json_has_device_engine_settings_figures_latency_and_queue_counters() {
         );
     }
     let (p50, p99, max) = (
-        l["p50"].as_u64().unwrap(),
-        l["p99"].as_u64().unwrap(),
-        l["max"].as_u64().unwrap(),
+        l["p50_ns"].as_u64().unwrap(),
+        l["p99_ns"].as_u64().unwrap(),
+        l["max_ns"].as_u64().unwrap(),
     );
     assert!(p50 <= p99 && p99 <= max);
     let q = &v["queues"][0];
@@ -299,7 +308,7 @@ fn list_and_identify_succeed() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["emulated"], true);
-    assert_eq!(v["namespaces"][0]["lba_size"], 4096);
+    assert_eq!(v["namespaces"][0]["lba_size_bytes"], 4096);
     assert!(v["max_transfer_bytes"].as_u64().unwrap() > 0);
 }
 
@@ -321,7 +330,7 @@ fn sequential_workloads_warmup_and_batch_are_honoured() {
     ]);
     assert_eq!(v["settings"]["read_pct"], 30);
     assert_eq!(v["verify"]["mismatches"], 0);
-    assert_eq!(v["settings"]["lba_size"], 512);
+    assert_eq!(v["settings"]["lba_size_bytes"], 512);
 }
 
 /// The soak (issue 7): mixed random reads and writes, several queue pairs, split-forcing
@@ -364,4 +373,766 @@ fn fault_soak_bench_verify_several_queues_with_splits_loses_nothing() {
         "soak: {} I/Os, {} blocks verified",
         v["ios"], v["verify"]["checked_blocks"]
     );
+}
+
+/// Runs nvme-dio with its stdout on `out`, under a hang detector: a run that has not ended
+/// after 60 s is killed and the test fails (a hang, not a slow run: every run here takes
+/// well under a second).
+fn nvme_dio_with_stdout(args: &[&str], out: std::process::Stdio) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nvme-dio"))
+        .args(args)
+        .stdout(out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nvme-dio");
+    let stderr_pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut { stderr_pipe }, &mut s).unwrap();
+        s
+    });
+    let status = wait_or_kill(&mut child, args);
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: reader.join().unwrap(),
+    }
+}
+
+/// Waits for `child`; kills it and fails the test if it is still running after 60 s.
+fn wait_or_kill(child: &mut std::process::Child, args: &[&str]) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nvme-dio {args:?} hung (killed after 60 s)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn assert_no_panic(args: &[&str], e: &str) {
+    assert!(
+        !e.contains("panicked") && !e.contains("RUST_BACKTRACE") && !e.contains("stack backtrace"),
+        "{args:?} panicked:\n{e}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_pipe_exits_quietly_with_status_0() {
+    for args in [
+        &["--help"][..],
+        &["list"],
+        &["list", "--json"],
+        &["identify"],
+        &["identify", "--json"],
+        &["bench", "--ios", "1000"],
+        &["bench", "--ios", "1000", "--json"],
+    ] {
+        // The read end is closed before the child starts, so its first write meets EPIPE
+        // (deterministically, unlike `| true`, which may exit after the write).
+        let (r, w) = std::io::pipe().unwrap();
+        drop(r);
+        let o = nvme_dio_with_stdout(args, w.into());
+        let e = stderr(&o);
+        assert_no_panic(args, &e);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {e}");
+        assert!(e.is_empty(), "{args:?} printed to stderr:\n{e}");
+    }
+}
+
+#[test]
+fn a_full_disk_on_stdout_is_an_error() {
+    for args in [
+        &["--help"][..],
+        &["bench", "--help"],
+        &["--version"],
+        &["identify"],
+        &["identify", "--json"],
+        &["list", "--json"],
+        &["bench", "--ios", "1000", "--json"],
+        &["bench", "--ios", "1000"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = nvme_dio_with_stdout(args, full.into());
+        let e = stderr(&o);
+        assert_no_panic(args, &e);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        assert!(
+            e.starts_with("error: cannot write to standard output") && e.contains("No space left"),
+            "{args:?}: {e}"
+        );
+    }
+}
+
+/// Runs nvme-dio under the hang detector of [`wait_or_kill`], capturing both streams.
+fn run_bounded(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nvme-dio"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nvme-dio");
+    let (o, e) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let read = |mut p: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            p.read_to_end(&mut s).unwrap();
+            s
+        })
+    };
+    let (ro, re) = (read(Box::new(o)), read(Box::new(e)));
+    let status = wait_or_kill(&mut child, args);
+    Output {
+        status,
+        stdout: ro.join().unwrap(),
+        stderr: re.join().unwrap(),
+    }
+}
+
+/// Asserts a bounded run fails with status `code` and stderr holding every `needle`.
+fn assert_refused(args: &[&str], code: i32, needles: &[&str]) {
+    let o = run_bounded(args);
+    let e = stderr(&o);
+    assert_no_panic(args, &e);
+    assert_eq!(o.status.code(), Some(code), "{args:?}: {e}");
+    for n in needles {
+        assert!(e.contains(n), "{args:?}: stderr lacks {n:?}:\n{e}");
+    }
+}
+
+#[test]
+fn verify_on_the_null_namespace_is_refused_at_once() {
+    // Used to write the whole 1 TiB null namespace silently (a hang), then read zeroes back.
+    assert_refused(
+        &["bench", "--verify", "-t", "1"],
+        1,
+        &["null namespace", "--device emu:ram"],
+    );
+    // A small null namespace was reported as corruption ("data from another block?").
+    assert_refused(
+        &["bench", "--verify", "--size", "1m", "--ios", "100"],
+        1,
+        &["null namespace", "--device emu:ram"],
+    );
+}
+
+#[test]
+fn a_ram_namespace_larger_than_memory_is_refused_before_allocating() {
+    // Used to abort with "memory allocation of 1099511627776 bytes failed".
+    assert_refused(
+        &["bench", "--device", "emu:ram", "--size", "1t", "--ios", "1"],
+        1,
+        &["--size 1.0 TiB", "available", "smaller --size"],
+    );
+}
+
+#[test]
+fn a_bad_histogram_path_fails_before_the_run() {
+    // Used to run the whole bench and then print nothing but the write error.
+    let o = run_bounded(&["bench", "-t", "30", "--histogram", "/no/such/dir/x.svg"]);
+    let e = stderr(&o);
+    assert_no_panic(&[], &e);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("cannot create the histogram file (checked before the run) /no/such/dir/x.svg")
+            && e.contains("No such file"),
+        "{e}"
+    );
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+}
+
+/// True once `pid` catches SIGINT (bit 1 of SigCgt in /proc/PID/status).
+fn catches_sigint(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("SigCgt:"))
+                .and_then(|l| u64::from_str_radix(l[7..].trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & (1 << (2 - 1)) != 0)
+}
+
+/// Starts a long bench, waits until its Ctrl-C handler is in place (no sleep-and-hope),
+/// sends SIGINT, and returns what it printed.
+fn interrupt_bench(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nvme-dio"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nvme-dio");
+    let (o, e) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let read = |mut p: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            p.read_to_end(&mut s).unwrap();
+            s
+        })
+    };
+    let (ro, re) = (read(Box::new(o)), read(Box::new(e)));
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !catches_sigint(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{args:?} never installed a SIGINT handler"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{args:?} ended early: {}",
+            String::from_utf8_lossy(&re.join().unwrap())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let k = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    let status = wait_or_kill(&mut child, args);
+    Output {
+        status,
+        stdout: ro.join().unwrap(),
+        stderr: re.join().unwrap(),
+    }
+}
+
+#[test]
+fn ctrl_c_prints_the_partial_report_and_exits_130() {
+    let o = interrupt_bench(&["bench", "-t", "60", "--json"]);
+    let e = stderr(&o);
+    assert_no_panic(&[], &e);
+    assert_eq!(o.status.code(), Some(130), "{e}");
+    assert!(e.contains("interrupted (Ctrl-C)"), "{e}");
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|err| panic!("no JSON report after Ctrl-C ({err}): {}", stdout(&o)));
+    assert!(
+        v["notes"].to_string().contains("interrupted by Ctrl-C"),
+        "{v}"
+    );
+    assert!(v["elapsed_s"].as_f64().unwrap() < 60.0, "{v}");
+    // Human form, interrupt mode (workers asleep on the eventfd): the summary is printed.
+    let o = interrupt_bench(&[
+        "bench",
+        "-t",
+        "60",
+        "--mode",
+        "irq",
+        "--emu-thread",
+        "-q",
+        "1",
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{e}");
+    let out = stdout(&o);
+    assert!(
+        out.contains("IOPS") && out.contains("interrupted by Ctrl-C"),
+        "{out}"
+    );
+}
+
+#[test]
+fn misleading_messages_now_name_the_real_problem() {
+    // A directory: used to blame the filesystem's O_DIRECT support.
+    let dir = scratch("a-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    assert_refused(
+        &["bench", "--device", dir.to_str().unwrap(), "--ios", "1"],
+        1,
+        &["is a directory"],
+    );
+    let o = run_bounded(&["bench", "--device", dir.to_str().unwrap(), "--ios", "1"]);
+    assert!(!stderr(&o).contains("O_DIRECT (tmpfs"), "{}", stderr(&o));
+    std::fs::remove_dir(&dir).unwrap();
+    // More queues than the controller grants: say the flag.
+    assert_refused(
+        &["bench", "--queues", "100", "--ios", "100"],
+        1,
+        &["granted 64", "--queues 64 or fewer"],
+    );
+    let o = run_bounded(&["bench", "--queues", "100", "--ios", "100"]);
+    assert!(!stderr(&o).contains("drop a queue pair"), "{}", stderr(&o));
+    // A queue depth beyond the controller's queue size: refused, not silently clamped.
+    assert_refused(
+        &["bench", "-q", "4096", "--ios", "10"],
+        1,
+        &[
+            "-q 4096 needs 4097 entries",
+            "allows 2048",
+            "-q 2047 or less",
+        ],
+    );
+    // A zero timeout: refused, not silently 1 ms.
+    assert_refused(
+        &["bench", "--timeout-ms", "0", "--ios", "10"],
+        2,
+        &["--timeout-ms", "at least 1"],
+    );
+    // Negative numbers: the flag and the expected form, not "unexpected argument '-5'".
+    for (flag, want) in [
+        ("-q", "--queue-depth"),
+        ("--queues", "--queues"),
+        ("--ios", "--ios"),
+        ("-t", "--time"),
+        ("--size", "--size"),
+    ] {
+        let o = run_bounded(&["bench", flag, "-5"]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{flag}: {e}");
+        assert!(
+            e.contains(want) && e.contains("negative") && !e.contains("unexpected argument"),
+            "{flag}: {e}"
+        );
+    }
+    // A seed that is not a number: the flag and the forms accepted.
+    assert_refused(
+        &["bench", "--seed", "abc"],
+        2,
+        &["--seed", "whole number", "hex with 0x"],
+    );
+    let o = run_bounded(&["bench", "--seed", "abc"]);
+    assert!(
+        !stderr(&o).contains("invalid digit found in string"),
+        "{}",
+        stderr(&o)
+    );
+    // A PCI address that does not exist, or is no NVMe controller: not an IOMMU problem.
+    assert_refused(
+        &["bench", "--device", "0000:ff:1f.7", "--ios", "1"],
+        1,
+        &["no PCI device 0000:ff:1f.7"],
+    );
+    if let Some(bdf) = std::fs::read_dir("/sys/bus/pci/devices")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|b| {
+            std::fs::read_to_string(format!("/sys/bus/pci/devices/{b}/class"))
+                .is_ok_and(|c| c.trim() != "0x010802")
+        })
+    {
+        assert_refused(
+            &["bench", "--device", &bdf, "--ios", "1"],
+            1,
+            &["is not an NVMe controller"],
+        );
+        let o = run_bounded(&["identify", "--device", &bdf]);
+        assert!(
+            stderr(&o).contains("is not an NVMe controller") && !stderr(&o).contains("IOMMU"),
+            "{}",
+            stderr(&o)
+        );
+    } else {
+        println!(
+            "no non-NVMe PCI device on this machine: that case is covered by the unit test only"
+        );
+    }
+}
+
+#[test]
+fn iopoll_on_a_file_fails_before_the_run_with_the_reason() {
+    let path = scratch("iopoll.dat");
+    std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+    // Used to submit, fail every I/O, print IOPS 0 with the failures' latency, then error.
+    let o = run_bounded(&[
+        "bench",
+        "--device",
+        path.to_str().unwrap(),
+        "--iopoll",
+        "--ios",
+        "100",
+    ]);
+    let e = stderr(&o);
+    assert_no_panic(&[], &e);
+    std::fs::remove_file(&path).unwrap();
+    if o.status.success() {
+        println!("this filesystem polls O_DIRECT files: nothing to check here");
+        return;
+    }
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("tried before the run") && e.contains("--iopoll") && e.contains("drop --iopoll"),
+        "{e}"
+    );
+    assert!(
+        o.stdout.is_empty(),
+        "no report of a run that did not run: {}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn a_read_only_block_device_fails_before_the_run() {
+    let path = scratch("ro-loop.dat");
+    std::fs::write(&path, vec![0u8; 4 << 20]).unwrap();
+    let l = Command::new("losetup")
+        .args(["-r", "-f", "--show", path.to_str().unwrap()])
+        .output();
+    let Some(dev) = l
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    else {
+        std::fs::remove_file(&path).unwrap();
+        println!("NOT RUN: no loop device (losetup -r failed; needs root and /dev/loop-control)");
+        return;
+    };
+    let o = run_bounded(&["bench", "--device", &dev, "-w", "randwrite", "--ios", "10"]);
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    std::fs::remove_file(&path).unwrap();
+    let e = stderr(&o);
+    assert_no_panic(&[], &e);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("a write of 4096 bytes at offset 0, tried before the run")
+            && e.contains("read-only"),
+        "{e}"
+    );
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+}
+
+#[test]
+fn latency_comes_from_successful_ios_only() {
+    // Every I/O fails (the first one, with -q 1 and the run stopping at the first failure):
+    // the report must not show a latency made of failures.
+    let o = run_bounded(&[
+        "bench",
+        "--json",
+        "--inject-io-error",
+        "0",
+        "--ios",
+        "10",
+        "-q",
+        "1",
+    ]);
+    let e = stderr(&o);
+    assert_no_panic(&[], &e);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("I/O(s) failed") && e.contains("Internal Error"),
+        "{e}"
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ios"], 0, "{v}");
+    assert!(v["errors"].as_u64().unwrap() >= 1, "{v}");
+    for (k, x) in v["latency"].as_object().unwrap() {
+        assert_eq!(x.as_f64(), Some(0.0), "latency.{k} of failed I/Os: {v}");
+    }
+}
+
+#[test]
+fn cpu_time_is_the_threads_own_and_wall_time_its_own_line() {
+    // irq mode with the emulator on its own thread: the worker sleeps, so its CPU time
+    // (from the kernel's per-thread accounting) cannot exceed its wall time.
+    let v = bench_json(&["--mode", "irq", "--emu-thread", "-q", "1", "--ios", "2000"]);
+    let cpu = v["cpu_ns_per_io"].as_f64().expect("cpu_ns_per_io");
+    let wall = v["wall_ns_per_io"].as_f64().expect("wall_ns_per_io");
+    assert!(cpu > 0.0 && wall > 0.0, "{v}");
+    // A physical bound, not a timing one: one thread uses at most one CPU.
+    assert!(cpu <= wall * 1.1 + 1_000.0, "cpu {cpu} > wall {wall}: {v}");
+    assert!(
+        v.get("ns_per_io").is_none(),
+        "the old ambiguous key is gone: {v}"
+    );
+    let o = run_bounded(&[
+        "bench",
+        "--mode",
+        "irq",
+        "--emu-thread",
+        "-q",
+        "1",
+        "--ios",
+        "500",
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cpu_line = out
+        .lines()
+        .find(|l| l.starts_with("CPU/IO"))
+        .expect("CPU/IO line");
+    assert!(cpu_line.contains("CPU time"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("wall/IO")), "{out}");
+    assert!(
+        !out.contains("poll mode spins") && !out.contains("poll mode:"),
+        "irq mode: {out}"
+    );
+    assert!(out.contains("irq mode: the workers sleep"), "{out}");
+}
+
+#[test]
+fn irq_mode_on_the_inline_emulator_says_it_never_sleeps() {
+    let o = run_bounded(&["bench", "--mode", "irq", "--ios", "500"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("never waits on the interrupt") && out.contains("--emu-thread"),
+        "{out}"
+    );
+    // Poll mode and the emulator thread need no such note.
+    let o = run_bounded(&["bench", "--mode", "irq", "--emu-thread", "--ios", "500"]);
+    assert!(!stdout(&o).contains("never waits"), "{}", stdout(&o));
+}
+
+#[test]
+fn identify_reports_what_bench_can_get_and_json_carries_units() {
+    let o = run_bounded(&["identify", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    // bench --queues 64 --mode irq runs on the emulated controller: identify says so.
+    assert_eq!(v["io_queues"], 64, "{v}");
+    assert_eq!(v["msix_vectors"], 65, "{v}");
+    assert_eq!(v["doorbell_stride_bytes"], 4, "{v}");
+    assert_eq!(v["page_size_bytes"], 4096, "{v}");
+    assert!(v.get("doorbell_stride").is_none(), "{v}");
+    let o = run_bounded(&["identify"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("64 I/O queue pairs granted") && out.contains("65 MSI-X vectors"),
+        "{out}"
+    );
+    assert!(out.contains("doorbell stride 4 bytes"), "{out}");
+    let v = bench_json(&["--queues", "64", "--mode", "irq", "-q", "1", "--ios", "640"]);
+    assert_eq!(v["queues"].as_array().unwrap().len(), 64);
+    // Every latency key names its unit.
+    let v = bench_json(&["--ios", "100"]);
+    for k in v["latency"].as_object().unwrap().keys() {
+        assert!(k.ends_with("_ns"), "latency.{k} has no unit: {v}");
+    }
+    for k in [
+        "io_size_bytes",
+        "lba_size_bytes",
+        "working_set_bytes",
+        "time_s",
+    ] {
+        assert!(v["settings"].get(k).is_some(), "settings.{k}: {v}");
+    }
+}
+
+/// Bad invocations: each must end (under the hang detector) with its exit status (2 for a
+/// command line clap refuses, 1 for a run that cannot go ahead) and a message holding the
+/// key words, without a panic.
+#[test]
+fn table_of_bad_invocations_fails_cleanly_with_a_sentence() {
+    #[rustfmt::skip]
+    let table: &[(&[&str], i32, &[&str])] = &[
+        (&["bench", "--io-size", "4x"], 2, &["--io-size", "not a size"]),
+        (&["bench", "-o", "1000"], 2, &["--io-size", "not a multiple of 512"]),
+        (&["bench", "-o", "2g"], 2, &["--io-size", "more than 1 GiB"]),
+        (&["bench", "-o", "0"], 2, &["--io-size", "zero bytes"]),
+        (&["bench", "-o", "-4k"], 2, &["--io-size", "negative sizes"]),
+        (&["bench", "-w", "randrw", "--mix", "150"], 2, &["--mix", "0 to 100"]),
+        (&["bench", "-w", "randrw", "-M", "-5"], 2, &["--mix", "negative percentages"]),
+        (&["bench", "-w", "randread", "-M", "50"], 1, &["--mix only applies"]),
+        (&["bench", "--mix"], 2, &["--mix", "a value is required"]),
+        (&["bench", "--device", "bogus"], 2, &["--device", "unknown device"]),
+        (&["bench", "--device", "0000:01:20.0"], 2, &["not a valid PCI address", "00 to 1f"]),
+        (&["bench", "--segments", "3"], 1, &["--segments 3 needs at least 3 blocks"]),
+        (&["bench", "--segments", "0"], 2, &["--segments", "from 1 to 256"]),
+        (&["bench", "--segments", "300"], 2, &["--segments", "out of range"]),
+        (&["bench", "--engine", "io_uring"], 1, &["needs a block device or file path"]),
+        (&["bench", "--engine", "vfio", "--device", "./f"], 1, &["--engine io_uring"]),
+        (&["bench", "--engine", "spdk"], 2, &["--engine", "possible values"]),
+        (&["bench", "--inject-flip-bit", "3"], 1, &["emu:ram only"]),
+        (&["bench", "--inject-io-error", "1", "--device", "./x"], 1, &["emulated controller only"]),
+        (&["bench", "--device", "./f", "--emu-thread"], 1, &["emulated controller only"]),
+        (&["bench", "--iopoll"], 1, &["io_uring options"]),
+        (&["bench", "--sqpoll"], 1, &["io_uring options"]),
+        (&["bench", "-t", "0"], 1, &["-t 0 measures nothing", "--ios"]),
+        (&["bench", "-t", "abc"], 2, &["--time", "not a duration"]),
+        (&["bench", "-t", "100000"], 2, &["--time", "out of range", "86400"]),
+        (&["bench", "-t", "-5"], 2, &["--time", "negative durations"]),
+        (&["bench", "--warmup", "-1"], 2, &["--warmup", "negative durations"]),
+        (&["bench", "-q", "0"], 2, &["--queue-depth", "from 1 to 65535"]),
+        (&["bench", "-q", "70000"], 2, &["--queue-depth", "out of range"]),
+        (&["bench", "-q", "-5"], 2, &["--queue-depth", "negative numbers are not allowed"]),
+        (&["bench", "-q", "4096", "--ios", "1"], 1, &["-q 4096 needs 4097 entries", "-q 2047 or less"]),
+        (&["bench", "--queues", "0"], 2, &["--queues", "from 1 to 1024"]),
+        (&["bench", "--queues", "2000"], 2, &["--queues", "out of range"]),
+        (&["bench", "--queues", "100", "--ios", "1"], 1, &["granted 64", "--queues 64 or fewer"]),
+        (&["bench", "--batch", "0"], 2, &["--batch", "out of range"]),
+        (&["bench", "--ios", "0"], 2, &["--ios", "at least 1"]),
+        (&["bench", "--ios", "-1"], 2, &["--ios", "negative numbers"]),
+        (&["bench", "--nsid", "0"], 2, &["--nsid", "out of range"]),
+        (&["bench", "--nsid", "2", "--ios", "1"], 1, &["namespace 2 does not exist"]),
+        (&["bench", "--size", "0"], 2, &["--size", "zero bytes"]),
+        (&["bench", "--size", "1k", "--ios", "1"], 1, &["smaller than one I/O"]),
+        (&["bench", "--emu-lba-size", "1024"], 2, &["--emu-lba-size", "possible values"]),
+        (&["bench", "-w", "bogus"], 2, &["--workload", "possible values"]),
+        (&["bench", "--mode", "bogus"], 2, &["--mode", "possible values"]),
+        (&["bench", "--no-such-flag"], 2, &["unexpected argument '--no-such-flag'"]),
+        (&["bench", "--seed", "abc"], 2, &["--seed", "hex with 0x"]),
+        (&["bench", "--seed", "99999999999999999999999"], 2, &["--seed", "too large"]),
+        (&["bench", "--timeout-ms", "0"], 2, &["--timeout-ms", "at least 1"]),
+        (&["bench", "--timeout-ms", "-1"], 2, &["--timeout-ms", "negative numbers"]),
+        (&["bench", "--device", "emu:ram", "--size", "1t"], 1, &["needs 1.0 TiB of RAM"]),
+        (&["bench", "--verify"], 1, &["null namespace", "--device emu:ram"]),
+        (&["bench", "-o", "512", "--ios", "1"], 1, &["not a multiple of the device's 4096-byte blocks"]),
+        (&["bench", "--device", "./no-such-file", "--ios", "1"], 1, &["no such file", "create it first"]),
+        (&["bench", "--device", "/dev/null", "--ios", "1"], 1, &["/dev/null is a character device"]),
+        (&["bench", "--device", "/", "--ios", "1"], 1, &["/ is a directory"]),
+        (&["bench", "--histogram", "/no/such/dir/x.svg", "--ios", "1"], 1, &["cannot create the histogram file"]),
+        (&["bench", "--device", "0000:ff:1f.7", "--ios", "1"], 1, &["no PCI device 0000:ff:1f.7"]),
+        (&["setup", "nope"], 2, &["not a PCI address"]),
+        (&["setup"], 2, &["required arguments were not provided"]),
+        (&["setup", "0000:ff:1f.7", "--hugepages", "-3"], 2, &["--hugepages", "negative numbers"]),
+        (&["reset", "0000:ff:1f.7"], 1, &["refusing to reset", "no PCI device"]),
+        (&["identify", "--device", "bogus"], 2, &["unknown device"]),
+        (&["identify", "--device", "./file"], 1, &["is a path", "PCI address"]),
+        (&["identify", "--device", "0000:ff:1f.7"], 1, &["no PCI device 0000:ff:1f.7"]),
+        (&["frobnicate"], 2, &["unrecognized subcommand 'frobnicate'"]),
+    ];
+    assert!(table.len() >= 40);
+    let mut failures = Vec::new();
+    for (args, code, words) in table {
+        let o = run_bounded(args);
+        let e = stderr(&o);
+        let ok = o.status.code() == Some(*code)
+            && words.iter().all(|w| e.contains(w))
+            && !e.contains("panicked")
+            && !e.contains("RUST_BACKTRACE");
+        if !ok {
+            failures.push(format!(
+                "{args:?}: status {:?} (want {code}), stderr:\n{e}",
+                o.status.code()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed:\n{}",
+        failures.len(),
+        table.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn segments_smaller_than_a_block_run_with_sgls_and_are_refused_without() {
+    // A 512-byte I/O in 2 segments of 256 bytes on a 512-byte namespace: one SGL command.
+    let v = bench_json(&[
+        "--device",
+        "emu:ram",
+        "--emu-sgl",
+        "--segments",
+        "2",
+        "-o",
+        "512",
+        "--verify",
+        "-w",
+        "randrw",
+        "--ios",
+        "2000",
+    ]);
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["verify"]["mismatches"], 0, "{v}");
+    assert!(v["verify"]["checked_blocks"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(
+        v["settings"]["segment_shapes"],
+        serde_json::json!([[0, 256], [512, 256]]),
+        "{v}"
+    );
+    assert_eq!(
+        v["queues"][0]["split_requests"], 0,
+        "one SGL command each: {v}"
+    );
+    // Without SGLs the reason is the missing SGL support, or --no-sgl.
+    assert_refused(
+        &[
+            "bench",
+            "--device",
+            "emu:ram",
+            "--segments",
+            "2",
+            "-o",
+            "512",
+            "--ios",
+            "10",
+        ],
+        1,
+        &[
+            "--segments 2 needs at least 2 blocks",
+            "does not support SGLs",
+        ],
+    );
+    assert_refused(
+        &[
+            "bench",
+            "--device",
+            "emu:ram",
+            "--emu-sgl",
+            "--no-sgl",
+            "--segments",
+            "2",
+            "-o",
+            "512",
+            "--ios",
+            "10",
+        ],
+        1,
+        &[
+            "--segments 2 needs at least 2 blocks",
+            "--no-sgl forces PRPs",
+        ],
+    );
+    // The kernel path says why it needs whole blocks.
+    let path = scratch("seg.dat");
+    std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+    assert_refused(
+        &[
+            "bench",
+            "--device",
+            path.to_str().unwrap(),
+            "--segments",
+            "2",
+            "-o",
+            "512",
+            "--ios",
+            "10",
+        ],
+        1,
+        &["whole-block segments only"],
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_write_protected_namespace_fails_before_the_run() {
+    // Used to run, fail every write, and print IOPS 0 with the failures' latency.
+    assert_refused(
+        &[
+            "bench",
+            "-w",
+            "randwrite",
+            "--inject-write-protect",
+            "--ios",
+            "100",
+        ],
+        1,
+        &[
+            "a write of 4096 bytes at offset 0, tried before the run",
+            "Write Protected",
+        ],
+    );
+    let o = run_bounded(&[
+        "bench",
+        "-w",
+        "randwrite",
+        "--inject-write-protect",
+        "--ios",
+        "100",
+    ]);
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+    // Reads on the same namespace still run.
+    let v = bench_json(&["-w", "randread", "--inject-write-protect", "--ios", "100"]);
+    assert_eq!(v["ios"], 100);
 }

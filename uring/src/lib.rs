@@ -22,7 +22,8 @@
 //!   still write.
 //!
 //! [`pin_current_thread`] (sched_setaffinity) lives here for the same reason: it is the one
-//! other libc call the benchmark needs.
+//! other libc call the benchmark needs, and so do the binary's Ctrl-C flag and thread CPU
+//! clock ([`sys`]).
 
 use std::alloc::Layout;
 use std::fs::{File, OpenOptions};
@@ -33,6 +34,9 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
 use io_uring::{IoUring, opcode, squeue, types};
+
+pub mod sys;
+pub use sys::{block_sigint_in_this_thread, catch_sigint, sigint_caught, thread_cpu_time};
 
 /// Buffer alignment: a page, which satisfies every O_DIRECT alignment rule in practice.
 pub const ALIGN: usize = 4096;

@@ -13,16 +13,18 @@
 //!
 //! ## `--json`
 //!
-//! One object ([`Report`]): `device`, `device_description`, `emulated`, `engine`
-//! (`vfio`|`io_uring`), `settings` {workload, read_pct, io_size, lba_size, queue_depth,
-//! queues, segments, segment_shapes [[in-page offset, len]..], mode, batch, time_s,
-//! warmup_s, ios, working_set_bytes, verify, seed, pinned, emu_mode, iopoll, sqpoll},
-//! `ios`, `bytes`, `elapsed_s`, `iops`, `mib_s`, `ns_per_io`, `latency` {avg, min, max, p50,
-//! p90, p99, p99_9, p99_99} in ns, `errors`, `first_error`, `verify` {checked_blocks,
-//! mismatches, first_mismatch} or null, `queues` [{queue, cpu, submitted, completed, errors,
-//! split_requests, commands, doorbell_writes, sq_doorbells, cq_doorbells, polls,
-//! empty_polls, timeouts, interrupts, syscalls}] (null where the engine has no such thing),
-//! `notes`.
+//! One object ([`Report`]). Every key with a unit names it (`_bytes`, `_s`, `_ns`,
+//! `_per_io`); counts have none. `device`, `device_description`, `emulated`, `engine`
+//! (`vfio`|`io_uring`), `settings` {workload, read_pct, io_size_bytes, lba_size_bytes,
+//! queue_depth, queues, segments, segment_shapes [[in-page offset, len]..], mode, batch,
+//! time_s, warmup_s, ios, working_set_bytes, verify, seed, pinned, emu_mode, iopoll,
+//! sqpoll}, `ios`, `bytes`, `elapsed_s`, `iops`, `mib_s`, `cpu_ns_per_io` (the worker
+//! threads' own CPU time), `wall_ns_per_io`, `latency` {avg_ns, min_ns, max_ns, p50_ns,
+//! p90_ns, p99_ns, p99_9_ns, p99_99_ns} (successful I/Os only; zeroes if none succeeded),
+//! `errors`, `first_error`, `verify` {checked_blocks, mismatches, first_mismatch} or null,
+//! `queues` [{queue, cpu, submitted, completed, errors, split_requests, commands,
+//! doorbell_writes, sq_doorbells, cq_doorbells, polls, empty_polls, timeouts, interrupts,
+//! syscalls}] (null where the engine has no such thing), `notes`.
 //!
 //! The engines (`nvme.rs`: the nvme-dio driver on VFIO or the emulated controller;
 //! `uring.rs`: the kernel through io_uring) share the workload generator and verify pattern
@@ -167,6 +169,8 @@ pub struct QueueResult {
     pub first_mismatch: Option<String>,
     /// The measuring window.
     pub elapsed: Duration,
+    /// CPU time the worker thread used in that window (None if the clock failed).
+    pub cpu: Option<Duration>,
     /// Counters.
     pub counters: QueueCounters,
 }
@@ -184,6 +188,7 @@ impl QueueResult {
             mismatches: 0,
             first_mismatch: None,
             elapsed: Duration::ZERO,
+            cpu: None,
             counters: QueueCounters {
                 queue: q,
                 cpu,
@@ -201,8 +206,10 @@ pub struct Settings {
     /// Read percentage.
     pub read_pct: u8,
     /// Bytes per I/O.
+    #[serde(rename = "io_size_bytes")]
     pub io_size: u64,
     /// Device block size.
+    #[serde(rename = "lba_size_bytes")]
     pub lba_size: u32,
     /// I/Os in flight per queue.
     pub queue_depth: u32,
@@ -272,8 +279,13 @@ pub struct Report {
     pub iops: f64,
     /// MiB per second (sum over queues).
     pub mib_s: f64,
-    /// CPU time per I/O: each worker thread spins, so `queues * window / I/Os`, in ns.
-    pub ns_per_io: f64,
+    /// CPU time per I/O, ns: the worker threads' own CPU time (the kernel's per-thread
+    /// accounting) over the measuring window, summed, divided by the I/Os. Null if the
+    /// clock could not be read.
+    pub cpu_ns_per_io: Option<f64>,
+    /// Wall time per I/O, ns: `queues * window / I/Os`. Equal to the CPU time when the
+    /// workers spin (poll mode); larger when they sleep.
+    pub wall_ns_per_io: f64,
     /// Latency in ns.
     pub latency: Latency,
     /// Failed I/Os.
@@ -298,22 +310,90 @@ pub struct Report {
 /// Bad argument combinations, device errors, failed I/Os, verify mismatches.
 pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     check_args(args)?;
-    let report = match (args.engine(), &args.device) {
-        (Engine::Vfio, DeviceSpec::Emu { .. } | DeviceSpec::Pci(_)) => nvme::run(args)?,
-        (Engine::IoUring, DeviceSpec::Path(p)) => uring::run(args, p)?,
-        (Engine::Vfio, DeviceSpec::Path(p)) => {
-            return Err(CliError::BadArgument(format!(
-                "--engine vfio drives a PCI controller (or `emu`), not a path: use --engine io_uring for {}, or give the controller's PCI address (see `nvme-dio list`)",
-                p.display()
-            )));
-        }
-        (Engine::IoUring, d) => {
-            return Err(CliError::BadArgument(format!(
-                "--engine io_uring goes through the kernel and needs a block device or file path, not {d}: use --engine vfio for it"
-            )));
+    // Output paths are checked before the run, so a typo does not cost the run's results.
+    let hist = HistogramFile::create(args)?;
+    // Ctrl-C stops the run and prints what was measured (fio does the same); a second
+    // Ctrl-C terminates as usual. Without the handler Ctrl-C still works, only abruptly.
+    let mut notes = Vec::new();
+    if let Err(e) = nvme_dio_uring::catch_sigint() {
+        notes.push(format!("Ctrl-C will end the run without a report: {e}"));
+    }
+    let result = match (args.engine(), &args.device) {
+        (Engine::Vfio, DeviceSpec::Emu { .. } | DeviceSpec::Pci(_)) => nvme::run(args),
+        (Engine::IoUring, DeviceSpec::Path(p)) => uring::run(args, p),
+        (Engine::Vfio, DeviceSpec::Path(p)) => Err(CliError::BadArgument(format!(
+            "--engine vfio drives a PCI controller (or `emu`), not a path: use --engine io_uring for {}, or give the controller's PCI address (see `nvme-dio list`)",
+            p.display()
+        ))),
+        (Engine::IoUring, d) => Err(CliError::BadArgument(format!(
+            "--engine io_uring goes through the kernel and needs a block device or file path, not {d}: use --engine vfio for it"
+        ))),
+    };
+    let mut report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(h) = hist {
+                h.discard();
+            }
+            return Err(e);
         }
     };
-    finish(args, report)
+    report.notes.extend(notes);
+    let interrupted = interrupted();
+    if interrupted {
+        report.notes.push(format!(
+            "interrupted by Ctrl-C after {:.2} s of measuring: the figures cover the I/Os completed until then",
+            report.elapsed_s
+        ));
+    }
+    finish(args, report, hist)?;
+    if interrupted {
+        return Err(CliError::Interrupted(
+            "; the report covers the run until then".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// True once Ctrl-C arrived (after [`run`] installed its handler).
+pub fn interrupted() -> bool {
+    nvme_dio_uring::sigint_caught()
+}
+
+/// The error for a Ctrl-C during a step before measuring (bring-up, writing the working
+/// set): there is nothing to report.
+pub fn interrupted_during(what: &str) -> CliError {
+    CliError::Interrupted(format!(" while {what}; nothing was measured"))
+}
+
+/// The `--histogram` file, created before the run so a bad path fails at once.
+#[derive(Debug)]
+pub struct HistogramFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl HistogramFile {
+    fn create(args: &BenchArgs) -> Result<Option<HistogramFile>, CliError> {
+        let Some(path) = &args.histogram else {
+            return Ok(None);
+        };
+        let file = std::fs::File::create(path).map_err(|source| CliError::File {
+            op: "create the histogram file (checked before the run)",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some(HistogramFile {
+            path: path.clone(),
+            file,
+        }))
+    }
+
+    /// Removes the (empty) file again when the run failed before any result.
+    fn discard(self) {
+        drop(self.file);
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn check_args(a: &BenchArgs) -> Result<(), CliError> {
@@ -327,6 +407,21 @@ fn check_args(a: &BenchArgs) -> Result<(), CliError> {
     if a.inject_flip_bit.is_some() && a.device != (DeviceSpec::Emu { ram: true }) {
         return bad("--inject-flip-bit is a testing aid for --device emu:ram only".into());
     }
+    if a.inject_write_protect && !a.device.is_emu() {
+        return bad(
+            "--inject-write-protect is a testing aid for the emulated controller only (--device emu or emu:ram)".into(),
+        );
+    }
+    if a.inject_io_error.is_some() && !a.device.is_emu() {
+        return bad(
+            "--inject-io-error is a testing aid for the emulated controller only (--device emu or emu:ram)".into(),
+        );
+    }
+    if a.emu_sgl && !a.device.is_emu() {
+        return bad(
+            "--emu-sgl applies to the emulated controller only (--device emu or emu:ram)".into(),
+        );
+    }
     if a.emu_thread && !a.device.is_emu() {
         return bad(
             "--emu-thread applies to the emulated controller only (--device emu or emu:ram)".into(),
@@ -338,7 +433,64 @@ fn check_args(a: &BenchArgs) -> Result<(), CliError> {
     if a.time <= 0.0 && a.ios.is_none() {
         return bad("-t 0 measures nothing: give a time in seconds, or --ios N".into());
     }
+    if a.verify && a.device == (DeviceSpec::Emu { ram: false }) {
+        return bad("--verify needs a namespace that keeps what is written, and `--device emu` is a null namespace (writes are dropped, reads return zeroes): use --device emu:ram".into());
+    }
+    if a.device == (DeviceSpec::Emu { ram: true }) {
+        let want = a.size.unwrap_or(nvme::EMU_RAM_BYTES);
+        if let Some(avail) = mem_available()
+            && want > avail
+        {
+            return bad(format!(
+                "--size {} for `--device emu:ram` needs {} of RAM for the emulated namespace, but only {} is available (MemAvailable in /proc/meminfo): use a smaller --size, or --device emu (a null namespace of any size) when the data need not be kept",
+                human_size(want),
+                human_size(want),
+                human_size(avail)
+            ));
+        }
+    }
     Ok(())
+}
+
+/// MemAvailable from /proc/meminfo, bytes (None where it cannot be read).
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `1.5 GiB`, `64.0 MiB`, `4.0 KiB`, `512 bytes`.
+pub fn human_size(b: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    for (u, name) in UNITS {
+        if b >= u {
+            return format!("{:.1} {name}", b as f64 / u as f64);
+        }
+    }
+    format!("{b} bytes")
+}
+
+/// A progress bar on stderr for a long step (writing the working set before verify), when
+/// stderr is a terminal; `None` otherwise (scripts and tests see nothing).
+pub fn progress_bar(what: &str, bytes: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(bytes);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("static template"),
+    );
+    b.set_message(what.to_string());
+    Some(b)
 }
 
 /// Builds the job from the arguments and the device's geometry.
@@ -346,7 +498,13 @@ fn check_args(a: &BenchArgs) -> Result<(), CliError> {
 /// # Errors
 ///
 /// [`CliError::BadArgument`] when the I/O size, segments or working set do not fit the device.
-pub fn make_job(args: &BenchArgs, lba_size: u32, device_bytes: u64) -> Result<Job, CliError> {
+/// `sub_block` says whether segments smaller than a block can be sent (SGLs), or why not.
+pub fn make_job(
+    args: &BenchArgs,
+    lba_size: u32,
+    device_bytes: u64,
+    sub_block: Result<(), &str>,
+) -> Result<Job, CliError> {
     let bad = |s: String| Err(CliError::BadArgument(s));
     if args.io_size % lba_size as u64 != 0 {
         return bad(format!(
@@ -355,7 +513,7 @@ pub fn make_job(args: &BenchArgs, lba_size: u32, device_bytes: u64) -> Result<Jo
             lba_size.max(4096)
         ));
     }
-    let shapes = pattern::segment_shapes(args.io_size, lba_size, args.segments)
+    let shapes = pattern::segment_shapes(args.io_size, lba_size, args.segments, sub_block)
         .map_err(CliError::BadArgument)?;
     let default_size = match (&args.device, args.verify) {
         (DeviceSpec::Emu { .. }, _) | (_, false) => device_bytes,
@@ -428,6 +586,9 @@ where
                     std::thread::Builder::new()
                         .name(format!("bench-q{q}"))
                         .spawn_scoped(s, move || {
+                            // Ctrl-C goes to the main thread (it keeps time and stops the
+                            // run); a worker asleep in an interrupt wait must not get EINTR.
+                            let _ = nvme_dio_uring::block_sigint_in_this_thread();
                             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                 worker(q, ctl)
                             }));
@@ -473,7 +634,7 @@ fn keep_time(args: &BenchArgs, ctl: &Control, show: bool) {
         b
     });
     let tick = Duration::from_millis(100);
-    let all_done = || ctl.done.load(Ordering::Acquire) == n;
+    let all_done = || ctl.done.load(Ordering::Acquire) == n || interrupted();
     if args.warmup > 0.0 {
         let end = Instant::now() + Duration::from_secs_f64(args.warmup);
         while Instant::now() < end && !all_done() {
@@ -542,7 +703,8 @@ pub fn report(
     let (mut checked, mut mismatches) = (0u64, 0u64);
     let (mut first_error, mut first_mismatch) = (None, None);
     let mut elapsed = Duration::ZERO;
-    let mut cpu_ns = 0.0;
+    let mut wall_ns = 0.0;
+    let mut cpu_ns = Some(0.0);
     let mut queues = Vec::new();
     for r in results {
         hist.add(&r.hist).expect("histograms share bounds");
@@ -558,7 +720,8 @@ pub fn report(
             iops += r.ios as f64 / secs;
             mib_s += r.bytes as f64 / secs / (1 << 20) as f64;
         }
-        cpu_ns += secs * 1e9;
+        wall_ns += secs * 1e9;
+        cpu_ns = cpu_ns.zip(r.cpu).map(|(a, c)| a + c.as_secs_f64() * 1e9);
         elapsed = elapsed.max(r.elapsed);
         queues.push(r.counters);
     }
@@ -598,7 +761,8 @@ pub fn report(
         elapsed_s: elapsed.as_secs_f64(),
         iops,
         mib_s,
-        ns_per_io: if ios > 0 { cpu_ns / ios as f64 } else { 0.0 },
+        cpu_ns_per_io: cpu_ns.map(|c| if ios > 0 { c / ios as f64 } else { 0.0 }),
+        wall_ns_per_io: if ios > 0 { wall_ns / ios as f64 } else { 0.0 },
         latency: Latency::from_histogram(&hist),
         errors,
         first_error,
@@ -693,25 +857,45 @@ pub fn human(r: &Report) -> String {
     let _ = writeln!(o, "MiB/s    {:>12.1}   {t}", r.mib_s);
     let _ = writeln!(
         o,
-        "CPU/IO   {:>12}   {t} (thread wall time x queues / I/Os; poll mode spins)",
-        fmt_ns(r.ns_per_io)
+        "CPU/IO   {:>12}   {t} (worker threads' CPU time / I/Os{})",
+        r.cpu_ns_per_io.map_or("unknown".to_string(), fmt_ns),
+        match (s.emu_mode, r.engine, s.sqpoll) {
+            (Some("thread"), ..) => "; the emulator thread's CPU is not included",
+            (Some(_), ..) => "; includes the inline emulator's work",
+            (None, Engine::IoUring, true) => "; the kernel's SQPOLL thread is not included",
+            (None, Engine::IoUring, false) => "; includes the kernel's work in io_uring_enter",
+            _ => "",
+        }
     );
     let _ = writeln!(
         o,
-        "latency  avg {}  min {}  max {}   {t}",
-        fmt_ns(l.avg),
-        fmt_ns(l.min as f64),
-        fmt_ns(l.max as f64)
+        "wall/IO  {:>12}   {t} (queues x measuring window / I/Os; {})",
+        fmt_ns(r.wall_ns_per_io),
+        match s.mode {
+            Mode::Poll => "poll mode: the workers spin, so CPU and wall time are close",
+            Mode::Irq => "irq mode: the workers sleep between completions",
+        }
     );
-    let _ = writeln!(
-        o,
-        "         p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}   {t}",
-        fmt_ns(l.p50 as f64),
-        fmt_ns(l.p90 as f64),
-        fmt_ns(l.p99 as f64),
-        fmt_ns(l.p99_9 as f64),
-        fmt_ns(l.p99_99 as f64)
-    );
+    if r.ios == 0 {
+        let _ = writeln!(o, "latency  none: no I/O succeeded   {t}");
+    } else {
+        let _ = writeln!(
+            o,
+            "latency  avg {}  min {}  max {}   {t}",
+            fmt_ns(l.avg),
+            fmt_ns(l.min as f64),
+            fmt_ns(l.max as f64)
+        );
+        let _ = writeln!(
+            o,
+            "         p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}   {t}",
+            fmt_ns(l.p50 as f64),
+            fmt_ns(l.p90 as f64),
+            fmt_ns(l.p99 as f64),
+            fmt_ns(l.p99_9 as f64),
+            fmt_ns(l.p99_99 as f64)
+        );
+    }
     let _ = writeln!(
         o,
         "I/Os     {} in {:.2} s, {} errors",
@@ -756,8 +940,8 @@ pub fn human(r: &Report) -> String {
     o
 }
 
-fn finish(args: &BenchArgs, r: Report) -> Result<(), CliError> {
-    if let (Some(path), Some(h)) = (&args.histogram, &r.hist) {
+fn finish(args: &BenchArgs, r: Report, hist: Option<HistogramFile>) -> Result<(), CliError> {
+    if let (Some(mut out), Some(h)) = (hist, &r.hist) {
         let lines = vec![
             r.device_description.clone(),
             format!("settings: {}", tag(&r)),
@@ -778,20 +962,26 @@ fn finish(args: &BenchArgs, r: Report) -> Result<(), CliError> {
             &format!("nvme-dio bench: {} ({} engine)", r.device, r.engine),
             &lines,
         );
-        std::fs::write(path, svg).map_err(|source| CliError::File {
-            op: "write the histogram to",
-            path: path.clone(),
-            source,
+        std::io::Write::write_all(&mut out.file, svg.as_bytes()).map_err(|source| {
+            CliError::File {
+                op: "write the histogram to",
+                path: out.path.clone(),
+                source,
+            }
         })?;
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    let text = if args.json {
+        serde_json::to_string_pretty(&r)? + "\n"
     } else {
-        print!("{}", human(&r));
+        let mut t = human(&r);
         if let Some(p) = &args.histogram {
-            println!("histogram written to {}", p.display());
+            let _ = writeln!(t, "histogram written to {}", p.display());
         }
-    }
+        t
+    };
+    // A failed or mismatching run still fails when its report could not be printed: the
+    // output error comes after those.
+    let printed = crate::out::print(&text);
     if let Some(v) = &r.verify
         && v.mismatches > 0
     {
@@ -806,7 +996,7 @@ fn finish(args: &BenchArgs, r: Report) -> Result<(), CliError> {
             first: r.first_error.clone().unwrap_or_default(),
         });
     }
-    Ok(())
+    printed
 }
 
 /// Pins the calling worker to CPU `q % cpus` if asked; returns the CPU, or a note why not.
@@ -822,6 +1012,19 @@ pub fn pin(job: &Job, q: usize) -> (Option<usize>, Option<String>) {
             None,
             Some(format!("queue {q} not pinned to cpu {cpu}: {e}")),
         ),
+    }
+}
+
+/// The calling thread's CPU time so far (None if the clock cannot be read).
+pub fn thread_cpu() -> Option<Duration> {
+    nvme_dio_uring::thread_cpu_time().ok()
+}
+
+/// Marks the end of a worker's measuring window, wall and CPU clocks together (once).
+pub fn mark_end(t_end: &mut Option<Instant>, cpu_end: &mut Option<Duration>) {
+    if t_end.is_none() {
+        *t_end = Some(Instant::now());
+        *cpu_end = thread_cpu();
     }
 }
 

@@ -21,7 +21,8 @@ use nvme_dio_emu::{EmuConfig, EmuFunction, Fault, NsConfig};
 
 use super::pattern::{self, OpGen};
 use super::{
-    Control, Job, MEASURE, QueueResult, Report, STOP, budget_left, make_job, phase, pin, publish,
+    Control, Job, MEASURE, QueueResult, Report, STOP, budget_left, make_job, mark_end, phase, pin,
+    publish, thread_cpu,
 };
 use crate::args::{BenchArgs, DeviceSpec, Mode};
 use crate::error::CliError;
@@ -50,7 +51,13 @@ pub trait WithController {
 }
 
 /// The emulated controller's configuration for `emu` / `emu:ram`.
-pub fn emu_config(ram: bool, lba_size: u32, size: Option<u64>, thread: bool) -> EmuConfig {
+pub fn emu_config(
+    ram: bool,
+    lba_size: u32,
+    size: Option<u64>,
+    thread: bool,
+    sgl: bool,
+) -> EmuConfig {
     let bytes = size.unwrap_or(if ram { EMU_RAM_BYTES } else { EMU_NULL_BYTES });
     let blocks = (bytes / lba_size as u64).max(1);
     EmuConfig {
@@ -64,6 +71,7 @@ pub fn emu_config(ram: bool, lba_size: u32, size: Option<u64>, thread: bool) -> 
         } else {
             nvme_dio_emu::Mode::Inline
         },
+        sgl,
         ..EmuConfig::default()
     }
 }
@@ -110,6 +118,7 @@ pub fn with_controller<V: WithController>(
             v.with(ctrl, desc, Some(dev))
         }
         DeviceSpec::Pci(bdf) => {
+            check_pci(&crate::sysfs::Sysfs::host(), bdf)?;
             let dev = Arc::new(nvme_dio_dma::VfioFunction::open(bdf).map_err(|source| {
                 CliError::Vfio {
                     device: bdf.clone(),
@@ -133,6 +142,47 @@ pub fn with_controller<V: WithController>(
     }
 }
 
+/// Checks, from sysfs, that `bdf` is an NVMe controller bound to vfio-pci, so the message
+/// names what is wrong (opening a host bridge through VFIO blamed the IOMMU).
+///
+/// # Errors
+///
+/// [`CliError::BadArgument`] naming the address, what it is, and what to do.
+pub fn check_pci(s: &crate::sysfs::Sysfs, bdf: &str) -> Result<(), CliError> {
+    let bad = |m: String| Err(CliError::BadArgument(m));
+    let dir = s.dev(bdf);
+    if !dir.exists() {
+        return bad(format!(
+            "no PCI device {bdf} ({} does not exist): `nvme-dio list` shows the NVMe controllers",
+            dir.display()
+        ));
+    }
+    match s.class(bdf) {
+        Some(crate::sysfs::NVME_CLASS) => {}
+        Some(c) => {
+            return bad(format!(
+                "{bdf} is not an NVMe controller (PCI class {c:#08x}; NVMe is {:#08x}): `nvme-dio list` shows the NVMe controllers",
+                crate::sysfs::NVME_CLASS
+            ));
+        }
+        None => {}
+    }
+    match s.driver(bdf).as_deref() {
+        Some("vfio-pci") => Ok(()),
+        Some(d) => bad(format!(
+            "{bdf} is bound to the {d} driver, not vfio-pci: run `nvme-dio setup {bdf}` first{}",
+            if d == "nvme" {
+                " (or bench its block device through the kernel, e.g. --device /dev/nvme0n1)"
+            } else {
+                ""
+            }
+        )),
+        None => bad(format!(
+            "{bdf} is bound to no driver: run `nvme-dio setup {bdf}` to bind it to vfio-pci"
+        )),
+    }
+}
+
 /// Runs the benchmark through the nvme-dio driver.
 ///
 /// # Errors
@@ -140,9 +190,13 @@ pub fn with_controller<V: WithController>(
 /// Device, geometry and setup errors; I/O failures and mismatches come back in the report.
 pub fn run(args: &BenchArgs) -> Result<Report, CliError> {
     let emu = match &args.device {
-        DeviceSpec::Emu { ram } => {
-            emu_config(*ram, args.emu_lba_size(), args.size, args.emu_thread)
-        }
+        DeviceSpec::Emu { ram } => emu_config(
+            *ram,
+            args.emu_lba_size(),
+            args.size,
+            args.emu_thread,
+            args.emu_sgl,
+        ),
         _ => EmuConfig::default(),
     };
     let opts = controller_options(args.queues, args.mode == Mode::Irq, !args.no_sgl);
@@ -166,8 +220,41 @@ impl WithController for Bench<'_> {
             .namespace(args.nsid)
             .map_err(|e| CliError::driver(&dev, e))?
             .clone();
-        let job = make_job(args, ns.lba_size(), ns.bytes())?;
+        let sub_block = if ns.supports_sgl() {
+            Ok(())
+        } else if args.no_sgl {
+            Err("--no-sgl forces PRPs, which the planner splits only at block boundaries")
+        } else {
+            Err(
+                "this controller does not support SGLs (without them each segment must be whole blocks)",
+            )
+        };
+        let job = make_job(args, ns.lba_size(), ns.bytes(), sub_block)?;
+        let info = ctrl.info();
+        if args.queues > info.io_queues {
+            return Err(CliError::BadArgument(format!(
+                "--queues {}: the controller granted {} I/O queue pairs: use --queues {} or fewer",
+                args.queues, info.io_queues, info.io_queues
+            )));
+        }
+        let mqes = info.cap.mqes().entries();
+        if job.qd + 1 > mqes {
+            return Err(CliError::BadArgument(format!(
+                "-q {} needs {} entries per queue (one stays free), but the controller allows {}: use -q {} or less",
+                job.qd,
+                job.qd + 1,
+                mqes,
+                mqes - 1
+            )));
+        }
         let mut notes = Vec::new();
+        if entries(&job) > mqes {
+            notes.push(format!(
+                "queues have {mqes} entries (the controller's limit), fewer than -q {} x {} segments + 1: an I/O that splits into one command per segment may wait for room",
+                job.qd,
+                job.shapes.len()
+            ));
+        }
         if ctrl.memory().is_fallback() {
             notes.push(
                 "DMA buffers are on ordinary pages (no free 2 MiB hugepages): reserve some with `nvme-dio setup BDF --hugepages N` for real devices".into(),
@@ -180,6 +267,9 @@ impl WithController for Bench<'_> {
                 "emulated controller: the emulator works inside the doorbell write, so these are driver + emulator CPU figures, not a device's".into()
             });
         }
+        if emu.is_some() && !args.emu_thread && args.mode == Mode::Irq {
+            notes.push("--mode irq on the inline emulator: each completion is posted inside the doorbell write, so the worker finds it before it would sleep and never waits on the interrupt; add --emu-thread for a worker that really sleeps".into());
+        }
         if job.shapes.len() > 1 {
             notes.push(if ns.supports_sgl() {
                 "segments: the controller supports SGLs, so an iovec set that breaks the PRP rule may go out as one SGL command (use --no-sgl to force PRP splits)".into()
@@ -187,6 +277,20 @@ impl WithController for Bench<'_> {
                 format!("segments: each I/O is {} segments whose boundaries break the PRP rule, so the planner splits it", job.shapes.len())
             });
         }
+        if let (true, Some(emu)) = (args.inject_write_protect, &emu) {
+            emu.inject(Fault::Command {
+                target: nvme_dio_emu::Target::Opcode {
+                    admin: false,
+                    opcode: nvme_dio_queue::opcode::nvm::WRITE,
+                    count: u32::MAX,
+                },
+                action: nvme_dio_emu::Action::Status(
+                    nvme_dio_queue::Status::new(0, 0x20).with_dnr(),
+                ),
+            })
+            .map_err(|source| CliError::Emu { source })?;
+        }
+        first_ios(&ctrl, &ns, &job, &dev)?;
         if job.verify && job.read_pct > 0 {
             prefill(&ctrl, &ns, &job, &dev)?;
         }
@@ -202,7 +306,19 @@ impl WithController for Bench<'_> {
             .map_err(|source| CliError::Emu { source })?;
             notes.push(format!("testing aid: bit 0 of LBA {lba} was flipped in the emulator's storage after the working set was written"));
         }
-        let timeout = Duration::from_millis(args.timeout_ms.max(1));
+        if let (Some(n), Some(emu)) = (args.inject_io_error, &emu) {
+            emu.inject(Fault::Command {
+                target: nvme_dio_emu::Target::NthIo(n),
+                action: nvme_dio_emu::Action::Status(
+                    nvme_dio_queue::Status::new(0, 0x06).with_dnr(),
+                ),
+            })
+            .map_err(|source| CliError::Emu { source })?;
+            notes.push(format!(
+                "testing aid: I/O command {n} of the run was made to fail"
+            ));
+        }
+        let timeout = Duration::from_millis(args.timeout_ms);
         let results = super::run_workers(args, &job, |q, ctl| {
             worker(&ctrl, &ns, &job, timeout, &dev, q, ctl)
         })?;
@@ -215,7 +331,7 @@ impl WithController for Bench<'_> {
             }
         }
         description.push_str(&format!(
-            "; {} I/O queues granted, max transfer {} bytes",
+            "; {} I/O queue pair(s) asked for and granted, max transfer {} bytes",
             ctrl.info().io_queues,
             ns.max_transfer()
         ));
@@ -316,6 +432,63 @@ fn entries(job: &Job) -> u32 {
     (job.qd * job.shapes.len() as u32 + 1).clamp(2, 65_536)
 }
 
+/// Does one I/O of each direction the run uses at LBA 0 before the run starts, so a
+/// namespace that refuses it (write protected, or an I/O the controller cannot take)
+/// fails at once with the controller's status, instead of after a run of failures.
+fn first_ios<D: PciFunction>(
+    ctrl: &Controller<D>,
+    ns: &Namespace,
+    job: &Job,
+    dev: &str,
+) -> Result<(), CliError> {
+    let mut qp = ctrl
+        .create_io_qpair(QueuePairOptions {
+            entries: entries(job),
+            mode: CompletionMode::Poll,
+            timeout: Duration::from_secs(30),
+        })
+        .map_err(|e| CliError::driver(dev, e))?;
+    let mut bufs = alloc_slot_bufs(ctrl, &job.shapes)?;
+    let mut dirs = Vec::new();
+    if job.read_pct > 0 {
+        dirs.push((false, "read"));
+    }
+    if job.read_pct < 100 || job.verify {
+        // Written with the verify pattern of LBA 0, as the run (or its prefill) would.
+        let mut stream = vec![0u8; job.io_size as usize];
+        pattern::fill(&mut stream, 0, job.lba_size as usize, job.seed);
+        scatter(&bufs, &stream);
+        dirs.push((true, "write"));
+    }
+    for (write, name) in dirs {
+        let what = format!("a {name} of {} bytes", job.io_size);
+        submit(&mut qp, ns, 0, write, bufs, 0).map_err(|r| CliError::FirstIo {
+            device: dev.to_string(),
+            what: what.clone(),
+            detail: r.error.to_string(),
+        })?;
+        let c = loop {
+            qp.wait(Duration::from_secs(30))
+                .map_err(|e| CliError::driver(dev, e))?;
+            if let Some(c) = qp.next_completion() {
+                break c;
+            }
+            if super::interrupted() {
+                return Err(super::interrupted_during("trying the first I/O"));
+            }
+        };
+        bufs = c.bufs;
+        if let Err(e) = c.result {
+            return Err(CliError::FirstIo {
+                device: dev.to_string(),
+                what,
+                detail: e.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Writes the working set once with the verify pattern (QD deep, io-size chunks).
 fn prefill<D: PciFunction>(
     ctrl: &Controller<D>,
@@ -338,7 +511,16 @@ fn prefill<D: PciFunction>(
     let mut idle: Vec<usize> = (0..slots.len()).collect();
     let mut stream = vec![0u8; job.io_size as usize];
     let (mut next, mut done) = (0u64, 0u64);
+    let bar = super::progress_bar("writing the working set before verify", units * job.io_size);
     while done < units {
+        if super::interrupted() {
+            return Err(super::interrupted_during(
+                "writing the working set before verify",
+            ));
+        }
+        if let Some(b) = &bar {
+            b.set_position(done * job.io_size);
+        }
         while next < units
             && let Some(&i) = idle.last()
         {
@@ -376,6 +558,9 @@ fn prefill<D: PciFunction>(
             idle.push(i);
             done += 1;
         }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     Ok(())
 }
@@ -460,6 +645,8 @@ fn worker<D: PciFunction>(
     let mut failed = false;
     let mut t_start = Instant::now();
     let mut t_end = None;
+    let mut cpu_start = thread_cpu();
+    let mut cpu_end = None;
     let mut s0 = qp.stats().clone();
     let mut issued = 0u64;
     loop {
@@ -470,10 +657,11 @@ fn worker<D: PciFunction>(
             s0 = qp.stats().clone();
             issued = 0;
             t_start = Instant::now();
+            cpu_start = thread_cpu();
         }
         if ph == STOP && !stopped {
             stopped = true;
-            t_end.get_or_insert_with(Instant::now);
+            mark_end(&mut t_end, &mut cpu_end);
         }
         if !stopped && !failed && !idle.is_empty() && (!measuring || budget_left(budget, issued)) {
             // One clock read before the batch: every I/O in it starts no later than this.
@@ -538,7 +726,6 @@ fn worker<D: PciFunction>(
             if !measuring || stopped {
                 continue;
             }
-            stats::record(&mut res.hist, now.duration_since(s.start).as_nanos() as u64);
             if let Err(e) = c.result {
                 res.errors += 1;
                 res.first_error.get_or_insert_with(|| {
@@ -551,6 +738,8 @@ fn worker<D: PciFunction>(
                 failed = true;
                 continue;
             }
+            // Latency of successful I/Os only: a failure's time says nothing about the device.
+            stats::record(&mut res.hist, now.duration_since(s.start).as_nanos() as u64);
             res.ios += 1;
             res.bytes += io as u64;
             if job.verify && !s.write {
@@ -564,11 +753,15 @@ fn worker<D: PciFunction>(
             }
         }
         if measuring && !stopped && !budget_left(budget, issued) && idle.len() == nslots {
-            t_end.get_or_insert_with(Instant::now);
+            mark_end(&mut t_end, &mut cpu_end);
         }
         publish(ctl, q, res.ios);
     }
     res.elapsed = t_end.unwrap_or_else(Instant::now).duration_since(t_start);
+    res.cpu = cpu_end
+        .or_else(thread_cpu)
+        .zip(cpu_start)
+        .map(|(b, a)| b.saturating_sub(a));
     let s1 = qp.stats().clone();
     diff(&s0, &s1, &mut res);
     if s1.stale_cqes > s0.stale_cqes {
@@ -580,4 +773,36 @@ fn worker<D: PciFunction>(
         });
     }
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sysfs::NVME_CLASS;
+    use crate::sysfs::fake::Tree;
+
+    #[test]
+    fn a_pci_address_is_checked_for_existence_class_and_driver_first() {
+        let t = Tree::new("check-pci");
+        t.device("0000:00:00.0", 0x060000, None, None);
+        t.device("0000:01:00.0", NVME_CLASS, Some("nvme"), Some(3));
+        t.device("0000:02:00.0", NVME_CLASS, Some("vfio-pci"), Some(4));
+        t.device("0000:03:00.0", NVME_CLASS, None, Some(5));
+        let s = t.sysfs();
+        let msg = |bdf| check_pci(&s, bdf).unwrap_err().to_string();
+        assert!(msg("0000:09:00.0").contains("no PCI device 0000:09:00.0"));
+        let m = msg("0000:00:00.0");
+        assert!(
+            m.contains("not an NVMe controller (PCI class 0x060000") && !m.contains("IOMMU"),
+            "{m}"
+        );
+        let m = msg("0000:01:00.0");
+        assert!(
+            m.contains("bound to the nvme driver, not vfio-pci")
+                && m.contains("nvme-dio setup 0000:01:00.0"),
+            "{m}"
+        );
+        assert!(msg("0000:03:00.0").contains("bound to no driver"));
+        check_pci(&s, "0000:02:00.0").unwrap();
+    }
 }

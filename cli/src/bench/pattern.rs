@@ -63,6 +63,8 @@ pub struct Mismatch {
     pub got: u8,
     /// The LBA the block claims to be (its first 8 bytes).
     pub claims_lba: u64,
+    /// The whole block read as zeroes: never written, or the device keeps no data.
+    pub zeroes: bool,
 }
 
 impl std::fmt::Display for Mismatch {
@@ -74,7 +76,9 @@ impl std::fmt::Display for Mismatch {
             self.offset,
             self.expected,
             self.got,
-            if self.claims_lba != self.lba {
+            if self.zeroes {
+                " (the whole block reads as zeroes: it was never written, or the device keeps no data)".to_string()
+            } else if self.claims_lba != self.lba {
                 format!(
                     " (the block's header names LBA {}: data from another block?)",
                     self.claims_lba
@@ -112,6 +116,7 @@ pub fn check(
                 claims_lba: u64::from_le_bytes(
                     got[..8].try_into().expect("blocks are at least 512 bytes"),
                 ),
+                zeroes: got.iter().all(|&b| b == 0),
             });
         }
     }
@@ -127,23 +132,43 @@ pub fn check(
 /// planner must split the I/O into `n` commands, one per segment; with SGLs it may go out
 /// as one SGL command.
 ///
+/// With fewer blocks than segments (a 512-byte read in 2 segments), whole-block pieces do
+/// not exist. An SGL command still carries such an iovec set, since SGL data blocks need
+/// only be dword aligned and sized (NVMe Base 2.0, 4.1.2): when `sub_block` is `Ok` the I/O
+/// is cut into `n` dword-multiple pieces instead (the last takes the remainder). Without
+/// SGLs (`sub_block` is `Err(why)`) the I/O cannot be described, since the planner splits
+/// only at block boundaries; the sentence says why.
+///
 /// # Errors
 ///
-/// A sentence if the I/O has fewer blocks than segments.
-pub fn segment_shapes(io_size: u64, lba_size: u32, n: u32) -> Result<Vec<(usize, usize)>, String> {
+/// A sentence if the I/O has fewer blocks than segments and `sub_block` is `Err`, or fewer
+/// dwords than segments.
+pub fn segment_shapes(
+    io_size: u64,
+    lba_size: u32,
+    n: u32,
+    sub_block: Result<(), &str>,
+) -> Result<Vec<(usize, usize)>, String> {
     let blocks = io_size / lba_size as u64;
-    if n == 0 || blocks < n as u64 {
+    let (unit, units) = if n > 0 && blocks >= n as u64 {
+        (lba_size as u64, blocks)
+    } else if let Err(why) = sub_block {
         return Err(format!(
-            "--segments {n} needs at least {n} blocks per I/O, but --io-size {io_size} is {blocks} block(s) of {lba_size} bytes: \
-             raise --io-size to {} or more",
+            "--segments {n} needs at least {n} blocks per I/O here, but --io-size {io_size} is {blocks} block(s) of {lba_size} bytes, and {why}: raise --io-size to {} or more",
             n as u64 * lba_size as u64
         ));
-    }
-    let per = blocks / n as u64;
+    } else if n > 0 && io_size / 4 >= n as u64 {
+        (4, io_size / 4)
+    } else {
+        return Err(format!(
+            "--segments {n} needs at least {n} dwords (4 bytes each) per I/O, but --io-size is {io_size} bytes"
+        ));
+    };
+    let per = units / n as u64;
     Ok((0..n as u64)
         .map(|i| {
-            let b = if i + 1 == n as u64 {
-                blocks - per * (n as u64 - 1)
+            let u = if i + 1 == n as u64 {
+                units - per * (n as u64 - 1)
             } else {
                 per
             };
@@ -152,7 +177,7 @@ pub fn segment_shapes(io_size: u64, lba_size: u32, n: u32) -> Result<Vec<(usize,
             } else {
                 512 * ((i as usize - 1) % 7 + 1)
             };
-            (off, (b * lba_size as u64) as usize)
+            (off, (u * unit) as usize)
         })
         .collect())
 }
@@ -250,17 +275,26 @@ mod tests {
             m[0]
         );
         // A never-written (zero) block is a mismatch too.
-        assert_eq!(check(&[0u8; 512], 5, 512, 7, &mut scratch[..512]).len(), 1);
+        let m = check(&[0u8; 512], 5, 512, 7, &mut scratch[..512]);
+        assert_eq!(m.len(), 1);
+        // ... and is named as such, not as data from another block.
+        let text = m[0].to_string();
+        assert!(
+            text.contains("reads as zeroes") && !text.contains("another block"),
+            "{text}"
+        );
     }
+
+    const NO: Result<(), &str> = Err("no SGLs");
 
     #[test]
     fn segment_shapes_cut_whole_blocks_at_non_page_offsets() {
-        assert_eq!(segment_shapes(4096, 4096, 1).unwrap(), vec![(0, 4096)]);
+        assert_eq!(segment_shapes(4096, 4096, 1, NO).unwrap(), vec![(0, 4096)]);
         assert_eq!(
-            segment_shapes(4096, 512, 3).unwrap(),
+            segment_shapes(4096, 512, 3, NO).unwrap(),
             vec![(0, 1024), (512, 1024), (1024, 2048)]
         );
-        let s = segment_shapes(64 << 10, 4096, 9).unwrap();
+        let s = segment_shapes(64 << 10, 4096, 9, NO).unwrap();
         assert_eq!(s.iter().map(|x| x.1).sum::<usize>(), 64 << 10);
         assert!(
             s[1..].iter().all(|&(o, _)| o % 4096 != 0 && o % 512 == 0),
@@ -268,11 +302,29 @@ mod tests {
         );
         assert_eq!(s[8].0, 512, "offsets cycle through 512..3584");
         assert!(
-            segment_shapes(4096, 4096, 3)
+            segment_shapes(4096, 4096, 3, NO)
                 .unwrap_err()
-                .contains("at least 3 blocks")
+                .contains("at least 3 blocks per I/O here, but --io-size 4096 is 1 block(s) of 4096 bytes, and no SGLs")
         );
-        let (packed, total) = pack_segments(&segment_shapes(4096, 512, 3).unwrap());
+        // With SGLs: dword-multiple pieces, at the same in-page offsets.
+        assert_eq!(
+            segment_shapes(512, 512, 2, Ok(())).unwrap(),
+            vec![(0, 256), (512, 256)]
+        );
+        let s = segment_shapes(4096, 4096, 3, Ok(())).unwrap();
+        assert_eq!(s, vec![(0, 1364), (512, 1364), (1024, 1368)]);
+        assert!(s.iter().all(|&(o, l)| o % 4 == 0 && l % 4 == 0));
+        // Whole blocks are still preferred when there are enough.
+        assert_eq!(
+            segment_shapes(4096, 512, 3, Ok(())).unwrap(),
+            segment_shapes(4096, 512, 3, NO).unwrap()
+        );
+        assert!(
+            segment_shapes(8, 512, 3, Ok(()))
+                .unwrap_err()
+                .contains("at least 3 dwords")
+        );
+        let (packed, total) = pack_segments(&segment_shapes(4096, 512, 3, NO).unwrap());
         assert_eq!(
             packed,
             vec![(0, 1024), (4096 + 512, 1024), (8192 + 1024, 2048)]

@@ -11,11 +11,15 @@ use nvme_dio_uring::{Dir, Uring, UringOptions};
 
 use super::pattern::{self, OpGen};
 use super::{
-    Control, Job, MEASURE, QueueResult, Report, STOP, budget_left, make_job, phase, pin, publish,
+    Control, Job, MEASURE, QueueResult, Report, STOP, budget_left, make_job, mark_end, phase, pin,
+    publish, thread_cpu,
 };
 use crate::args::{BenchArgs, Mode};
 use crate::error::CliError;
 use crate::stats;
+
+/// Why the kernel path takes whole-block segments only.
+const KERNEL_SEGMENTS: &str = "O_DIRECT through the kernel takes whole-block segments only";
 
 fn uerr(path: &Path) -> impl Fn(nvme_dio_uring::UringError) -> CliError + '_ {
     move |source| CliError::Uring {
@@ -60,6 +64,25 @@ fn options(args: &BenchArgs, job_writes: bool) -> UringOptions {
 ///
 /// Open/setup failures, bad geometry, failed I/Os, verify mismatches (in the report).
 pub fn run(args: &BenchArgs, path: &Path) -> Result<Report, CliError> {
+    if let Ok(m) = std::fs::metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        let t = m.file_type();
+        let what = if t.is_dir() {
+            Some("a directory")
+        } else if t.is_char_device() {
+            Some("a character device, not a block device")
+        } else if t.is_fifo() || t.is_socket() {
+            Some("a pipe or socket")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(CliError::BadArgument(format!(
+                "{} is {what}: give a block device (like /dev/nvme0n1) or a file on a filesystem that supports O_DIRECT",
+                path.display()
+            )));
+        }
+    }
     let writes = args.read_pct() < 100 || args.verify;
     if writes {
         refuse_mounted(&crate::sysfs::Sysfs::host(), path)?;
@@ -67,13 +90,19 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<Report, CliError> {
     let opts = options(args, writes);
     let lba = logical_block_size(path);
     let (packed, slot_bytes) = pattern::pack_segments(
-        &pattern::segment_shapes(args.io_size, lba, args.segments)
+        &pattern::segment_shapes(args.io_size, lba, args.segments, Err(KERNEL_SEGMENTS))
             .map_err(CliError::BadArgument)?,
     );
     let mut probe =
         Uring::open(path, args.queue_depth as usize, slot_bytes, &opts).map_err(uerr(path))?;
-    let job = make_job(args, lba, probe.size() / lba as u64 * lba as u64)?;
+    let job = make_job(
+        args,
+        lba,
+        probe.size() / lba as u64 * lba as u64,
+        Err(KERNEL_SEGMENTS),
+    )?;
     let mut notes = probe.info().notes.clone();
+    first_ios(&mut probe, &job, &packed, path, args.iopoll, writes)?;
     if job.verify && job.read_pct > 0 {
         prefill(&mut probe, &job, &packed, path)?;
     }
@@ -135,6 +164,57 @@ fn refuse_mounted(s: &crate::sysfs::Sysfs, path: &Path) -> Result<(), CliError> 
     )))
 }
 
+/// Does one I/O of each direction the run uses at offset 0 before the run starts, so that a
+/// device that cannot do it (a read-only device, `--iopoll` on a file or a device without
+/// poll queues) fails at once with the reason, instead of after a run of failures.
+fn first_ios(
+    u: &mut Uring,
+    job: &Job,
+    packed: &[(usize, usize)],
+    path: &Path,
+    iopoll: bool,
+    writes: bool,
+) -> Result<(), CliError> {
+    let io = job.io_size as usize;
+    if packed.len() > 1 {
+        u.set_segments(0, packed).map_err(uerr(path))?;
+    }
+    let mut dirs = Vec::new();
+    if job.read_pct > 0 {
+        dirs.push((Dir::Read, "read"));
+    }
+    if writes {
+        // With verify the working set is written next anyway; without, the run writes
+        // whatever its buffers hold, as this one does.
+        dirs.push((Dir::Write, "write"));
+    }
+    for (dir, name) in dirs {
+        u.push(0, dir, 0, io).map_err(uerr(path))?;
+        let res = loop {
+            u.submit(1).map_err(uerr(path))?;
+            let mut got = None;
+            u.reap(|_, _, r| got = Some(r));
+            if let Some(r) = got {
+                break r;
+            }
+            if super::interrupted() {
+                return Err(super::interrupted_during("trying the first I/O"));
+            }
+        };
+        if res != io as i32 {
+            return Err(CliError::FirstIo {
+                device: path.display().to_string(),
+                what: format!(
+                    "a {name} of {io} bytes{}",
+                    if iopoll { " with --iopoll" } else { "" }
+                ),
+                detail: describe(res, io, 0, job.lba_size),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Writes the working set once with the verify pattern, so every later read has something
 /// to be checked against.
 fn prefill(
@@ -154,7 +234,16 @@ fn prefill(
             u.set_segments(slot, packed).map_err(uerr(path))?;
         }
     }
+    let bar = super::progress_bar("writing the working set before verify", units * job.io_size);
     while done < units {
+        if super::interrupted() {
+            return Err(super::interrupted_during(
+                "writing the working set before verify",
+            ));
+        }
+        if let Some(b) = &bar {
+            b.set_position(done * job.io_size);
+        }
         while next < units
             && let Some(slot) = idle.pop()
         {
@@ -181,6 +270,9 @@ fn prefill(
                 first: format!("writing the working set before verify: {first}"),
             });
         }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     Ok(())
 }
@@ -210,12 +302,16 @@ fn describe(res: i32, want: usize, lba: u64, lba_size: u32) -> String {
     }
     let e = std::io::Error::from_raw_os_error(-res);
     let hint = match -res {
+        1 | 13 | 30 => {
+            // EPERM, EACCES, EROFS
+            ": the device or file is read-only; use a read workload (-w read / randread) or a writable device"
+        }
         22 => {
             // EINVAL
             ": O_DIRECT needs offsets, lengths and buffers aligned to the device's logical block size"
         }
         95 => {
-            ": the device cannot do this (with --iopoll: it has no poll queues; load nvme with poll_queues=N, or drop --iopoll)"
+            ": the device cannot do this (with --iopoll: only a block device with poll queues can be polled, not a regular file; load nvme with poll_queues=N, or drop --iopoll)"
         }
         _ => "",
     };
@@ -274,6 +370,8 @@ fn worker(
     let mut failed = false;
     let mut t_start = Instant::now();
     let mut t_end = None;
+    let mut cpu_start = thread_cpu();
+    let mut cpu_end = None;
     let mut issued = 0u64;
     let (mut submitted, mut completed, mut polls, mut empty, mut syscalls) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -284,10 +382,11 @@ fn worker(
             res = QueueResult::new(q, cpu);
             (submitted, completed, polls, empty, syscalls, issued) = (0, 0, 0, 0, 0, 0);
             t_start = Instant::now();
+            cpu_start = thread_cpu();
         }
         if ph == STOP && !stopped {
             stopped = true;
-            t_end.get_or_insert_with(Instant::now);
+            mark_end(&mut t_end, &mut cpu_end);
         }
         let out_of_budget = measuring && !budget_left(budget, issued);
         if !stopped && !failed && !out_of_budget && !idle.is_empty() {
@@ -352,10 +451,6 @@ fn worker(
                 continue;
             }
             let (lba, write) = ops[slot];
-            stats::record(
-                &mut res.hist,
-                now.duration_since(starts[slot]).as_nanos() as u64,
-            );
             if r != io as i32 {
                 res.errors += 1;
                 res.first_error
@@ -363,6 +458,11 @@ fn worker(
                 failed = true;
                 continue;
             }
+            // Latency of successful I/Os only: a failure's time says nothing about the device.
+            stats::record(
+                &mut res.hist,
+                now.duration_since(starts[slot]).as_nanos() as u64,
+            );
             res.ios += 1;
             res.bytes += io as u64;
             if job.verify && !write {
@@ -376,11 +476,15 @@ fn worker(
             }
         }
         if measuring && !stopped && !budget_left(budget, issued) && u.in_flight() == 0 {
-            t_end.get_or_insert_with(Instant::now);
+            mark_end(&mut t_end, &mut cpu_end);
         }
         publish(ctl, q, res.ios);
     }
     res.elapsed = t_end.unwrap_or_else(Instant::now).duration_since(t_start);
+    res.cpu = cpu_end
+        .or_else(thread_cpu)
+        .zip(cpu_start)
+        .map(|(b, a)| b.saturating_sub(a));
     res.counters.submitted = submitted;
     res.counters.completed = completed;
     res.counters.errors = res.errors;
