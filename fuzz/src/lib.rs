@@ -7,15 +7,19 @@
 //!   the PRP/SGL builders and reference controller walkers ([`walk`], after QEMU).
 //! - `identify_parse` ([`identify_check`]): arbitrary bytes as Identify pages, every
 //!   accessor, the limits derived from them.
-//! - `cqe_processing` ([`cqe`]): junk completion entries posted into a live queue pair's CQ
-//!   on the emulated controller, between real completions, faults and resets.
+//! - `cqe_processing` ([`core_model`], then [`cqe`]): the queue-pair core driven directly
+//!   through its model controller; then junk completion entries posted into a live queue
+//!   pair's CQ on the emulated controller, between real completions, faults and resets.
 //!
 //! Run them with `ci/fuzz [seconds-per-target]`; the corpus lives in `fuzz/corpus/<target>`.
 
+pub mod core_model;
 pub mod cqe;
 pub mod identify_check;
 pub mod plan_check;
 pub mod walk;
 
+#[cfg(test)]
+mod replay;
 #[cfg(test)]
 mod seeds;

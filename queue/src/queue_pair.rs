@@ -38,6 +38,8 @@ mod ring;
 mod split;
 mod tracker;
 
+#[cfg(any(test, feature = "model"))]
+pub mod model;
 #[cfg(test)]
 mod tests;
 
