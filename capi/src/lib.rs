@@ -32,6 +32,7 @@
 #![allow(non_camel_case_types)]
 
 mod device;
+mod fio_support;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -47,6 +48,7 @@ use nvme_dio::{
 };
 
 pub use device::AnyFunction;
+pub use fio_support::nvd_area;
 
 // ---- status codes -----------------------------------------------------------------------
 
