@@ -77,13 +77,16 @@ locked cargo build -q -p nvme-dio-capi --release
 capi=$root/target/release/libnvme_dio_capi.a
 
 # 5. the engine: position-independent, the C ABI linked in statically (fio dlopen()s it).
-so=$out/libnvme_dio_fio.so
+# NVD_FIO_PIN overrides the version the engine accepts and NVD_FIO_SO its path: only for
+# ci/fio-test, which checks that an engine pinned to another fio is refused.
+pin=${NVD_FIO_PIN:-fio-$FIO_VERSION}
+so=${NVD_FIO_SO:-$out/libnvme_dio_fio.so}
 if [ ! -f "$so" ] || [ "$root/fio/nvme_dio_fio.c" -nt "$so" ] || [ "$root/fio/build.sh" -nt "$so" ] || [ "$capi" -nt "$so" ] \
   || [ "$root/capi/include/nvme_dio.h" -nt "$so" ]; then
   locked cc -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter -Wno-sign-compare \
     -Wno-missing-field-initializers \
     -D_GNU_SOURCE -D_LARGEFILE_SOURCE -D_FILE_OFFSET_BITS=64 -include "$tree/config-host.h" \
-    -DNVD_FIO_VERSION="\"fio-$FIO_VERSION\"" \
+    -DNVD_FIO_VERSION="\"$pin\"" \
     -I"$tree" -I"$root/capi/include" -fPIC -shared \
     -o "$so.tmp" "$root/fio/nvme_dio_fio.c" \
     "$capi" -Wl,--exclude-libs,ALL -Wl,-z,nodelete \
