@@ -2,6 +2,8 @@
 # Builds the nvme-dio fio ioengine (fio/nvme_dio_fio.c) into target/fio/libnvme_dio_fio.so.
 #
 #   fio/build.sh            -> target/fio/libnvme_dio_fio.so   (prints its path last)
+#   fio/build.sh --with-fio -> also target/fio/fio, fio built from that same source (the VM
+#                              suite's guest has no Debian packages: it gets this one)
 #
 # Idempotent. What it does, each step skipped when already done:
 #  1. installs Debian's `fio` binary package (the fio that runs the engine) if missing;
@@ -15,6 +17,12 @@
 # The fio version is pinned (FIO_VERSION below): the engine checks the running fio's
 # version when it is loaded and refuses another one.
 set -euo pipefail
+with_fio=
+case "${1:-}" in
+  --with-fio) with_fio=1 ;;
+  "") ;;
+  *) echo "usage: fio/build.sh [--with-fio]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 root=$PWD
 FIO_VERSION=3.33
@@ -92,5 +100,12 @@ if [ ! -f "$so" ] || [ "$root/fio/nvme_dio_fio.c" -nt "$so" ] || [ "$root/fio/bu
     "$capi" -Wl,--exclude-libs,ALL -Wl,-z,nodelete \
     -lpthread -ldl -lm
   mv "$so.tmp" "$so"
+fi
+if [ -n "$with_fio" ]; then
+  locked make -s -C "$tree" -j2 fio >"$out/make.log" 2>&1 || {
+    echo "fio/build.sh: building fio failed; see $out/make.log" >&2
+    exit 1
+  }
+  cp "$tree/fio" "$out/fio.tmp" && mv "$out/fio.tmp" "$out/fio"
 fi
 echo "$so"
