@@ -750,6 +750,23 @@ def section_iops(text: str) -> float | None:
     return v * {"k": 1e3, "m": 1e6}.get((m.group(2) or "").lower(), 1)
 
 
+def fio_figures(text: str) -> tuple[float, float, float] | None:
+    """(read IOPS, clat p50 us, clat p99 us) of the first job of a fio JSON report, or None
+    if the job failed or there is no report."""
+    m = re.search(r"^\{$.*?^\}$", text, re.M | re.S)
+    if not m:
+        return None
+    try:
+        job = json.loads(m.group(0))["jobs"][0]
+        if job["error"] != 0:
+            return None
+        r = job["read"]
+        pct = r["clat_ns"]["percentile"]
+        return float(r["iops"]), pct["50.000000"] / 1e3, pct["99.000000"] / 1e3
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+        return None
+
+
 class JsonQuiet:
     """Echoes console lines, folding each top-level JSON object (a bench's --json output)
     into one line; the whole text stays in console.log."""
@@ -788,17 +805,22 @@ def mode_bench(args) -> int:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir()
+    fio_files = build_fio()
+    if fio_files is None:
+        die("fio or the fio engine did not build (fio/build.sh --with-fio)")
     bdf = BENCH_MATRIX[0].bdf
     script = (VM_DIR / "bench.sh").read_text().replace("@BDF@", bdf).replace(
-        "@SECONDS@", str(args.seconds))
+        "@FIO_BDF@", bdf.replace(":", ".")).replace("@SECONDS@", str(args.seconds))
     with tempfile.TemporaryDirectory(prefix="nvme-dio-vm-") as tmp:
         work = Path(tmp)
-        initrd = pack_initramfs(work, kdir, BENCH_MATRIX, [], bins, script)
+        initrd = pack_initramfs(work, kdir, BENCH_MATRIX, [], bins, script, fio_files)
         log(f"booting bench guest, timeout {args.timeout:.0f} s")
         trace = out / "trace.log"
         b = boot_judged(work, kdir, initrd, BENCH_MATRIX, trace, args.timeout, out / "console.log",
                         echo=JsonQuiet())
-    problems = guest_failures(b, ["vfio-qd1", "vfio-qd32", "io_uring-qd1", "io_uring-qd32"])
+    fio_steps = [f"fio-{e}-{qd}" for e in ("nvme-dio", "io_uring") for qd in ("qd1", "qd32")]
+    problems = guest_failures(b, ["vfio-qd1", "vfio-qd32", "io_uring-qd1", "io_uring-qd32",
+                                  *fio_steps])
     text = "\n".join(b.console)
     figures: dict[str, float] = {}
     for name in ["vfio-qd1", "vfio-qd32", "io_uring-qd1", "io_uring-qd32"]:
@@ -812,6 +834,15 @@ def mode_bench(args) -> int:
             problems.append(f"{name}: no IOPS figure in its output")
             continue
         figures[name] = v
+    fio_figs: dict[str, tuple[float, float, float]] = {}
+    for name in fio_steps:
+        sect = re.search(rf"^VM-BEGIN {re.escape(name)}$(.*?)^VM-END {re.escape(name)} rc=0$",
+                         text, re.M | re.S)
+        f = fio_figures(sect.group(1)) if sect else None
+        if f is None:
+            problems.append(f"{name}: no successful fio run with a JSON report")
+            continue
+        fio_figs[name] = f
     bad, _ = trace_violations(trace, b.console)
     if bad:
         problems.append(f"trace oracle: {len(bad)} unexpected QEMU NVMe event(s), first: {bad[0]}")
@@ -821,6 +852,14 @@ def mode_bench(args) -> int:
         if v and k:
             print(f"vm-bench: 4k randread {qd.upper():5} nvme-dio {v/1e3:8.1f} k IOPS   "
                   f"kernel io_uring {k/1e3:8.1f} k IOPS   ratio {v/k:5.2f}x")
+    if fio_figs:
+        print("vm-bench: fio 3.33, 4k randread, one thread, fio's own figures (clat p50/p99 us):")
+        print(f"vm-bench:   {'':5} {'nvme-dio engine':>37}   {'kernel io_uring':>37}   ratio")
+    for qd in ("qd1", "qd32"):
+        v, k = fio_figs.get(f"fio-nvme-dio-{qd}"), fio_figs.get(f"fio-io_uring-{qd}")
+        if v and k:
+            print(f"vm-bench:   {qd.upper():5} {v[0]/1e3:8.1f} k IOPS {v[1]:9.1f} {v[2]:9.1f} us   "
+                  f"{k[0]/1e3:8.1f} k IOPS {k[1]:9.1f} {k[2]:9.1f} us   {v[0]/k[0]:5.2f}x")
     for p in problems:
         print(f"vm-bench: {p}")
     print(f"vm-bench: console {out / 'console.log'}; wall {time.monotonic() - t0:.1f} s")
