@@ -13,6 +13,11 @@
  *                       library can then refuse (NVD_ERR_BUSY) any access to a buffer in
  *                       flight, which a raw pointer could not. The copy is a memcpy into
  *                       memory the device reads directly: there is no second copy.
+ *   nvd_area_alloc()    the exception, for engines that own their buffer layout (fio): a DMA
+ *                       area used in place through nvd_area_ptr(), its parts read and written
+ *                       by nvd_area_read()/nvd_area_write(). The pointer is valid until
+ *                       nvd_area_free() (refused while a request on the area is in flight);
+ *                       the bytes of a request in flight are the device's until its callback.
  *   nvd_readv() / nvd_writev() / nvd_flush()
  *                       queue a request and return at once; its callback runs from
  *                       nvd_poll()/nvd_wait() on the queue pair's thread, after the buffers
@@ -80,6 +85,10 @@
 
 // `nvd_qpair_create` flag: interrupt mode (`nvd_wait` sleeps on the MSI-X vector).
 #define NVD_QPAIR_INTERRUPT 1
+
+// A DMA buffer area whose memory the caller reads and writes in place, and whose parts go
+// to the device as separate requests (opaque). See `nvd_area_ptr` for the contract.
+typedef struct nvd_area nvd_area;
 
 // A DMA buffer (opaque): device-visible memory, filled and read by copy.
 typedef struct nvd_buf nvd_buf;
@@ -315,6 +324,88 @@ int32_t nvd_wait(struct nvd_qpair *qp, uint32_t timeout_ms);
 //
 // `qp` is null or a live queue pair.
 int32_t nvd_qpair_outstanding(const struct nvd_qpair *qp);
+
+// Allocates a zeroed DMA area of `len` bytes (page aligned) for in-place use (see
+// `nvd_area_ptr`).
+//
+// # Safety
+//
+// `ctrl` is null or a live controller; `out` is null or valid for a write.
+int32_t nvd_area_alloc(const struct nvd_ctrl *ctrl, size_t len, struct nvd_area **out);
+
+// The host address of the area's first byte (NULL for a null area).
+//
+// The caller may read and write the area through it, with three rules the library cannot
+// check: the pointer is valid until `nvd_area_free`; the bytes of a request in flight
+// (`nvd_area_read` / `nvd_area_write`) are the device's until its callback runs; two
+// requests in flight at once never share bytes.
+//
+// # Safety
+//
+// `area` is null or a live area.
+void *nvd_area_ptr(const struct nvd_area *area);
+
+// The area's length in bytes (0 for a null area).
+//
+// # Safety
+//
+// `area` is null or a live area.
+size_t nvd_area_len(const struct nvd_area *area);
+
+// Frees an area. `NVD_ERR_BUSY` (and nothing freed) while a request on it is in flight
+// (also forever after its queue pair was destroyed with that request in flight: the device
+// may still write it). Null is a no-op.
+//
+// # Safety
+//
+// `area` is null or a live area, not used (nor its pointer) after this returns `NVD_OK`.
+int32_t nvd_area_free(struct nvd_area *area);
+
+// Queues a read of the blocks starting at `lba` into `offset..offset+len` of `area` (`len`
+// a multiple of the block size). Returns at once; `cb(ctx, ...)` runs from `nvd_poll` /
+// `nvd_wait` when it is done; until then the bytes are the device's.
+//
+// # Safety
+//
+// `qp` is null or a live queue pair; `area` is null or a live area of the same
+// controller; no other request in flight uses these bytes; `ctx` is passed through.
+int32_t nvd_area_read(struct nvd_qpair *qp,
+                      uint32_t nsid,
+                      uint64_t lba,
+                      const struct nvd_area *area,
+                      size_t offset,
+                      size_t len,
+                      nvd_callback cb,
+                      void *ctx);
+
+// Queues a write of `offset..offset+len` of `area` to the blocks starting at `lba`;
+// `NVD_WRITE_FUA` in `flags` as for `nvd_writev`.
+//
+// # Safety
+//
+// As `nvd_area_read`.
+int32_t nvd_area_write(struct nvd_qpair *qp,
+                       uint32_t nsid,
+                       uint64_t lba,
+                       const struct nvd_area *area,
+                       size_t offset,
+                       size_t len,
+                       uint32_t flags,
+                       nvd_callback cb,
+                       void *ctx);
+
+// Queues a deallocate (trim, Dataset Management) of `blocks` blocks starting at `lba`.
+// `NVD_ERR_UNSUPPORTED` if the controller has no Dataset Management.
+//
+// # Safety
+//
+// `qp` is null or a live queue pair; `ctx` is passed through untouched.
+int32_t nvd_deallocate(struct nvd_qpair *qp,
+                       uint32_t nsid,
+                       uint64_t lba,
+                       uint32_t blocks,
+                       nvd_callback cb,
+                       void *ctx);
 
 #ifdef __cplusplus
 }  // extern "C"

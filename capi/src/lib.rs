@@ -31,6 +31,8 @@
 
 #![allow(non_camel_case_types)]
 
+mod fio_support;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_void};
@@ -43,6 +45,8 @@ use nvme_dio::{
     Bufs, Completion, CompletionMode, Controller, Device, DeviceSpec, DmaBuf, Error, ErrorKind,
     IoQueuePair, Lba, Namespace, QueuePairOptions, Rejected, Report,
 };
+
+pub use fio_support::nvd_area;
 
 // ---- status codes -----------------------------------------------------------------------
 

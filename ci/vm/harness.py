@@ -44,6 +44,7 @@ VM_TESTS: list[tuple[str, str]] = [
     ("nvme-dio-tests", "vm_driver"),
     ("nvme-dio-tests", "vm_cli"),
     ("nvme-dio-tests", "vm_examples"),
+    ("nvme-dio-tests", "vm_fio"),
 ]
 # EXTRA_BINS: other binaries copied to the guest's /bin (a test may run them by name):
 # ("bin", package, name) or ("example", package, name). A missing one fails the build.
@@ -56,6 +57,12 @@ EXTRA_BINS: list[tuple[str, str, str]] = [
 C_PROGRAMS: list[tuple[str, str]] = [
     ("wal_c", "examples/c/wal.c"),
 ]
+
+# The fio engine (fio/) and fio itself, built from the same Debian source by
+# `fio/build.sh --with-fio`, go into the guest at these paths, with the shared libraries
+# both need at their host paths (both link glibc dynamically: fio dlopen()s the engine).
+FIO_GUEST_BIN = "/bin/fio"
+FIO_GUEST_ENGINE = "/lib/nvme-dio/libnvme_dio_fio.so"
 
 # Kernel modules, in load order (FACTS.md section 1). null_blk is copied in, not loaded.
 MODULES = ["irqbypass", "vfio", "vfio_iommu_type1", "vfio-pci-core", "vfio-pci"]
@@ -361,6 +368,39 @@ def build_c_programs(work: Path) -> list[tuple[str, Path]] | None:
     return out
 
 
+def shared_libs(exe: Path) -> list[str]:
+    """The shared libraries `exe` loads (ldd), the dynamic loader included."""
+    out = subprocess.run(["ldd", str(exe)], capture_output=True, text=True, check=True).stdout
+    libs = []
+    for line in out.splitlines():
+        words = line.split()
+        if "=>" in words and len(words) > words.index("=>") + 1:
+            path = words[words.index("=>") + 1]
+        elif words and words[0].startswith("/"):
+            path = words[0]
+        else:
+            continue  # linux-vdso
+        if path.startswith("/"):
+            libs.append(path)
+    return libs
+
+
+def build_fio() -> list[tuple[str, Path]] | None:
+    """fio and the nvme-dio engine for the guest: (guest path, host file) pairs."""
+    log("building fio and its nvme-dio engine: fio/build.sh --with-fio")
+    env = dict(os.environ, NVME_DIO_BUILD_LOCK="none")  # ci/vm-test runs under the lock
+    p = subprocess.run([str(ROOT / "fio" / "build.sh"), "--with-fio"], cwd=ROOT, env=env,
+                       stdout=subprocess.PIPE, text=True)
+    if p.returncode != 0 or not p.stdout.split():
+        return None
+    engine, fio = Path(p.stdout.split()[-1]), ROOT / "target" / "fio" / "fio"
+    files = {FIO_GUEST_BIN: fio, FIO_GUEST_ENGINE: engine}
+    for exe in (fio, engine):
+        for lib in shared_libs(exe):
+            files.setdefault(lib, Path(lib))
+    return sorted(files.items())
+
+
 # ---------------------------------------------------------------------------------------------
 # Initramfs
 
@@ -382,6 +422,7 @@ def pack_initramfs(
     tests: list[tuple[str, Path]],
     bins: list[tuple[str, Path]],
     run_script: str,
+    files: list[tuple[str, Path]] = (),
 ) -> Path:
     root = work / "initramfs"
     for d in ["bin", "sbin", "dev", "proc", "sys", "tmp", "lib/modules", "vm/tests"]:
@@ -405,6 +446,12 @@ def pack_initramfs(
         if dst.exists() or dst.is_symlink():
             dst.unlink()
         copy_stripped(path, dst)
+    for guest, host in files:  # at absolute guest paths
+        dst = root / guest.lstrip("/")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists() or dst.is_symlink():
+            dst.unlink()
+        copy_stripped(host, dst)  # a symlinked library (the loader) becomes its file
     header = "# bdf role serial mdts lba_size namespaces(nsid:blocks,...)\n"
     (root / "matrix").write_text(header + "".join(c.matrix_line() + "\n" for c in matrix))
     (root / "vm/run").write_text(run_script)
@@ -598,6 +645,9 @@ def mode_test(args) -> int:
     if cbins is None:
         die("a C program (C_PROGRAMS) did not build")
     bins += cbins
+    fio_files = build_fio()
+    if fio_files is None:
+        die("fio or the fio engine did not build (fio/build.sh --with-fio)")
     filt = " ".join(shq(a) for a in args.filter)
     script = "".join(
         f"run_test {name} {filt}\n" for name, _ in tests
@@ -609,7 +659,7 @@ def mode_test(args) -> int:
     out.mkdir()
     with tempfile.TemporaryDirectory(prefix="nvme-dio-vm-") as tmp:
         work = Path(tmp)
-        initrd = pack_initramfs(work, kdir, TEST_MATRIX, tests, bins or [], script)
+        initrd = pack_initramfs(work, kdir, TEST_MATRIX, tests, bins or [], script, fio_files)
         log(f"booting: {len(TEST_MATRIX)} controllers, initramfs {initrd.stat().st_size >> 20} MiB, "
             f"timeout {args.timeout:.0f} s")
         trace = out / "trace.log"
@@ -700,6 +750,23 @@ def section_iops(text: str) -> float | None:
     return v * {"k": 1e3, "m": 1e6}.get((m.group(2) or "").lower(), 1)
 
 
+def fio_figures(text: str) -> tuple[float, float, float] | None:
+    """(read IOPS, clat p50 us, clat p99 us) of the first job of a fio JSON report, or None
+    if the job failed or there is no report."""
+    m = re.search(r"^\{$.*?^\}$", text, re.M | re.S)
+    if not m:
+        return None
+    try:
+        job = json.loads(m.group(0))["jobs"][0]
+        if job["error"] != 0:
+            return None
+        r = job["read"]
+        pct = r["clat_ns"]["percentile"]
+        return float(r["iops"]), pct["50.000000"] / 1e3, pct["99.000000"] / 1e3
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+        return None
+
+
 class JsonQuiet:
     """Echoes console lines, folding each top-level JSON object (a bench's --json output)
     into one line; the whole text stays in console.log."""
@@ -738,17 +805,22 @@ def mode_bench(args) -> int:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir()
+    fio_files = build_fio()
+    if fio_files is None:
+        die("fio or the fio engine did not build (fio/build.sh --with-fio)")
     bdf = BENCH_MATRIX[0].bdf
     script = (VM_DIR / "bench.sh").read_text().replace("@BDF@", bdf).replace(
-        "@SECONDS@", str(args.seconds))
+        "@FIO_BDF@", bdf.replace(":", ".")).replace("@SECONDS@", str(args.seconds))
     with tempfile.TemporaryDirectory(prefix="nvme-dio-vm-") as tmp:
         work = Path(tmp)
-        initrd = pack_initramfs(work, kdir, BENCH_MATRIX, [], bins, script)
+        initrd = pack_initramfs(work, kdir, BENCH_MATRIX, [], bins, script, fio_files)
         log(f"booting bench guest, timeout {args.timeout:.0f} s")
         trace = out / "trace.log"
         b = boot_judged(work, kdir, initrd, BENCH_MATRIX, trace, args.timeout, out / "console.log",
                         echo=JsonQuiet())
-    problems = guest_failures(b, ["vfio-qd1", "vfio-qd32", "io_uring-qd1", "io_uring-qd32"])
+    fio_steps = [f"fio-{e}-{qd}" for e in ("nvme-dio", "io_uring") for qd in ("qd1", "qd32")]
+    problems = guest_failures(b, ["vfio-qd1", "vfio-qd32", "io_uring-qd1", "io_uring-qd32",
+                                  *fio_steps])
     text = "\n".join(b.console)
     figures: dict[str, float] = {}
     for name in ["vfio-qd1", "vfio-qd32", "io_uring-qd1", "io_uring-qd32"]:
@@ -762,6 +834,15 @@ def mode_bench(args) -> int:
             problems.append(f"{name}: no IOPS figure in its output")
             continue
         figures[name] = v
+    fio_figs: dict[str, tuple[float, float, float]] = {}
+    for name in fio_steps:
+        sect = re.search(rf"^VM-BEGIN {re.escape(name)}$(.*?)^VM-END {re.escape(name)} rc=0$",
+                         text, re.M | re.S)
+        f = fio_figures(sect.group(1)) if sect else None
+        if f is None:
+            problems.append(f"{name}: no successful fio run with a JSON report")
+            continue
+        fio_figs[name] = f
     bad, _ = trace_violations(trace, b.console)
     if bad:
         problems.append(f"trace oracle: {len(bad)} unexpected QEMU NVMe event(s), first: {bad[0]}")
@@ -771,6 +852,14 @@ def mode_bench(args) -> int:
         if v and k:
             print(f"vm-bench: 4k randread {qd.upper():5} nvme-dio {v/1e3:8.1f} k IOPS   "
                   f"kernel io_uring {k/1e3:8.1f} k IOPS   ratio {v/k:5.2f}x")
+    if fio_figs:
+        print("vm-bench: fio 3.33, 4k randread, one thread, fio's own figures (clat p50/p99 us):")
+        print(f"vm-bench:   {'':5} {'nvme-dio engine':>37}   {'kernel io_uring':>37}   ratio")
+    for qd in ("qd1", "qd32"):
+        v, k = fio_figs.get(f"fio-nvme-dio-{qd}"), fio_figs.get(f"fio-io_uring-{qd}")
+        if v and k:
+            print(f"vm-bench:   {qd.upper():5} {v[0]/1e3:8.1f} k IOPS {v[1]:9.1f} {v[2]:9.1f} us   "
+                  f"{k[0]/1e3:8.1f} k IOPS {k[1]:9.1f} {k[2]:9.1f} us   {v[0]/k[0]:5.2f}x")
     for p in problems:
         print(f"vm-bench: {p}")
     print(f"vm-bench: console {out / 'console.log'}; wall {time.monotonic() - t0:.1f} s")

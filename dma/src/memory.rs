@@ -322,6 +322,9 @@ enum Origin {
     },
     /// Never freed: the device may still write it (see [`DmaBuf::leak_on_drop`]).
     Leaked,
+    /// A second handle on part of another buffer ([`DmaBuf::alias`]): the other buffer owns
+    /// the bytes, so dropping this one frees nothing.
+    Alias,
 }
 
 impl DmaMemory {
@@ -759,6 +762,7 @@ impl Drop for DmaBuf {
                 // Keep the region (and its IOMMU mapping) alive for the life of the process.
                 std::mem::forget(Arc::clone(&self.region));
             }
+            Origin::Alias => {}
         }
     }
 }
@@ -856,6 +860,45 @@ impl DmaBuf {
     pub fn reset_view(&mut self) {
         self.view_off = 0;
         self.view_len = self.cap;
+    }
+
+    /// Host address of the first visible byte, for a C caller that fills and reads the
+    /// buffer in place (the fio engine: fio's own I/O buffers live in DMA memory).
+    ///
+    /// Getting the pointer is safe; using it is the caller's business: never make a Rust
+    /// reference from it (the device may write the memory at any time), and never touch the
+    /// bytes while a request that owns them is in flight.
+    #[inline]
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.span(0, 0)
+            .expect("an empty span at the view start is in bounds")
+    }
+
+    /// A second buffer over `off..off+len` of this one's view: same region, same IOVAs.
+    /// Dropping it frees nothing; the bytes stay owned by `self`.
+    ///
+    /// This lets several requests in flight at once use disjoint parts of one allocation
+    /// (fio hands an engine one buffer area and points each I/O into it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfBounds`] if the range leaves the view.
+    ///
+    /// # Safety
+    ///
+    /// `self` must not be dropped (its bytes given back for reuse) while the alias, or a
+    /// request that owns it, is alive; and the caller must not give the same bytes to two
+    /// requests in flight at once. The allocator cannot check either.
+    pub unsafe fn alias(&self, off: usize, len: usize) -> Result<DmaBuf, Error> {
+        self.span(off, len)?;
+        let mut b = DmaBuf::new(
+            Arc::clone(&self.region),
+            self.offset + self.view_off + off,
+            len,
+            Origin::Alias,
+        );
+        b.view_len = len;
+        Ok(b)
     }
 
     /// Host pointer to `off..off+size` of the view, checked for bounds and for `align`.

@@ -7,9 +7,9 @@ use nvme_dio_fuzz::cqe::{CqeInput, run};
 
 fuzz_target!(|data: &[u8]| {
     nvme_dio_fuzz::core_model::run(data);
-    if let Ok(inp) = <CqeInput as arbitrary::Arbitrary>::arbitrary_take_rest(
-        arbitrary::Unstructured::new(data),
-    ) {
+    if let Ok(inp) =
+        <CqeInput as arbitrary::Arbitrary>::arbitrary_take_rest(arbitrary::Unstructured::new(data))
+    {
         run(&inp);
     }
 });

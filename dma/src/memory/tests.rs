@@ -820,3 +820,43 @@ fn a_tracking_mapper_sees_every_allocation_and_free() {
     drop(pool);
     assert_eq!(mapper.free_overlap(ic, 512), None);
 }
+
+#[test]
+fn an_alias_shares_bytes_and_iovas_and_frees_nothing() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let mut b = mem.alloc(16384, 4096).unwrap();
+    b.set_view(4096, 8192).unwrap();
+    let p = b.as_ptr();
+    assert_eq!(
+        mapper.translate(b.iova(), 1).expect("mapped"),
+        p,
+        "as_ptr is the host address of the view's first byte"
+    );
+    // SAFETY: `b` outlives the alias, and no request uses either.
+    let a = unsafe { b.alias(4096, 4096) }.unwrap();
+    assert_eq!(
+        (a.iova(), a.len(), a.capacity()),
+        (b.iova() + 4096, 4096, 4096)
+    );
+    assert_eq!(a.domain(), b.domain());
+    a.copy_from_slice(0, b"alias").unwrap();
+    let mut out = [0u8; 5];
+    b.copy_to_slice(4096, &mut out).unwrap();
+    assert_eq!(&out, b"alias");
+    // SAFETY: as above.
+    let past_end = unsafe { b.alias(4097, 4096) };
+    assert!(matches!(past_end, Err(Error::OutOfBounds { .. })));
+    // SAFETY: as above.
+    assert!(unsafe { b.alias(usize::MAX, 2) }.is_err());
+    drop(a);
+    // Dropping the alias gave nothing back: a new allocation does not land on those bytes.
+    let c = mem.alloc(4096, 4096).unwrap();
+    let (lo, hi) = (b.iova() - 4096, b.iova() + 12288);
+    assert!(
+        c.iova() < lo || c.iova() >= hi,
+        "{:#x} inside {lo:#x}..{hi:#x}",
+        c.iova()
+    );
+}

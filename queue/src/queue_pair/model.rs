@@ -15,7 +15,6 @@ fn size(n: u32) -> QueueSize {
     QueueSize::new(n).expect("2..=65536 entries")
 }
 
-
 /// A buffer set stand-in: the tag it was submitted under, so its return can be checked.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Token(pub u64);
@@ -375,7 +374,7 @@ impl Model {
         assert_eq!(c.submitted, accepted, "submitted counts accepted requests");
     }
 
-        /// Completes everything; every accepted request must come out, exactly once.
+    /// Completes everything; every accepted request must come out, exactly once.
     ///
     /// # Panics
     ///
@@ -406,7 +405,9 @@ impl Step {
     /// A step from three bytes (for the fuzzer: any bytes are a valid sequence of steps).
     pub fn from_bytes(b: [u8; 3]) -> Step {
         match b[0] % 20 {
-            0..=5 => Step::One { fail: b[1] % 10 == 0 },
+            0..=5 => Step::One {
+                fail: b[1] % 10 == 0,
+            },
             6 | 7 => Step::Split {
                 children: 2 + b[1] % 4,
                 bad: b[2] % 2,

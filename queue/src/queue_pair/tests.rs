@@ -6,9 +6,9 @@ use std::collections::HashSet;
 
 use proptest::prelude::*;
 
+use super::model::{Model, Step};
 use super::ring::{CqIndex, SqIndex};
 use super::tracker::{NO_PARENT, Slab};
-use super::model::{Model, Step};
 use super::*;
 
 fn size(n: u32) -> QueueSize {
@@ -137,7 +137,6 @@ fn step() -> impl Strategy<Value = Step> {
         3 => Just(Step::Take),
     ]
 }
-
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(3000))]
