@@ -361,7 +361,7 @@ mod tests {
             // SAFETY: valid C string and out pointers; handles used as documented.
             unsafe {
                 assert_eq!(
-                    nvd_open(c"emu".as_ptr(), &mut ctrl),
+                    nvd_open(c"emu:ram".as_ptr(), &mut ctrl),
                     NVD_OK,
                     "{}",
                     last_error()

@@ -41,6 +41,7 @@ TARGET = "x86_64-unknown-linux-gnu"
 # passed).
 VM_TESTS: list[tuple[str, str]] = [
     ("nvme-dio-tests", "vm"),
+    ("nvme-dio-tests", "vm_dma"),
     ("nvme-dio-tests", "vm_driver"),
     ("nvme-dio-tests", "vm_cli"),
     ("nvme-dio-tests", "vm_examples"),

@@ -196,7 +196,7 @@ impl IovaAllocator {
 
 /// A set of half-open `u64` ranges, kept disjoint and coalesced: which mapped bytes are free,
 /// for a mapper that checks device writes against them (the emulated controller's
-/// freed-write checker, [`crate::RecordingMapper::tracking`]).
+/// freed-write checker, the tests' `RecordingMapper::tracking`).
 ///
 /// ```
 /// use nvme_dio_dma::RangeSet;

@@ -71,9 +71,8 @@ pub use device::{Bar0, DmaMapper, PciFunction};
 pub use iova::{IOVA_FLOOR, IovaAllocator, RangeSet};
 pub use memory::{
     DmaBuf, DmaMemory, DmaPool, DmaStopped, MemoryOptions, PageKind, QuarantineStats,
-    RecordingMapper,
 };
-pub use vfio::{SmokeReport, VfioBar, VfioFunction, VfioMapper, parse_bdf, vm_smoke_test};
+pub use vfio::{VfioBar, VfioFunction, VfioMapper, parse_bdf};
 
 use std::io;
 

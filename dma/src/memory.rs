@@ -1134,151 +1134,160 @@ impl DmaPool {
     }
 }
 
-/// A [`DmaMapper`] that translates nothing and records every mapping: for host tests of the
-/// memory code without a device. Refuses overlapping maps, unmaps of unknown ranges and
-/// IOVAs outside its ranges, like an IOMMU would.
-#[derive(Debug)]
-pub struct RecordingMapper {
-    ranges: Vec<Range<u64>>,
-    maps: Mutex<BTreeMap<u64, (usize, usize)>>,
-    map_calls: AtomicUsize,
-    unmap_calls: AtomicUsize,
-    /// Tracks free bytes ([`RecordingMapper::tracking`]).
-    track: bool,
-    free: Mutex<RangeSet>,
-}
+#[cfg(test)]
+pub(crate) use recording::RecordingMapper;
 
-impl Default for RecordingMapper {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// Test code: kept out of the crate's public surface.
+#[cfg(test)]
+mod recording {
+    use super::*;
 
-impl RecordingMapper {
-    /// A mapper accepting IOVAs in `[0, 512 GiB)`, like QEMU's vIOMMU.
-    pub fn new() -> Self {
-        Self::with_ranges(std::iter::once(0..(512u64 << 30)).collect())
+    /// A [`DmaMapper`] that translates nothing and records every mapping: for host tests of the
+    /// memory code without a device. Refuses overlapping maps, unmaps of unknown ranges and
+    /// IOVAs outside its ranges, like an IOMMU would.
+    #[derive(Debug)]
+    pub struct RecordingMapper {
+        ranges: Vec<Range<u64>>,
+        maps: Mutex<BTreeMap<u64, (usize, usize)>>,
+        map_calls: AtomicUsize,
+        unmap_calls: AtomicUsize,
+        /// Tracks free bytes ([`RecordingMapper::tracking`]).
+        track: bool,
+        free: Mutex<RangeSet>,
     }
 
-    /// A mapper accepting IOVAs in `ranges` (half-open).
-    pub fn with_ranges(ranges: Vec<Range<u64>>) -> Self {
-        Self {
-            ranges,
-            maps: Mutex::new(BTreeMap::new()),
-            map_calls: AtomicUsize::new(0),
-            unmap_calls: AtomicUsize::new(0),
-            track: false,
-            free: Mutex::new(RangeSet::default()),
+    impl Default for RecordingMapper {
+        fn default() -> Self {
+            Self::new()
         }
     }
 
-    /// Like [`RecordingMapper::new`], and it tracks which mapped bytes are free
-    /// ([`DmaMapper::tracks_allocations`]): see [`RecordingMapper::free_overlap`].
-    pub fn tracking() -> Self {
-        Self {
-            track: true,
-            ..Self::new()
+    impl RecordingMapper {
+        /// A mapper accepting IOVAs in `[0, 512 GiB)`, like QEMU's vIOMMU.
+        pub fn new() -> Self {
+            Self::with_ranges(std::iter::once(0..(512u64 << 30)).collect())
         }
-    }
 
-    /// With [`RecordingMapper::tracking`]: the first part of `iova..iova+len` that the memory
-    /// reported free (given back, or never handed out), if any. What a device write there
-    /// would hit.
-    pub fn free_overlap(&self, iova: u64, len: usize) -> Option<Range<u64>> {
-        lock(&self.free).overlap(iova, len as u64)
-    }
-
-    /// Current mappings as `(iova, host address, len)`, sorted by IOVA.
-    pub fn mappings(&self) -> Vec<(u64, usize, usize)> {
-        lock(&self.maps)
-            .iter()
-            .map(|(&i, &(h, l))| (i, h, l))
-            .collect()
-    }
-
-    /// Host pointer for `iova..iova+len` if it lies inside one mapping.
-    pub fn translate(&self, iova: u64, len: usize) -> Option<*mut u8> {
-        let maps = lock(&self.maps);
-        let (&start, &(host, mlen)) = maps.range(..=iova).next_back()?;
-        let off = iova - start;
-        let end = off.checked_add(len as u64)?;
-        (end <= mlen as u64).then(|| (host + off as usize) as *mut u8)
-    }
-
-    /// Successful `map` calls so far.
-    pub fn map_calls(&self) -> usize {
-        self.map_calls.load(Ordering::Relaxed)
-    }
-
-    /// Successful `unmap` calls so far.
-    pub fn unmap_calls(&self) -> usize {
-        self.unmap_calls.load(Ordering::Relaxed)
-    }
-}
-
-impl DmaMapper for RecordingMapper {
-    unsafe fn map(&self, iova: u64, host: *mut u8, len: usize) -> Result<(), Error> {
-        let refuse = |reason: String| Error::Mapping {
-            op: "map",
-            iova,
-            len,
-            reason,
-        };
-        let end = iova
-            .checked_add(len as u64)
-            .ok_or_else(|| refuse("overflow".into()))?;
-        if len == 0 {
-            return Err(refuse("zero length".into()));
-        }
-        if !self.ranges.iter().any(|r| r.start <= iova && end <= r.end) {
-            return Err(refuse(format!(
-                "outside the IOVA ranges {:x?}",
-                self.ranges
-            )));
-        }
-        let mut maps = lock(&self.maps);
-        if let Some((&s, &(_, l))) = maps.range(..end).next_back() {
-            if s + l as u64 > iova {
-                return Err(refuse(format!("overlaps the mapping at {s:#x}+{l:#x}")));
+        /// A mapper accepting IOVAs in `ranges` (half-open).
+        pub fn with_ranges(ranges: Vec<Range<u64>>) -> Self {
+            Self {
+                ranges,
+                maps: Mutex::new(BTreeMap::new()),
+                map_calls: AtomicUsize::new(0),
+                unmap_calls: AtomicUsize::new(0),
+                track: false,
+                free: Mutex::new(RangeSet::default()),
             }
         }
-        maps.insert(iova, (host as usize, len));
-        self.map_calls.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+
+        /// Like [`RecordingMapper::new`], and it tracks which mapped bytes are free
+        /// ([`DmaMapper::tracks_allocations`]): see [`RecordingMapper::free_overlap`].
+        pub fn tracking() -> Self {
+            Self {
+                track: true,
+                ..Self::new()
+            }
+        }
+
+        /// With [`RecordingMapper::tracking`]: the first part of `iova..iova+len` that the memory
+        /// reported free (given back, or never handed out), if any. What a device write there
+        /// would hit.
+        pub fn free_overlap(&self, iova: u64, len: usize) -> Option<Range<u64>> {
+            lock(&self.free).overlap(iova, len as u64)
+        }
+
+        /// Current mappings as `(iova, host address, len)`, sorted by IOVA.
+        pub fn mappings(&self) -> Vec<(u64, usize, usize)> {
+            lock(&self.maps)
+                .iter()
+                .map(|(&i, &(h, l))| (i, h, l))
+                .collect()
+        }
+
+        /// Host pointer for `iova..iova+len` if it lies inside one mapping.
+        pub fn translate(&self, iova: u64, len: usize) -> Option<*mut u8> {
+            let maps = lock(&self.maps);
+            let (&start, &(host, mlen)) = maps.range(..=iova).next_back()?;
+            let off = iova - start;
+            let end = off.checked_add(len as u64)?;
+            (end <= mlen as u64).then(|| (host + off as usize) as *mut u8)
+        }
+
+        /// Successful `map` calls so far.
+        pub fn map_calls(&self) -> usize {
+            self.map_calls.load(Ordering::Relaxed)
+        }
+
+        /// Successful `unmap` calls so far.
+        pub fn unmap_calls(&self) -> usize {
+            self.unmap_calls.load(Ordering::Relaxed)
+        }
     }
 
-    fn unmap(&self, iova: u64, len: usize) -> Result<(), Error> {
-        let mut maps = lock(&self.maps);
-        match maps.get(&iova) {
-            Some(&(_, l)) if l == len => {
-                maps.remove(&iova);
-                lock(&self.free).remove(iova, len as u64);
-                self.unmap_calls.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            _ => Err(Error::Mapping {
-                op: "unmap",
+    impl DmaMapper for RecordingMapper {
+        unsafe fn map(&self, iova: u64, host: *mut u8, len: usize) -> Result<(), Error> {
+            let refuse = |reason: String| Error::Mapping {
+                op: "map",
                 iova,
                 len,
-                reason: "no such mapping (double unmap?)".into(),
-            }),
+                reason,
+            };
+            let end = iova
+                .checked_add(len as u64)
+                .ok_or_else(|| refuse("overflow".into()))?;
+            if len == 0 {
+                return Err(refuse("zero length".into()));
+            }
+            if !self.ranges.iter().any(|r| r.start <= iova && end <= r.end) {
+                return Err(refuse(format!(
+                    "outside the IOVA ranges {:x?}",
+                    self.ranges
+                )));
+            }
+            let mut maps = lock(&self.maps);
+            if let Some((&s, &(_, l))) = maps.range(..end).next_back() {
+                if s + l as u64 > iova {
+                    return Err(refuse(format!("overlaps the mapping at {s:#x}+{l:#x}")));
+                }
+            }
+            maps.insert(iova, (host as usize, len));
+            self.map_calls.fetch_add(1, Ordering::Relaxed);
+            Ok(())
         }
-    }
 
-    fn iova_ranges(&self) -> Vec<Range<u64>> {
-        self.ranges.clone()
-    }
+        fn unmap(&self, iova: u64, len: usize) -> Result<(), Error> {
+            let mut maps = lock(&self.maps);
+            match maps.get(&iova) {
+                Some(&(_, l)) if l == len => {
+                    maps.remove(&iova);
+                    lock(&self.free).remove(iova, len as u64);
+                    self.unmap_calls.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                _ => Err(Error::Mapping {
+                    op: "unmap",
+                    iova,
+                    len,
+                    reason: "no such mapping (double unmap?)".into(),
+                }),
+            }
+        }
 
-    fn tracks_allocations(&self) -> bool {
-        self.track
-    }
+        fn iova_ranges(&self) -> Vec<Range<u64>> {
+            self.ranges.clone()
+        }
 
-    fn range_allocated(&self, iova: u64, len: usize) {
-        lock(&self.free).remove(iova, len as u64);
-    }
+        fn tracks_allocations(&self) -> bool {
+            self.track
+        }
 
-    fn range_freed(&self, iova: u64, len: usize) {
-        lock(&self.free).insert(iova, len as u64);
+        fn range_allocated(&self, iova: u64, len: usize) {
+            lock(&self.free).remove(iova, len as u64);
+        }
+
+        fn range_freed(&self, iova: u64, len: usize) {
+            lock(&self.free).insert(iova, len as u64);
+        }
     }
 }
 

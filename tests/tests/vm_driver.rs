@@ -46,14 +46,6 @@ fn identify_matches(c: &VmController, ctrl: &Controller<VfioFunction>) {
 
 #[test]
 #[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
-fn vm_dma_smoke_open_map_msix_reset() {
-    let c = vm::controller("default").expect(GUEST);
-    let r = nvme_dio_dma::vm_smoke_test(&c.bdf).unwrap_or_else(|e| panic!("{e}"));
-    println!("{r:?}");
-}
-
-#[test]
-#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
 fn vm_default_identify_and_verify_over_sizes_offsets_shapes() {
     let (c, ctrl) = open("default", ControllerOptions::default());
     identify_matches(&c, &ctrl);

@@ -1,8 +1,6 @@
 //! VFIO tests that run without a device: address parsing, sysfs checks against a fake tree,
 //! the IOMMU-info parser, ioctl numbers, BAR accessors over ordinary memory, and the error
-//! path of `open`. The real device path runs in the VM suite through `vm_smoke_test` (and
-//! `vm_smoke_test_if_configured` below: ignored unless run with `--ignored` and
-//! NVME_DIO_VFIO_BDF set; the VM suite runs the smoke test through `tests/tests/vm_driver.rs`).
+//! path of `open`. The real device path runs in the VM suite: `tests/tests/vm_dma.rs`.
 
 // A list of one IOVA range is exactly what these tests mean.
 #![allow(clippy::single_range_in_vec_init)]
@@ -174,28 +172,6 @@ fn open_fails_clearly_on_this_host() {
 }
 
 #[test]
-fn vm_smoke_test_reports_a_clear_error_without_a_device() {
-    let err = vm_smoke_test("0000:fe:1f.6").unwrap_err();
-    assert!(matches!(err, Error::DeviceNotFound { .. }), "{err:?}");
-}
-
-/// The VM suite sets NVME_DIO_VFIO_BDF to the vfio-pci bound NVMe function.
-#[test]
-#[ignore = "needs a vfio-pci bound NVMe: NVME_DIO_VFIO_BDF=BDF cargo test -p nvme-dio-dma -- --ignored"]
-fn vm_smoke_test_if_configured() {
-    let bdf = std::env::var("NVME_DIO_VFIO_BDF")
-        .expect("NVME_DIO_VFIO_BDF names the vfio-pci bound device to test");
-    let r = vm_smoke_test(&bdf).unwrap_or_else(|e| panic!("VFIO smoke test on {bdf}: {e}"));
-    eprintln!("{r:#x?}");
-    assert_eq!(r.vs >> 16, 1, "NVMe major version 1");
-    assert!(r.bar0_len >= 0x1000 + 8, "BAR0 holds the doorbells");
-    assert!(r.buf_iova >= crate::IOVA_FLOOR);
-    assert!(r.iova_ranges.iter().any(|x| x.contains(&r.buf_iova)));
-    // 39-bit guest IOMMU: everything below 512 GiB.
-    assert!(r.buf_iova < 512 << 30);
-}
-
-#[test]
 fn ioctl_numbers_match_the_kernel() {
     // _IO(';', 100 + n): no direction, no size.
     assert_eq!(VFIO_DEVICE_RESET(), 0x3b6f);
@@ -339,128 +315,4 @@ fn error_messages_say_what_to_do() {
         "{m}"
     );
     assert!(m.contains("nvme-dio setup --hugepages 2"), "{m}");
-}
-
-/// Real DMA through the IOMMU, in the VM suite: bring up the admin queue by hand (raw NVMe
-/// registers; this crate knows no NVMe, so it stays in a test), run Identify Controller into
-/// a hugepage buffer, and check the completion, the data the device wrote and the MSI-X
-/// eventfd of vector 0.
-#[test]
-#[ignore = "needs a vfio-pci bound NVMe: NVME_DIO_VFIO_BDF=BDF cargo test -p nvme-dio-dma -- --ignored"]
-fn vm_dma_identify_if_configured() {
-    use crate::barrier::{rmb, wmb};
-    use std::time::{Duration, Instant};
-
-    let bdf = std::env::var("NVME_DIO_VFIO_BDF")
-        .expect("NVME_DIO_VFIO_BDF names the vfio-pci bound device to test");
-    let f = VfioFunction::open(&bdf).unwrap_or_else(|e| panic!("open {bdf}: {e}"));
-    let bar = f.bar0();
-    let cap = bar.read64(0x0);
-    assert_ne!(cap, u64::MAX, "device gone");
-    let dstrd = (cap >> 32) & 0xf;
-    let limit = Duration::from_millis(500 * ((cap >> 24) & 0xff).max(1));
-    // A hang guard, not a timed assertion: the device gets its own CAP.TO.
-    let wait_rdy = |want: u32| {
-        let t = Instant::now();
-        while bar.read32(0x1c) & 1 != want {
-            assert!(t.elapsed() < limit, "CSTS.RDY never became {want}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    };
-    bar.write32(0x14, 0); // CC.EN = 0
-    wait_rdy(0);
-
-    let mem = f
-        .dma_memory(MemoryOptions {
-            region_bytes: 2 << 20,
-            allow_fallback: true,
-            ..Default::default()
-        })
-        .unwrap();
-    let asq = mem.alloc(4096, 4096).unwrap();
-    let acq = mem.alloc(4096, 4096).unwrap();
-    let id = mem.alloc(4096, 4096).unwrap();
-    id.fill(0xee);
-    let fds = f.enable_msix(1).unwrap();
-
-    bar.write32(0x24, (15 << 16) | 15); // AQA: 16-entry admin queues
-    bar.write64(0x28, asq.iova()); // ASQ
-    bar.write64(0x30, acq.iova()); // ACQ
-    bar.write32(0x14, (4 << 20) | (6 << 16) | 1); // CC: IOCQES 16 B, IOSQES 64 B, MPS 4 KiB, EN
-    wait_rdy(1);
-
-    // Identify (opcode 0x06), CID 0x2a, CNS 1 (controller), PRP1 = the buffer.
-    let sqe = [0x06 | (0x2a << 16), 0, 0, id.iova(), 0, 1, 0, 0];
-    asq.write_qwords(0, &sqe);
-    wmb(); // the SQ entry is visible before the doorbell
-    bar.write32(0x1000, 1); // SQ 0 tail = 1
-
-    let t = Instant::now();
-    let cqe = loop {
-        let dw = acq.read_dwords(0);
-        if dw[3] & (1 << 16) != 0 {
-            rmb(); // the phase bit was seen: now the rest of the entry and the data
-            break acq.read_dwords(0);
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "no completion for Identify"
-        );
-        std::thread::yield_now();
-    };
-    bar.write32(0x1000 + (4 << dstrd), 1); // CQ 0 head = 1
-    assert_eq!(cqe[3] & 0xffff, 0x2a, "CID");
-    assert_eq!((cqe[3] >> 17) & 0x7fff, 0, "status");
-    let mut data = vec![0u8; 4096];
-    id.copy_to_slice(0, &mut data).unwrap();
-    assert_eq!(
-        u16::from_le_bytes([data[0], data[1]]),
-        0x1b36,
-        "PCI vendor id in Identify"
-    );
-    let model = String::from_utf8_lossy(&data[24..64]).trim().to_string();
-    assert!(model.starts_with("QEMU NVMe Ctrl"), "model {model:?}");
-
-    // The admin CQ interrupts on vector 0.
-    let t = Instant::now();
-    let fired = loop {
-        match fds[0].read() {
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                assert!(
-                    t.elapsed() < Duration::from_secs(5),
-                    "MSI-X vector 0 never fired"
-                );
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => panic!("eventfd read: {e}"),
-        }
-    };
-    assert!(fired >= 1);
-    eprintln!(
-        "identify via {}: model {model:?}, buffer IOVA {:#x}, MSI-X fired",
-        f.describe(),
-        id.iova()
-    );
-
-    bar.write32(0x14, 0);
-    wait_rdy(0);
-    f.disable_msix().unwrap();
-    f.reset().unwrap();
-}
-
-/// In the VM suite: a second open of the same function is refused with a clear error, and
-/// the function can be opened again once the first user is gone.
-#[test]
-#[ignore = "needs a vfio-pci bound NVMe: NVME_DIO_VFIO_BDF=BDF cargo test -p nvme-dio-dma -- --ignored"]
-fn vm_second_open_is_busy_if_configured() {
-    let bdf = std::env::var("NVME_DIO_VFIO_BDF")
-        .expect("NVME_DIO_VFIO_BDF names the vfio-pci bound device to test");
-    let first = VfioFunction::open(&bdf).unwrap();
-    let err = VfioFunction::open(&bdf).unwrap_err();
-    assert!(matches!(err, Error::DeviceBusy { .. }), "{err:?}");
-    assert!(err.to_string().contains("busy"), "{err}");
-    drop(first);
-    let again = VfioFunction::open(&bdf).unwrap();
-    assert_eq!(again.bdf(), parse_bdf(&bdf).unwrap());
 }
