@@ -18,11 +18,9 @@
 //! region; buffers offer volatile word accessors and bounds-checked copies only.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
-use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crossbeam_queue::ArrayQueue;
@@ -30,7 +28,7 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::Error;
 use crate::device::DmaMapper;
-use crate::iova::{IovaAllocator, RangeAllocator, RangeSet};
+use crate::iova::{IovaAllocator, RangeAllocator};
 
 /// Hugepage size for DMA regions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -1140,7 +1138,12 @@ pub(crate) use recording::RecordingMapper;
 /// Test code: kept out of the crate's public surface.
 #[cfg(test)]
 mod recording {
+    use std::collections::BTreeMap;
+    use std::ops::Range;
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
+    use crate::iova::RangeSet;
 
     /// A [`DmaMapper`] that translates nothing and records every mapping: for host tests of the
     /// memory code without a device. Refuses overlapping maps, unmaps of unknown ranges and

@@ -3,8 +3,12 @@
 //! a second open refused. `#[ignore]`d on the host; the guest runs them with
 //! `--include-ignored`.
 
-use nvme_dio_dma::{Bar0, DmaMapper, Error, MemoryOptions, PciFunction, VfioFunction, parse_bdf};
-use nvme_dio_tests::vm::{self, GUEST};
+use nvme_dio_dma::{Bar0, Error, MemoryOptions, PciFunction, VfioFunction, parse_bdf};
+use std::io;
+
+use nvme_dio_tests::vm;
+
+const GUEST: &str = "VM suite: needs the QEMU guest, run ci/vm-test";
 
 /// The whole VFIO path in one go: open, CAP/VS from BAR0, DMA memory (IOMMU-mapped once)
 /// with a buffer inside the reported IOVA ranges, MSI-X on and off, a checked function
