@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use nvme_dio::EmuSpec;
 
 /// The `nvme-dio` command: benchmark, list, identify and set up NVMe controllers for the
 /// nvme-dio userspace driver.
@@ -36,11 +37,9 @@ pub enum Command {
 /// Which device to drive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceSpec {
-    /// The embedded emulated controller: a null namespace (`emu`) or a RAM one (`emu:ram`).
-    Emu {
-        /// RAM-backed (data is kept, so `--verify` can check it).
-        ram: bool,
-    },
+    /// The embedded emulated controller, named as in the library ([`nvme_dio::DeviceSpec`]):
+    /// a null namespace (`emu`) or a RAM one (`emu:ram`), `:thread`, `:512`.
+    Emu(EmuSpec),
     /// A PCI function bound to vfio-pci, `DDDD:BB:DD.F`.
     Pci(String),
     /// A block device or file, driven through the kernel (io_uring engine).
@@ -50,34 +49,39 @@ pub enum DeviceSpec {
 impl DeviceSpec {
     /// True for the emulated controller.
     pub fn is_emu(&self) -> bool {
-        matches!(self, DeviceSpec::Emu { .. })
+        matches!(self, DeviceSpec::Emu(_))
+    }
+
+    /// True for the emulated controller with a RAM namespace (it keeps what is written).
+    pub fn is_emu_ram(&self) -> bool {
+        matches!(self, DeviceSpec::Emu(e) if e.ram)
     }
 }
 
 impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DeviceSpec::Emu { ram: false } => f.write_str("emu"),
-            DeviceSpec::Emu { ram: true } => f.write_str("emu:ram"),
+            DeviceSpec::Emu(e) => write!(f, "{}", nvme_dio::DeviceSpec::Emu(*e)),
             DeviceSpec::Pci(b) => f.write_str(b),
             DeviceSpec::Path(p) => write!(f, "{}", p.display()),
         }
     }
 }
 
-/// Parses `emu`, `emu:null`, `emu:ram`, a PCI address (`0000:01:00.0` or `01:00.0`) or a path.
+/// Parses a device string: the library's ([`nvme_dio::DeviceSpec`]: `emu`, `emu:ram`,
+/// `...:thread`, `...:512`, a PCI address such as `0000:01:00.0` or `01:00.0`), or else a path
+/// for the kernel engine.
 ///
 /// # Errors
 ///
 /// A sentence naming the accepted forms.
 pub fn parse_device(s: &str) -> Result<DeviceSpec, String> {
-    match s {
-        "emu" | "emu:null" => return Ok(DeviceSpec::Emu { ram: false }),
-        "emu:ram" => return Ok(DeviceSpec::Emu { ram: true }),
-        _ => {}
-    }
-    if let Some(bdf) = parse_bdf(s) {
-        return Ok(DeviceSpec::Pci(bdf));
+    match s.parse::<nvme_dio::DeviceSpec>() {
+        Ok(nvme_dio::DeviceSpec::Emu(e)) => return Ok(DeviceSpec::Emu(e)),
+        Ok(nvme_dio::DeviceSpec::Pci(bdf)) => return Ok(DeviceSpec::Pci(bdf)),
+        Ok(other) => return Err(format!("{other}: not a device nvme-dio bench can drive")),
+        Err(e) if s == "emu" || s.starts_with("emu:") => return Err(e.to_string()),
+        Err(_) => {}
     }
     // A path: anything with a slash, or a name that exists here (`--device testfile`).
     if s.contains('/') || std::path::Path::new(s).exists() {
@@ -98,21 +102,10 @@ pub fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     ))
 }
 
-/// Normalises a PCI address `DDDD:BB:DD.F` or `BB:DD.F` (hex) to `dddd:bb:dd.f`.
+/// Normalises a PCI address `DDDD:BB:DD.F` or `BB:DD.F` (hex) to `dddd:bb:dd.f`: the one
+/// parser the library uses too ([`nvme_dio_dma::parse_bdf`]).
 pub fn parse_bdf(s: &str) -> Option<String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let (dom, bus, devfn) = match parts.as_slice() {
-        [d, b, df] => (*d, *b, *df),
-        [b, df] => ("0000", *b, *df),
-        _ => return None,
-    };
-    let (dev, func) = devfn.split_once('.')?;
-    let hex = |x: &str, max_len: usize| {
-        (!x.is_empty() && x.len() <= max_len && x.chars().all(|c| c.is_ascii_hexdigit()))
-            .then(|| u32::from_str_radix(x, 16).ok())?
-    };
-    let (d, b, v, f) = (hex(dom, 4)?, hex(bus, 2)?, hex(dev, 2)?, hex(func, 1)?);
-    (v < 32 && f < 8).then(|| format!("{d:04x}:{b:02x}:{v:02x}.{f:x}"))
+    nvme_dio_dma::parse_bdf(s).ok()
 }
 
 /// Parses a byte size: `4096`, `4k`, `128K`, `1m`, `1MiB`, `2g` (binary units).
@@ -386,7 +379,8 @@ impl fmt::Display for Mode {
     nvme-dio bench --device /dev/nvme0n1 --engine io_uring --iopoll -q 128")]
 pub struct BenchArgs {
     /// Device: `emu` (emulated controller, null namespace), `emu:ram` (RAM namespace, for
-    /// --verify), a PCI address bound to vfio-pci, or a block device / file (io_uring).
+    /// --verify; add `:thread` for completions from the emulator's own thread, `:512` for
+    /// 512-byte blocks), a PCI address bound to vfio-pci, or a block device / file (io_uring).
     #[arg(short, long, default_value = "emu", value_parser = parse_device)]
     pub device: DeviceSpec,
 
@@ -473,8 +467,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_sgl: bool,
 
-    /// Block size of the emulated namespace (512 or 4096; default 4096 for `emu`, 512 for
-    /// `emu:ram`, so small I/Os can still carry several whole-block segments).
+    /// Block size of the emulated namespace (512 or 4096; default: what the device string
+    /// says, 4096 unless it ends in `:512`, as everywhere in nvme-dio).
     #[arg(long, value_parser = ["512", "4096"])]
     pub emu_lba_size: Option<String>,
 
@@ -544,7 +538,7 @@ impl BenchArgs {
     pub fn emu_lba_size(&self) -> u32 {
         match (&self.emu_lba_size, &self.device) {
             (Some(s), _) => s.parse().expect("clap allows 512 or 4096 only"),
-            (None, DeviceSpec::Emu { ram: true }) => 512,
+            (None, DeviceSpec::Emu(e)) => e.lba_size,
             _ => 4096,
         }
     }
@@ -617,15 +611,25 @@ mod tests {
 
     #[test]
     fn devices_are_emu_pci_or_paths_and_anything_else_is_refused() {
-        assert_eq!(parse_device("emu"), Ok(DeviceSpec::Emu { ram: false }));
-        assert_eq!(parse_device("emu:ram"), Ok(DeviceSpec::Emu { ram: true }));
+        assert_eq!(parse_device("emu"), Ok(DeviceSpec::Emu(EmuSpec::null())));
+        assert_eq!(parse_device("emu:ram"), Ok(DeviceSpec::Emu(EmuSpec::ram())));
+        assert_eq!(
+            parse_device("emu:ram:thread:512"),
+            Ok(DeviceSpec::Emu(EmuSpec::ram().thread(true).lba_size(512)))
+        );
         assert_eq!(
             parse_device("0000:01:00.0"),
             Ok(DeviceSpec::Pci("0000:01:00.0".into()))
         );
         assert_eq!(
-            parse_device("1:0.7"),
+            parse_device("01:00.7"),
             Ok(DeviceSpec::Pci("0000:01:00.7".into()))
+        );
+        assert!(
+            parse_device("1:0.7")
+                .unwrap_err()
+                .contains("not a valid PCI address"),
+            "the widths are fixed, as in lspci's output"
         );
         assert_eq!(
             parse_device("/dev/nvme0n1"),
@@ -718,7 +722,7 @@ mod tests {
         };
         assert_eq!(
             (b.device.clone(), b.engine(), b.queue_depth, b.io_size),
-            (DeviceSpec::Emu { ram: false }, Engine::Vfio, 32, 4096)
+            (DeviceSpec::Emu(EmuSpec::null()), Engine::Vfio, 32, 4096)
         );
         assert_eq!(
             (b.workload, b.batch(), b.emu_lba_size()),

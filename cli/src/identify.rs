@@ -1,14 +1,13 @@
 //! `nvme-dio identify`: bring the controller up and print what it reports.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 
-use nvme_dio::{Controller, PciFunction};
-use nvme_dio_emu::{EmuConfig, EmuFunction};
+use nvme_dio::{Controller, Device};
+use nvme_dio_emu::EmuConfig;
 use serde::Serialize;
 
 use crate::args::{DeviceSpec, IdentifyArgs};
-use crate::bench::nvme::{WithController, controller_options, emu_config, with_controller};
+use crate::bench::nvme::{controller_options, emu_config, open_controller};
 use crate::error::CliError;
 
 /// The controller, as `--json` prints it.
@@ -80,21 +79,17 @@ pub struct NamespaceReport {
     pub deallocate: bool,
 }
 
-struct Identify(String, bool);
-
-impl WithController for Identify {
-    type Out = ControllerReport;
-
-    fn with<D: PciFunction>(
-        self,
-        ctrl: Controller<D>,
-        _description: String,
-        _emu: Option<Arc<EmuFunction>>,
-    ) -> Result<ControllerReport, CliError> {
+/// What the controller that is up says about itself.
+fn describe(
+    device: String,
+    emulated: bool,
+    ctrl: &Controller<Device>,
+) -> Result<ControllerReport, CliError> {
+    {
         let i = ctrl.info();
         Ok(ControllerReport {
-            device: self.0,
-            emulated: self.1,
+            device,
+            emulated,
             vendor_id: i.vid,
             model: i.model.trim().to_string(),
             serial: i.serial.trim().to_string(),
@@ -138,20 +133,14 @@ impl WithController for Identify {
 /// Device and bring-up errors.
 pub fn identify(device: &DeviceSpec) -> Result<ControllerReport, CliError> {
     let emu = match device {
-        DeviceSpec::Emu { ram } => {
-            emu_config(*ram, if *ram { 512 } else { 4096 }, None, false, false)
-        }
+        DeviceSpec::Emu(e) => emu_config(e.ram, e.lba_size, None, e.thread, false),
         _ => EmuConfig::default(),
     };
     // Ask for the most a controller can grant (65535 queue pairs, interrupts on), so what
     // is printed is what the controller allows, not what one queue pair needed: bench gets
     // the same numbers. Set Features only records the count; nothing is created.
-    with_controller(
-        device,
-        emu,
-        controller_options(u16::MAX, true, true),
-        Identify(device.to_string(), device.is_emu()),
-    )
+    let (ctrl, _) = open_controller(device, emu, controller_options(u16::MAX, true, true))?;
+    describe(device.to_string(), device.is_emu(), &ctrl)
 }
 
 /// Runs `nvme-dio identify`.
@@ -287,7 +276,7 @@ mod tests {
 
     #[test]
     fn identify_emu_reports_the_emulated_namespace() {
-        let r = identify(&DeviceSpec::Emu { ram: true }).unwrap();
+        let r = identify(&DeviceSpec::Emu(nvme_dio::EmuSpec::ram().lba_size(512))).unwrap();
         assert!(r.emulated);
         assert_eq!(r.namespaces.len(), 1);
         assert_eq!(

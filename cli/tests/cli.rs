@@ -162,7 +162,7 @@ fn json_has_device_engine_settings_figures_latency_and_queue_counters() {
 fn verify_on_ram_with_split_iovecs_finds_no_mismatch() {
     let v = bench_json(&[
         "--device",
-        "emu:ram",
+        "emu:ram:512",
         "--verify",
         "-w",
         "randrw",
@@ -326,7 +326,17 @@ fn sequential_workloads_warmup_and_batch_are_honoured() {
     // Batches of at most 4 submissions per doorbell: at least 3000 / 4 SQ doorbells.
     assert!(q["sq_doorbells"].as_u64().unwrap() >= 750, "{q}");
     let v = bench_json(&[
-        "--device", "emu:ram", "-w", "rw", "-M", "30", "--verify", "-o", "16k", "--ios", "2000",
+        "--device",
+        "emu:ram:512",
+        "-w",
+        "rw",
+        "-M",
+        "30",
+        "--verify",
+        "-o",
+        "16k",
+        "--ios",
+        "2000",
     ]);
     assert_eq!(v["settings"]["read_pct"], 30);
     assert_eq!(v["verify"]["mismatches"], 0);
@@ -1021,7 +1031,7 @@ fn segments_smaller_than_a_block_run_with_sgls_and_are_refused_without() {
     // A 512-byte I/O in 2 segments of 256 bytes on a 512-byte namespace: one SGL command.
     let v = bench_json(&[
         "--device",
-        "emu:ram",
+        "emu:ram:512",
         "--emu-sgl",
         "--segments",
         "2",
@@ -1050,7 +1060,7 @@ fn segments_smaller_than_a_block_run_with_sgls_and_are_refused_without() {
         &[
             "bench",
             "--device",
-            "emu:ram",
+            "emu:ram:512",
             "--segments",
             "2",
             "-o",
@@ -1068,7 +1078,7 @@ fn segments_smaller_than_a_block_run_with_sgls_and_are_refused_without() {
         &[
             "bench",
             "--device",
-            "emu:ram",
+            "emu:ram:512",
             "--emu-sgl",
             "--no-sgl",
             "--segments",

@@ -53,6 +53,35 @@ pub struct EmuSpec {
 }
 
 impl EmuSpec {
+    /// `emu`: a null namespace of 4 KiB blocks, completions inline.
+    pub const fn null() -> EmuSpec {
+        EmuSpec {
+            ram: false,
+            thread: false,
+            lba_size: 4096,
+        }
+    }
+
+    /// `emu:ram`: a RAM namespace of 4 KiB blocks, completions inline.
+    pub const fn ram() -> EmuSpec {
+        EmuSpec {
+            ram: true,
+            ..EmuSpec::null()
+        }
+    }
+
+    /// The same with completions from the emulator's own thread (`:thread`).
+    pub const fn thread(mut self, thread: bool) -> EmuSpec {
+        self.thread = thread;
+        self
+    }
+
+    /// The same with `lba_size`-byte blocks (`:512`).
+    pub const fn lba_size(mut self, lba_size: u32) -> EmuSpec {
+        self.lba_size = lba_size;
+        self
+    }
+
     /// The emulator configuration for this spec with a namespace of `bytes` (or the
     /// default size for its kind).
     pub fn config(&self, bytes: Option<u64>) -> EmuConfig {
@@ -130,11 +159,7 @@ impl std::str::FromStr for DeviceSpec {
     fn from_str(s: &str) -> Result<DeviceSpec, DeviceSpecError> {
         let mut parts = s.split(':');
         if parts.next() == Some("emu") {
-            let mut spec = EmuSpec {
-                ram: false,
-                thread: false,
-                lba_size: 4096,
-            };
+            let mut spec = EmuSpec::null();
             for (i, part) in parts.enumerate() {
                 match part {
                     "null" if i == 0 => spec.ram = false,

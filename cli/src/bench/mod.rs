@@ -319,7 +319,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         notes.push(format!("Ctrl-C will end the run without a report: {e}"));
     }
     let result = match (args.engine(), &args.device) {
-        (Engine::Vfio, DeviceSpec::Emu { .. } | DeviceSpec::Pci(_)) => nvme::run(args),
+        (Engine::Vfio, DeviceSpec::Emu(_) | DeviceSpec::Pci(_)) => nvme::run(args),
         (Engine::IoUring, DeviceSpec::Path(p)) => uring::run(args, p),
         (Engine::Vfio, DeviceSpec::Path(p)) => Err(CliError::BadArgument(format!(
             "--engine vfio drives a PCI controller (or `emu`), not a path: use --engine io_uring for {}, or give the controller's PCI address (see `nvme-dio list`)",
@@ -404,7 +404,7 @@ fn check_args(a: &BenchArgs) -> Result<(), CliError> {
             a.workload
         ));
     }
-    if a.inject_flip_bit.is_some() && a.device != (DeviceSpec::Emu { ram: true }) {
+    if a.inject_flip_bit.is_some() && !a.device.is_emu_ram() {
         return bad("--inject-flip-bit is a testing aid for --device emu:ram only".into());
     }
     if a.inject_write_protect && !a.device.is_emu() {
@@ -433,10 +433,10 @@ fn check_args(a: &BenchArgs) -> Result<(), CliError> {
     if a.time <= 0.0 && a.ios.is_none() {
         return bad("-t 0 measures nothing: give a time in seconds, or --ios N".into());
     }
-    if a.verify && a.device == (DeviceSpec::Emu { ram: false }) {
+    if a.verify && a.device.is_emu() && !a.device.is_emu_ram() {
         return bad("--verify needs a namespace that keeps what is written, and `--device emu` is a null namespace (writes are dropped, reads return zeroes): use --device emu:ram".into());
     }
-    if a.device == (DeviceSpec::Emu { ram: true }) {
+    if a.device.is_emu_ram() {
         let want = a.size.unwrap_or(nvme::EMU_RAM_BYTES);
         if let Some(avail) = mem_available()
             && want > avail
@@ -516,7 +516,7 @@ pub fn make_job(
     let shapes = pattern::segment_shapes(args.io_size, lba_size, args.segments, sub_block)
         .map_err(CliError::BadArgument)?;
     let default_size = match (&args.device, args.verify) {
-        (DeviceSpec::Emu { .. }, _) | (_, false) => device_bytes,
+        (DeviceSpec::Emu(_), _) | (_, false) => device_bytes,
         (_, true) => device_bytes.min(256 << 20),
     };
     let size = args.size.unwrap_or(default_size);

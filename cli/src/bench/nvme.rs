@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nvme_dio::{
-    Bufs, CompletionMode, Controller, ControllerOptions, DmaBuf, Error, Io, Lba, MemoryOptions,
-    Namespace, PciFunction, QueuePairOptions, QueueStats, Rejected,
+    Bufs, CompletionMode, Controller, ControllerOptions, Device, DmaBuf, Error, Io, Lba,
+    MemoryOptions, Namespace, PciFunction, QueuePairOptions, QueueStats, Rejected,
 };
 use nvme_dio_emu::{EmuConfig, EmuFunction, Fault, NsConfig};
 
@@ -32,23 +32,6 @@ use crate::stats;
 pub const EMU_NULL_BYTES: u64 = 1 << 40;
 /// Default size of the emulated RAM namespace: 64 MiB.
 pub const EMU_RAM_BYTES: u64 = 64 << 20;
-
-/// Something to do with a brought-up controller, whatever the device type.
-pub trait WithController {
-    /// The result.
-    type Out;
-    /// Called with the controller, a description of the device, and the emulator if it is one.
-    ///
-    /// # Errors
-    ///
-    /// Whatever the visitor fails with.
-    fn with<D: PciFunction>(
-        self,
-        ctrl: Controller<D>,
-        description: String,
-        emu: Option<Arc<EmuFunction>>,
-    ) -> Result<Self::Out, CliError>;
-}
 
 /// The emulated controller's configuration for `emu` / `emu:ram`.
 pub fn emu_config(
@@ -87,19 +70,19 @@ pub fn controller_options(queues: u16, interrupts: bool, sgl: bool) -> Controlle
     }
 }
 
-/// Opens the device, brings the controller up and hands it to `v`.
+/// Opens the device and brings its controller up: one device type for every backend
+/// ([`nvme_dio::Device`]); returns the controller and a description of the device.
 ///
 /// # Errors
 ///
 /// [`CliError::BadArgument`] for a path, device and bring-up errors.
-pub fn with_controller<V: WithController>(
+pub fn open_controller(
     device: &DeviceSpec,
     emu: EmuConfig,
     opts: ControllerOptions,
-    v: V,
-) -> Result<V::Out, CliError> {
+) -> Result<(Controller<Device>, String), CliError> {
     match device {
-        DeviceSpec::Emu { ram } => {
+        DeviceSpec::Emu(e) => {
             let ns = &emu.namespaces[0];
             let desc = format!(
                 "EMULATED controller, in-process, {}; {} namespace 1: {} blocks of {} bytes",
@@ -108,24 +91,23 @@ pub fn with_controller<V: WithController>(
                 } else {
                     "inline: its work runs inside the doorbell write"
                 },
-                if *ram { "RAM" } else { "null" },
+                if e.ram { "RAM" } else { "null" },
                 ns.blocks,
                 ns.lba_size
             );
-            let dev = Arc::new(EmuFunction::new(emu).map_err(|source| CliError::Emu { source })?);
-            let ctrl =
-                Controller::new(Arc::clone(&dev), opts).map_err(|e| CliError::driver(device, e))?;
-            v.with(ctrl, desc, Some(dev))
+            let dev = EmuFunction::new(emu).map_err(|source| CliError::Emu { source })?;
+            let ctrl = Controller::new(Arc::new(Device::Emu(dev)), opts)
+                .map_err(|e| CliError::driver(device, e))?;
+            Ok((ctrl, desc))
         }
         DeviceSpec::Pci(bdf) => {
             check_pci(&crate::sysfs::Sysfs::host(), bdf)?;
-            let dev = Arc::new(nvme_dio_dma::VfioFunction::open(bdf).map_err(|source| {
-                CliError::Vfio {
-                    device: bdf.clone(),
-                    source,
-                }
-            })?);
-            let ctrl = Controller::new(dev, opts).map_err(|e| CliError::driver(device, e))?;
+            let dev = nvme_dio_dma::VfioFunction::open(bdf).map_err(|source| CliError::Vfio {
+                device: bdf.clone(),
+                source,
+            })?;
+            let ctrl = Controller::new(Arc::new(Device::Vfio(dev)), opts)
+                .map_err(|e| CliError::driver(device, e))?;
             let i = ctrl.info();
             let desc = format!(
                 "{} (serial {}, firmware {}) via vfio-pci",
@@ -133,7 +115,7 @@ pub fn with_controller<V: WithController>(
                 i.serial.trim(),
                 i.firmware.trim()
             );
-            v.with(ctrl, desc, None)
+            Ok((ctrl, desc))
         }
         DeviceSpec::Path(p) => Err(CliError::BadArgument(format!(
             "{} is a path: the userspace driver needs `emu`, `emu:ram` or a PCI address (see `nvme-dio list`)",
@@ -190,31 +172,28 @@ pub fn check_pci(s: &crate::sysfs::Sysfs, bdf: &str) -> Result<(), CliError> {
 /// Device, geometry and setup errors; I/O failures and mismatches come back in the report.
 pub fn run(args: &BenchArgs) -> Result<Report, CliError> {
     let emu = match &args.device {
-        DeviceSpec::Emu { ram } => emu_config(
-            *ram,
+        DeviceSpec::Emu(e) => emu_config(
+            e.ram,
             args.emu_lba_size(),
             args.size,
-            args.emu_thread,
+            args.emu_thread || e.thread,
             args.emu_sgl,
         ),
         _ => EmuConfig::default(),
     };
     let opts = controller_options(args.queues, args.mode == Mode::Irq, !args.no_sgl);
-    with_controller(&args.device, emu, opts, Bench(args))
+    let (ctrl, description) = open_controller(&args.device, emu, opts)?;
+    bench_on(args, ctrl, description)
 }
 
-struct Bench<'a>(&'a BenchArgs);
-
-impl WithController for Bench<'_> {
-    type Out = Report;
-
-    fn with<D: PciFunction>(
-        self,
-        ctrl: Controller<D>,
-        mut description: String,
-        emu: Option<Arc<EmuFunction>>,
-    ) -> Result<Report, CliError> {
-        let args = self.0;
+/// The benchmark on a controller that is up.
+fn bench_on(
+    args: &BenchArgs,
+    ctrl: Controller<Device>,
+    mut description: String,
+) -> Result<Report, CliError> {
+    let emu = ctrl.device().as_emu();
+    {
         let dev = args.device.to_string();
         let ns = ctrl
             .namespace(args.nsid)
