@@ -60,6 +60,7 @@
 //! One [`Error`] enum; every message says what to do (reserve hugepages, bind the device,
 //! enable the IOMMU...).
 
+#![deny(missing_docs)]
 pub mod barrier;
 pub mod clock;
 pub mod device;

@@ -44,8 +44,14 @@ use crate::Error;
 use crate::device::{Bar0, DmaMapper, PciFunction};
 use crate::memory::{DmaMemory, MemoryOptions};
 
-vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
-vmm_sys_util::ioctl_io_nr!(VFIO_IOMMU_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 12);
+/// The two VFIO ioctls vfio-ioctls does not wrap (private: their numbers are tested).
+mod ioctls {
+    use super::{VFIO_BASE, VFIO_TYPE};
+
+    vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
+    vmm_sys_util::ioctl_io_nr!(VFIO_IOMMU_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 12);
+}
+use ioctls::{VFIO_DEVICE_RESET, VFIO_IOMMU_GET_INFO};
 
 /// IOVA ranges assumed when the kernel reports none: above 1 MiB (never IOVA 0) and below
 /// 512 GiB (the 39-bit space of QEMU's emulated Intel IOMMU).

@@ -537,6 +537,19 @@ impl<D: PciFunction> Controller<D> {
 
     /// Creates an I/O queue pair (one SQ and one CQ) for the calling thread.
     ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use nvme_dio::{CompletionMode, Controller, QueuePairOptions};
+    /// let ctrl = Controller::open("emu:ram", |_| {})?;
+    /// // One per thread; 1 024 entries per ring, interrupt completion.
+    /// let qp = ctrl.create_io_qpair(
+    ///     QueuePairOptions::with_entries(1024).mode(CompletionMode::Interrupt),
+    /// )?;
+    /// assert_eq!(qp.capacity(), 1023); // one slot stays empty
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::NoFreeQueue`] when every granted queue is in use, [`Error::BadOption`] for

@@ -81,8 +81,9 @@
 //! "Embedding" section (async Rust, C).
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
-// One I/O through the files, in order: submit.rs (Io -> plan -> the core claims a tracker
+// One I/O through the files, in order: io.rs (the request) -> submit.rs (plan -> the core claims a tracker
 // -> data pointer -> entry into the SQ slot) -> ring.rs (doorbell, CQ slot, phase) ->
 // qpair.rs (CQE fed to the core, ticks, resets) -> completion.rs (what the caller gets).
 // The decisions are in nvme_dio_queue::queue_pair.
@@ -92,6 +93,7 @@ mod controller;
 mod device;
 pub mod error;
 mod future;
+mod io;
 mod namespace;
 mod qpair;
 mod ring;
@@ -104,6 +106,7 @@ pub use device::{
 };
 pub use error::{Error, ErrorKind, Report, Stage};
 pub use future::{AsyncQueuePair, InterruptFd, IoFailed, IoFuture};
+pub use io::Io;
 pub use namespace::Namespace;
 pub use nvme_dio_dma::VfioFunction;
 pub use nvme_dio_dma::{DmaBuf, DmaMemory, DmaPool, MemoryOptions, PageKind, PciFunction};
@@ -111,4 +114,3 @@ pub use nvme_dio_dma::{DmaBuf, DmaMemory, DmaPool, MemoryOptions, PageKind, PciF
 pub use nvme_dio_queue as spec;
 pub use nvme_dio_queue::{Lba, Nsid, Status};
 pub use qpair::{CompletionMode, IoQueuePair, QueuePairOptions};
-pub use submit::Io;

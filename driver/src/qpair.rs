@@ -334,6 +334,22 @@ impl<D: PciFunction> IoQueuePair<D> {
     /// the CQ is still checked: a completion found then is a lost interrupt, counted in
     /// [`QueueStats::lost_interrupts`] and delivered. In poll mode it spins on the CQ.
     ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use nvme_dio::{Controller, Lba, QueuePairOptions};
+    /// let ctrl = Controller::open("emu:ram:thread", |_| {})?; // completes on its own thread
+    /// let ns = ctrl.namespace(1)?.clone();
+    /// let mut qp = ctrl.create_io_qpair(QueuePairOptions::default())?;
+    /// qp.read(&ns, Lba(0), ctrl.memory().alloc(4096, 4096)?, 7).map_err(|r| r.error)?;
+    /// while qp.wait(Duration::from_secs(1))? == 0 {} // rings the doorbell, then waits
+    /// let c = qp.next_completion().expect("one is ready");
+    /// assert_eq!(c.tag, 7);
+    /// c.result?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::Wait`] if waiting on the eventfd fails.

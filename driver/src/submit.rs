@@ -15,157 +15,10 @@ use nvme_dio_queue::{Iova, Lba, PageSize, Sqe, sgl};
 
 use crate::completion::{Bufs, Rejected};
 use crate::error::{BadRequest, Error, Feature};
+use crate::io::Io;
 use crate::namespace::Namespace;
 use crate::qpair::IoQueuePair;
 use crate::ring::SqMem;
-
-/// One I/O request. Build it with the constructors, hand it to [`IoQueuePair::submit`].
-///
-/// ```
-/// # use nvme_dio::{Io, Lba, DmaBuf, Namespace};
-/// # fn f(ns: &Namespace, buf: DmaBuf) {
-/// let io = Io::write(ns, Lba(8), buf).fua(); // durable when it completes
-/// # let _ = io;
-/// # }
-/// ```
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Io<'a> {
-    /// Read into the buffers, in order, starting at `lba`.
-    Read {
-        /// The namespace.
-        ns: &'a Namespace,
-        /// First block.
-        lba: Lba,
-        /// Where the data goes.
-        bufs: Bufs,
-        /// Force Unit Access.
-        fua: bool,
-    },
-    /// Write the buffers, in order, starting at `lba`.
-    Write {
-        /// The namespace.
-        ns: &'a Namespace,
-        /// First block.
-        lba: Lba,
-        /// The data.
-        bufs: Bufs,
-        /// Force Unit Access: durable when it completes.
-        fua: bool,
-    },
-    /// Flush the namespace's volatile write cache.
-    Flush {
-        /// The namespace.
-        ns: &'a Namespace,
-    },
-    /// Write zeroes to `blocks` blocks (no data transfer).
-    WriteZeroes {
-        /// The namespace.
-        ns: &'a Namespace,
-        /// First block.
-        lba: Lba,
-        /// Block count (1 ..= 65 536).
-        blocks: u32,
-    },
-    /// Deallocate (trim) ranges of `(first block, block count)`.
-    Deallocate {
-        /// The namespace.
-        ns: &'a Namespace,
-        /// 1 ..= 256 ranges.
-        ranges: &'a [(Lba, u32)],
-    },
-    /// A command as built by the caller (see [`Io::raw`]).
-    Raw {
-        /// The entry; the queue sets its CID and, with a buffer, its PRPs.
-        sqe: Sqe,
-        /// Its data buffer, if any.
-        buf: Option<DmaBuf>,
-    },
-}
-
-impl<'a> Io<'a> {
-    /// A read of `buf.len()` bytes at `lba`.
-    pub fn read(ns: &'a Namespace, lba: Lba, buf: DmaBuf) -> Io<'a> {
-        Io::Read {
-            ns,
-            lba,
-            bufs: Bufs::One(buf),
-            fua: false,
-        }
-    }
-
-    /// A read into an iovec set.
-    pub fn readv(ns: &'a Namespace, lba: Lba, bufs: Vec<DmaBuf>) -> Io<'a> {
-        Io::Read {
-            ns,
-            lba,
-            bufs: Bufs::Many(bufs),
-            fua: false,
-        }
-    }
-
-    /// A write of `buf` at `lba`.
-    pub fn write(ns: &'a Namespace, lba: Lba, buf: DmaBuf) -> Io<'a> {
-        Io::Write {
-            ns,
-            lba,
-            bufs: Bufs::One(buf),
-            fua: false,
-        }
-    }
-
-    /// A write of an iovec set.
-    pub fn writev(ns: &'a Namespace, lba: Lba, bufs: Vec<DmaBuf>) -> Io<'a> {
-        Io::Write {
-            ns,
-            lba,
-            bufs: Bufs::Many(bufs),
-            fua: false,
-        }
-    }
-
-    /// Sets Force Unit Access on a read or write (a write is then durable when it
-    /// completes; a read comes from the medium, not a cache). No effect on other requests.
-    pub fn fua(mut self) -> Io<'a> {
-        if let Io::Read { fua, .. } | Io::Write { fua, .. } = &mut self {
-            *fua = true;
-        }
-        self
-    }
-
-    /// A flush of the namespace's volatile write cache.
-    pub fn flush(ns: &'a Namespace) -> Io<'a> {
-        Io::Flush { ns }
-    }
-
-    /// Write Zeroes over `blocks` blocks at `lba`.
-    pub fn write_zeroes(ns: &'a Namespace, lba: Lba, blocks: u32) -> Io<'a> {
-        Io::WriteZeroes { ns, lba, blocks }
-    }
-
-    /// Deallocate (trim) `ranges` of `(first block, block count)`.
-    pub fn deallocate(ns: &'a Namespace, ranges: &'a [(Lba, u32)]) -> Io<'a> {
-        Io::Deallocate { ns, ranges }
-    }
-
-    /// An I/O command as built by the caller (a vendor command, or a test that wants the
-    /// device, not the driver, to judge a request). The driver checks nothing but the
-    /// buffer's origin: it sets the CID and, if `buf` is given, PRP1/PRP2 (with a PRP list in
-    /// the slot's own list pages when the buffer spans more than two pages). Device errors
-    /// come back in the completion as [`Error::Command`].
-    pub fn raw(sqe: Sqe, buf: Option<DmaBuf>) -> Io<'a> {
-        Io::Raw { sqe, buf }
-    }
-
-    /// The buffers this request carries (handed back when it is refused).
-    fn into_bufs(self) -> Bufs {
-        match self {
-            Io::Read { bufs, .. } | Io::Write { bufs, .. } => bufs,
-            Io::Raw { buf, .. } => buf.map_or(Bufs::None, Bufs::One),
-            Io::Flush { .. } | Io::WriteZeroes { .. } | Io::Deallocate { .. } => Bufs::None,
-        }
-    }
-}
 
 /// All tracker list pages of a queue pair: one allocation, mapped once, sliced per tracker.
 #[derive(Debug)]
@@ -282,8 +135,33 @@ fn refusal<E>(r: Refusal<E>, qid: u16, into: impl FnOnce(E) -> Error) -> Error {
 impl<D: PciFunction> IoQueuePair<D> {
     /// Submits one request under `tag`. It is queued, not yet sent: the doorbell is written
     /// once per batch by [`IoQueuePair::ring`], [`IoQueuePair::poll`] or
-    /// [`IoQueuePair::wait`]. The request's buffers move in and come back in its
-    /// [`crate::Completion`], so they cannot be freed or touched while the device owns them:
+    /// [`IoQueuePair::wait`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use nvme_dio::{Controller, Io, Lba, QueuePairOptions};
+    /// let ctrl = Controller::open("emu:ram", |_| {})?;
+    /// let ns = ctrl.namespace(1)?.clone();
+    /// let mut qp = ctrl.create_io_qpair(QueuePairOptions::default())?;
+    /// let buf = ctrl.memory().alloc(8192, 4096)?;
+    /// buf.fill(0xa5);
+    /// qp.submit(Io::write(&ns, Lba(16), buf).fua(), 1).map_err(|r| r.error)?;
+    /// qp.submit(Io::flush(&ns), 2).map_err(|r| r.error)?; // both go with one doorbell
+    /// let mut done = 0;
+    /// while done < 2 {
+    ///     qp.wait(Duration::from_secs(1))?;
+    ///     for c in qp.completions() {
+    ///         c.result?;
+    ///         done += 1;
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// The request's buffers move in and come back in its [`crate::Completion`], so they
+    /// cannot be freed or touched while the device owns them:
     ///
     /// ```compile_fail,E0382
     /// fn f<D: nvme_dio::PciFunction>(

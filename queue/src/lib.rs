@@ -30,6 +30,7 @@
 //! SGLs the way QEMU's controller does.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod cmd;
 pub mod entry;

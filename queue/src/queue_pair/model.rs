@@ -68,6 +68,7 @@ impl Sink for VecSink {
 
 /// One event the model feeds the core.
 #[derive(Clone, Debug)]
+#[allow(missing_docs)] // each variant's doc names its fields
 pub enum Step {
     /// Submit a request of one command; `fail` makes its builder refuse.
     One { fail: bool },
