@@ -104,6 +104,7 @@ fn read_u64_file(path: &str) -> Option<u64> {
 
 /// How [`DmaMemory`] gets its regions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemoryOptions {
     /// Hugepage size of each region.
     pub page: PageKind,
@@ -118,11 +119,27 @@ impl MemoryOptions {
     /// 2 MiB hugepages where there are free ones, ordinary pages otherwise, in regions of
     /// `region_bytes`: what tests, examples and the emulated controller want.
     pub fn any_pages(region_bytes: usize) -> MemoryOptions {
-        MemoryOptions {
-            page: PageKind::Huge2M,
-            region_bytes,
-            allow_fallback: true,
-        }
+        MemoryOptions::default()
+            .region_bytes(region_bytes)
+            .allow_fallback(true)
+    }
+
+    /// The page kind to map.
+    pub fn page(mut self, page: PageKind) -> MemoryOptions {
+        self.page = page;
+        self
+    }
+
+    /// Bytes per region (each mapped into the IOMMU once).
+    pub fn region_bytes(mut self, bytes: usize) -> MemoryOptions {
+        self.region_bytes = bytes;
+        self
+    }
+
+    /// Fall back to ordinary pages when no hugepages are free (reported, never silent).
+    pub fn allow_fallback(mut self, on: bool) -> MemoryOptions {
+        self.allow_fallback = on;
+        self
     }
 }
 

@@ -18,17 +18,11 @@ fn randread_qd(c: &mut Criterion, qd: usize) {
         ..EmuConfig::default()
     };
     let dev = Arc::new(EmuFunction::new(cfg).unwrap());
-    let opts = ControllerOptions {
-        memory: MemoryOptions::any_pages(16 << 20),
-        ..ControllerOptions::default()
-    };
+    let opts = ControllerOptions::default().memory(MemoryOptions::any_pages(16 << 20));
     let ctrl = Controller::new(dev, opts).unwrap();
     let ns = ctrl.namespace(1).unwrap().clone();
     let mut qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            entries: 256,
-            ..Default::default()
-        })
+        .create_io_qpair(QueuePairOptions::default().entries(256))
         .unwrap();
     let pool = ctrl.memory().pool(4096, qd, 4096).unwrap();
     let mut rng = 0x2545_f491_4f6c_dd1du64;

@@ -26,17 +26,11 @@ fn main() {
         ..EmuConfig::default()
     };
     let dev = Arc::new(EmuFunction::new(cfg).expect("emulated controller"));
-    let opts = ControllerOptions {
-        memory: MemoryOptions::any_pages(16 << 20),
-        ..ControllerOptions::default()
-    };
+    let opts = ControllerOptions::default().memory(MemoryOptions::any_pages(16 << 20));
     let ctrl = Controller::new(dev, opts).expect("bring-up");
     let ns = ctrl.namespace(1).expect("namespace 1").clone();
     let mut qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            entries: 256,
-            ..Default::default()
-        })
+        .create_io_qpair(QueuePairOptions::default().entries(256))
         .expect("queue pair");
     let pool = ctrl.memory().pool(4096, qd, 4096).expect("pool");
     let mut rng = 0x2545_f491_4f6c_dd1du64;

@@ -24,8 +24,11 @@ use crate::namespace::Namespace;
 use crate::qpair::{IoQueuePair, Parts, QueuePairOptions};
 use crate::ring::DoorbellGate;
 
-/// How to bring a controller up.
+/// How to bring a controller up. Start from `ControllerOptions::default()` and change what
+/// you need with the setters (`.io_queues(4).interrupts(false)`): new options can then be
+/// added without breaking callers.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ControllerOptions {
     /// I/O queue pairs to ask the controller for (Set Features, Number of Queues).
     pub io_queues: u16,
@@ -52,13 +55,50 @@ impl Default for ControllerOptions {
             admin_timeout: Duration::from_secs(10),
             prp_list_pages: 1,
             use_sgl: true,
-            memory: MemoryOptions {
-                page: PageKind::Huge2M,
-                region_bytes: 32 << 20,
-                allow_fallback: false,
-            },
+            memory: MemoryOptions::default()
+                .page(PageKind::Huge2M)
+                .region_bytes(32 << 20)
+                .allow_fallback(false),
             interrupts: true,
         }
+    }
+}
+
+impl ControllerOptions {
+    /// I/O queue pairs to ask the controller for.
+    pub fn io_queues(mut self, n: u16) -> Self {
+        self.io_queues = n;
+        self
+    }
+    /// Admin queue entries.
+    pub fn admin_entries(mut self, n: u32) -> Self {
+        self.admin_entries = n;
+        self
+    }
+    /// Deadline of each admin command.
+    pub fn admin_timeout(mut self, t: Duration) -> Self {
+        self.admin_timeout = t;
+        self
+    }
+    /// PRP list pages each I/O slot owns.
+    pub fn prp_list_pages(mut self, n: usize) -> Self {
+        self.prp_list_pages = n;
+        self
+    }
+    /// Use SGLs where the controller supports them and they save commands.
+    pub fn use_sgl(mut self, on: bool) -> Self {
+        self.use_sgl = on;
+        self
+    }
+    /// DMA memory settings.
+    pub fn memory(mut self, m: MemoryOptions) -> Self {
+        self.memory = m;
+        self
+    }
+    /// Enable MSI-X at bring-up (interrupt-mode queue pairs need it).
+    pub fn interrupts(mut self, on: bool) -> Self {
+        self.interrupts = on;
+        self
     }
 }
 

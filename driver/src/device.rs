@@ -237,10 +237,9 @@ impl Device {
     /// (hugepages).
     pub fn default_options(&self) -> ControllerOptions {
         match self {
-            Device::Emu(_) => ControllerOptions {
-                memory: MemoryOptions::any_pages(32 << 20),
-                ..ControllerOptions::default()
-            },
+            Device::Emu(_) => {
+                ControllerOptions::default().memory(MemoryOptions::any_pages(32 << 20))
+            }
             Device::Vfio(_) => ControllerOptions::default(),
         }
     }

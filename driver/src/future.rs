@@ -57,8 +57,7 @@
 //! # }
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let dev = Arc::new(EmuFunction::new(EmuConfig::default())?);
-//! # let opts = ControllerOptions { memory: MemoryOptions::any_pages(8 << 20),
-//! #     ..ControllerOptions::default() };
+//! # let opts = ControllerOptions::default().memory(MemoryOptions::any_pages(8 << 20));
 //! let ctrl = Controller::new(dev, opts)?;
 //! let ns = ctrl.namespace(1)?.clone();
 //! let aqp = AsyncQueuePair::new(ctrl.create_io_qpair(QueuePairOptions::default())?);
@@ -363,14 +362,10 @@ impl<D: PciFunction> AsyncQueuePair<D> {
     /// use vmm_sys_util::poll::PollContext;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let dev = Arc::new(EmuFunction::new(EmuConfig { mode: Mode::Thread, ..EmuConfig::default() })?);
-    /// # let opts = ControllerOptions { memory: MemoryOptions::any_pages(8 << 20),
-    /// #     ..ControllerOptions::default() };
+    /// # let opts = ControllerOptions::default().memory(MemoryOptions::any_pages(8 << 20));
     /// # let ctrl = Controller::new(dev, opts)?;
     /// # let ns = ctrl.namespace(1)?.clone();
-    /// let qp = ctrl.create_io_qpair(QueuePairOptions {
-    ///     mode: CompletionMode::Interrupt,
-    ///     ..QueuePairOptions::default()
-    /// })?;
+    /// let qp = ctrl.create_io_qpair(QueuePairOptions::default().mode(CompletionMode::Interrupt))?;
     /// let aqp = AsyncQueuePair::new(qp);
     /// let irq = aqp.interrupt_fd()?;
     /// let epoll = PollContext::<u32>::new()?;

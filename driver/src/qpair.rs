@@ -53,8 +53,11 @@ pub enum CompletionMode {
     Interrupt,
 }
 
-/// Queue pair settings.
+/// Queue pair settings. Start from `QueuePairOptions::default()` (or `with_entries`) and
+/// change what you need with the setters: new options can then be added without breaking
+/// callers.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct QueuePairOptions {
     /// Entries in the SQ and in the CQ (capped at CAP.MQES). One slot stays empty, so
     /// `entries - 1` requests can be in flight.
@@ -79,10 +82,13 @@ impl Default for QueuePairOptions {
 impl QueuePairOptions {
     /// The defaults with `entries` entries per ring.
     pub fn with_entries(entries: u32) -> QueuePairOptions {
-        QueuePairOptions {
-            entries,
-            ..QueuePairOptions::default()
-        }
+        QueuePairOptions::default().entries(entries)
+    }
+
+    /// These options with `entries` entries per ring.
+    pub fn entries(mut self, entries: u32) -> QueuePairOptions {
+        self.entries = entries;
+        self
     }
 
     /// These options with completion mode `mode`.
@@ -304,7 +310,7 @@ impl<D: PciFunction> IoQueuePair<D> {
     /// # use nvme_dio_emu::{EmuConfig, EmuFunction};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let dev = Arc::new(EmuFunction::new(EmuConfig::default())?);
-    /// # let opts = ControllerOptions { memory: MemoryOptions::any_pages(8 << 20), ..Default::default() };
+    /// # let opts = ControllerOptions::default().memory(MemoryOptions::any_pages(8 << 20));
     /// # let ctrl = Controller::new(dev, opts)?;
     /// # let ns = ctrl.namespace(1)?.clone();
     /// let mut qp = ctrl.create_io_qpair(QueuePairOptions::default())?;

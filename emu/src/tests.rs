@@ -1570,11 +1570,9 @@ fn identify_pages_parse_with_the_drivers_parser() {
 fn dma_memory_from_the_dma_crate_maps_through_the_emulator() {
     use nvme_dio_dma::{DmaMemory, MemoryOptions};
     let f = EmuFunction::new(EmuConfig::default()).unwrap();
-    let opts = MemoryOptions {
-        region_bytes: 2 << 20,
-        allow_fallback: true,
-        ..MemoryOptions::default()
-    };
+    let opts = MemoryOptions::default()
+        .region_bytes(2 << 20)
+        .allow_fallback(true);
     let mem = match DmaMemory::new(f.dma_mapper(), opts) {
         Ok(m) => m,
         Err(e) => {

@@ -22,11 +22,8 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Real hardware: Arc::new(nvme_dio_dma::VfioFunction::open("0000:01:00.0")?)
 //! let dev = Arc::new(EmuFunction::new(EmuConfig::default())?);
-//! let opts = ControllerOptions {
-//!     // No hugepages reserved? Allow ordinary pages (fine for the emulator).
-//!     memory: MemoryOptions::any_pages(8 << 20),
-//!     ..ControllerOptions::default()
-//! };
+//! // No hugepages reserved? Allow ordinary pages (fine for the emulator).
+//! let opts = ControllerOptions::default().memory(MemoryOptions::any_pages(8 << 20));
 //! let ctrl = Controller::new(dev, opts)?; // Clone + Sync: share it across threads
 //! let ns = ctrl.namespace(1)?.clone();
 //! let mut qp = ctrl.create_io_qpair(QueuePairOptions::default())?; // one per thread
@@ -66,8 +63,7 @@
 //! # use nvme_dio_emu::{EmuConfig, EmuFunction};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let dev = Arc::new(EmuFunction::new(EmuConfig::default())?);
-//! # let opts = ControllerOptions { memory: MemoryOptions::any_pages(8 << 20),
-//! #     ..ControllerOptions::default() };
+//! # let opts = ControllerOptions::default().memory(MemoryOptions::any_pages(8 << 20));
 //! # let ctrl = Controller::new(dev, opts)?;
 //! # let ns = ctrl.namespace(1)?.clone();
 //! let mut qp = ctrl.create_io_qpair(QueuePairOptions::default())?;

@@ -29,10 +29,7 @@
 //!     namespaces: vec![NsConfig::ram(4096, 4096)],
 //!     ..EmuConfig::default()
 //! })?);
-//! let opts = ControllerOptions {
-//!     memory: MemoryOptions::any_pages(8 << 20),
-//!     ..ControllerOptions::default()
-//! };
+//! let opts = ControllerOptions::default().memory(MemoryOptions::any_pages(8 << 20));
 //! let ctrl = Controller::new(dev, opts)?;
 //! let cfg = WalConfig { log_blocks: 1024, ..WalConfig::default() };
 //!
@@ -361,10 +358,8 @@ impl Wal {
         hook: Option<DurableHook>,
     ) -> Result<Wal, WalError> {
         let geo = geometry(&ctrl, &cfg)?;
-        let mut qp = ctrl.create_io_qpair(QueuePairOptions {
-            entries: (cfg.depth as u32 + 2).max(8),
-            ..QueuePairOptions::default()
-        })?;
+        let mut qp = ctrl
+            .create_io_qpair(QueuePairOptions::default().entries((cfg.depth as u32 + 2).max(8)))?;
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
@@ -834,10 +829,7 @@ mod tests {
         );
         Controller::new(
             dev,
-            ControllerOptions {
-                memory: MemoryOptions::any_pages(8 << 20),
-                ..ControllerOptions::default()
-            },
+            ControllerOptions::default().memory(MemoryOptions::any_pages(8 << 20)),
         )
         .unwrap()
     }

@@ -166,32 +166,32 @@ fn bring_up(entries: u32, sgl: bool, interrupt: bool) -> Run {
         ..EmuConfig::default()
     };
     let dev = Arc::new(EmuFunction::new(cfg).expect("emulated controller"));
-    let opts = ControllerOptions {
-        io_queues: 1,
-        admin_entries: 8,
-        admin_timeout: Duration::from_secs(5),
-        memory: MemoryOptions {
-            page: PageKind::Huge2M,
-            region_bytes: 2 << 20,
-            allow_fallback: true,
-        },
-        interrupts: interrupt,
-        use_sgl: true,
-        ..ControllerOptions::default()
-    };
+    let opts = ControllerOptions::default()
+        .io_queues(1)
+        .admin_entries(8)
+        .admin_timeout(Duration::from_secs(5))
+        .memory(
+            MemoryOptions::default()
+                .page(PageKind::Huge2M)
+                .region_bytes(2 << 20)
+                .allow_fallback(true),
+        )
+        .interrupts(interrupt)
+        .use_sgl(true);
     let ctrl = Controller::new(Arc::clone(&dev), opts).expect("bring-up on the emulator");
     let ns = ctrl.namespace(1).expect("namespace 1").clone();
     let qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            entries,
-            mode: if interrupt {
-                CompletionMode::Interrupt
-            } else {
-                CompletionMode::Poll
-            },
-            // Long: no deadline fires during a run; stuck commands are the reset's job.
-            timeout: Duration::from_secs(600),
-        })
+        .create_io_qpair(
+            QueuePairOptions::default()
+                .entries(entries)
+                .mode(if interrupt {
+                    CompletionMode::Interrupt
+                } else {
+                    CompletionMode::Poll
+                })
+                // Long: no deadline fires during a run; stuck commands are the reset's job.
+                .timeout(Duration::from_secs(600)),
+        )
         .expect("queue pair");
     let slots = qp.capacity() as u32;
     let slot_bits = u32::BITS - (slots.max(2) - 1).leading_zeros();

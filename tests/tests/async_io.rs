@@ -107,10 +107,7 @@ impl<F: Future> Future for JoinAll<F> {
 // ---- fixtures ----------------------------------------------------------------------------------
 
 fn options() -> ControllerOptions {
-    ControllerOptions {
-        memory: MemoryOptions::any_pages(8 << 20),
-        ..ControllerOptions::default()
-    }
+    ControllerOptions::default().memory(MemoryOptions::any_pages(8 << 20))
 }
 
 fn bring_up(mode: Mode) -> (Arc<EmuFunction>, Controller<EmuFunction>) {
@@ -130,12 +127,8 @@ fn qpair(
     mode: CompletionMode,
 ) -> AsyncQueuePair<EmuFunction> {
     AsyncQueuePair::new(
-        ctrl.create_io_qpair(QueuePairOptions {
-            entries,
-            mode,
-            ..QueuePairOptions::default()
-        })
-        .expect("queue pair"),
+        ctrl.create_io_qpair(QueuePairOptions::default().entries(entries).mode(mode))
+            .expect("queue pair"),
     )
 }
 

@@ -23,11 +23,7 @@ fn controller(opts: ControllerOptions) -> Result<Controller<EmuFunction>, nvme_d
 }
 
 fn default_opts() -> ControllerOptions {
-    ControllerOptions {
-        memory: mem_opts(),
-        io_queues: 4,
-        ..ControllerOptions::default()
-    }
+    ControllerOptions::default().memory(mem_opts()).io_queues(4)
 }
 
 struct Fixture {
@@ -40,10 +36,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let ctrl = controller(default_opts()).unwrap();
     let qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            entries: 8,
-            ..Default::default()
-        })
+        .create_io_qpair(QueuePairOptions::default().entries(8))
         .unwrap();
     let ns4k = ctrl.namespace(1).unwrap().clone();
     let ns512 = ctrl.namespace(2).unwrap().clone();
@@ -298,12 +291,9 @@ fn bad_input_at_setup_is_refused_with_a_clear_error() {
         (
             "a queue pair of one entry",
             "invalid option: QueuePairOptions::entries 1",
-            ctrl.create_io_qpair(QueuePairOptions {
-                entries: 1,
-                ..Default::default()
-            })
-            .map(|_| ())
-            .map_err(|e| e.report()),
+            ctrl.create_io_qpair(QueuePairOptions::default().entries(1))
+                .map(|_| ())
+                .map_err(|e| e.report()),
         ),
         (
             "more queue pairs than granted",
@@ -320,39 +310,30 @@ fn bad_input_at_setup_is_refused_with_a_clear_error() {
         (
             "interrupt mode without MSI-X",
             "Interrupt needs MSI-X vector 1, but 0 are enabled",
-            controller(ControllerOptions {
-                interrupts: false,
-                ..default_opts()
-            })
-            .unwrap()
-            .create_io_qpair(QueuePairOptions {
-                mode: CompletionMode::Interrupt,
-                ..Default::default()
-            })
-            .map(|_| ())
-            .map_err(|e| e.report()),
+            controller(default_opts().interrupts(false))
+                .unwrap()
+                .create_io_qpair(QueuePairOptions::default().mode(CompletionMode::Interrupt))
+                .map(|_| ())
+                .map_err(|e| e.report()),
         ),
         (
             "an admin queue of one entry",
             "controller bring-up failed while setting up the admin queue: invalid option: ControllerOptions::admin_entries 1",
-            controller(ControllerOptions {
-                admin_entries: 1,
-                ..default_opts()
-            })
-            .map(|_| ())
-            .map_err(|e| e.report()),
+            controller(default_opts().admin_entries(1))
+                .map(|_| ())
+                .map_err(|e| e.report()),
         ),
         (
             "more hugepages than the machine has, without fallback",
             "hugepages",
-            controller(ControllerOptions {
-                memory: MemoryOptions {
-                    page: PageKind::Huge2M,
-                    region_bytes: 1 << 40,
-                    allow_fallback: false,
-                },
-                ..default_opts()
-            })
+            controller(
+                default_opts().memory(
+                    MemoryOptions::default()
+                        .page(PageKind::Huge2M)
+                        .region_bytes(1 << 40)
+                        .allow_fallback(false),
+                ),
+            )
             .map(|_| ())
             .map_err(|e| e.report()),
         ),

@@ -12,11 +12,9 @@ use nvme_dio_emu::{EmuConfig, EmuFunction, Mode, NsConfig};
 use nvme_dio_tests::io::{Seg, alloc_iovec, pattern, scatter, shapes, wait_one, write_read_verify};
 
 fn options() -> ControllerOptions {
-    ControllerOptions {
+    ControllerOptions::default()
         // The host may have no hugepages reserved; ordinary pages are fine for the emulator.
-        memory: MemoryOptions::any_pages(8 << 20),
-        ..ControllerOptions::default()
-    }
+        .memory(MemoryOptions::any_pages(8 << 20))
 }
 
 fn bring_up(
@@ -130,10 +128,7 @@ fn split_requests_complete_once_with_small_mdts() {
     let (dev, ctrl) = bring_up(cfg, options());
     let ns = ctrl.namespace(1).unwrap().clone();
     let mut qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            entries: 16,
-            ..QueuePairOptions::default()
-        })
+        .create_io_qpair(QueuePairOptions::default().entries(16))
         .unwrap();
     let cmds = write_read_verify(
         &ctrl,
@@ -161,10 +156,7 @@ fn qd1_and_full_queue_wrap_both_rings_many_times() {
     let ns = ctrl.namespace(1).unwrap().clone();
     let entries = 8u32;
     let mut qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            entries,
-            ..QueuePairOptions::default()
-        })
+        .create_io_qpair(QueuePairOptions::default().entries(entries))
         .unwrap();
     // QD 1: many times around an 8-entry ring.
     for i in 0..(entries as u64 * 5) {
@@ -219,10 +211,7 @@ fn interrupt_mode_signals_the_queue_eventfd() {
     let (dev, ctrl) = bring_up(cfg, options());
     let ns = ctrl.namespace(1).unwrap().clone();
     let mut qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            mode: CompletionMode::Interrupt,
-            ..QueuePairOptions::default()
-        })
+        .create_io_qpair(QueuePairOptions::default().mode(CompletionMode::Interrupt))
         .unwrap();
     let mut polled = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
     assert!(
@@ -267,10 +256,7 @@ fn interrupt_mode_sleeps_until_the_device_signals() {
     let (dev, ctrl) = bring_up(cfg, options());
     let ns = ctrl.namespace(1).unwrap().clone();
     let mut qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            mode: CompletionMode::Interrupt,
-            ..QueuePairOptions::default()
-        })
+        .create_io_qpair(QueuePairOptions::default().mode(CompletionMode::Interrupt))
         .unwrap();
     for i in 0..50 {
         write_read_verify(
@@ -308,10 +294,7 @@ fn several_queue_pairs_on_several_threads() {
             std::thread::spawn(move || {
                 let ns = ctrl.namespace(1).unwrap().clone();
                 let mut qp = ctrl
-                    .create_io_qpair(QueuePairOptions {
-                        entries: 32,
-                        ..Default::default()
-                    })
+                    .create_io_qpair(QueuePairOptions::default().entries(32))
                     .unwrap();
                 // Each thread owns a disjoint LBA range.
                 for i in 0..100 {
@@ -341,10 +324,7 @@ fn bad_input_is_refused_before_anything_is_queued() {
     let (dev, ctrl) = bring_up(cfg, options());
     let ns = ctrl.namespace(1).unwrap().clone();
     let mut qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            entries: 4,
-            ..Default::default()
-        })
+        .create_io_qpair(QueuePairOptions::default().entries(4))
         .unwrap();
     let mem = ctrl.memory();
 

@@ -24,11 +24,9 @@ fn bring_up(mode: Mode) -> (Arc<EmuFunction>, Controller<EmuFunction>) {
         ..EmuConfig::default()
     };
     let dev = Arc::new(EmuFunction::new(cfg).expect("emulated controller"));
-    let opts = ControllerOptions {
-        memory: MemoryOptions::any_pages(8 << 20),
-        admin_timeout: Duration::from_secs(2),
-        ..ControllerOptions::default()
-    };
+    let opts = ControllerOptions::default()
+        .memory(MemoryOptions::any_pages(8 << 20))
+        .admin_timeout(Duration::from_secs(2));
     let ctrl = Controller::new(Arc::clone(&dev), opts).expect("bring-up");
     (dev, ctrl)
 }
@@ -39,11 +37,9 @@ fn load(ios: u64) -> Load {
         qd: 32,
         ios,
         region_blocks: REGION,
-        qp: QueuePairOptions {
-            entries: 64,
-            timeout: Duration::from_millis(300),
-            ..Default::default()
-        },
+        qp: QueuePairOptions::default()
+            .entries(64)
+            .timeout(Duration::from_millis(300)),
         stall: Duration::from_secs(20),
         fault_after: ios / 4,
         max_time: Duration::from_secs(120),
@@ -227,10 +223,7 @@ fn fault_surprise_removal_wakes_interrupt_waiters() {
     let (dev, ctrl) = bring_up(Mode::Thread);
     let ns = ctrl.namespace(1).unwrap().clone();
     let mut qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            mode: nvme_dio::CompletionMode::Interrupt,
-            ..Default::default()
-        })
+        .create_io_qpair(QueuePairOptions::default().mode(nvme_dio::CompletionMode::Interrupt))
         .unwrap();
     dev.inject(Fault::Command {
         target: Target::NthIo(0),
@@ -266,10 +259,7 @@ fn fault_stale_and_duplicate_cqes_are_counted_not_trusted() {
         let (dev, ctrl) = bring_up(Mode::Inline);
         let ns = ctrl.namespace(1).unwrap().clone();
         let mut qp = ctrl
-            .create_io_qpair(QueuePairOptions {
-                entries: 64,
-                ..Default::default()
-            })
+            .create_io_qpair(QueuePairOptions::default().entries(64))
             .unwrap();
         dev.inject(Fault::Command {
             target: Target::NthIo(10),

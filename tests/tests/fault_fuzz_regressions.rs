@@ -20,13 +20,11 @@ fn bring_up() -> (Arc<EmuFunction>, Controller<EmuFunction>) {
         ..EmuConfig::default()
     };
     let dev = Arc::new(EmuFunction::new(cfg).expect("emulated controller"));
-    let opts = ControllerOptions {
-        io_queues: 1,
-        memory: MemoryOptions::any_pages(2 << 20),
-        admin_timeout: Duration::from_secs(5),
-        interrupts: false,
-        ..ControllerOptions::default()
-    };
+    let opts = ControllerOptions::default()
+        .io_queues(1)
+        .memory(MemoryOptions::any_pages(2 << 20))
+        .admin_timeout(Duration::from_secs(5))
+        .interrupts(false);
     let ctrl = Controller::new(Arc::clone(&dev), opts).expect("bring-up");
     (dev, ctrl)
 }
@@ -48,11 +46,12 @@ fn fault_junk_cqe_with_bad_sq_head_does_not_overfill_the_sq() {
     let (dev, ctrl) = bring_up();
     let ns = ctrl.namespace(1).unwrap().clone();
     let mut qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            entries: 3,
-            mode: CompletionMode::Poll,
-            timeout: Duration::from_secs(600),
-        })
+        .create_io_qpair(
+            QueuePairOptions::default()
+                .entries(3)
+                .mode(CompletionMode::Poll)
+                .timeout(Duration::from_secs(600)),
+        )
         .unwrap();
     let qid = qp.qid().0;
     qp.flush(&ns, 1).unwrap();

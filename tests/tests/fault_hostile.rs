@@ -11,10 +11,7 @@ use nvme_dio_tests::io::{Seg, write_read_verify};
 use vmm_sys_util::eventfd::EventFd;
 
 fn opts() -> ControllerOptions {
-    ControllerOptions {
-        memory: MemoryOptions::any_pages(8 << 20),
-        ..ControllerOptions::default()
-    }
+    ControllerOptions::default().memory(MemoryOptions::any_pages(8 << 20))
 }
 
 /// The emulated controller with CAP rewritten on the way out.

@@ -24,11 +24,11 @@ fn vm_dma_open_map_msix_reset() {
     assert_eq!(vs >> 16, 1, "NVMe major version 1");
     assert!(bar.len() >= 0x1000 + 8, "BAR0 holds the doorbells");
     let mem = f
-        .dma_memory(MemoryOptions {
-            region_bytes: 2 << 20,
-            allow_fallback: true,
-            ..Default::default()
-        })
+        .dma_memory(
+            MemoryOptions::default()
+                .region_bytes(2 << 20)
+                .allow_fallback(true),
+        )
         .unwrap();
     let buf = mem.alloc(4096, 4096).unwrap();
     buf.write_u64(0, 0x1234_5678_9abc_def0);
@@ -79,11 +79,11 @@ fn vm_dma_identify_by_hand() {
     wait_rdy(0);
 
     let mem = f
-        .dma_memory(MemoryOptions {
-            region_bytes: 2 << 20,
-            allow_fallback: true,
-            ..Default::default()
-        })
+        .dma_memory(
+            MemoryOptions::default()
+                .region_bytes(2 << 20)
+                .allow_fallback(true),
+        )
         .unwrap();
     let asq = mem.alloc(4096, 4096).unwrap();
     let acq = mem.alloc(4096, 4096).unwrap();

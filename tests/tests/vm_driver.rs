@@ -75,10 +75,7 @@ fn vm_default_rings_wrap_at_qd1_and_full_depth() {
     let (_, ctrl) = open("default", ControllerOptions::default());
     let ns = ctrl.namespace(1).unwrap().clone();
     let mut qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            entries: 8,
-            ..Default::default()
-        })
+        .create_io_qpair(QueuePairOptions::default().entries(8))
         .unwrap();
     for i in 0..40u64 {
         write_read_verify(
@@ -147,13 +144,7 @@ fn vm_default_lba_out_of_range_is_the_devices_clear_error() {
 #[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
 fn vm_default_prp_breaking_iovecs_split_or_go_as_sgl() {
     for use_sgl in [false, true] {
-        let (_, ctrl) = open(
-            "default",
-            ControllerOptions {
-                use_sgl,
-                ..Default::default()
-            },
-        );
+        let (_, ctrl) = open("default", ControllerOptions::default().use_sgl(use_sgl));
         let ns = ctrl.namespace(1).unwrap().clone();
         let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
         // Eight whole blocks, each in its own page at a dword offset: the PRP rule breaks at
@@ -184,11 +175,8 @@ fn vm_default_interrupt_mode_waits_on_msix_eventfds() {
     let ns = ctrl.namespace(1).unwrap().clone();
     let mut qps: Vec<_> = (0..2)
         .map(|_| {
-            ctrl.create_io_qpair(QueuePairOptions {
-                mode: CompletionMode::Interrupt,
-                ..Default::default()
-            })
-            .unwrap()
+            ctrl.create_io_qpair(QueuePairOptions::default().mode(CompletionMode::Interrupt))
+                .unwrap()
         })
         .collect();
     for (q, qp) in qps.iter_mut().enumerate() {
@@ -219,10 +207,7 @@ fn vm_mdts2_ordinary_io_splits_and_completes_once() {
     assert_eq!(ctrl.info().max_transfer, 16 << 10);
     let ns = ctrl.namespace(1).unwrap().clone();
     let mut qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            entries: 16,
-            ..Default::default()
-        })
+        .create_io_qpair(QueuePairOptions::default().entries(16))
         .unwrap();
     let cmds = write_read_verify(
         &ctrl,
@@ -258,11 +243,9 @@ fn vm_mdts2_ordinary_io_splits_and_completes_once() {
 #[test]
 #[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
 fn vm_mdts0_prp_lists_chain_past_2mib() {
-    let opts = ControllerOptions {
-        prp_list_pages: 2,
-        use_sgl: false,
-        ..Default::default()
-    };
+    let opts = ControllerOptions::default()
+        .prp_list_pages(2)
+        .use_sgl(false);
     let (c, ctrl) = open("mdts0", opts);
     identify_matches(&c, &ctrl);
     assert_eq!(ctrl.info().max_transfer, (2 * 511 + 1) * 4096);
@@ -371,10 +354,7 @@ fn vm_default_fault_reset_under_load_recovers_and_verifies() {
         qd: 32,
         ios: 1500,
         region_blocks: 2048,
-        qp: QueuePairOptions {
-            entries: 64,
-            ..Default::default()
-        },
+        qp: QueuePairOptions::default().entries(64),
         stall: Duration::from_secs(60),
         fault_after: 400,
         max_time: Duration::from_secs(120),
@@ -408,10 +388,7 @@ fn vm_hotplug_fault_device_del_under_load_fails_every_request_cleanly() {
         qd: 32,
         ios: u64::MAX, // until the device goes, or max_time (then the asserts below fail)
         region_blocks: 2048,
-        qp: QueuePairOptions {
-            entries: 64,
-            ..Default::default()
-        },
+        qp: QueuePairOptions::default().entries(64),
         stall: Duration::from_secs(60),
         fault_after: 500,
         max_time: Duration::from_secs(60),
@@ -463,10 +440,7 @@ fn vm_default_async_tokio_poll_and_interrupt_mode() {
         (CompletionMode::Interrupt, 11100),
     ] {
         let qp = ctrl
-            .create_io_qpair(QueuePairOptions {
-                mode,
-                ..Default::default()
-            })
+            .create_io_qpair(QueuePairOptions::default().mode(mode))
             .unwrap();
         let aqp = AsyncQueuePair::new(qp);
         let local = tokio::task::LocalSet::new();

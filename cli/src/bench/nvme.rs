@@ -61,13 +61,11 @@ pub fn emu_config(
 
 /// Controller options for the tools: ordinary pages when no hugepages are reserved.
 pub fn controller_options(queues: u16, interrupts: bool, sgl: bool) -> ControllerOptions {
-    ControllerOptions {
-        io_queues: queues.max(1),
-        interrupts,
-        use_sgl: sgl,
-        memory: MemoryOptions::any_pages(32 << 20),
-        ..ControllerOptions::default()
-    }
+    ControllerOptions::default()
+        .io_queues(queues.max(1))
+        .interrupts(interrupts)
+        .use_sgl(sgl)
+        .memory(MemoryOptions::any_pages(32 << 20))
 }
 
 /// Opens the device and brings its controller up: one device type for every backend
@@ -421,11 +419,12 @@ fn first_ios<D: PciFunction>(
     dev: &str,
 ) -> Result<(), CliError> {
     let mut qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            entries: entries(job),
-            mode: CompletionMode::Poll,
-            timeout: Duration::from_secs(30),
-        })
+        .create_io_qpair(
+            QueuePairOptions::default()
+                .entries(entries(job))
+                .mode(CompletionMode::Poll)
+                .timeout(Duration::from_secs(30)),
+        )
         .map_err(|e| CliError::driver(dev, e))?;
     let mut bufs = alloc_slot_bufs(ctrl, &job.shapes)?;
     let mut dirs = Vec::new();
@@ -476,11 +475,12 @@ fn prefill<D: PciFunction>(
     dev: &str,
 ) -> Result<(), CliError> {
     let mut qp = ctrl
-        .create_io_qpair(QueuePairOptions {
-            entries: entries(job),
-            mode: CompletionMode::Poll,
-            timeout: Duration::from_secs(30),
-        })
+        .create_io_qpair(
+            QueuePairOptions::default()
+                .entries(entries(job))
+                .mode(CompletionMode::Poll)
+                .timeout(Duration::from_secs(30)),
+        )
         .map_err(|e| CliError::driver(dev, e))?;
     let units = job.region_blocks / job.io_blocks();
     let mut slots = Vec::new();
@@ -576,11 +576,12 @@ fn worker<D: PciFunction>(
     };
     let setup = (|| {
         let qp = ctrl
-            .create_io_qpair(QueuePairOptions {
-                entries: entries(job),
-                mode,
-                timeout,
-            })
+            .create_io_qpair(
+                QueuePairOptions::default()
+                    .entries(entries(job))
+                    .mode(mode)
+                    .timeout(timeout),
+            )
             .map_err(|e| CliError::driver(dev, e))?;
         let mut slots = Vec::with_capacity(job.qd as usize);
         for _ in 0..job.qd {

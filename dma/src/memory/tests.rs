@@ -68,11 +68,10 @@ macro_rules! skip {
 }
 
 fn small_opts() -> MemoryOptions {
-    MemoryOptions {
-        page: PageKind::Huge2M,
-        region_bytes: 2 * MIB,
-        allow_fallback: true,
-    }
+    MemoryOptions::default()
+        .page(PageKind::Huge2M)
+        .region_bytes(2 * MIB)
+        .allow_fallback(true)
 }
 
 fn mem_with(mapper: &Arc<RecordingMapper>, opts: MemoryOptions) -> DmaMemory {
@@ -199,10 +198,7 @@ fn bad_arguments_are_errors() {
         mem.pool(64, 0, 64),
         Err(Error::InvalidArgument { .. })
     ));
-    let zero = MemoryOptions {
-        region_bytes: 0,
-        ..small_opts()
-    };
+    let zero = small_opts().region_bytes(0);
     assert!(matches!(
         DmaMemory::new(mapper.clone(), zero),
         Err(Error::InvalidArgument { .. })
@@ -493,11 +489,10 @@ fn hugepages_back_regions_and_are_given_back() {
     };
     let before = PageKind::Huge2M.free_pages().unwrap();
     let mapper = Arc::new(RecordingMapper::new());
-    let opts = MemoryOptions {
-        page: PageKind::Huge2M,
-        region_bytes: 4 * MIB,
-        allow_fallback: false,
-    };
+    let opts = MemoryOptions::default()
+        .page(PageKind::Huge2M)
+        .region_bytes(4 * MIB)
+        .allow_fallback(false);
     let mem = DmaMemory::new(mapper.clone(), opts).expect("hugepage region");
     assert!(!mem.is_fallback());
     assert_eq!(
@@ -539,11 +534,10 @@ fn no_free_hugepages_is_a_clear_error_or_a_flagged_fallback() {
     let total = PageKind::Huge2M.total_pages().unwrap_or(0);
     let pages = free + 4; // more than are free
     let mapper = Arc::new(RecordingMapper::new());
-    let opts = MemoryOptions {
-        page: PageKind::Huge2M,
-        region_bytes: pages as usize * 2 * MIB,
-        allow_fallback: false,
-    };
+    let opts = MemoryOptions::default()
+        .page(PageKind::Huge2M)
+        .region_bytes(pages as usize * 2 * MIB)
+        .allow_fallback(false);
     let err = DmaMemory::new(mapper.clone(), opts).unwrap_err();
     match &err {
         Error::NoHugepages {
@@ -569,14 +563,8 @@ fn no_free_hugepages_is_a_clear_error_or_a_flagged_fallback() {
     assert!(msg.contains("nvme-dio setup --hugepages"), "{msg}");
     assert!(mapper.mappings().is_empty());
 
-    let mem = DmaMemory::new(
-        mapper.clone(),
-        MemoryOptions {
-            allow_fallback: true,
-            ..opts
-        },
-    )
-    .expect("fallback to ordinary pages");
+    let mem = DmaMemory::new(mapper.clone(), opts.allow_fallback(true))
+        .expect("fallback to ordinary pages");
     assert!(mem.is_fallback(), "fallback must be reported");
     let b = mem.alloc(4096, 4096).unwrap();
     assert!(!b.is_huge());
@@ -595,11 +583,10 @@ fn one_gib_pages_when_they_can_be_reserved() {
         Err(why) => skip!("1 GiB hugepage test: {why}"),
     };
     let mapper = Arc::new(RecordingMapper::new());
-    let opts = MemoryOptions {
-        page: PageKind::Huge1G,
-        region_bytes: 1,
-        allow_fallback: false,
-    };
+    let opts = MemoryOptions::default()
+        .page(PageKind::Huge1G)
+        .region_bytes(1)
+        .allow_fallback(false);
     let mem = DmaMemory::new(mapper.clone(), opts).expect("1 GiB region");
     assert!(!mem.is_fallback());
     let (iova, host, len) = mapper.mappings()[0];
