@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn cap_decodes_qemus_value() {
-        // QEMU 7.2 reports CAP 0x004018200f0107ff (FACTS.md section 1).
+        // QEMU 7.2 reports CAP 0x004018200f0107ff (read through VFIO in the QEMU guest).
         let cap = Cap(0x0040_1820_0f01_07ff);
         assert_eq!(cap.mqes().entries(), 2048);
         assert!(cap.cqr());

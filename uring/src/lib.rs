@@ -2,7 +2,7 @@
 //!
 //! `nvme-dio bench --engine io_uring` runs the same workload as the userspace driver
 //! through the kernel (O_DIRECT, io_uring, registered buffers and file, optionally IOPOLL
-//! and SQPOLL), so the two figures can be put side by side, as FACTS.md section 4 does with
+//! and SQPOLL), so the two figures can be put side by side, as storage engineers do with
 //! fio's `t/io_uring`. This crate is that engine's only contact with `unsafe`: the `nvme-dio`
 //! binary forbids it, and pushing an SQE that points at memory is `unsafe` in the io-uring
 //! crate because the kernel writes that memory later.
