@@ -392,6 +392,12 @@ pub struct BenchArgs {
     #[arg(short = 'q', long, default_value_t = 32, value_parser = parse_queue_depth, allow_negative_numbers = true)]
     pub queue_depth: u32,
 
+    /// Entries of each submission and completion queue, independent of -q (as SPDK perf's
+    /// `-Q`... and `io_queue_size`). Default: the controller's maximum, up to 1024, and at
+    /// least what -q and --segments need.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=65536))]
+    pub queue_entries: Option<u32>,
+
     /// Bytes per I/O (4k, 128k, 1m; a multiple of 512).
     #[arg(short = 'o', long, visible_alias = "bs", default_value = "4k", value_parser = parse_io_size, allow_hyphen_values = true)]
     pub io_size: u64,

@@ -1146,3 +1146,24 @@ fn a_write_protected_namespace_fails_before_the_run() {
     let v = bench_json(&["-w", "randread", "--inject-write-protect", "--ios", "100"]);
     assert_eq!(v["ios"], 100);
 }
+
+#[test]
+fn queue_entries_are_independent_of_the_queue_depth() {
+    // Default: the controller's maximum up to 1 024, whatever -q is.
+    let o = nvme_dio(&["bench", "-q", "1", "--ios", "200"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("1024 entries each"), "{}", stdout(&o));
+    // Asked for: used as given.
+    let o = nvme_dio(&["bench", "-q", "4", "--queue-entries", "64", "--ios", "200"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("64 entries each"), "{}", stdout(&o));
+    // Too few for -q, or more than the controller allows: refused before the run.
+    assert_fails_with(
+        &["bench", "-q", "32", "--queue-entries", "8"],
+        "--queue-entries 8 holds fewer than the 33 that -q 32",
+    );
+    assert_fails_with(
+        &["bench", "--queue-entries", "4096"],
+        "the controller allows 2048 entries per queue",
+    );
+}

@@ -103,6 +103,8 @@ pub struct Job {
     pub queues: usize,
     /// Pin worker threads.
     pub pin: bool,
+    /// `--queue-entries`, if given.
+    pub queue_entries: Option<u32>,
 }
 
 impl Job {
@@ -557,6 +559,7 @@ pub fn make_job(
         mode: args.mode,
         queues,
         pin: !args.no_pin,
+        queue_entries: args.queue_entries,
     })
 }
 

@@ -225,7 +225,25 @@ fn bench_on(
             )));
         }
         let mut notes = Vec::new();
-        if entries(&job) > mqes {
+        if let Some(n) = job.queue_entries
+            && n < needed_entries(&job)
+        {
+            return Err(CliError::BadArgument(format!(
+                "--queue-entries {n} holds fewer than the {} that -q {} with {} segment(s) per I/O needs (one entry stays free): use --queue-entries {} or more, or a lower -q",
+                needed_entries(&job),
+                job.qd,
+                job.shapes.len(),
+                needed_entries(&job)
+            )));
+        }
+        if let Some(n) = job.queue_entries
+            && n > mqes
+        {
+            return Err(CliError::BadArgument(format!(
+                "--queue-entries {n}: the controller allows {mqes} entries per queue (CAP.MQES + 1): use --queue-entries {mqes} or less"
+            )));
+        }
+        if needed_entries(&job) > mqes {
             notes.push(format!(
                 "queues have {mqes} entries (the controller's limit), fewer than -q {} x {} segments + 1: an I/O that splits into one command per segment may wait for room",
                 job.qd,
@@ -308,8 +326,9 @@ fn bench_on(
             }
         }
         description.push_str(&format!(
-            "; {} I/O queue pair(s) asked for and granted, max transfer {} bytes",
+            "; {} I/O queue pair(s) asked for and granted, {} entries each (--queue-entries), max transfer {} bytes",
             ctrl.info().io_queues,
+            entries(&job).min(ctrl.info().cap.mqes().entries()),
             ns.max_transfer()
         ));
         Ok(super::report(args, &job, description, results, notes))
@@ -404,9 +423,20 @@ fn submit<D: PciFunction>(
     qp.submit(io, tag)
 }
 
-fn entries(job: &Job) -> u32 {
-    // A split I/O takes one slot per command: room for every segment of every request.
+/// Entries per queue the I/O needs at least: a split I/O takes one slot per command, so
+/// room for every segment of every request, plus the slot that stays empty.
+fn needed_entries(job: &Job) -> u32 {
     (job.qd * job.shapes.len() as u32 + 1).clamp(2, 65_536)
+}
+
+/// Entries per queue: `--queue-entries`, else the controller's maximum up to 1 024 (as SPDK
+/// perf does: deep rings cost nothing and spare the CQ-full case), and never fewer than the
+/// I/O needs.
+fn entries(job: &Job) -> u32 {
+    job.queue_entries
+        .unwrap_or(1024)
+        .max(needed_entries(job))
+        .clamp(2, 65_536)
 }
 
 /// Does one I/O of each direction the run uses at LBA 0 before the run starts, so a
