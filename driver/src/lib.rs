@@ -94,6 +94,8 @@ pub mod error;
 mod future;
 mod namespace;
 mod qpair;
+mod recovery;
+mod regio;
 mod ring;
 mod submit;
 

@@ -1,0 +1,203 @@
+//! Recovery and teardown: controller resets, the release for removal, queue deletion, Abort,
+//! and shutdown.
+
+use std::sync::MutexGuard;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nvme_dio_dma::{Bar0, PciFunction};
+use nvme_dio_queue::cmd::{DeleteIoCq, DeleteIoSq};
+use nvme_dio_queue::regs::{self, Cc, Csts, shn, shst};
+use nvme_dio_queue::{Qid, QueueSize};
+
+use crate::admin::AdminQueue;
+use crate::controller::{DEAD, GONE, LIVE, Shared};
+use crate::error::{AbortReason, Error, Nonsense, Stage};
+use crate::regio::{create_io_queues, disable, enable, read32, set_number_of_queues};
+
+pub(crate) fn lock_admin<D: PciFunction>(
+    s: &Shared<D>,
+) -> Result<MutexGuard<'_, AdminQueue>, Error> {
+    // A panic while holding the admin lock leaves the ring in an unknown state; the
+    // controller must be reset before it is used again.
+    s.admin
+        .lock()
+        .map_err(|_| Error::Aborted(AbortReason::AdminPoisoned))
+}
+
+impl<D: PciFunction> Shared<D> {
+    /// Fails fast once the device is gone or a reset failed.
+    pub(crate) fn check_live(&self) -> Result<(), Error> {
+        match self.state.load(Ordering::Acquire) {
+            LIVE => Ok(()),
+            GONE => Err(Error::DeviceGone {
+                register: regs::CSTS,
+            }),
+            _ => Err(Error::Aborted(AbortReason::ResetFailed)),
+        }
+    }
+
+    /// Creates I/O queue pair `q`; returns the reset epoch it was created in (read under
+    /// the admin lock, which a reset holds throughout).
+    pub(crate) fn create_queues(
+        &self,
+        q: Qid,
+        size: QueueSize,
+        iovas: (u64, u64),
+        vector: Option<u16>,
+    ) -> Result<u64, Error> {
+        let mut admin = lock_admin(self)?;
+        self.check_live()?;
+        let epoch = self.epoch.load(Ordering::Acquire);
+        create_io_queues(
+            self.dev.bar0(),
+            &mut admin,
+            q,
+            size,
+            iovas,
+            vector,
+            self.admin_timeout,
+        )?;
+        Ok(epoch)
+    }
+
+    /// Begins a reset epoch: from now on no doorbell of an older epoch is written, and once
+    /// this returns none is in progress (R1 and R2 in `ring.rs`). Called with the admin lock
+    /// held, so epochs begin and settle in order.
+    fn begin_epoch(&self) -> u64 {
+        let e = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.gate.close();
+        e
+    }
+
+    /// The reset that began epoch `e` has finished; queue pairs may adopt it.
+    fn settle(&self, e: u64) {
+        self.settled.store(e, Ordering::Release);
+    }
+
+    /// True once the reset that began epoch `e` has finished.
+    pub(crate) fn is_settled(&self, e: u64) -> bool {
+        self.settled.load(Ordering::Acquire) >= e
+    }
+
+    /// The system wants the device back (hot unplug): stop its DMA (CC.EN = 0), declare it
+    /// gone so every request fails fast, and let the owner drop it.
+    pub(crate) fn release_for_removal(&self) {
+        let Ok(_admin) = lock_admin(self) else { return };
+        if self.state.load(Ordering::Acquire) != LIVE {
+            return;
+        }
+        let e = self.begin_epoch();
+        // Disabled, the controller drops its queues and touches no memory, so the buffers of
+        // the requests it held can be handed back.
+        let _ = disable(self.dev.bar0(), self.ready_limit);
+        self.state.store(GONE, Ordering::Release);
+        self.settle(e);
+    }
+
+    /// Resets the controller unless someone already did since `seen` (the caller's epoch).
+    /// Queue pairs do not wait for it: a doorbell is never blocked by it for longer than
+    /// another queue pair's one MMIO write, and each queue pair adopts the reset once it has
+    /// settled.
+    pub(crate) fn reset(&self, seen: u64) -> Result<(), Error> {
+        let mut admin = lock_admin(self)?;
+        if self.epoch.load(Ordering::Acquire) != seen {
+            return self.check_live();
+        }
+        self.check_live()?;
+        let e = self.begin_epoch();
+        let bar = self.dev.bar0();
+        let result = (|| {
+            disable(bar, self.ready_limit).map_err(|e| e.at(Stage::Disable))?;
+            admin.reset();
+            enable(bar, &admin, self.admin_size, self.page, self.ready_limit)
+                .map_err(|e| e.at(Stage::Enable))?;
+            let granted =
+                set_number_of_queues(bar, &mut admin, self.info.io_queues, self.admin_timeout)
+                    .map_err(|e| e.at(Stage::SetNumberOfQueues))?;
+            if granted < self.info.io_queues {
+                return Err(Error::Nonsense(Nonsense::FewerQueuesAfterReset {
+                    granted,
+                    before: self.info.io_queues,
+                })
+                .at(Stage::SetNumberOfQueues));
+            }
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            let gone = matches!(e, Error::BringUp { source, .. } if matches!(**source, Error::DeviceGone { .. }));
+            self.state
+                .store(if gone { GONE } else { DEAD }, Ordering::Release);
+        } else {
+            self.resets.fetch_add(1, Ordering::Relaxed);
+        }
+        self.settle(e);
+        result
+    }
+
+    /// Deletes an I/O queue pair's SQ then CQ and gives its qid back. Returns true if the
+    /// controller confirmed both deletions (or is gone and can no longer touch memory).
+    pub(crate) fn delete_qpair(&self, q: Qid) -> bool {
+        let state = self.state.load(Ordering::Acquire);
+        let mut deleted = state == GONE;
+        if state == LIVE
+            && let Ok(mut admin) = lock_admin(self)
+        {
+            let bar = self.dev.bar0();
+            let sq = admin.execute(bar, DeleteIoSq::new(q).build(), self.admin_timeout);
+            let cq = admin.execute(bar, DeleteIoCq::new(q).build(), self.admin_timeout);
+            deleted = sq.is_ok() && cq.is_ok();
+        }
+        if deleted && let Ok(mut f) = self.free_qids.lock() {
+            // A queue the controller may still hold is never handed out again.
+            f.push(q.0);
+        }
+        deleted
+    }
+
+    /// Returns a qid whose queues the controller no longer has (a reset dropped them).
+    pub(crate) fn give_back_qid(&self, q: Qid) {
+        if let Ok(mut f) = self.free_qids.lock() {
+            f.push(q.0);
+        }
+    }
+
+    /// Sends an Abort for `cid` on `sqid`; `Ok(true)` if the controller says it aborted it
+    /// (CQE DW0 bit 0 clear), `Ok(false)` if it declined, `Err` if the Abort itself failed.
+    pub(crate) fn abort(&self, sqid: Qid, cid: u16) -> Result<bool, Error> {
+        let mut admin = lock_admin(self)?;
+        let cqe = admin.execute(
+            self.dev.bar0(),
+            nvme_dio_queue::cmd::Abort::new(sqid, nvme_dio_queue::Cid(cid)).build(),
+            self.admin_timeout,
+        )?;
+        Ok(cqe.result & 1 == 0)
+    }
+
+    /// Orderly shutdown: CC.SHN = normal, wait for CSTS.SHST = complete (bounded).
+    fn shutdown(&self) {
+        if self.state.load(Ordering::Acquire) != LIVE {
+            return;
+        }
+        let bar = self.dev.bar0();
+        let Ok(cc) = read32(bar, regs::CC) else {
+            return;
+        };
+        bar.write32(regs::CC, Cc(cc).with_shn(shn::NORMAL).0);
+        let start = Instant::now();
+        while start.elapsed() < self.info.cap.timeout().max(Duration::from_secs(1)) {
+            match read32(bar, regs::CSTS) {
+                Ok(v) if Csts(v).shst() == shst::COMPLETE => break,
+                Ok(_) => std::thread::sleep(Duration::from_micros(200)),
+                Err(_) => return,
+            }
+        }
+        let _ = self.dev.disable_msix();
+    }
+}
+
+impl<D: PciFunction> Drop for Shared<D> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

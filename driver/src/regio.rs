@@ -1,0 +1,136 @@
+//! Register access for bring-up and recovery: 32-bit reads that turn all ones into an error,
+//! CAP and the admin queue addresses as two 32-bit accesses, enable and disable with their
+//! waits, and the admin commands that create queues.
+
+use std::time::{Duration, Instant};
+
+use nvme_dio_dma::Bar0;
+use nvme_dio_queue::cmd::{CreateIoCq, CreateIoSq, DeleteIoCq, NumberOfQueues, SetFeatures};
+use nvme_dio_queue::regs::{self, Aqa, Cc, Csts};
+use nvme_dio_queue::{Iova, PageSize, Qid, QueueSize};
+
+use crate::admin::AdminQueue;
+use crate::error::Error;
+
+/// Reads a 32-bit register, turning all ones into [`Error::DeviceGone`].
+pub(crate) fn read32<B: Bar0>(bar: &B, reg: usize) -> Result<u32, Error> {
+    match bar.read32(reg) {
+        u32::MAX => Err(Error::DeviceGone { register: reg }),
+        v => Ok(v),
+    }
+}
+
+/// CAP as two 32-bit reads, low dword first, as Linux does: a 64-bit MMIO read may be split
+/// or refused on some platforms, and the spec only promises 32-bit access. All ones in both
+/// halves is a device that is gone.
+pub(crate) fn read_cap<B: Bar0>(bar: &B) -> u64 {
+    let lo = bar.read32(regs::CAP) as u64;
+    let hi = bar.read32(regs::CAP + 4) as u64;
+    hi << 32 | lo
+}
+
+/// A 64-bit address register (ASQ, ACQ) as two 32-bit writes, low dword first.
+pub(crate) fn write_addr<B: Bar0>(bar: &B, reg: usize, value: u64) {
+    bar.write32(reg, value as u32);
+    bar.write32(reg + 4, (value >> 32) as u32);
+}
+
+pub(crate) fn wait_ready<B: Bar0>(bar: &B, want: bool, limit: Duration) -> Result<(), Error> {
+    let start = Instant::now();
+    loop {
+        let csts = Csts(read32(bar, regs::CSTS)?);
+        if want && csts.cfs() {
+            return Err(Error::ControllerFatal { csts: csts.0 });
+        }
+        if csts.rdy() == want {
+            return Ok(());
+        }
+        let waited = start.elapsed();
+        if waited > limit {
+            return Err(Error::ReadyTimeout {
+                want_ready: want,
+                waited,
+                limit,
+                csts: csts.0,
+            });
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Clears CC.EN and waits for CSTS.RDY = 0: the controller drops every queue and stops DMA.
+pub(crate) fn disable<B: Bar0>(bar: &B, limit: Duration) -> Result<(), Error> {
+    let cc = Cc(read32(bar, regs::CC)?);
+    if cc.en() {
+        bar.write32(regs::CC, cc.with_en(false).0);
+    }
+    wait_ready(bar, false, limit)
+}
+
+/// Programs the admin queue and sets CC.EN, then waits for CSTS.RDY = 1.
+pub(crate) fn enable<B: Bar0>(
+    bar: &B,
+    admin: &AdminQueue,
+    size: QueueSize,
+    page: PageSize,
+    limit: Duration,
+) -> Result<(), Error> {
+    bar.write32(
+        regs::AQA,
+        Aqa {
+            asqs: size,
+            acqs: size,
+        }
+        .to_u32(),
+    );
+    write_addr(bar, regs::ASQ, admin.sq_iova());
+    write_addr(bar, regs::ACQ, admin.cq_iova());
+    let cc = Cc::default()
+        .with_css(0)
+        .with_mps(page)
+        .with_iosqes(6)
+        .with_iocqes(4)
+        .with_en(true);
+    bar.write32(regs::CC, cc.0);
+    wait_ready(bar, true, limit)
+}
+
+/// Asks for `want` I/O queue pairs; returns how many the controller granted.
+pub(crate) fn set_number_of_queues<B: Bar0>(
+    bar: &B,
+    admin: &mut AdminQueue,
+    want: u16,
+    timeout: Duration,
+) -> Result<u16, Error> {
+    let cqe = admin.execute(
+        bar,
+        SetFeatures::number_of_queues(want, want).build(),
+        timeout,
+    )?;
+    let (nsq, ncq) = NumberOfQueues::from_result(cqe.result);
+    Ok(nsq.min(ncq).min(want))
+}
+
+/// Creates I/O CQ `q` then SQ `q` (deleting the CQ again if the SQ is refused).
+pub(crate) fn create_io_queues<B: Bar0>(
+    bar: &B,
+    admin: &mut AdminQueue,
+    q: Qid,
+    size: QueueSize,
+    (sq, cq): (u64, u64),
+    vector: Option<u16>,
+    timeout: Duration,
+) -> Result<(), Error> {
+    admin.execute(
+        bar,
+        CreateIoCq::new(q, size, Iova(cq))
+            .interrupt_vector(vector)
+            .build(),
+        timeout,
+    )?;
+    if let Err(e) = admin.execute(bar, CreateIoSq::new(q, size, Iova(sq), q).build(), timeout) {
+        let _ = admin.execute(bar, DeleteIoCq::new(q).build(), timeout);
+        return Err(e);
+    }
+    Ok(())
+}
