@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::poll::PollContext;
 
 use crate::admin::AdminQueue;
+use crate::completion::Quarantine;
 use crate::error::{BadOption, Error, Nonsense, Stage, Unsupported};
 use crate::namespace::Namespace;
 use crate::qpair::{IoQueuePair, Parts, QueuePairOptions};
@@ -119,6 +120,9 @@ pub(crate) struct Shared<D: PciFunction> {
     /// One "in doorbell" flag per queue pair: see `ring.rs` for why no doorbell from before a
     /// reset reaches the controller after it, without a lock on the doorbell path.
     pub(crate) gate: DoorbellGate,
+    /// The quarantine rule (`completion.rs`): buffers the device may still write are held
+    /// until DMA is proven stopped.
+    pub(crate) quarantine: Quarantine,
     pub(crate) resets: AtomicU64,
     pub(crate) admin_size: QueueSize,
     pub(crate) ready_limit: Duration,
@@ -126,10 +130,12 @@ pub(crate) struct Shared<D: PciFunction> {
 
 /// The controller works.
 pub(crate) const LIVE: u8 = 0;
-/// The device is gone (all-ones reads): it can no longer touch memory.
+/// The device is gone (all-ones reads, confirmed, or the system asked for it back). Whether
+/// it can still touch memory is what the quarantine's proof says.
 pub(crate) const GONE: u8 = 1;
 /// A reset failed: the controller may still be able to write memory, so in-flight buffers
-/// are never handed back to the allocator.
+/// are held (quarantined) unless clearing bus mastering or a function reset proved DMA
+/// stopped.
 pub(crate) const DEAD: u8 = 2;
 
 impl<D: PciFunction> std::fmt::Debug for Shared<D> {
@@ -349,6 +355,10 @@ impl<D: PciFunction> Controller<D> {
             max_namespaces: id.nn(),
             identify: Arc::new(id),
         };
+        let quarantine = Quarantine {
+            mem: mem.clone(),
+            proof: Arc::new(AtomicU8::new(0)),
+        };
         let shared = Shared {
             dev: Arc::clone(&dev),
             mem,
@@ -365,6 +375,7 @@ impl<D: PciFunction> Controller<D> {
             epoch: AtomicU64::new(0),
             settled: AtomicU64::new(0),
             gate: DoorbellGate::new(granted),
+            quarantine,
             resets: AtomicU64::new(0),
             admin_size,
             ready_limit: limit,
@@ -523,6 +534,19 @@ impl<D: PciFunction> Controller<D> {
             self.shared.release_for_removal();
         }
         self.shared.state.load(Ordering::Acquire) != LIVE
+    }
+
+    /// The DMA memory's quarantine: buffers held because the device may still write them
+    /// (requests failed with [`Error::BuffersHeld`], rings of queue pairs whose deletion was
+    /// not confirmed). `held_buffers` falls back to 0 once DMA is proven stopped.
+    pub fn quarantine(&self) -> nvme_dio_dma::QuarantineStats {
+        self.shared.mem.quarantine_stats()
+    }
+
+    /// How DMA was proven stopped after the controller died or went, if it was (then
+    /// nothing is held any more).
+    pub fn dma_stopped(&self) -> Option<nvme_dio_dma::DmaStopped> {
+        self.shared.quarantine.proof()
     }
 
     /// Controller resets since bring-up.

@@ -5,7 +5,7 @@ use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use nvme_dio_dma::{Bar0, PciFunction};
+use nvme_dio_dma::{Bar0, DmaStopped, PciFunction};
 use nvme_dio_queue::cmd::{DeleteIoCq, DeleteIoSq};
 use nvme_dio_queue::regs::{self, Cc, Csts, shn, shst};
 use nvme_dio_queue::{Qid, QueueSize};
@@ -80,17 +80,40 @@ impl<D: PciFunction> Shared<D> {
         self.settled.load(Ordering::Acquire) >= e
     }
 
-    /// The system wants the device back (hot unplug): stop its DMA (CC.EN = 0), declare it
-    /// gone so every request fails fast, and let the owner drop it.
+    /// Proves DMA stopped for a controller about to be declared dead or gone, before any
+    /// queue pair retires a request: `disabled` if CC.EN = 0 was confirmed by CSTS.RDY = 0
+    /// (read back, not all ones); otherwise clear bus mastering (as Linux does before it
+    /// cancels requests), and failing that, a function-level reset. With a proof, the
+    /// buffers held so far go back and the requests retired from now on return theirs;
+    /// without one, every buffer the device may still write stays held (quarantined).
+    fn stop_dma(&self, disabled: bool) {
+        let proof = if disabled {
+            Some(DmaStopped::ControllerDisabled)
+        } else if self.dev.set_bus_master(false).is_ok() {
+            Some(DmaStopped::BusMasterCleared)
+        } else if self.dev.reset().is_ok() {
+            Some(DmaStopped::FunctionReset)
+        } else {
+            None
+        };
+        if let Some(p) = proof {
+            self.quarantine.proven(p);
+        }
+    }
+
+    /// The system wants the device back (hot unplug), or its registers keep reading all
+    /// ones: stop its DMA (CC.EN = 0, and if that is not confirmed, bus mastering off or a
+    /// function reset), declare it gone so every request fails fast, and let the owner drop
+    /// it. A disable that fails proves nothing: the buffers of the requests it held are
+    /// then held, not handed back (see [`crate::completion::Quarantine`]).
     pub(crate) fn release_for_removal(&self) {
         let Ok(_admin) = lock_admin(self) else { return };
         if self.state.load(Ordering::Acquire) != LIVE {
             return;
         }
         let e = self.begin_epoch();
-        // Disabled, the controller drops its queues and touches no memory, so the buffers of
-        // the requests it held can be handed back.
-        let _ = disable(self.dev.bar0(), self.ready_limit);
+        let disabled = disable(self.dev.bar0(), self.ready_limit).is_ok();
+        self.stop_dma(disabled);
         self.state.store(GONE, Ordering::Release);
         self.settle(e);
     }
@@ -126,6 +149,9 @@ impl<D: PciFunction> Shared<D> {
         })();
         if let Err(e) = &result {
             let gone = matches!(e, Error::BringUp { source, .. } if matches!(**source, Error::DeviceGone { .. }));
+            // Whatever step failed, the controller may be running again (or never stopped):
+            // prove DMA stopped before the state that retires requests is published.
+            self.stop_dma(false);
             self.state
                 .store(if gone { GONE } else { DEAD }, Ordering::Release);
         } else {
@@ -136,10 +162,10 @@ impl<D: PciFunction> Shared<D> {
     }
 
     /// Deletes an I/O queue pair's SQ then CQ and gives its qid back. Returns true if the
-    /// controller confirmed both deletions (or is gone and can no longer touch memory).
+    /// controller confirmed both deletions (or is dead or gone and DMA was proven stopped).
     pub(crate) fn delete_qpair(&self, q: Qid) -> bool {
         let state = self.state.load(Ordering::Acquire);
-        let mut deleted = state == GONE;
+        let mut deleted = state != LIVE && self.quarantine.proof().is_some();
         if state == LIVE
             && let Ok(mut admin) = lock_admin(self)
         {
@@ -199,5 +225,13 @@ impl<D: PciFunction> Shared<D> {
 impl<D: PciFunction> Drop for Shared<D> {
     fn drop(&mut self) {
         self.shutdown();
+        if self.state.load(Ordering::Acquire) != LIVE && self.quarantine.proof().is_none() {
+            // A dead or gone controller whose DMA was never proven stopped may still write
+            // its admin rings: they are never freed.
+            self.admin
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .leak();
+        }
     }
 }

@@ -12,13 +12,27 @@ use nvme_dio_queue::{Iova, PageSize, Qid, QueueSize};
 use crate::admin::AdminQueue;
 use crate::error::Error;
 
-/// Reads a 32-bit register, turning all ones into [`Error::DeviceGone`].
+/// Reads a 32-bit register, turning all ones into [`Error::DeviceGone`] once it is
+/// confirmed: a single all-ones read is not a removal (it happens for a moment during link
+/// retraining and AER/DPC recovery), so the register is read again, up to
+/// [`ALL_ONES_REREADS`] times 1 ms apart, before the device is believed gone.
 pub(crate) fn read32<B: Bar0>(bar: &B, reg: usize) -> Result<u32, Error> {
-    match bar.read32(reg) {
-        u32::MAX => Err(Error::DeviceGone { register: reg }),
-        v => Ok(v),
+    let v = bar.read32(reg);
+    if v != u32::MAX {
+        return Ok(v);
     }
+    for _ in 0..ALL_ONES_REREADS {
+        std::thread::sleep(Duration::from_millis(1));
+        let v = bar.read32(reg);
+        if v != u32::MAX {
+            return Ok(v);
+        }
+    }
+    Err(Error::DeviceGone { register: reg })
 }
+
+/// Extra reads of a register that read all ones before the device is declared gone.
+pub(crate) const ALL_ONES_REREADS: u32 = 3;
 
 /// CAP as two 32-bit reads, low dword first, as Linux does: a 64-bit MMIO read may be split
 /// or refused on some platforms, and the spec only promises 32-bit access. All ones in both
