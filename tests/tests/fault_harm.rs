@@ -338,3 +338,72 @@ fn fault_removal_whose_disable_fails_holds_buffers() {
         emu.freed_write_events()
     );
 }
+
+#[test]
+fn fault_dropped_queue_pair_holds_split_parents_buffers() {
+    // MDTS 1: 8 KiB per command, so a 32 KiB read is one parent with four children.
+    let dev = Arc::new(
+        EmuFunction::new(EmuConfig {
+            mode: Mode::Inline,
+            mdts: 1,
+            namespaces: vec![NsConfig::ram(4096, 4096)],
+            ..EmuConfig::default()
+        })
+        .unwrap(),
+    );
+    let ctrl = Controller::new(Arc::clone(&dev), ControllerOptions { ..opts() }).unwrap();
+    let mut qp = ctrl.create_io_qpair(qp_opts()).unwrap();
+    let ns = ctrl.namespace(1).unwrap().clone();
+    dev.inject(Fault::Command {
+        target: Target::Opcode {
+            admin: false,
+            opcode: opcode::nvm::READ,
+            count: 4,
+        },
+        action: Action::Drop,
+    })
+    .unwrap();
+    let buf = ctrl.memory().alloc(32 << 10, 4096).unwrap();
+    qp.read(&ns, Lba(0), buf, 7).unwrap();
+    for _ in 0..100 {
+        qp.poll();
+    }
+    assert_eq!(qp.stats().split_requests, 1);
+    assert_eq!(
+        dev.held_commands(),
+        4,
+        "the children are held by the controller"
+    );
+    // The deletion is never confirmed: the controller may still write the parent's buffer.
+    dev.inject(Fault::Command {
+        target: Target::Opcode {
+            admin: true,
+            opcode: opcode::admin::DELETE_IO_SQ,
+            count: 1,
+        },
+        action: Action::Status(nvme_dio::Status::new(0, 0x06)),
+    })
+    .unwrap();
+    let before = ctrl.quarantine().held_buffers;
+    drop(qp);
+    assert_eq!(
+        ctrl.quarantine().held_buffers,
+        before + 1,
+        "the split parent's buffer is held"
+    );
+    // Now the device keeps writing the pages it holds while a disable hangs.
+    dev.inject(Fault::DisableHangs).unwrap();
+    dev.inject(Fault::LateWrites {
+        accesses: 1_000_000,
+    })
+    .unwrap();
+    let _ = ctrl.reset();
+    assert!(dev.stats().late_writes > 0);
+    drop(ctrl);
+    assert_eq!(
+        dev.stats().freed_writes,
+        0,
+        "{:?}",
+        dev.freed_write_events().first()
+    );
+}
