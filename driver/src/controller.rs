@@ -500,9 +500,15 @@ impl<D: PciFunction> Controller<D> {
         let iovas = (parts.sq.iova(), parts.cq.iova());
         let epoch = match s.create_queues(parts.qid, size, iovas, parts.vector) {
             Ok(epoch) => epoch,
-            Err(e) => {
+            Err(f) if f.maybe_held => {
+                // The controller may hold these queues: the qid is never handed out again
+                // and the rings it may write are held, not freed.
+                let _ = s.mem.quarantine_all([parts.sq, parts.cq]);
+                return Err(f.error);
+            }
+            Err(f) => {
                 self.release_qid(qid);
-                return Err(e);
+                return Err(f.error);
             }
         };
         Ok(IoQueuePair::new(

@@ -525,7 +525,9 @@ impl<D: PciFunction> IoQueuePair<D> {
                     self.core.on_teardown(Teardown::Reset, created_in);
                     self.lost = None;
                 }
-                Err(e) => self.lost = Some(Arc::new(e)),
+                // If the controller may still hold the queues (`maybe_held`), Drop's
+                // deletion finds out; until it is confirmed the rings are never freed.
+                Err(f) => self.lost = Some(Arc::new(f.error)),
             }
         }
     }

@@ -13,7 +13,9 @@ use nvme_dio_queue::{Qid, QueueSize};
 use crate::admin::AdminQueue;
 use crate::controller::{DEAD, GONE, LIVE, Shared};
 use crate::error::{AbortReason, Error, Nonsense, Stage};
-use crate::regio::{create_io_queues, disable, enable, read32, set_number_of_queues};
+use crate::regio::{
+    CreateFailed, create_io_queues, disable, enable, no_longer_held, read32, set_number_of_queues,
+};
 
 pub(crate) fn lock_admin<D: PciFunction>(
     s: &Shared<D>,
@@ -39,17 +41,27 @@ impl<D: PciFunction> Shared<D> {
 
     /// Creates I/O queue pair `q`; returns the reset epoch it was created in (read under
     /// the admin lock, which a reset holds throughout).
+    ///
+    /// A create that timed out may still complete (the queue exists, the controller is only
+    /// late to say so), and `create_io_queues` deletes it again. If that deletion is not
+    /// confirmed either, the admin queue has stopped answering: that is what a reset is for
+    /// (Linux resets on an admin timeout). After a reset that worked the controller holds no
+    /// queue, so the qid and the rings are free again; otherwise `maybe_held` stays set.
     pub(crate) fn create_queues(
         &self,
         q: Qid,
         size: QueueSize,
         iovas: (u64, u64),
         vector: Option<u16>,
-    ) -> Result<u64, Error> {
-        let mut admin = lock_admin(self)?;
-        self.check_live()?;
+    ) -> Result<u64, CreateFailed> {
+        let not_held = |error| CreateFailed {
+            error,
+            maybe_held: false,
+        };
+        let mut admin = lock_admin(self).map_err(not_held)?;
+        self.check_live().map_err(not_held)?;
         let epoch = self.epoch.load(Ordering::Acquire);
-        create_io_queues(
+        let result = create_io_queues(
             self.dev.bar0(),
             &mut admin,
             q,
@@ -57,8 +69,20 @@ impl<D: PciFunction> Shared<D> {
             iovas,
             vector,
             self.admin_timeout,
-        )?;
-        Ok(epoch)
+        );
+        drop(admin);
+        match result {
+            Ok(()) => Ok(epoch),
+            Err(f) if f.maybe_held => {
+                let held =
+                    self.reset(epoch).is_err() || self.epoch.load(Ordering::Acquire) == epoch;
+                Err(CreateFailed {
+                    error: f.error,
+                    maybe_held: held,
+                })
+            }
+            Err(f) => Err(f),
+        }
     }
 
     /// Begins a reset epoch: from now on no doorbell of an older epoch is written, and once
@@ -170,9 +194,11 @@ impl<D: PciFunction> Shared<D> {
             && let Ok(mut admin) = lock_admin(self)
         {
             let bar = self.dev.bar0();
+            // "No such queue" counts as deleted: a queue pair whose queues could not be
+            // re-created after a reset has none there.
             let sq = admin.execute(bar, DeleteIoSq::new(q).build(), self.admin_timeout);
             let cq = admin.execute(bar, DeleteIoCq::new(q).build(), self.admin_timeout);
-            deleted = sq.is_ok() && cq.is_ok();
+            deleted = no_longer_held(&sq) && no_longer_held(&cq);
         }
         if deleted && let Ok(mut f) = self.free_qids.lock() {
             // A queue the controller may still hold is never handed out again.

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use nvme_dio_dma::Bar0;
-use nvme_dio_queue::cmd::{CreateIoCq, CreateIoSq, DeleteIoCq, NumberOfQueues, SetFeatures};
+use nvme_dio_queue::cmd::{
+    CreateIoCq, CreateIoSq, DeleteIoCq, DeleteIoSq, NumberOfQueues, SetFeatures,
+};
 use nvme_dio_queue::regs::{self, Aqa, Cc, Csts};
 use nvme_dio_queue::{Iova, PageSize, Qid, QueueSize};
 
@@ -125,7 +127,32 @@ pub(crate) fn set_number_of_queues<B: Bar0>(
     Ok(nsq.min(ncq).min(want))
 }
 
-/// Creates I/O CQ `q` then SQ `q` (deleting the CQ again if the SQ is refused).
+/// A queue deletion's result: true if the controller no longer has the queue (deleted, or
+/// it says there is no such queue: Invalid Queue Identifier).
+pub(crate) fn no_longer_held(r: &Result<nvme_dio_queue::Cqe, Error>) -> bool {
+    use nvme_dio_queue::status::{csc, sct};
+    match r {
+        Ok(_) => true,
+        Err(Error::Command { status, .. }) => {
+            status.sct() == sct::COMMAND_SPECIFIC && status.sc() == csc::INVALID_QID
+        }
+        Err(_) => false,
+    }
+}
+
+/// Why creating I/O queues failed, and whether the controller may still hold them.
+#[derive(Debug)]
+pub(crate) struct CreateFailed {
+    pub(crate) error: Error,
+    /// The controller may have created a queue (a create timed out and the cleanup delete
+    /// was not confirmed): the qid must not be handed out, and the rings' memory must not
+    /// be freed, until a reset has dropped every queue.
+    pub(crate) maybe_held: bool,
+}
+
+/// Creates I/O CQ `q` then SQ `q`. On failure the queues are deleted again: a create that
+/// timed out may still complete (the controller created the queue, late), so a queue ID is
+/// only given back once the controller confirmed it no longer holds either queue.
 pub(crate) fn create_io_queues<B: Bar0>(
     bar: &B,
     admin: &mut AdminQueue,
@@ -134,17 +161,38 @@ pub(crate) fn create_io_queues<B: Bar0>(
     (sq, cq): (u64, u64),
     vector: Option<u16>,
     timeout: Duration,
-) -> Result<(), Error> {
-    admin.execute(
+) -> Result<(), CreateFailed> {
+    let cleanup = |admin: &mut AdminQueue, error: Error, sq_too: bool| {
+        // A refusal (a status) created nothing; anything else (a timeout) may have.
+        let created_maybe = !matches!(error, Error::Command { .. });
+        let mut held = false;
+        if sq_too && created_maybe {
+            held |= !no_longer_held(&admin.execute(bar, DeleteIoSq::new(q).build(), timeout));
+        }
+        let cq_gone = no_longer_held(&admin.execute(bar, DeleteIoCq::new(q).build(), timeout));
+        held |= !cq_gone;
+        CreateFailed {
+            error,
+            maybe_held: held,
+        }
+    };
+    if let Err(e) = admin.execute(
         bar,
         CreateIoCq::new(q, size, Iova(cq))
             .interrupt_vector(vector)
             .build(),
         timeout,
-    )?;
+    ) {
+        if matches!(e, Error::Command { .. }) {
+            return Err(CreateFailed {
+                error: e,
+                maybe_held: false,
+            });
+        }
+        return Err(cleanup(admin, e, false));
+    }
     if let Err(e) = admin.execute(bar, CreateIoSq::new(q, size, Iova(sq), q).build(), timeout) {
-        let _ = admin.execute(bar, DeleteIoCq::new(q).build(), timeout);
-        return Err(e);
+        return Err(cleanup(admin, e, true));
     }
     Ok(())
 }

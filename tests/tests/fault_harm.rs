@@ -455,3 +455,96 @@ fn fault_reset_reports_completions_already_posted_as_what_they_were() {
         dev.freed_write_events().first()
     );
 }
+
+fn ctrl_with_short_admin_timeout(dev: &Arc<EmuFunction>) -> Controller<EmuFunction> {
+    Controller::new(
+        Arc::clone(dev),
+        ControllerOptions {
+            io_queues: 4,
+            admin_timeout: Duration::from_millis(100),
+            ..opts()
+        },
+    )
+    .unwrap()
+}
+
+/// A Create I/O CQ that completes only after a million register accesses: long after the
+/// driver gave up on it. The queue exists on the controller all the same.
+fn late_create_cq(dev: &EmuFunction) {
+    dev.inject(Fault::Command {
+        target: Target::Opcode {
+            admin: true,
+            opcode: opcode::admin::CREATE_IO_CQ,
+            count: 1,
+        },
+        action: Action::DelayAccesses(1_000_000),
+    })
+    .unwrap();
+}
+
+/// Every granted queue pair can be created and does I/O.
+fn all_queue_pairs_work(ctrl: &Controller<EmuFunction>) {
+    let mut qps = Vec::new();
+    for i in 0..ctrl.info().io_queues {
+        let qp = ctrl.create_io_qpair(qp_opts());
+        qps.push(qp.unwrap_or_else(|e| panic!("queue pair {i}: {e}")));
+    }
+    for (i, qp) in qps.iter_mut().enumerate() {
+        let c = read_one(ctrl, qp, i as u64);
+        assert!(c.result.is_ok(), "{:?}", c.result);
+        let stats = qp.stats();
+        assert_eq!(stats.submitted, stats.completed, "{stats:?}");
+    }
+}
+
+#[test]
+fn fault_late_create_cq_does_not_poison_the_qid() {
+    let dev = emu(Mode::Inline);
+    let ctrl = ctrl_with_short_admin_timeout(&dev);
+    late_create_cq(&dev);
+    let e = ctrl
+        .create_io_qpair(qp_opts())
+        .expect_err("the create times out");
+    assert!(e.to_string().contains("no completion"), "{e}");
+    all_queue_pairs_work(&ctrl);
+    assert_eq!(ctrl.resets(), 0, "deleting the late queue was enough");
+    drop(ctrl);
+    assert_eq!(
+        dev.stats().freed_writes,
+        0,
+        "{:?}",
+        dev.freed_write_events().first()
+    );
+}
+
+#[test]
+fn fault_admin_timeout_in_create_leads_to_a_reset() {
+    let dev = emu(Mode::Inline);
+    let ctrl = ctrl_with_short_admin_timeout(&dev);
+    late_create_cq(&dev);
+    // ... and the Delete I/O CQ that would clean it up never answers either.
+    dev.inject(Fault::Command {
+        target: Target::Opcode {
+            admin: true,
+            opcode: opcode::admin::DELETE_IO_CQ,
+            count: 1,
+        },
+        action: Action::Drop,
+    })
+    .unwrap();
+    ctrl.create_io_qpair(qp_opts())
+        .expect_err("the create times out");
+    assert_eq!(
+        ctrl.resets(),
+        1,
+        "an admin queue that stops answering is reset"
+    );
+    all_queue_pairs_work(&ctrl);
+    drop(ctrl);
+    assert_eq!(
+        dev.stats().freed_writes,
+        0,
+        "{:?}",
+        dev.freed_write_events().first()
+    );
+}
