@@ -525,7 +525,9 @@ impl<D: PciFunction> Controller<D> {
     ///
     /// # Errors
     ///
-    /// [`Error::BringUp`] if the controller does not come back; it is then unusable.
+    /// [`Error::BringUp`] if the controller does not come back (an enable that fails is
+    /// tried again, up to 3 attempts); it is then unusable, and DMA is stopped (bus
+    /// mastering cleared, or a function reset) before any request is failed.
     pub fn reset(&self) -> Result<(), Error> {
         let seen = self.shared.epoch.load(Ordering::Acquire);
         self.shared.reset(seen)

@@ -17,6 +17,9 @@ use crate::regio::{
     CreateFailed, create_io_queues, disable, enable, no_longer_held, read32, set_number_of_queues,
 };
 
+/// Attempts of a controller reset before it is declared dead.
+pub(crate) const RESET_ATTEMPTS: u32 = 3;
+
 pub(crate) fn lock_admin<D: PciFunction>(
     s: &Shared<D>,
 ) -> Result<MutexGuard<'_, AdminQueue>, Error> {
@@ -154,7 +157,7 @@ impl<D: PciFunction> Shared<D> {
         self.check_live()?;
         let e = self.begin_epoch();
         let bar = self.dev.bar0();
-        let result = (|| {
+        let mut attempt = || {
             disable(bar, self.ready_limit).map_err(|e| e.at(Stage::Disable))?;
             admin.reset();
             enable(bar, &admin, self.admin_size, self.page, self.ready_limit)
@@ -170,7 +173,21 @@ impl<D: PciFunction> Shared<D> {
                 .at(Stage::SetNumberOfQueues));
             }
             Ok(())
-        })();
+        };
+        // A controller can wedge in its reset (CSTS.CFS after CC.EN = 1, or RDY never
+        // comes) and come back from the next one: try again, from the disable, before it
+        // is declared dead. A device that is gone, or a disable that never completes, is
+        // not retried (the second wait would only double the time to fail).
+        let mut result = attempt();
+        for _ in 1..RESET_ATTEMPTS {
+            match &result {
+                Err(Error::BringUp {
+                    stage: Stage::Enable | Stage::SetNumberOfQueues,
+                    source,
+                }) if !matches!(**source, Error::DeviceGone { .. }) => result = attempt(),
+                _ => break,
+            }
+        }
         if let Err(e) = &result {
             let gone = matches!(e, Error::BringUp { source, .. } if matches!(**source, Error::DeviceGone { .. }));
             // Whatever step failed, the controller may be running again (or never stopped):

@@ -548,3 +548,41 @@ fn fault_admin_timeout_in_create_leads_to_a_reset() {
         dev.freed_write_events().first()
     );
 }
+
+#[test]
+fn fault_controller_that_needs_two_resets_comes_back() {
+    let dev = emu(Mode::Inline);
+    let ctrl = Controller::new(Arc::clone(&dev), opts()).unwrap();
+    let mut qp = ctrl.create_io_qpair(qp_opts()).unwrap();
+    submit_held_reads(&dev, &ctrl, &mut qp, 3);
+    // The first enable after the disable fails (CSTS.CFS, RDY stays 0).
+    dev.inject(Fault::EnableFails { times: 1 }).unwrap();
+    ctrl.reset()
+        .expect("the reset is retried, and the second attempt works");
+    assert!(!ctrl.is_gone());
+    assert_eq!(ctrl.resets(), 1);
+    let done = collect(&mut qp, 3);
+    assert_eq!(done.len(), 3);
+    for c in done {
+        let err = c.result.expect_err("aborted by the reset");
+        assert!(err.to_string().contains("reset"), "{err}");
+        assert!(
+            c.bufs.into_one().is_some(),
+            "the disable stopped DMA: buffers come back"
+        );
+    }
+    let c = read_one(&ctrl, &mut qp, 10);
+    assert!(c.result.is_ok(), "I/O continues: {:?}", c.result);
+    let stats = qp.stats();
+    assert_eq!(stats.submitted, stats.completed, "{stats:?}");
+    assert_eq!(stats.errors, 3, "{stats:?}");
+    assert_eq!(stats.held, 0, "{stats:?}");
+    drop(qp);
+    drop(ctrl);
+    assert_eq!(
+        dev.stats().freed_writes,
+        0,
+        "{:?}",
+        dev.freed_write_events().first()
+    );
+}
