@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nvme_dio_dma::{DmaMemory, MemoryOptions, PageKind, PciFunction};
+use nvme_dio_dma::{Bar0, DmaMemory, MemoryOptions, PageKind, PciFunction};
 use nvme_dio_queue::cmd::Identify;
 use nvme_dio_queue::identify::{ActiveNamespaceList, IdentifyController, IdentifyNamespace};
 use nvme_dio_queue::regs::{self, Cap, Version};
@@ -21,7 +21,9 @@ use crate::completion::Quarantine;
 use crate::error::{BadOption, Error, Nonsense, Stage, Unsupported};
 use crate::namespace::Namespace;
 use crate::qpair::{IoQueuePair, Parts, QueuePairOptions};
-use crate::regio::{disable, enable, read_cap, read32, set_number_of_queues};
+use crate::regio::{
+    disable, enable, read_cap, read32, ready_timeout, set_number_of_queues, shutdown_timeout,
+};
 use crate::ring::DoorbellGate;
 
 /// How to bring a controller up.
@@ -91,6 +93,11 @@ pub struct ControllerInfo {
     pub sgl: bool,
     /// Namespaces the controller supports at most (NN).
     pub max_namespaces: u32,
+    /// How long a change of CSTS.RDY may take: CAP.TO, or CRTO's ready-with-media timeout
+    /// where the controller reports one (NVMe 2.0); at least 500 ms.
+    pub ready_timeout: Duration,
+    /// How long an orderly shutdown may take: RTD3E where reported, else CAP.TO (1..=60 s).
+    pub shutdown_timeout: Duration,
     /// The full Identify Controller page.
     pub identify: Arc<IdentifyController>,
 }
@@ -216,7 +223,7 @@ impl<D: PciFunction> Controller<D> {
         } else {
             mpsmin
         };
-        let limit = cap.timeout().max(Duration::from_millis(500));
+        let limit = ready_timeout(bar, cap);
         let dstrd = cap.dstrd();
 
         // Stage: disable.
@@ -353,6 +360,8 @@ impl<D: PciFunction> Controller<D> {
             msix_vectors: vectors.len() as u32,
             sgl,
             max_namespaces: id.nn(),
+            ready_timeout: limit,
+            shutdown_timeout: shutdown_timeout(id.rtd3e(), cap),
             identify: Arc::new(id),
         };
         let quarantine = Quarantine {
@@ -448,6 +457,18 @@ impl<D: PciFunction> Controller<D> {
                 .ok_or(Error::NoFreeQueue {
                     granted: s.info.io_queues,
                 })?;
+        // A controller whose BAR is shorter than its doorbells (a bad DSTRD, a BAR the
+        // platform cut short) would make the first doorbell write fault: refuse the queue
+        // with a clear error instead. The qid is not handed out again.
+        let bar_len = s.dev.bar0().len();
+        let db_end = regs::cq_head_doorbell(Qid(qid), s.dstrd) + 4;
+        if db_end > bar_len {
+            return Err(Error::Nonsense(Nonsense::DoorbellPastBar {
+                qid,
+                offset: db_end - 4,
+                bar_len,
+            }));
+        }
         let irq = match vector {
             None => None,
             Some(()) => match s.vectors.get(qid as usize) {

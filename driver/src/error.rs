@@ -258,6 +258,19 @@ pub enum Nonsense {
     /// CAP.MQES is 0.
     #[error("CAP.MQES is 0 (queues of one entry cannot work)")]
     MqesZero,
+    /// A queue's doorbell lies past the end of BAR0.
+    #[error(
+        "the doorbells of I/O queue {qid} end at {offset:#x} + 4, past BAR0's {bar_len:#x} \
+         bytes (CAP.DSTRD or the BAR size is wrong): use fewer queues"
+    )]
+    DoorbellPastBar {
+        /// The queue.
+        qid: u16,
+        /// Offset of its CQ head doorbell.
+        offset: usize,
+        /// BAR0's length.
+        bar_len: usize,
+    },
     /// CAP.MPSMIN/MPSMAX cannot be decoded.
     #[error("CAP.MPSMIN/MPSMAX unusable in CAP={cap:#x}")]
     PageSizes {

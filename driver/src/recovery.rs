@@ -254,7 +254,7 @@ impl<D: PciFunction> Shared<D> {
         };
         bar.write32(regs::CC, Cc(cc).with_shn(shn::NORMAL).0);
         let start = Instant::now();
-        while start.elapsed() < self.info.cap.timeout().max(Duration::from_secs(1)) {
+        while start.elapsed() < self.info.shutdown_timeout {
             match read32(bar, regs::CSTS) {
                 Ok(v) if Csts(v).shst() == shst::COMPLETE => break,
                 Ok(_) => std::thread::sleep(Duration::from_micros(200)),

@@ -8,7 +8,7 @@ use nvme_dio_dma::Bar0;
 use nvme_dio_queue::cmd::{
     CreateIoCq, CreateIoSq, DeleteIoCq, DeleteIoSq, NumberOfQueues, SetFeatures,
 };
-use nvme_dio_queue::regs::{self, Aqa, Cc, Csts};
+use nvme_dio_queue::regs::{self, Aqa, Cap, Cc, Crto, Csts};
 use nvme_dio_queue::{Iova, PageSize, Qid, QueueSize};
 
 use crate::admin::AdminQueue;
@@ -43,6 +43,30 @@ pub(crate) fn read_cap<B: Bar0>(bar: &B) -> u64 {
     let lo = bar.read32(regs::CAP) as u64;
     let hi = bar.read32(regs::CAP + 4) as u64;
     hi << 32 | lo
+}
+
+/// How long to wait for CSTS.RDY to change: CAP.TO, or, where the controller reports
+/// Controller Ready Timeouts (NVMe 2.0 CAP.CRMS.CRWMS), CRTO.CRWMT if that is longer (this
+/// driver leaves CC.CRIME = 0, so the ready-with-media timeout applies). Never under 500 ms.
+pub(crate) fn ready_timeout<B: Bar0>(bar: &B, cap: Cap) -> Duration {
+    let mut limit = cap.timeout();
+    if cap.crwms()
+        && let Ok(v) = read32(bar, regs::CRTO)
+    {
+        limit = limit.max(Crto(v).ready_with_media());
+    }
+    limit.max(Duration::from_millis(500))
+}
+
+/// How long an orderly shutdown may take: RTD3E (Identify Controller, microseconds) where
+/// the controller reports it, else CAP.TO; clamped to 1..=60 s as Linux does.
+pub(crate) fn shutdown_timeout(rtd3e_us: u32, cap: Cap) -> Duration {
+    let t = if rtd3e_us == 0 {
+        cap.timeout()
+    } else {
+        Duration::from_micros(rtd3e_us as u64)
+    };
+    t.clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 /// A 64-bit address register (ASQ, ACQ) as two 32-bit writes, low dword first.
@@ -105,9 +129,12 @@ pub(crate) fn enable<B: Bar0>(
         .with_css(0)
         .with_mps(page)
         .with_iosqes(6)
-        .with_iocqes(4)
-        .with_en(true);
-    bar.write32(regs::CC, cc.0);
+        .with_iocqes(4);
+    // The fields first, with EN = 0, then EN: a controller may latch CC's fields at the
+    // write that sets EN, and the spec only promises they are taken while EN is 0 (Linux
+    // writes them the same way).
+    bar.write32(regs::CC, cc.with_en(false).0);
+    bar.write32(regs::CC, cc.with_en(true).0);
     wait_ready(bar, true, limit)
 }
 
@@ -195,4 +222,18 @@ pub(crate) fn create_io_queues<B: Bar0>(
         return Err(cleanup(admin, e, true));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_timeout_is_rtd3e_clamped_else_cap_to() {
+        let cap = Cap(10 << 24); // TO = 5 s
+        assert_eq!(shutdown_timeout(0, cap), Duration::from_secs(5));
+        assert_eq!(shutdown_timeout(8_000_000, cap), Duration::from_secs(8));
+        assert_eq!(shutdown_timeout(10, cap), Duration::from_secs(1));
+        assert_eq!(shutdown_timeout(u32::MAX, cap), Duration::from_secs(60));
+    }
 }
