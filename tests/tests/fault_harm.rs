@@ -586,3 +586,110 @@ fn fault_controller_that_needs_two_resets_comes_back() {
         dev.freed_write_events().first()
     );
 }
+
+// ---- under load: four queue pairs at QD 32 ----------------------------------------------
+
+fn harm_load(ios: u64) -> nvme_dio_tests::load::Load {
+    nvme_dio_tests::load::Load {
+        queues: 4,
+        qd: 32,
+        ios,
+        region_blocks: 1024,
+        qp: QueuePairOptions {
+            entries: 64,
+            timeout: Duration::from_secs(600),
+            ..Default::default()
+        },
+        stall: Duration::from_secs(60),
+        fault_after: ios / 4,
+        max_time: Duration::from_secs(120),
+    }
+}
+
+fn load_emu() -> Arc<EmuFunction> {
+    Arc::new(
+        EmuFunction::new(EmuConfig {
+            mode: Mode::Inline,
+            namespaces: vec![NsConfig::ram(4 * 1024, 4096)],
+            ..EmuConfig::default()
+        })
+        .unwrap(),
+    )
+}
+
+/// Held reads on the controller, then a reset whose disable hangs while the device keeps
+/// writing the held pages: injected from the load's first queue pair.
+fn dead_under_load_fault<D: PciFunction + 'static>(
+    emu: &Arc<EmuFunction>,
+    ctrl: &Controller<D>,
+) -> impl FnOnce() + Send + 'static {
+    let emu = Arc::clone(emu);
+    let ctrl = ctrl.clone();
+    move || {
+        emu.inject(Fault::Command {
+            target: Target::Opcode {
+                admin: false,
+                opcode: opcode::nvm::READ,
+                count: 8,
+            },
+            action: Action::Drop,
+        })
+        .unwrap();
+        // The reset comes once the controller holds some of the dropped reads (a count,
+        // not a time), from another thread so this queue pair keeps submitting.
+        let reset = std::thread::spawn(move || {
+            while emu.held_commands() < 4 {
+                std::thread::yield_now();
+            }
+            emu.inject(Fault::DisableHangs).unwrap();
+            emu.inject(Fault::LateWrites {
+                accesses: 1_000_000,
+            })
+            .unwrap();
+            let _ = ctrl.reset();
+        });
+        drop(reset); // detached: the load runs until the reset has failed every queue pair
+    }
+}
+
+#[test]
+fn fault_load_dead_controller_stops_dma_nothing_lost_nothing_written_freed() {
+    let emu = load_emu();
+    let ctrl = Controller::new(Arc::clone(&emu), opts()).unwrap();
+    let fault = dead_under_load_fault(&emu, &ctrl);
+    let (c, _) = nvme_dio_tests::load::run(&ctrl, &harm_load(2000), fault);
+    assert_eq!(c.submitted, c.success + c.error, "{c:?}");
+    assert!(c.error > 0, "{c:?}");
+    assert_eq!(c.held, 0, "bus mastering cleared: nothing held: {c:?}");
+    assert!(ctrl.is_gone());
+    drop(ctrl);
+    assert_eq!(
+        emu.stats().freed_writes,
+        0,
+        "{:?}",
+        emu.freed_write_events().first()
+    );
+}
+
+#[test]
+fn fault_load_dead_controller_without_proof_holds_and_writes_nothing_freed() {
+    let emu = load_emu();
+    let dev = Arc::new(Stubborn::new(&emu));
+    let ctrl = Controller::new(Arc::clone(&dev), opts()).unwrap();
+    let fault = dead_under_load_fault(&emu, &ctrl);
+    let (c, _) = nvme_dio_tests::load::run(&ctrl, &harm_load(2000), fault);
+    assert_eq!(c.submitted, c.success + c.error, "{c:?}");
+    assert!(c.held > 0, "{c:?}");
+    assert_eq!(ctrl.quarantine().held_buffers as u64, c.held, "{c:?}");
+    assert!(emu.stats().late_writes > 0);
+    drop(ctrl);
+    for _ in 0..100 {
+        let _ = emu.bar0().read32(0x1c);
+    }
+    assert_eq!(
+        emu.stats().freed_writes,
+        0,
+        "{:?}",
+        emu.freed_write_events().first()
+    );
+}
