@@ -37,7 +37,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
@@ -193,8 +193,11 @@ pub struct nvd_qpair {
     namespaces: Vec<Namespace>,
     qpairs: Arc<AtomicUsize>,
     inner: Mutex<QpInner>,
-    /// Set while callbacks run: the queue pair cannot be destroyed from its own callback.
-    delivering: AtomicBool,
+    /// How many delivery loops are running callbacks (a callback may call `nvd_poll`, which
+    /// runs its own loop inside the outer one): while it is not 0 the queue pair cannot be
+    /// destroyed, from a callback or otherwise. Raised while the queue pair is locked, so
+    /// `nvd_qpair_destroy`, which checks it under the same lock, sees every loop.
+    delivering: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -710,7 +713,7 @@ pub unsafe extern "C" fn nvd_qpair_create(
                 pending: HashMap::new(),
                 done: Vec::new(),
             }),
-            delivering: AtomicBool::new(false),
+            delivering: AtomicUsize::new(0),
         });
         // SAFETY: non-null and valid for a write by the caller's promise.
         unsafe { out.write(Box::into_raw(handle)) };
@@ -734,21 +737,26 @@ pub unsafe extern "C" fn nvd_qpair_destroy(qp: *mut nvd_qpair) -> i32 {
         }
         // SAFETY: non-null and live by the caller's promise.
         let q = unsafe { &*qp };
-        if q.delivering.load(Ordering::Acquire) {
-            return Err(fail(
-                NVD_ERR_BUSY,
-                "nvd_qpair_destroy from inside the queue pair's own callback",
-            ));
-        }
-        match q.inner.try_lock() {
-            Ok(_) | Err(TryLockError::Poisoned(_)) => {}
+        // Checked while holding the lock: a delivery loop raises `delivering` before it
+        // lets the lock go, so no loop can be running callbacks unseen.
+        let guard = match q.inner.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => {
                 return Err(fail(
                     NVD_ERR_BUSY,
                     "the queue pair is in use by another thread",
                 ));
             }
+        };
+        if q.delivering.load(Ordering::Acquire) != 0 {
+            return Err(fail(
+                NVD_ERR_BUSY,
+                "nvd_qpair_destroy while the queue pair's callbacks run (from a callback, or \
+                 a callback's nested nvd_poll): destroy it after nvd_poll returns",
+            ));
         }
+        drop(guard);
         // SAFETY: it came from Box::into_raw in nvd_qpair_create; the caller gives it up.
         let q = unsafe { Box::from_raw(qp) };
         let inner = q.inner.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -1044,6 +1052,15 @@ fn settle(inner: &mut QpInner, c: Completion) {
     });
 }
 
+/// Lowers a delivery depth counter when dropped.
+struct Lower<'a>(&'a AtomicUsize);
+
+impl Drop for Lower<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Reaps with the queue pair locked, then runs the callbacks unlocked (a callback may submit
 /// on the same queue pair).
 fn deliver(q: &nvd_qpair, wait: Option<Duration>) -> Result<i32, Failure> {
@@ -1060,10 +1077,13 @@ fn deliver(q: &nvd_qpair, wait: Option<Duration>) -> Result<i32, Failure> {
         while let Some(c) = inner.qp.next_completion() {
             settle(&mut inner, c);
         }
+        // Raised before the lock goes (see `nvd_qpair::delivering`).
+        q.delivering.fetch_add(1, Ordering::AcqRel);
         std::mem::take(&mut inner.done)
     };
     let n = done.len() as i32;
-    q.delivering.store(true, Ordering::Release);
+    // Lowered when the loop ends, also if a callback panics (caught at the boundary).
+    let lower = Lower(&q.delivering);
     for d in done.drain(..) {
         if let Some(m) = &d.msg {
             set_last_error(m);
@@ -1073,7 +1093,7 @@ fn deliver(q: &nvd_qpair, wait: Option<Duration>) -> Result<i32, Failure> {
             unsafe { cb(d.ctx, d.status, d.nvme_status) };
         }
     }
-    q.delivering.store(false, Ordering::Release);
+    drop(lower);
     // Give the (now empty) vector back for reuse, if nobody is in the queue pair.
     if let Ok(mut inner) = q.inner.try_lock()
         && inner.done.capacity() < done.capacity()

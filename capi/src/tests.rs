@@ -432,3 +432,72 @@ fn queue_full_is_backpressure_not_loss() {
         }
     }
 }
+
+/// The first callback polls the queue pair again (a nested delivery loop); the second tries
+/// to destroy it while the outer loop is still running callbacks.
+struct Nest {
+    qp: *mut nvd_qpair,
+    calls: u32,
+    nested_poll: i32,
+    destroy: i32,
+}
+
+unsafe extern "C" fn nest(ctx: *mut c_void, _status: i32, _nvme: u16) {
+    // SAFETY: the test passes a live Nest.
+    let n = unsafe { &mut *ctx.cast::<Nest>() };
+    n.calls += 1;
+    // SAFETY: live queue pair.
+    unsafe {
+        if n.calls == 1 {
+            n.nested_poll = nvd_poll(n.qp);
+        } else {
+            n.destroy = nvd_qpair_destroy(n.qp);
+        }
+    }
+}
+
+#[test]
+fn a_nested_poll_does_not_let_a_later_callback_destroy_the_queue_pair() {
+    let f = Fixture::new(c"emu:ram", 0);
+    let bufs = [f.buf(4096), f.buf(4096)];
+    let mut n = Nest {
+        qp: f.qp,
+        calls: 0,
+        nested_poll: -1000,
+        destroy: -1000,
+    };
+    let ctx = (&raw mut n).cast::<c_void>();
+    // SAFETY: live handles; `n` outlives every request.
+    unsafe {
+        for (i, &b) in bufs.iter().enumerate() {
+            let one = [b.cast_const()];
+            assert_eq!(
+                nvd_readv(f.qp, 1, i as u64, one.as_ptr(), 1, Some(nest), ctx),
+                NVD_OK
+            );
+        }
+        let mut ran = 0;
+        while ran < 2 {
+            let r = nvd_poll(f.qp);
+            assert!(r >= 0, "{}", last_error());
+            ran += r;
+        }
+        assert_eq!(ran, 2);
+    }
+    assert_eq!(n.calls, 2);
+    assert!(
+        n.nested_poll >= 0,
+        "the nested poll works: {}",
+        n.nested_poll
+    );
+    assert_eq!(
+        n.destroy, NVD_ERR_BUSY,
+        "destroyed under the outer delivery loop"
+    );
+    // SAFETY: live buffers, nothing in flight.
+    unsafe {
+        for b in bufs {
+            assert_eq!(nvd_buf_free(b), NVD_OK);
+        }
+    }
+}

@@ -69,6 +69,12 @@ impl AdminQueue {
         while self.core.next_delivery().is_some() {}
     }
 
+    /// Never frees the rings (the controller may still write them).
+    pub(crate) fn leak(&mut self) {
+        self.sq.leak();
+        self.cq.leak();
+    }
+
     pub(crate) fn sq_iova(&self) -> u64 {
         self.sq.iova()
     }
@@ -141,11 +147,8 @@ impl AdminQueue {
             }
             spins += 1;
             if spins % 1024 == 0 {
-                if bar.read32(regs::CSTS) == u32::MAX {
-                    return Err(Error::DeviceGone {
-                        register: regs::CSTS,
-                    });
-                }
+                // All ones, confirmed by reading again (see `regio::read32`).
+                crate::regio::read32(bar, regs::CSTS)?;
                 if start.elapsed() > timeout {
                     return Err(timed_out());
                 }

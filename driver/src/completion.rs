@@ -1,9 +1,11 @@
 //! What comes back from a queue pair: [`Completion`]s (with the request's [`Bufs`]),
 //! [`Rejected`] submissions, the [`Completions`] iterator and the counters.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use nvme_dio_dma::{DmaBuf, PciFunction};
+use nvme_dio_dma::{DmaBuf, DmaMemory, DmaStopped, PciFunction};
 use nvme_dio_queue::queue_pair::{Counters, Delivery, Outcome, Teardown};
 
 use crate::error::{AbortReason, Error, opcode_name};
@@ -22,13 +24,9 @@ pub enum Bufs {
 }
 
 impl Bufs {
-    /// Marks every buffer to be leaked when dropped (the device may still write it).
-    pub(crate) fn leak_on_drop(&mut self) {
-        match self {
-            Bufs::None => {}
-            Bufs::One(b) => b.leak_on_drop(),
-            Bufs::Many(v) => v.iter_mut().for_each(DmaBuf::leak_on_drop),
-        }
+    /// True if there is no buffer.
+    pub fn is_none(&self) -> bool {
+        matches!(self, Bufs::None)
     }
 
     /// The single buffer, if this was a one-buffer request.
@@ -49,6 +47,61 @@ impl Bufs {
     }
 }
 
+/// The quarantine rule, in one place: a buffer the device may still write is never handed
+/// back to the caller or the allocator until DMA is proven stopped (the controller disabled
+/// with RDY = 0 read back, bus mastering cleared, a function reset, the mapping removed).
+/// Every failure path that retires requests the device may still hold (a reset that failed,
+/// the device gone, a queue pair dropped whose deletion was not confirmed) goes through
+/// [`Quarantine::hold`].
+#[derive(Clone, Debug)]
+pub(crate) struct Quarantine {
+    pub(crate) mem: DmaMemory,
+    /// The proof that DMA stopped, once there is one (see [`proof_code`]); 0 = none.
+    pub(crate) proof: Arc<AtomicU8>,
+}
+
+/// [`DmaStopped`] as a non-zero byte, for an atomic.
+pub(crate) fn proof_code(p: DmaStopped) -> u8 {
+    match p {
+        DmaStopped::ControllerDisabled => 1,
+        DmaStopped::BusMasterCleared => 2,
+        DmaStopped::FunctionReset => 3,
+        DmaStopped::MappingRemoved => 4,
+    }
+}
+
+impl Quarantine {
+    /// How DMA was proven stopped, if it was.
+    pub(crate) fn proof(&self) -> Option<DmaStopped> {
+        match self.proof.load(Ordering::Acquire) {
+            1 => Some(DmaStopped::ControllerDisabled),
+            2 => Some(DmaStopped::BusMasterCleared),
+            3 => Some(DmaStopped::FunctionReset),
+            4 => Some(DmaStopped::MappingRemoved),
+            _ => None,
+        }
+    }
+
+    /// Records the proof and gives back every buffer held so far. Called before the state
+    /// that makes queue pairs retire their requests is published.
+    pub(crate) fn proven(&self, p: DmaStopped) {
+        self.proof.store(proof_code(p), Ordering::Release);
+        self.mem.release_quarantine(p);
+    }
+
+    /// Moves `bufs` into the quarantine unless DMA is proven stopped. Returns true if it held
+    /// any buffer (`bufs` is then [`Bufs::None`]).
+    pub(crate) fn hold(&self, bufs: &mut Bufs) -> bool {
+        if bufs.is_none() || self.proof().is_some() {
+            return false;
+        }
+        // A buffer of another device's memory cannot be in this one's quarantine; the DMA
+        // layer leaks it then (never frees it), which keeps the rule too.
+        let _ = self.mem.quarantine_all(std::mem::take(bufs).into_vec());
+        true
+    }
+}
+
 /// A finished request.
 #[derive(Debug)]
 pub struct Completion {
@@ -62,10 +115,16 @@ pub struct Completion {
 
 impl Completion {
     /// The core's delivery as the caller sees it. Buffers of a request the controller may
-    /// still write (it was in flight when a reset failed) come back marked to be leaked,
-    /// never to be reused.
+    /// still write (it was in flight when a reset failed or the device went, and DMA was not
+    /// proven stopped) are held by `q`, never returned; `held` counts such requests.
     #[inline]
-    pub(crate) fn from_delivery(d: Delivery<Bufs>, qid: u16, timeout: Duration) -> Completion {
+    pub(crate) fn from_delivery(
+        d: Delivery<Bufs>,
+        qid: u16,
+        timeout: Duration,
+        q: &Quarantine,
+        held: &mut u64,
+    ) -> Completion {
         let Delivery {
             tag,
             outcome,
@@ -75,7 +134,7 @@ impl Completion {
         // The success path is a move; building an error is out of line.
         let result = match outcome {
             Outcome::Success => Ok(()),
-            failed => Err(failure(failed, &mut bufs, qid, timeout)),
+            failed => Err(failure(failed, &mut bufs, qid, timeout, q, held)),
         };
         Completion { tag, result, bufs }
     }
@@ -84,7 +143,14 @@ impl Completion {
 /// The error a failed delivery carries.
 #[cold]
 #[inline(never)]
-fn failure(outcome: Outcome, bufs: &mut Bufs, qid: u16, timeout: Duration) -> Error {
+fn failure(
+    outcome: Outcome,
+    bufs: &mut Bufs,
+    qid: u16,
+    timeout: Duration,
+    q: &Quarantine,
+    held: &mut u64,
+) -> Error {
     match outcome {
         Outcome::Success => unreachable!("successes are not failures"),
         Outcome::Status { opcode, status } => Error::Command {
@@ -100,17 +166,25 @@ fn failure(outcome: Outcome, bufs: &mut Bufs, qid: u16, timeout: Duration) -> Er
         },
         Outcome::Unbuildable(e) => Error::DataPointer { qid, source: e },
         Outcome::TornDown(why) => {
-            if why == Teardown::Dead {
-                bufs.leak_on_drop();
-            }
-            match why {
+            let e = match why {
                 Teardown::Reset => Error::Aborted(AbortReason::Reset),
                 Teardown::Dead => Error::Aborted(AbortReason::ResetFailed),
                 Teardown::Gone => Error::DeviceGone {
                     register: nvme_dio_queue::regs::CSTS,
                 },
                 Teardown::Deleted => Error::Aborted(AbortReason::QueueDeleted),
+            };
+            // A reset disabled the controller (RDY = 0 read back) before it retired anything,
+            // and a deleted queue's requests are delivered only once the deletion was
+            // confirmed: only a dead or gone controller may still write.
+            if matches!(why, Teardown::Dead | Teardown::Gone) && q.hold(bufs) {
+                *held += 1;
+                return Error::BuffersHeld {
+                    qid,
+                    cause: Box::new(e),
+                };
             }
+            e
         }
     }
 }
@@ -172,6 +246,9 @@ pub struct QueueStats {
     pub interrupts: u64,
     /// Controller resets this queue pair asked for (stuck command or CSTS.CFS).
     pub resets_requested: u64,
+    /// Failed requests whose buffers were held, not returned, because the device may still
+    /// write them ([`Error::BuffersHeld`]); counted among `errors`.
+    pub held: u64,
 }
 
 /// The shell's own counters (the core keeps the rest).
@@ -184,6 +261,8 @@ pub(crate) struct ShellCounters {
     pub(crate) resets_requested: u64,
     /// Doorbell values dropped because a reset began first.
     pub(crate) doorbells_dropped: u64,
+    /// Requests whose buffers were held (see [`Quarantine`]).
+    pub(crate) held: u64,
 }
 
 impl QueueStats {
@@ -205,6 +284,7 @@ impl QueueStats {
             lost_interrupts: shell.lost_interrupts,
             interrupts: shell.interrupts,
             resets_requested: shell.resets_requested,
+            held: shell.held,
         }
     }
 }

@@ -5,23 +5,25 @@
 //! threads and create one [`IoQueuePair`] per thread.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nvme_dio_dma::{Bar0, DmaMemory, MemoryOptions, PageKind, PciFunction};
-use nvme_dio_queue::cmd::{
-    CreateIoCq, CreateIoSq, DeleteIoCq, DeleteIoSq, Identify, NumberOfQueues, SetFeatures,
-};
+use nvme_dio_queue::cmd::Identify;
 use nvme_dio_queue::identify::{ActiveNamespaceList, IdentifyController, IdentifyNamespace};
-use nvme_dio_queue::regs::{self, Aqa, Cap, Cc, Csts, Version, shn, shst};
-use nvme_dio_queue::{Iova, Nsid, PageSize, Qid, QueueSize, plan};
+use nvme_dio_queue::regs::{self, Cap, Version};
+use nvme_dio_queue::{Nsid, PageSize, Qid, QueueSize, plan};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::poll::PollContext;
 
 use crate::admin::AdminQueue;
-use crate::error::{AbortReason, BadOption, Error, Nonsense, Stage, Unsupported};
+use crate::completion::Quarantine;
+use crate::error::{BadOption, Error, Nonsense, Stage, Unsupported};
 use crate::namespace::Namespace;
 use crate::qpair::{IoQueuePair, Parts, QueuePairOptions};
+use crate::regio::{
+    disable, enable, read_cap, read32, ready_timeout, set_number_of_queues, shutdown_timeout,
+};
 use crate::ring::DoorbellGate;
 
 /// How to bring a controller up. Start from `ControllerOptions::default()` and change what
@@ -131,6 +133,11 @@ pub struct ControllerInfo {
     pub sgl: bool,
     /// Namespaces the controller supports at most (NN).
     pub max_namespaces: u32,
+    /// How long a change of CSTS.RDY may take: CAP.TO, or CRTO's ready-with-media timeout
+    /// where the controller reports one (NVMe 2.0); at least 500 ms.
+    pub ready_timeout: Duration,
+    /// How long an orderly shutdown may take: RTD3E where reported, else CAP.TO (1..=60 s).
+    pub shutdown_timeout: Duration,
     /// The full Identify Controller page.
     pub identify: Arc<IdentifyController>,
 }
@@ -145,7 +152,7 @@ pub(crate) struct Shared<D: PciFunction> {
     pub(crate) admin: Mutex<AdminQueue>,
     pub(crate) admin_timeout: Duration,
     pub(crate) prp_list_pages: usize,
-    free_qids: Mutex<Vec<u16>>,
+    pub(crate) free_qids: Mutex<Vec<u16>>,
     pub(crate) vectors: Vec<Arc<EventFd>>,
     /// [`LIVE`], [`GONE`] (a register read returned all ones) or [`DEAD`] (a reset failed):
     /// once not live, every request fails fast.
@@ -160,17 +167,22 @@ pub(crate) struct Shared<D: PciFunction> {
     /// One "in doorbell" flag per queue pair: see `ring.rs` for why no doorbell from before a
     /// reset reaches the controller after it, without a lock on the doorbell path.
     pub(crate) gate: DoorbellGate,
-    resets: AtomicU64,
-    admin_size: QueueSize,
-    ready_limit: Duration,
+    /// The quarantine rule (`completion.rs`): buffers the device may still write are held
+    /// until DMA is proven stopped.
+    pub(crate) quarantine: Quarantine,
+    pub(crate) resets: AtomicU64,
+    pub(crate) admin_size: QueueSize,
+    pub(crate) ready_limit: Duration,
 }
 
 /// The controller works.
 pub(crate) const LIVE: u8 = 0;
-/// The device is gone (all-ones reads): it can no longer touch memory.
+/// The device is gone (all-ones reads, confirmed, or the system asked for it back). Whether
+/// it can still touch memory is what the quarantine's proof says.
 pub(crate) const GONE: u8 = 1;
 /// A reset failed: the controller may still be able to write memory, so in-flight buffers
-/// are never handed back to the allocator.
+/// are held (quarantined) unless clearing bus mastering or a function reset proved DMA
+/// stopped.
 pub(crate) const DEAD: u8 = 2;
 
 impl<D: PciFunction> std::fmt::Debug for Shared<D> {
@@ -199,129 +211,6 @@ impl<D: PciFunction> std::fmt::Debug for Controller<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.shared.fmt(f)
     }
-}
-
-/// Reads a 32-bit register, turning all ones into [`Error::DeviceGone`].
-pub(crate) fn read32<B: Bar0>(bar: &B, reg: usize) -> Result<u32, Error> {
-    match bar.read32(reg) {
-        u32::MAX => Err(Error::DeviceGone { register: reg }),
-        v => Ok(v),
-    }
-}
-
-/// CAP as two 32-bit reads, low dword first, as Linux does: a 64-bit MMIO read may be split
-/// or refused on some platforms, and the spec only promises 32-bit access. All ones in both
-/// halves is a device that is gone.
-fn read_cap<B: Bar0>(bar: &B) -> u64 {
-    let lo = bar.read32(regs::CAP) as u64;
-    let hi = bar.read32(regs::CAP + 4) as u64;
-    hi << 32 | lo
-}
-
-/// A 64-bit address register (ASQ, ACQ) as two 32-bit writes, low dword first.
-fn write_addr<B: Bar0>(bar: &B, reg: usize, value: u64) {
-    bar.write32(reg, value as u32);
-    bar.write32(reg + 4, (value >> 32) as u32);
-}
-
-fn wait_ready<B: Bar0>(bar: &B, want: bool, limit: Duration) -> Result<(), Error> {
-    let start = Instant::now();
-    loop {
-        let csts = Csts(read32(bar, regs::CSTS)?);
-        if want && csts.cfs() {
-            return Err(Error::ControllerFatal { csts: csts.0 });
-        }
-        if csts.rdy() == want {
-            return Ok(());
-        }
-        let waited = start.elapsed();
-        if waited > limit {
-            return Err(Error::ReadyTimeout {
-                want_ready: want,
-                waited,
-                limit,
-                csts: csts.0,
-            });
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
-/// Clears CC.EN and waits for CSTS.RDY = 0: the controller drops every queue and stops DMA.
-fn disable<B: Bar0>(bar: &B, limit: Duration) -> Result<(), Error> {
-    let cc = Cc(read32(bar, regs::CC)?);
-    if cc.en() {
-        bar.write32(regs::CC, cc.with_en(false).0);
-    }
-    wait_ready(bar, false, limit)
-}
-
-/// Programs the admin queue and sets CC.EN, then waits for CSTS.RDY = 1.
-fn enable<B: Bar0>(
-    bar: &B,
-    admin: &AdminQueue,
-    size: QueueSize,
-    page: PageSize,
-    limit: Duration,
-) -> Result<(), Error> {
-    bar.write32(
-        regs::AQA,
-        Aqa {
-            asqs: size,
-            acqs: size,
-        }
-        .to_u32(),
-    );
-    write_addr(bar, regs::ASQ, admin.sq_iova());
-    write_addr(bar, regs::ACQ, admin.cq_iova());
-    let cc = Cc::default()
-        .with_css(0)
-        .with_mps(page)
-        .with_iosqes(6)
-        .with_iocqes(4)
-        .with_en(true);
-    bar.write32(regs::CC, cc.0);
-    wait_ready(bar, true, limit)
-}
-
-/// Asks for `want` I/O queue pairs; returns how many the controller granted.
-fn set_number_of_queues<B: Bar0>(
-    bar: &B,
-    admin: &mut AdminQueue,
-    want: u16,
-    timeout: Duration,
-) -> Result<u16, Error> {
-    let cqe = admin.execute(
-        bar,
-        SetFeatures::number_of_queues(want, want).build(),
-        timeout,
-    )?;
-    let (nsq, ncq) = NumberOfQueues::from_result(cqe.result);
-    Ok(nsq.min(ncq).min(want))
-}
-
-/// Creates I/O CQ `q` then SQ `q` (deleting the CQ again if the SQ is refused).
-fn create_io_queues<B: Bar0>(
-    bar: &B,
-    admin: &mut AdminQueue,
-    q: Qid,
-    size: QueueSize,
-    (sq, cq): (u64, u64),
-    vector: Option<u16>,
-    timeout: Duration,
-) -> Result<(), Error> {
-    admin.execute(
-        bar,
-        CreateIoCq::new(q, size, Iova(cq))
-            .interrupt_vector(vector)
-            .build(),
-        timeout,
-    )?;
-    if let Err(e) = admin.execute(bar, CreateIoSq::new(q, size, Iova(sq), q).build(), timeout) {
-        let _ = admin.execute(bar, DeleteIoCq::new(q).build(), timeout);
-        return Err(e);
-    }
-    Ok(())
 }
 
 impl<D: PciFunction> Controller<D> {
@@ -374,7 +263,7 @@ impl<D: PciFunction> Controller<D> {
         } else {
             mpsmin
         };
-        let limit = cap.timeout().max(Duration::from_millis(500));
+        let limit = ready_timeout(bar, cap);
         let dstrd = cap.dstrd();
 
         // Stage: disable.
@@ -511,7 +400,13 @@ impl<D: PciFunction> Controller<D> {
             msix_vectors: vectors.len() as u32,
             sgl,
             max_namespaces: id.nn(),
+            ready_timeout: limit,
+            shutdown_timeout: shutdown_timeout(id.rtd3e(), cap),
             identify: Arc::new(id),
+        };
+        let quarantine = Quarantine {
+            mem: mem.clone(),
+            proof: Arc::new(AtomicU8::new(0)),
         };
         let shared = Shared {
             dev: Arc::clone(&dev),
@@ -529,6 +424,7 @@ impl<D: PciFunction> Controller<D> {
             epoch: AtomicU64::new(0),
             settled: AtomicU64::new(0),
             gate: DoorbellGate::new(granted),
+            quarantine,
             resets: AtomicU64::new(0),
             admin_size,
             ready_limit: limit,
@@ -614,6 +510,18 @@ impl<D: PciFunction> Controller<D> {
                 .ok_or(Error::NoFreeQueue {
                     granted: s.info.io_queues,
                 })?;
+        // A controller whose BAR is shorter than its doorbells (a bad DSTRD, a BAR the
+        // platform cut short) would make the first doorbell write fault: refuse the queue
+        // with a clear error instead. The qid is not handed out again.
+        let bar_len = s.dev.bar0().len();
+        let db_end = regs::cq_head_doorbell(Qid(qid), s.dstrd) + 4;
+        if db_end > bar_len {
+            return Err(Error::Nonsense(Nonsense::DoorbellPastBar {
+                qid,
+                offset: db_end - 4,
+                bar_len,
+            }));
+        }
         let irq = match vector {
             None => None,
             Some(()) => match s.vectors.get(qid as usize) {
@@ -666,9 +574,15 @@ impl<D: PciFunction> Controller<D> {
         let iovas = (parts.sq.iova(), parts.cq.iova());
         let epoch = match s.create_queues(parts.qid, size, iovas, parts.vector) {
             Ok(epoch) => epoch,
-            Err(e) => {
+            Err(f) if f.maybe_held => {
+                // The controller may hold these queues: the qid is never handed out again
+                // and the rings it may write are held, not freed.
+                let _ = s.mem.quarantine_all([parts.sq, parts.cq]);
+                return Err(f.error);
+            }
+            Err(f) => {
                 self.release_qid(qid);
-                return Err(e);
+                return Err(f.error);
             }
         };
         Ok(IoQueuePair::new(
@@ -685,7 +599,9 @@ impl<D: PciFunction> Controller<D> {
     ///
     /// # Errors
     ///
-    /// [`Error::BringUp`] if the controller does not come back; it is then unusable.
+    /// [`Error::BringUp`] if the controller does not come back (an enable that fails is
+    /// tried again, up to 3 attempts); it is then unusable, and DMA is stopped (bus
+    /// mastering cleared, or a function reset) before any request is failed.
     pub fn reset(&self) -> Result<(), Error> {
         let seen = self.shared.epoch.load(Ordering::Acquire);
         self.shared.reset(seen)
@@ -702,6 +618,19 @@ impl<D: PciFunction> Controller<D> {
         self.shared.state.load(Ordering::Acquire) != LIVE
     }
 
+    /// The DMA memory's quarantine: buffers held because the device may still write them
+    /// (requests failed with [`Error::BuffersHeld`], rings of queue pairs whose deletion was
+    /// not confirmed). `held_buffers` falls back to 0 once DMA is proven stopped.
+    pub fn quarantine(&self) -> nvme_dio_dma::QuarantineStats {
+        self.shared.mem.quarantine_stats()
+    }
+
+    /// How DMA was proven stopped after the controller died or went, if it was (then
+    /// nothing is held any more).
+    pub fn dma_stopped(&self) -> Option<nvme_dio_dma::DmaStopped> {
+        self.shared.quarantine.proof()
+    }
+
     /// Controller resets since bring-up.
     pub fn resets(&self) -> u64 {
         self.shared.resets.load(Ordering::Relaxed)
@@ -713,192 +642,5 @@ impl<D: PciFunction> Controller<D> {
             .lock()
             .expect("qid list poisoned")
             .push(qid);
-    }
-}
-
-pub(crate) fn lock_admin<D: PciFunction>(
-    s: &Shared<D>,
-) -> Result<MutexGuard<'_, AdminQueue>, Error> {
-    // A panic while holding the admin lock leaves the ring in an unknown state; the
-    // controller must be reset before it is used again.
-    s.admin
-        .lock()
-        .map_err(|_| Error::Aborted(AbortReason::AdminPoisoned))
-}
-
-impl<D: PciFunction> Shared<D> {
-    /// Fails fast once the device is gone or a reset failed.
-    pub(crate) fn check_live(&self) -> Result<(), Error> {
-        match self.state.load(Ordering::Acquire) {
-            LIVE => Ok(()),
-            GONE => Err(Error::DeviceGone {
-                register: regs::CSTS,
-            }),
-            _ => Err(Error::Aborted(AbortReason::ResetFailed)),
-        }
-    }
-
-    /// Creates I/O queue pair `q`; returns the reset epoch it was created in (read under
-    /// the admin lock, which a reset holds throughout).
-    pub(crate) fn create_queues(
-        &self,
-        q: Qid,
-        size: QueueSize,
-        iovas: (u64, u64),
-        vector: Option<u16>,
-    ) -> Result<u64, Error> {
-        let mut admin = lock_admin(self)?;
-        self.check_live()?;
-        let epoch = self.epoch.load(Ordering::Acquire);
-        create_io_queues(
-            self.dev.bar0(),
-            &mut admin,
-            q,
-            size,
-            iovas,
-            vector,
-            self.admin_timeout,
-        )?;
-        Ok(epoch)
-    }
-
-    /// Begins a reset epoch: from now on no doorbell of an older epoch is written, and once
-    /// this returns none is in progress (R1 and R2 in `ring.rs`). Called with the admin lock
-    /// held, so epochs begin and settle in order.
-    fn begin_epoch(&self) -> u64 {
-        let e = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        self.gate.close();
-        e
-    }
-
-    /// The reset that began epoch `e` has finished; queue pairs may adopt it.
-    fn settle(&self, e: u64) {
-        self.settled.store(e, Ordering::Release);
-    }
-
-    /// True once the reset that began epoch `e` has finished.
-    pub(crate) fn is_settled(&self, e: u64) -> bool {
-        self.settled.load(Ordering::Acquire) >= e
-    }
-
-    /// The system wants the device back (hot unplug): stop its DMA (CC.EN = 0), declare it
-    /// gone so every request fails fast, and let the owner drop it.
-    pub(crate) fn release_for_removal(&self) {
-        let Ok(_admin) = lock_admin(self) else { return };
-        if self.state.load(Ordering::Acquire) != LIVE {
-            return;
-        }
-        let e = self.begin_epoch();
-        // Disabled, the controller drops its queues and touches no memory, so the buffers of
-        // the requests it held can be handed back.
-        let _ = disable(self.dev.bar0(), self.ready_limit);
-        self.state.store(GONE, Ordering::Release);
-        self.settle(e);
-    }
-
-    /// Resets the controller unless someone already did since `seen` (the caller's epoch).
-    /// Queue pairs do not wait for it: a doorbell is never blocked by it for longer than
-    /// another queue pair's one MMIO write, and each queue pair adopts the reset once it has
-    /// settled.
-    pub(crate) fn reset(&self, seen: u64) -> Result<(), Error> {
-        let mut admin = lock_admin(self)?;
-        if self.epoch.load(Ordering::Acquire) != seen {
-            return self.check_live();
-        }
-        self.check_live()?;
-        let e = self.begin_epoch();
-        let bar = self.dev.bar0();
-        let result = (|| {
-            disable(bar, self.ready_limit).map_err(|e| e.at(Stage::Disable))?;
-            admin.reset();
-            enable(bar, &admin, self.admin_size, self.page, self.ready_limit)
-                .map_err(|e| e.at(Stage::Enable))?;
-            let granted =
-                set_number_of_queues(bar, &mut admin, self.info.io_queues, self.admin_timeout)
-                    .map_err(|e| e.at(Stage::SetNumberOfQueues))?;
-            if granted < self.info.io_queues {
-                return Err(Error::Nonsense(Nonsense::FewerQueuesAfterReset {
-                    granted,
-                    before: self.info.io_queues,
-                })
-                .at(Stage::SetNumberOfQueues));
-            }
-            Ok(())
-        })();
-        if let Err(e) = &result {
-            let gone = matches!(e, Error::BringUp { source, .. } if matches!(**source, Error::DeviceGone { .. }));
-            self.state
-                .store(if gone { GONE } else { DEAD }, Ordering::Release);
-        } else {
-            self.resets.fetch_add(1, Ordering::Relaxed);
-        }
-        self.settle(e);
-        result
-    }
-
-    /// Deletes an I/O queue pair's SQ then CQ and gives its qid back. Returns true if the
-    /// controller confirmed both deletions (or is gone and can no longer touch memory).
-    pub(crate) fn delete_qpair(&self, q: Qid) -> bool {
-        let state = self.state.load(Ordering::Acquire);
-        let mut deleted = state == GONE;
-        if state == LIVE
-            && let Ok(mut admin) = lock_admin(self)
-        {
-            let bar = self.dev.bar0();
-            let sq = admin.execute(bar, DeleteIoSq::new(q).build(), self.admin_timeout);
-            let cq = admin.execute(bar, DeleteIoCq::new(q).build(), self.admin_timeout);
-            deleted = sq.is_ok() && cq.is_ok();
-        }
-        if deleted && let Ok(mut f) = self.free_qids.lock() {
-            // A queue the controller may still hold is never handed out again.
-            f.push(q.0);
-        }
-        deleted
-    }
-
-    /// Returns a qid whose queues the controller no longer has (a reset dropped them).
-    pub(crate) fn give_back_qid(&self, q: Qid) {
-        if let Ok(mut f) = self.free_qids.lock() {
-            f.push(q.0);
-        }
-    }
-
-    /// Sends an Abort for `cid` on `sqid`; `Ok(true)` if the controller says it aborted it
-    /// (CQE DW0 bit 0 clear), `Ok(false)` if it declined, `Err` if the Abort itself failed.
-    pub(crate) fn abort(&self, sqid: Qid, cid: u16) -> Result<bool, Error> {
-        let mut admin = lock_admin(self)?;
-        let cqe = admin.execute(
-            self.dev.bar0(),
-            nvme_dio_queue::cmd::Abort::new(sqid, nvme_dio_queue::Cid(cid)).build(),
-            self.admin_timeout,
-        )?;
-        Ok(cqe.result & 1 == 0)
-    }
-
-    /// Orderly shutdown: CC.SHN = normal, wait for CSTS.SHST = complete (bounded).
-    fn shutdown(&self) {
-        if self.state.load(Ordering::Acquire) != LIVE {
-            return;
-        }
-        let bar = self.dev.bar0();
-        let Ok(cc) = read32(bar, regs::CC) else {
-            return;
-        };
-        bar.write32(regs::CC, Cc(cc).with_shn(shn::NORMAL).0);
-        let start = Instant::now();
-        while start.elapsed() < self.info.cap.timeout().max(Duration::from_secs(1)) {
-            match read32(bar, regs::CSTS) {
-                Ok(v) if Csts(v).shst() == shst::COMPLETE => break,
-                Ok(_) => std::thread::sleep(Duration::from_micros(200)),
-                Err(_) => return,
-            }
-        }
-        let _ = self.dev.disable_msix();
-    }
-}
-
-impl<D: PciFunction> Drop for Shared<D> {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }

@@ -176,6 +176,21 @@ pub enum Error {
     /// The request was in flight when the controller was reset or the queue pair deleted.
     #[error("request aborted: {0}")]
     Aborted(AbortReason),
+    /// The request was failed by a teardown (a reset that failed, the device gone) while
+    /// the device may still write its buffers: DMA was not proven stopped (no disable
+    /// confirmed, bus mastering could not be cleared, no function reset), so the buffers are
+    /// held in the DMA memory's quarantine ([`nvme_dio_dma::DmaMemory::quarantine`]) and the
+    /// completion carries none. They are freed once DMA is proven stopped, or leaked.
+    #[error(
+        "{cause}; its buffers are held, not returned: the device may still write them (DMA \
+         was not proven stopped; see Controller::quarantine)"
+    )]
+    BuffersHeld {
+        /// The queue pair.
+        qid: u16,
+        /// Why the request failed (in the message, not repeated as a source).
+        cause: Box<Error>,
+    },
     /// A buffer was not allocated from this controller's DMA memory.
     #[error(
         "buffer {index} is not from this controller's DMA memory: allocate it with \
@@ -243,6 +258,19 @@ pub enum Nonsense {
     /// CAP.MQES is 0.
     #[error("CAP.MQES is 0 (queues of one entry cannot work)")]
     MqesZero,
+    /// A queue's doorbell lies past the end of BAR0.
+    #[error(
+        "the doorbells of I/O queue {qid} end at {offset:#x} + 4, past BAR0's {bar_len:#x} \
+         bytes (CAP.DSTRD or the BAR size is wrong): use fewer queues"
+    )]
+    DoorbellPastBar {
+        /// The queue.
+        qid: u16,
+        /// Offset of its CQ head doorbell.
+        offset: usize,
+        /// BAR0's length.
+        bar_len: usize,
+    },
     /// CAP.MPSMIN/MPSMAX cannot be decoded.
     #[error("CAP.MPSMIN/MPSMAX unusable in CAP={cap:#x}")]
     PageSizes {
@@ -494,6 +522,7 @@ impl Error {
                 ErrorKind::NoDevice
             }
             Error::QueueLost { .. } => ErrorKind::NoDevice,
+            Error::BuffersHeld { cause, .. } => cause.kind(),
             Error::Dma(nvme_dio_dma::Error::InvalidArgument { .. }) => ErrorKind::InvalidInput,
             Error::Dma(_) => ErrorKind::NoMemory,
             Error::Wait(_) => ErrorKind::System,

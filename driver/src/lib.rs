@@ -93,6 +93,8 @@ mod future;
 mod io;
 mod namespace;
 mod qpair;
+mod recovery;
+mod regio;
 mod ring;
 mod submit;
 

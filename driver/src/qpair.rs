@@ -29,14 +29,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nvme_dio_dma::clock::coarse_nanos;
-use nvme_dio_dma::{Bar0, DmaBuf, PciFunction};
+use nvme_dio_dma::{DmaBuf, PciFunction};
 use nvme_dio_queue::queue_pair::{QueuePairCore, Stamp, Teardown};
 use nvme_dio_queue::regs::Csts;
 use nvme_dio_queue::{PageSize, Qid, QueueSize, Segment, regs};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::poll::PollContext;
 
-use crate::completion::{Bufs, Completion, Completions, QueueStats, ShellCounters};
+use crate::completion::{Bufs, Completion, Completions, Quarantine, QueueStats, ShellCounters};
 use crate::controller::{DEAD, GONE, LIVE, Shared};
 use crate::error::Error;
 use crate::ring::{CqMem, Doorbells, SqMem};
@@ -144,6 +144,7 @@ pub struct IoQueuePair<D: PciFunction> {
     pub(crate) domain: usize,
     pub(crate) scratch: Vec<Segment>,
     counters: ShellCounters,
+    quarantine: Quarantine,
     // Cold: time, resets, interrupts.
     pub(crate) page: PageSize,
     size: QueueSize,
@@ -185,6 +186,7 @@ impl<D: PciFunction> IoQueuePair<D> {
                 regs::cq_head_doorbell(qid, dstrd),
             ),
             domain: shared.mem.domain(),
+            quarantine: shared.quarantine.clone(),
             shared,
             scratch: Vec::new(),
             counters: ShellCounters::default(),
@@ -293,6 +295,8 @@ impl<D: PciFunction> IoQueuePair<D> {
             d,
             self.core.qid().0,
             self.core.timeout(),
+            &self.quarantine,
+            &mut self.counters.held,
         ))
     }
 
@@ -472,12 +476,16 @@ impl<D: PciFunction> IoQueuePair<D> {
         if s.dev.removal_requested() {
             s.release_for_removal();
         }
-        let csts = s.dev.bar0().read32(regs::CSTS);
-        if csts == u32::MAX {
-            let _ = s
-                .state
-                .compare_exchange(LIVE, GONE, Ordering::AcqRel, Ordering::Acquire);
-        }
+        // One all-ones read is not a removal (link retraining, AER/DPC recovery read so for
+        // a moment): `read32` reads again before it believes it. Confirmed, the device is
+        // released as for a removal request: DMA stopped (or proven not stoppable) first.
+        let csts = match crate::regio::read32(s.dev.bar0(), regs::CSTS) {
+            Ok(v) => v,
+            Err(_) => {
+                s.release_for_removal();
+                0
+            }
+        };
         if s.state.load(Ordering::Acquire) != LIVE {
             self.catch_up();
             return;
@@ -539,7 +547,9 @@ impl<D: PciFunction> IoQueuePair<D> {
                     self.core.on_teardown(Teardown::Reset, created_in);
                     self.lost = None;
                 }
-                Err(e) => self.lost = Some(Arc::new(e)),
+                // If the controller may still hold the queues (`maybe_held`), Drop's
+                // deletion finds out; until it is confirmed the rings are never freed.
+                Err(f) => self.lost = Some(Arc::new(f.error)),
             }
         }
     }
@@ -573,7 +583,8 @@ impl<D: PciFunction> Drop for IoQueuePair<D> {
         // Deleting the SQ makes the controller abort whatever it still holds; only then may
         // the rings, list pages and in-flight buffers be freed. If the controller does not
         // confirm the deletion it may still write them: every buffer of every request in
-        // flight (split parents' too) is leaked rather than handed back to the allocator.
+        // flight (split parents' too: the core retires a split parent with its buffers) is
+        // held in the quarantine, and the rings and list pages are never freed.
         // Requests still in flight are not delivered (there is no one left to deliver them
         // to); completions already delivered and not taken are dropped normally.
         while self.core.next_delivery().is_some() {}
@@ -582,10 +593,12 @@ impl<D: PciFunction> Drop for IoQueuePair<D> {
         while !s.is_settled(e) {
             std::thread::sleep(Duration::from_micros(100));
         }
-        let deleted = if e != self.core.epoch() && s.state.load(Ordering::Acquire) != DEAD {
+        let state = s.state.load(Ordering::Acquire);
+        let stopped = state == LIVE || s.quarantine.proof().is_some();
+        let deleted = if e != self.core.epoch() && stopped {
             // A reset (or the release for removal) disabled the controller since these
-            // queues were created: they no longer exist there, and nothing of ours can be
-            // written any more.
+            // queues were created, and DMA was proven stopped: they no longer exist there,
+            // and nothing of ours can be written any more.
             s.give_back_qid(self.core.qid());
             true
         } else {
@@ -593,8 +606,8 @@ impl<D: PciFunction> Drop for IoQueuePair<D> {
         };
         self.core.on_teardown(Teardown::Deleted, self.core.epoch());
         while let Some(mut d) = self.core.next_delivery() {
-            if !deleted {
-                d.bufs.leak_on_drop();
+            if !deleted && self.quarantine.hold(&mut d.bufs) {
+                self.counters.held += 1;
             }
         }
         if !deleted {

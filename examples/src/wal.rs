@@ -76,6 +76,10 @@ pub enum Durability {
     Fua,
     /// Batches are written normally; a Flush after they complete makes them durable.
     Flush,
+    /// Batches are written normally and acknowledged when the write completes, with neither
+    /// FUA nor Flush: records still in the controller's volatile write cache are lost on a
+    /// power cut. Only for tests that show what the other two buy; never for data.
+    Volatile,
 }
 
 /// Where the log lives and how it commits.
@@ -594,7 +598,9 @@ impl<D: PciFunction> IoThread<D> {
         let id = self.next_batch;
         let r = match self.cfg.durability {
             Durability::Fua => self.qp.write_fua(&self.geo.ns, Lba(lba), buf, id),
-            Durability::Flush => self.qp.write(&self.geo.ns, Lba(lba), buf, id),
+            Durability::Flush | Durability::Volatile => {
+                self.qp.write(&self.geo.ns, Lba(lba), buf, id)
+            }
         };
         r.map_err(|r| WalError::Driver(*r.error))?;
         self.next_batch += 1;
@@ -614,7 +620,7 @@ impl<D: PciFunction> IoThread<D> {
     fn acknowledge(&mut self) -> Result<(), WalError> {
         while let Some(b) = self.inflight.front() {
             let durable =
-                b.written && (self.cfg.durability == Durability::Fua || b.id < self.written_upto);
+                b.written && (self.cfg.durability != Durability::Flush || b.id < self.written_upto);
             if !durable {
                 break;
             }
@@ -984,6 +990,64 @@ mod tests {
         assert_eq!(found.last_lsn(), 600);
         check(&found, 3000);
         assert_eq!(found.end_block, stats.blocks);
+    }
+
+    #[test]
+    fn a_power_cut_loses_nothing_acknowledged_with_fua_or_flush_and_loses_records_without() {
+        for (durability, mode) in [
+            (Durability::Fua, Mode::Thread),
+            (Durability::Flush, Mode::Inline),
+            (Durability::Volatile, Mode::Inline),
+        ] {
+            let dev = Arc::new(
+                EmuFunction::new(EmuConfig {
+                    mode,
+                    vwc: true,
+                    namespaces: vec![NsConfig::ram(8192, 4096)],
+                    ..EmuConfig::default()
+                })
+                .unwrap(),
+            );
+            let opts = ControllerOptions {
+                memory: MemoryOptions::any_pages(8 << 20),
+                admin_timeout: std::time::Duration::from_millis(200),
+                ..ControllerOptions::default()
+            };
+            let ctrl = Controller::new(Arc::clone(&dev), opts.clone()).unwrap();
+            let cfg = WalConfig {
+                start_lba: 16,
+                log_blocks: 4000,
+                durability,
+                max_batch_bytes: 32 << 10,
+                ..WalConfig::default()
+            };
+            let wal = Wal::start(ctrl.clone(), cfg.clone()).unwrap();
+            let acked = write_load(&wal, 4, 100, 3000);
+            assert_eq!(acked.len(), 400, "{durability:?}");
+            // The power goes: what the write cache held is gone, the controller is back in
+            // its power-on state. The old handles can only be dropped.
+            let lost = dev.power_cut();
+            let _ = wal.shutdown();
+            drop(ctrl);
+            let ctrl = Controller::new(Arc::clone(&dev), opts).unwrap();
+            let found = recover(&ctrl, &cfg).unwrap();
+            check(&found, 3000);
+            let last = *acked.last().unwrap();
+            if durability == Durability::Volatile {
+                assert!(lost > 0, "the cache held the records");
+                assert!(
+                    found.last_lsn() < last,
+                    "without FUA or Flush acknowledged records are lost: recovered {} of {last}",
+                    found.last_lsn()
+                );
+            } else {
+                assert!(
+                    found.last_lsn() >= last,
+                    "{durability:?}: recovered {} < acknowledged {last} ({lost} blocks lost)",
+                    found.last_lsn()
+                );
+            }
+        }
     }
 
     #[test]

@@ -192,6 +192,13 @@ impl IdentifyController {
         "Version (bytes 83:80), raw; see [`Self::ver`]."
     );
     le_field!(
+        rtd3e,
+        set_rtd3e,
+        u32,
+        88,
+        "RTD3 Entry Latency (bytes 91:88): expected time, in microseconds, from CC.SHN = normal to CSTS.SHST = complete; 0 = not reported."
+    );
+    le_field!(
         oacs_raw,
         set_oacs,
         u16,

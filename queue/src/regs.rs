@@ -26,6 +26,8 @@ pub const ASQ: usize = 0x28;
 pub const ACQ: usize = 0x30;
 /// First doorbell (SQ 0 tail).
 pub const DOORBELL_BASE: usize = 0x1000;
+/// CRTO: Controller Ready Timeouts (NVMe 2.0, 3.1.4.22), present when CAP.CRMS is not 0.
+pub const CRTO: usize = 0x68;
 
 /// Offset of the SQ `qid` tail doorbell for doorbell stride `dstrd` (CAP.DSTRD).
 #[inline]
@@ -90,6 +92,32 @@ impl Cap {
     /// Controller Memory Buffer Supported.
     pub fn cmbs(self) -> bool {
         self.0 >> 57 & 1 != 0
+    }
+    /// Controller Ready With Media Support (CAP.CRMS.CRWMS, bit 59, NVMe 2.0): the CRTO
+    /// register is there, and its CRWMT is the time to wait for CSTS.RDY (with CC.CRIME = 0,
+    /// as this driver leaves it) instead of CAP.TO.
+    pub fn crwms(self) -> bool {
+        self.0 >> 59 & 1 != 0
+    }
+    /// Controller Ready Independent of Media Support (CAP.CRMS.CRIMS, bit 60).
+    pub fn crims(self) -> bool {
+        self.0 >> 60 & 1 != 0
+    }
+}
+
+/// CRTO: Controller Ready Timeouts (NVMe 2.0, 3.1.4.22), both in 500 ms units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crto(pub u32);
+
+impl Crto {
+    /// Controller Ready With Media Timeout (bits 15:0): the wait for CSTS.RDY = 1 when
+    /// CC.CRIME = 0.
+    pub fn ready_with_media(self) -> Duration {
+        Duration::from_millis((self.0 & 0xffff) as u64 * 500)
+    }
+    /// Controller Ready Independent of Media Timeout (bits 31:16).
+    pub fn ready_independent_of_media(self) -> Duration {
+        Duration::from_millis((self.0 >> 16) as u64 * 500)
     }
 }
 

@@ -21,6 +21,9 @@ pub struct Counts {
     pub error: u64,
     /// Submissions refused up front (device gone, controller lost), not counted as submitted.
     pub refused: u64,
+    /// Failed requests whose buffers were held, not returned (the device may still write
+    /// them: `Error::BuffersHeld`); counted among `error` too.
+    pub held: u64,
     /// Error messages seen, with counts.
     pub errors: Vec<(String, u64)>,
 }
@@ -95,6 +98,7 @@ pub fn run<D: PciFunction>(
         counts.success += r.counts.success;
         counts.error += r.counts.error;
         counts.refused += r.counts.refused;
+        counts.held += r.counts.held;
         for (e, n) in r.counts.errors {
             *errors.entry(e).or_default() += n;
         }
@@ -177,6 +181,8 @@ fn run_one<D: PciFunction>(
             break;
         }
         qp.wait(Duration::from_millis(20)).expect("wait");
+        // While requests are in flight, so that a lost or doubled delivery shows.
+        qp.check_accounting().expect("queue pair accounting");
         while let Some(c) = qp.next_completion() {
             last_progress = Instant::now();
             let (lba, wseed) = in_flight.remove(&c.tag).unwrap_or_else(|| {
@@ -188,7 +194,18 @@ fn run_one<D: PciFunction>(
             });
             done_tags.insert(c.tag);
             busy_lbas.remove(&lba);
-            let buf = c.bufs.into_one().expect("the buffer comes back");
+            // The buffer comes back, unless the device may still write it: then the
+            // completion says it is held, and it is never handed out again.
+            let held = matches!(c.result, Err(Error::BuffersHeld { .. }));
+            assert_eq!(
+                held,
+                c.bufs.is_none(),
+                "held exactly when no buffer came back"
+            );
+            let buf = c.bufs.into_one();
+            if held {
+                counts.held += 1;
+            }
             match c.result {
                 Ok(()) => {
                     counts.success += 1;
@@ -200,6 +217,7 @@ fn run_one<D: PciFunction>(
                             // A successful read of a block we wrote must return that data.
                             if let Some(&seed) = written.get(&lba) {
                                 let mut got = vec![0u8; bs];
+                                let buf = buf.as_ref().expect("a success returns its buffer");
                                 buf.copy_to_slice(0, &mut got).unwrap();
                                 assert!(
                                     got == pattern(bs as u32, lba, seed, bs),
