@@ -1008,11 +1008,9 @@ mod tests {
                 })
                 .unwrap(),
             );
-            let opts = ControllerOptions {
-                memory: MemoryOptions::any_pages(8 << 20),
-                admin_timeout: std::time::Duration::from_millis(200),
-                ..ControllerOptions::default()
-            };
+            let opts = ControllerOptions::default()
+                .memory(MemoryOptions::any_pages(8 << 20))
+                .admin_timeout(std::time::Duration::from_millis(200));
             let ctrl = Controller::new(Arc::clone(&dev), opts.clone()).unwrap();
             let cfg = WalConfig {
                 start_lba: 16,

@@ -28,19 +28,15 @@ fn emu(mode: Mode) -> Arc<EmuFunction> {
 }
 
 fn opts() -> ControllerOptions {
-    ControllerOptions {
-        memory: MemoryOptions::any_pages(8 << 20),
-        admin_timeout: Duration::from_secs(2),
-        ..ControllerOptions::default()
-    }
+    ControllerOptions::default()
+        .memory(MemoryOptions::any_pages(8 << 20))
+        .admin_timeout(Duration::from_secs(2))
 }
 
 fn qp_opts() -> QueuePairOptions {
-    QueuePairOptions {
-        entries: 64,
-        timeout: Duration::from_secs(600),
-        ..Default::default()
-    }
+    QueuePairOptions::default()
+        .entries(64)
+        .timeout(Duration::from_secs(600))
 }
 
 /// An emulated function that can neither clear bus mastering nor be reset: after a failed
@@ -351,7 +347,7 @@ fn fault_dropped_queue_pair_holds_split_parents_buffers() {
         })
         .unwrap(),
     );
-    let ctrl = Controller::new(Arc::clone(&dev), ControllerOptions { ..opts() }).unwrap();
+    let ctrl = Controller::new(Arc::clone(&dev), opts()).unwrap();
     let mut qp = ctrl.create_io_qpair(qp_opts()).unwrap();
     let ns = ctrl.namespace(1).unwrap().clone();
     dev.inject(Fault::Command {
@@ -459,11 +455,9 @@ fn fault_reset_reports_completions_already_posted_as_what_they_were() {
 fn ctrl_with_short_admin_timeout(dev: &Arc<EmuFunction>) -> Controller<EmuFunction> {
     Controller::new(
         Arc::clone(dev),
-        ControllerOptions {
-            io_queues: 4,
-            admin_timeout: Duration::from_millis(100),
-            ..opts()
-        },
+        opts()
+            .io_queues(4)
+            .admin_timeout(Duration::from_millis(100)),
     )
     .unwrap()
 }
@@ -595,11 +589,9 @@ fn harm_load(ios: u64) -> nvme_dio_tests::load::Load {
         qd: 32,
         ios,
         region_blocks: 1024,
-        qp: QueuePairOptions {
-            entries: 64,
-            timeout: Duration::from_secs(600),
-            ..Default::default()
-        },
+        qp: QueuePairOptions::default()
+            .entries(64)
+            .timeout(Duration::from_secs(600)),
         stall: Duration::from_secs(60),
         fault_after: ios / 4,
         max_time: Duration::from_secs(120),

@@ -113,11 +113,9 @@ impl PciFunction for Spy {
 }
 
 fn opts(io_queues: u16) -> ControllerOptions {
-    ControllerOptions {
-        io_queues,
-        memory: MemoryOptions::any_pages(8 << 20),
-        ..ControllerOptions::default()
-    }
+    ControllerOptions::default()
+        .io_queues(io_queues)
+        .memory(MemoryOptions::any_pages(8 << 20))
 }
 
 #[test]
