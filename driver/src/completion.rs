@@ -30,6 +30,7 @@ impl Bufs {
     }
 
     /// The single buffer, if this was a one-buffer request.
+    #[inline]
     pub fn into_one(self) -> Option<DmaBuf> {
         match self {
             Bufs::One(b) => Some(b),
@@ -38,6 +39,7 @@ impl Bufs {
     }
 
     /// All buffers, in order.
+    #[inline]
     pub fn into_vec(self) -> Vec<DmaBuf> {
         match self {
             Bufs::None => Vec::new(),
