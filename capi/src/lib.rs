@@ -538,7 +538,9 @@ pub unsafe extern "C" fn nvd_buf_free(buf: *mut nvd_buf) -> i32 {
         if lock(&b.buf).is_none() {
             return Err(fail(
                 NVD_ERR_BUSY,
-                "nvd_buf_free: the buffer is in flight; wait for its callback",
+                "nvd_buf_free: the buffer is in flight (wait for its callback), or its callback \
+                 said it is held because the device may still write it: then it is never \
+                 freed",
             ));
         }
         // SAFETY: it came from Box::into_raw in nvd_buf_alloc; no request holds it (checked

@@ -251,6 +251,9 @@ pub struct QueueStats {
     /// Failed requests whose buffers were held, not returned, because the device may still
     /// write them ([`Error::BuffersHeld`]); counted among `errors`.
     pub held: u64,
+    /// Requests submitted again after a retryable status or a reset
+    /// ([`IoQueuePair::set_retries`]).
+    pub retries: u64,
 }
 
 /// The shell's own counters (the core keeps the rest).
@@ -287,6 +290,7 @@ impl QueueStats {
             interrupts: shell.interrupts,
             resets_requested: shell.resets_requested,
             held: shell.held,
+            retries: core.retries,
         }
     }
 }

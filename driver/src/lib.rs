@@ -112,4 +112,4 @@ pub use nvme_dio_dma::{DmaBuf, DmaMemory, DmaPool, MemoryOptions, PageKind, PciF
 /// The NVMe spec types and command builders (for [`IoQueuePair::submit_raw`]).
 pub use nvme_dio_queue as spec;
 pub use nvme_dio_queue::{Lba, Nsid, Status};
-pub use qpair::{CompletionMode, IoQueuePair, QueuePairOptions};
+pub use qpair::{CompletionMode, DEFAULT_RETRIES, IoQueuePair, QueuePairOptions};

@@ -69,6 +69,9 @@ pub struct QueuePairOptions {
     pub timeout: Duration,
 }
 
+/// Retries per request a new queue pair starts with (see [`IoQueuePair::set_retries`]).
+pub const DEFAULT_RETRIES: u8 = 3;
+
 impl Default for QueuePairOptions {
     fn default() -> Self {
         QueuePairOptions {
@@ -143,8 +146,8 @@ pub struct IoQueuePair<D: PciFunction> {
     /// The DMA address space of this controller: buffers must come from it.
     pub(crate) domain: usize,
     pub(crate) scratch: Vec<Segment>,
-    counters: ShellCounters,
-    quarantine: Quarantine,
+    pub(crate) counters: ShellCounters,
+    pub(crate) quarantine: Quarantine,
     // Cold: time, resets, interrupts.
     pub(crate) page: PageSize,
     size: QueueSize,
@@ -175,8 +178,10 @@ impl<D: PciFunction> IoQueuePair<D> {
         } = parts;
         let page = shared.page;
         let dstrd = shared.dstrd;
+        let mut core = QueuePairCore::new(qid, size, opts.timeout, epoch);
+        core.set_retries(DEFAULT_RETRIES);
         IoQueuePair {
-            core: QueuePairCore::new(qid, size, opts.timeout, epoch),
+            core,
             sq: SqMem::new(sq, size),
             cq: CqMem::new(cq, size),
             lists: ListMem::new(lists, shared.prp_list_pages, page),
@@ -221,6 +226,16 @@ impl<D: PciFunction> IoQueuePair<D> {
     /// Commands in flight (the device owns their slots).
     pub fn outstanding(&self) -> usize {
         self.core.commands_in_flight()
+    }
+
+    /// A request of one command that fails with a retryable status (DNR clear) or is
+    /// dropped by a controller reset is submitted again, up to `limit` times
+    /// ([`DEFAULT_RETRIES`] to begin with), before its failure is delivered: the caller sees
+    /// one completion, [`QueueStats::retries`] counts the retries. 0 turns them off. Split
+    /// requests are not retried. The limit applies at once; only requests submitted while
+    /// retries are on can be retried (their entry is kept, 64 bytes per slot).
+    pub fn set_retries(&mut self, limit: u8) {
+        self.core.set_retries(limit);
     }
 
     /// Counters since creation.
@@ -275,16 +290,21 @@ impl<D: PciFunction> IoQueuePair<D> {
         if self.reap() == 0 {
             self.counters.empty_polls += 1;
         }
-        if self.core.splits_waiting() > 0 {
-            let mut placer = crate::submit::Placer {
-                sq: &self.sq,
-                lists: &self.lists,
-            };
-            self.core.pump(&mut placer);
-            self.ring();
+        if self.core.splits_waiting() > 0 || self.core.retries_waiting() > 0 {
+            self.pump();
         }
         self.maybe_tick();
         self.core.ready()
+    }
+
+    /// Places what waits for free slots (retries, split children) and rings the doorbell.
+    fn pump(&mut self) {
+        let mut placer = crate::submit::Placer {
+            sq: &self.sq,
+            lists: &self.lists,
+        };
+        self.core.pump(&mut placer);
+        self.ring();
     }
 
     /// Takes the next finished request, if any (call [`IoQueuePair::poll`] to find more).
@@ -546,10 +566,17 @@ impl<D: PciFunction> IoQueuePair<D> {
                     // Created under the admin lock, after every reset up to `created_in`.
                     self.core.on_teardown(Teardown::Reset, created_in);
                     self.lost = None;
+                    // Requests the reset dropped go out again on the new queues.
+                    if self.core.retries_waiting() > 0 {
+                        self.pump();
+                    }
                 }
                 // If the controller may still hold the queues (`maybe_held`), Drop's
                 // deletion finds out; until it is confirmed the rings are never freed.
-                Err(f) => self.lost = Some(Arc::new(f.error)),
+                Err(f) => {
+                    self.lost = Some(Arc::new(f.error));
+                    self.core.fail_retries(Teardown::Reset);
+                }
             }
         }
     }
@@ -574,46 +601,6 @@ impl<D: PciFunction> IoQueuePair<D> {
                 qid: self.core.qid().0,
                 source: Arc::clone(why),
             }),
-        }
-    }
-}
-
-impl<D: PciFunction> Drop for IoQueuePair<D> {
-    fn drop(&mut self) {
-        // Deleting the SQ makes the controller abort whatever it still holds; only then may
-        // the rings, list pages and in-flight buffers be freed. If the controller does not
-        // confirm the deletion it may still write them: every buffer of every request in
-        // flight (split parents' too: the core retires a split parent with its buffers) is
-        // held in the quarantine, and the rings and list pages are never freed.
-        // Requests still in flight are not delivered (there is no one left to deliver them
-        // to); completions already delivered and not taken are dropped normally.
-        while self.core.next_delivery().is_some() {}
-        let s = &*self.shared;
-        let e = s.epoch.load(Ordering::Acquire);
-        while !s.is_settled(e) {
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        let state = s.state.load(Ordering::Acquire);
-        let stopped = state == LIVE || s.quarantine.proof().is_some();
-        let deleted = if e != self.core.epoch() && stopped {
-            // A reset (or the release for removal) disabled the controller since these
-            // queues were created, and DMA was proven stopped: they no longer exist there,
-            // and nothing of ours can be written any more.
-            s.give_back_qid(self.core.qid());
-            true
-        } else {
-            s.delete_qpair(self.core.qid())
-        };
-        self.core.on_teardown(Teardown::Deleted, self.core.epoch());
-        while let Some(mut d) = self.core.next_delivery() {
-            if !deleted && self.quarantine.hold(&mut d.bufs) {
-                self.counters.held += 1;
-            }
-        }
-        if !deleted {
-            self.lists.leak();
-            self.sq.leak();
-            self.cq.leak();
         }
     }
 }

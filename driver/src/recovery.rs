@@ -1,5 +1,5 @@
-//! Recovery and teardown: controller resets, the release for removal, queue deletion, Abort,
-//! and shutdown.
+//! Recovery and teardown: controller resets, the release for removal, queue deletion (and
+//! the queue pair's Drop), Abort, and shutdown.
 
 use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use nvme_dio_dma::{Bar0, DmaStopped, PciFunction};
 use nvme_dio_queue::cmd::{DeleteIoCq, DeleteIoSq};
+use nvme_dio_queue::queue_pair::Teardown;
 use nvme_dio_queue::regs::{self, Cc, Csts, shn, shst};
 use nvme_dio_queue::{Qid, QueueSize};
 
 use crate::admin::AdminQueue;
 use crate::controller::{DEAD, GONE, LIVE, Shared};
 use crate::error::{AbortReason, Error, Nonsense, Stage};
+use crate::qpair::IoQueuePair;
 use crate::regio::{
     CreateFailed, create_io_queues, disable, enable, no_longer_held, read32, set_number_of_queues,
 };
@@ -275,6 +277,46 @@ impl<D: PciFunction> Drop for Shared<D> {
                 .get_mut()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .leak();
+        }
+    }
+}
+
+impl<D: PciFunction> Drop for IoQueuePair<D> {
+    fn drop(&mut self) {
+        // Deleting the SQ makes the controller abort whatever it still holds; only then may
+        // the rings, list pages and in-flight buffers be freed. If the controller does not
+        // confirm the deletion it may still write them: every buffer of every request in
+        // flight (split parents' too: the core retires a split parent with its buffers) is
+        // held in the quarantine, and the rings and list pages are never freed.
+        // Requests still in flight are not delivered (there is no one left to deliver them
+        // to); completions already delivered and not taken are dropped normally.
+        while self.core.next_delivery().is_some() {}
+        let s = &*self.shared;
+        let e = s.epoch.load(Ordering::Acquire);
+        while !s.is_settled(e) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let state = s.state.load(Ordering::Acquire);
+        let stopped = state == LIVE || s.quarantine.proof().is_some();
+        let deleted = if e != self.core.epoch() && stopped {
+            // A reset (or the release for removal) disabled the controller since these
+            // queues were created, and DMA was proven stopped: they no longer exist there,
+            // and nothing of ours can be written any more.
+            s.give_back_qid(self.core.qid());
+            true
+        } else {
+            s.delete_qpair(self.core.qid())
+        };
+        self.core.on_teardown(Teardown::Deleted, self.core.epoch());
+        while let Some(mut d) = self.core.next_delivery() {
+            if !deleted && self.quarantine.hold(&mut d.bufs) {
+                self.counters.held += 1;
+            }
+        }
+        if !deleted {
+            self.lists.leak();
+            self.sq.leak();
+            self.cq.leak();
         }
     }
 }

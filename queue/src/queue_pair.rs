@@ -215,6 +215,8 @@ pub struct Counters {
     pub bad_sq_heads: u64,
     /// Teardowns (resets adopted, removal, deletion).
     pub teardowns: u64,
+    /// Requests placed again: after a retryable status (DNR clear) or a reset.
+    pub retries: u64,
 }
 
 /// The counters do not add up (a bug in the core).
@@ -248,6 +250,10 @@ pub struct QueuePairCore<B> {
     timeout: Duration,
     epoch: u64,
     aborts: Vec<Cid>,
+    /// Times a request of one command is placed again before its failure is delivered.
+    retry_limit: u8,
+    /// Slots waiting to be placed again, oldest first.
+    retries: VecDeque<u16>,
 }
 
 impl<B> QueuePairCore<B> {
@@ -266,7 +272,22 @@ impl<B> QueuePairCore<B> {
             timeout,
             epoch,
             aborts: Vec::new(),
+            retry_limit: 0,
+            retries: VecDeque::new(),
         }
+    }
+
+    /// Requests of one command that fail with a retryable status (DNR clear) or are
+    /// dropped by a controller reset are placed again, up to `limit` times, before their
+    /// failure is delivered; the caller sees one delivery. 0 (the default) turns it off.
+    /// A split's children are not retried.
+    pub fn set_retries(&mut self, limit: u8) {
+        self.retry_limit = limit;
+    }
+
+    /// Requests waiting to be placed again ([`QueuePairCore::pump`] places them).
+    pub fn retries_waiting(&self) -> usize {
+        self.retries.len()
     }
 
     /// The queue identifier.
@@ -378,7 +399,12 @@ impl<B> QueuePairCore<B> {
                 return Err((Refusal::Build(e), bufs));
             }
         };
-        self.slab.trackers[slot as usize].opcode = sqe.opc;
+        let t = &mut self.slab.trackers[slot as usize];
+        t.opcode = sqe.opc;
+        if self.retry_limit > 0 {
+            t.sqe = sqe;
+            t.kept = true;
+        }
         sqe.cid = self.slab.cid(slot).0;
         let index = self.sq.push();
         sink.write_sqe(index, &sqe);
@@ -432,8 +458,22 @@ impl<B> QueuePairCore<B> {
         Ok(())
     }
 
-    /// Places waiting children of split requests while slots are free, oldest split first.
+    /// Places requests waiting for a retry, then waiting children of split requests, while
+    /// slots are free, oldest first.
     pub fn pump<S: Sink>(&mut self, sink: &mut S) {
+        while let Some(&slot) = self.retries.front() {
+            if self.sq.is_full() {
+                return;
+            }
+            self.retries.pop_front();
+            let t = &mut self.slab.trackers[slot as usize];
+            t.queued = false;
+            let mut sqe = t.sqe;
+            sqe.cid = self.slab.cid(slot).0;
+            let index = self.sq.push();
+            sink.write_sqe(index, &sqe);
+            self.counters.commands += 1;
+        }
         while let Some(&idx) = self.splits.pending.front() {
             loop {
                 let p = self.splits.get_mut(idx).expect("pending parents are live");
@@ -520,6 +560,14 @@ impl<B> QueuePairCore<B> {
             return CqeVerdict::Stale;
         };
         let t = &self.slab.trackers[slot as usize];
+        if !cqe.status.is_success()
+            && !cqe.status.dnr()
+            && t.aborted.is_none()
+            && self.retryable(slot)
+        {
+            self.requeue(slot);
+            return CqeVerdict::Matched;
+        }
         let outcome = if cqe.status.is_success() {
             Outcome::Success
         } else if t.aborted.is_some()
@@ -599,10 +647,24 @@ impl<B> QueuePairCore<B> {
     /// re-created queues will belong to.
     pub fn on_teardown(&mut self, why: Teardown, epoch: u64) {
         self.counters.teardowns += 1;
+        if why != Teardown::Reset {
+            self.retries.clear();
+        }
         for slot in 0..self.slab.capacity() as u16 {
-            if self.slab.trackers[slot as usize].busy {
-                self.retire(slot, Outcome::TornDown(why), 0);
+            let t = &self.slab.trackers[slot as usize];
+            if !t.busy {
+                continue;
             }
+            if why == Teardown::Reset && t.queued {
+                continue; // already waiting to go out again, on the new queues
+            }
+            if why == Teardown::Reset && self.retryable(slot) {
+                // The reset disabled the controller: this command is gone from it, its
+                // buffers untouched from now on; it goes out again on the new queues.
+                self.requeue(slot);
+                continue;
+            }
+            self.retire(slot, Outcome::TornDown(why), 0);
         }
         for idx in self.splits.live() {
             let p = self.splits.get_mut(idx).expect("live");
@@ -613,6 +675,29 @@ impl<B> QueuePairCore<B> {
         self.sq.reset();
         self.cq.reset();
         self.epoch = epoch;
+    }
+
+    /// Retires every request waiting for a retry with `outcome` (the queues could not be
+    /// re-created: they will never go out again).
+    pub fn fail_retries(&mut self, why: Teardown) {
+        while let Some(slot) = self.retries.pop_front() {
+            self.slab.trackers[slot as usize].queued = false;
+            self.retire(slot, Outcome::TornDown(why), 0);
+        }
+    }
+
+    // ---- retries ----------------------------------------------------------------------
+
+    /// A request of one command with tries left (its entry was kept).
+    fn retryable(&self, slot: u16) -> bool {
+        let t = &self.slab.trackers[slot as usize];
+        t.kept && t.parent == NO_PARENT && t.tries < self.retry_limit
+    }
+
+    fn requeue(&mut self, slot: u16) {
+        self.slab.requeue(slot);
+        self.retries.push_back(slot);
+        self.counters.retries += 1;
     }
 
     // ---- retirement -------------------------------------------------------------------

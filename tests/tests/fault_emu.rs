@@ -165,11 +165,12 @@ fn fault_stuck_command_the_abort_cannot_free_resets_the_controller() {
     });
     check_accounting(&c);
     assert_eq!(ctrl.resets(), 1, "{c:?}");
-    assert!(c.error >= 1, "{c:?}");
+    // The stuck command and the requests in flight at the reset are submitted again on the
+    // new queues (retries, 3 by default): they fail only if they fail again.
     assert_eq!(
         c.error,
         errors_matching(&c, "aborted: the controller was reset") + errors_matching(&c, "timed out"),
-        "only the stuck command and the requests in flight at the reset failed: {c:?}"
+        "only the stuck command and the requests in flight at the reset may fail: {c:?}"
     );
     // The queue pairs kept working after the reset: most requests succeeded.
     assert!(c.success > 5000, "{c:?}");

@@ -548,6 +548,8 @@ fn fault_controller_that_needs_two_resets_comes_back() {
     let dev = emu(Mode::Inline);
     let ctrl = Controller::new(Arc::clone(&dev), opts()).unwrap();
     let mut qp = ctrl.create_io_qpair(qp_opts()).unwrap();
+    // Retries off: the requests the reset drops fail with it (retries are tested below).
+    qp.set_retries(0);
     submit_held_reads(&dev, &ctrl, &mut qp, 3);
     // The first enable after the disable fails (CSTS.CFS, RDY stays 0).
     dev.inject(Fault::EnableFails { times: 1 }).unwrap();
@@ -683,5 +685,99 @@ fn fault_load_dead_controller_without_proof_holds_and_writes_nothing_freed() {
         0,
         "{:?}",
         emu.freed_write_events().first()
+    );
+}
+
+// ---- retries ------------------------------------------------------------------------------
+
+fn fail_reads(dev: &EmuFunction, count: u32, dnr: bool) {
+    let mut status = nvme_dio::Status::new(0, 0x06); // Internal Error
+    if dnr {
+        status = status.with_dnr();
+    }
+    dev.inject(Fault::Command {
+        target: Target::Opcode {
+            admin: false,
+            opcode: opcode::nvm::READ,
+            count,
+        },
+        action: Action::Status(status),
+    })
+    .unwrap();
+}
+
+#[test]
+fn fault_retryable_status_is_retried_and_the_caller_sees_one_completion() {
+    let dev = emu(Mode::Inline);
+    let ctrl = Controller::new(Arc::clone(&dev), opts()).unwrap();
+    let mut qp = ctrl.create_io_qpair(qp_opts()).unwrap();
+    // Fails once without DNR: the retry succeeds.
+    fail_reads(&dev, 1, false);
+    let c = read_one(&ctrl, &mut qp, 1);
+    assert!(c.result.is_ok(), "{:?}", c.result);
+    assert_eq!(qp.stats().retries, 1);
+    // Fails with DNR: not retried.
+    fail_reads(&dev, 1, true);
+    let c = read_one(&ctrl, &mut qp, 2);
+    assert!(c.result.is_err());
+    assert_eq!(qp.stats().retries, 1);
+    // Fails every time: delivered once, after the default 3 retries.
+    fail_reads(&dev, 10, false);
+    let c = read_one(&ctrl, &mut qp, 3);
+    assert!(c.result.is_err());
+    assert_eq!(qp.stats().retries, 1 + nvme_dio::DEFAULT_RETRIES as u64);
+    dev.clear_faults();
+    // Retries off.
+    qp.set_retries(0);
+    fail_reads(&dev, 1, false);
+    let c = read_one(&ctrl, &mut qp, 4);
+    assert!(c.result.is_err());
+    let stats = qp.stats();
+    assert_eq!(stats.retries, 1 + nvme_dio::DEFAULT_RETRIES as u64);
+    assert_eq!(stats.submitted, 4, "{stats:?}");
+    assert_eq!(stats.completed, 4, "one completion per request: {stats:?}");
+    assert_eq!(stats.errors, 3, "{stats:?}");
+    drop(qp);
+    drop(ctrl);
+    assert_eq!(
+        dev.stats().freed_writes,
+        0,
+        "{:?}",
+        dev.freed_write_events().first()
+    );
+}
+
+#[test]
+fn fault_requests_dropped_by_a_reset_are_retried() {
+    let dev = emu(Mode::Inline);
+    let ctrl = Controller::new(Arc::clone(&dev), opts()).unwrap();
+    let mut qp = ctrl.create_io_qpair(qp_opts()).unwrap();
+    submit_held_reads(&dev, &ctrl, &mut qp, 4);
+    ctrl.reset().unwrap();
+    let done = collect(&mut qp, 4);
+    assert_eq!(done.len(), 4);
+    assert!(done.iter().all(|c| c.result.is_ok()), "{done:?}");
+    assert_eq!(qp.stats().retries, 4);
+    // With retries off they fail with the reset.
+    qp.set_retries(0);
+    submit_held_reads(&dev, &ctrl, &mut qp, 2);
+    ctrl.reset().unwrap();
+    let done = collect(&mut qp, 2);
+    assert_eq!(done.len(), 2);
+    assert!(
+        done.iter()
+            .all(|c| matches!(&c.result, Err(nvme_dio::Error::Aborted(_)))),
+        "{done:?}"
+    );
+    let stats = qp.stats();
+    assert_eq!(stats.submitted, stats.completed, "{stats:?}");
+    assert_eq!(stats.retries, 4, "{stats:?}");
+    drop(qp);
+    drop(ctrl);
+    assert_eq!(
+        dev.stats().freed_writes,
+        0,
+        "{:?}",
+        dev.freed_write_events().first()
     );
 }

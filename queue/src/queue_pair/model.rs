@@ -113,6 +113,18 @@ pub struct Model {
 impl Model {
     /// A core of `entries` entries per ring, and an idle model controller.
     pub fn new(entries: u32) -> Model {
+        Model::with_retries(entries, 0)
+    }
+
+    /// The same with a retry limit: requests failed with a retryable status, or dropped by
+    /// a teardown for reset, are placed again up to `retries` times.
+    pub fn with_retries(entries: u32, retries: u8) -> Model {
+        let mut m = Model::plain(entries);
+        m.core.set_retries(retries);
+        m
+    }
+
+    fn plain(entries: u32) -> Model {
         let slots = entries - 1;
         let slot_bits = u32::BITS - (slots.max(2) - 1).leading_zeros();
         Model {
@@ -251,6 +263,7 @@ impl Model {
                 let status = match status {
                     0 | 1 => Status::SUCCESS,
                     2 => Status::new(0, sc::INTERNAL_ERROR).with_dnr(),
+                    // Retryable (no DNR) unless it was aborted on request.
                     _ => Status::new(0, sc::ABORT_REQUESTED),
                 };
                 let v = self.core.on_cqe(self.cqe(cid, status));
@@ -342,8 +355,13 @@ impl Model {
         self.dev_tail = 0;
         self.epoch += 1;
         self.core.on_teardown(why, self.epoch);
-        assert_eq!(self.core.commands_in_flight(), 0);
-        assert_eq!(self.core.requests_in_flight(), 0);
+        // Nothing is with the controller; requests dropped by a reset may wait (holding
+        // their trackers) to be placed again, with retries on.
+        assert_eq!(self.core.commands_in_flight(), self.core.retries_waiting());
+        assert_eq!(
+            self.core.requests_in_flight(),
+            self.core.retries_waiting() as u64
+        );
         assert_eq!(self.core.epoch(), self.epoch);
     }
 

@@ -6,10 +6,12 @@ use std::collections::HashSet;
 
 use proptest::prelude::*;
 
-use super::model::{Model, Step};
+use super::model::{Model, Step, Token, VecSink};
 use super::ring::{CqIndex, SqIndex};
 use super::tracker::{NO_PARENT, Slab};
 use super::*;
+use crate::cmd::Read;
+use crate::{Lba, Nsid};
 
 fn size(n: u32) -> QueueSize {
     QueueSize::new(n).unwrap()
@@ -147,9 +149,10 @@ proptest! {
     #[test]
     fn core_against_a_model_controller(
         entries in prop_oneof![Just(2u32), Just(3), Just(4), Just(8), Just(33)],
+        retries in prop_oneof![Just(0u8), Just(2)],
         steps in proptest::collection::vec(step(), 1..200),
     ) {
-        let mut m = Model::new(entries);
+        let mut m = Model::with_retries(entries, retries);
         for s in &steps {
             m.run(s);
             m.check();
@@ -276,4 +279,119 @@ fn accounting_check_can_fail() {
     m.run(&Step::One { fail: false });
     m.core.counters.submitted += 1; // a request counted but never tracked
     assert!(m.core.check_accounting().is_err());
+}
+
+// ---- retries ----------------------------------------------------------------------------
+
+#[test]
+fn a_retryable_status_places_the_same_entry_again_under_a_new_cid_and_delivers_once() {
+    let mut core: QueuePairCore<Token> =
+        QueuePairCore::new(Qid(1), size(4), Duration::from_secs(1), 0);
+    core.set_retries(2);
+    let mut sink = VecSink {
+        ring: vec![None; 4],
+        slot_mask: 0b11,
+        ..VecSink::default()
+    };
+    core.submit(&mut sink, 7, Token(7), |_, _| {
+        Ok::<_, ()>(Read::new(Nsid(1), Lba(42), 1).build(Dptr::None))
+    })
+    .unwrap();
+    let first = sink.ring[0].unwrap();
+    let cqe = |cid: u16, sqhd: u16, status: Status| Cqe {
+        result: 0,
+        rsvd: 0,
+        sqhd,
+        sqid: 1,
+        cid,
+        status,
+    };
+    let retryable = Status::new(sct::GENERIC, sc::INTERNAL_ERROR);
+    core.take_sq_doorbell();
+    assert_eq!(
+        core.on_cqe(cqe(first.cid, 1, retryable)),
+        CqeVerdict::Matched
+    );
+    assert_eq!(core.ready(), 0, "retried, not delivered");
+    assert_eq!(core.retries_waiting(), 1);
+    core.pump(&mut sink);
+    let second = sink.ring[1].unwrap();
+    assert_ne!(second.cid, first.cid, "a new CID generation");
+    assert_eq!(
+        Sqe { cid: 0, ..second },
+        Sqe { cid: 0, ..first },
+        "the same entry"
+    );
+    // A duplicate of the first placement's CQE is stale now.
+    core.take_sq_doorbell();
+    assert_eq!(core.on_cqe(cqe(first.cid, 2, retryable)), CqeVerdict::Stale);
+    // Failing again: the second retry; then a third failure is delivered (limit 2).
+    assert_eq!(
+        core.on_cqe(cqe(second.cid, 2, retryable)),
+        CqeVerdict::Matched
+    );
+    core.pump(&mut sink);
+    let third = sink.ring[2].unwrap();
+    core.take_sq_doorbell();
+    core.on_cqe(cqe(third.cid, 3, retryable));
+    let d = core
+        .next_delivery()
+        .expect("delivered after the last retry");
+    assert_eq!((d.tag, d.bufs), (7, Token(7)));
+    assert!(matches!(d.outcome, Outcome::Status { .. }));
+    assert!(core.next_delivery().is_none());
+    assert_eq!(core.counters().retries, 2);
+    assert_eq!(core.counters().failed, 1);
+    core.check_accounting().unwrap();
+}
+
+#[test]
+fn a_reset_keeps_retryable_requests_and_places_them_on_the_new_queues() {
+    let mut core: QueuePairCore<Token> =
+        QueuePairCore::new(Qid(1), size(4), Duration::from_secs(1), 0);
+    core.set_retries(1);
+    let mut sink = VecSink {
+        ring: vec![None; 4],
+        slot_mask: 0b11,
+        ..VecSink::default()
+    };
+    for tag in [1, 2] {
+        core.submit(&mut sink, tag, Token(tag), |_, _| {
+            Ok::<_, ()>(Read::new(Nsid(1), Lba(tag), 1).build(Dptr::None))
+        })
+        .unwrap();
+    }
+    core.on_teardown(Teardown::Reset, 1);
+    core.on_teardown(Teardown::Reset, 1); // adopted twice (reset, then re-created): one try
+    assert_eq!(core.ready(), 0);
+    assert_eq!(core.retries_waiting(), 2);
+    assert_eq!(core.counters().retries, 2);
+    sink.ring = vec![None; 4];
+    sink.unconsumed.clear();
+    core.pump(&mut sink);
+    assert!(sink.ring[0].is_some() && sink.ring[1].is_some());
+    // The next reset is one too many: delivered as torn down.
+    core.on_teardown(Teardown::Reset, 2);
+    let tags: Vec<u64> = std::iter::from_fn(|| core.next_delivery())
+        .map(|d| {
+            assert_eq!(d.outcome, Outcome::TornDown(Teardown::Reset));
+            d.tag
+        })
+        .collect();
+    assert_eq!(tags, vec![1, 2]);
+    core.check_accounting().unwrap();
+    // A dead controller retires waiting retries too.
+    core.submit(&mut sink, 3, Token(3), |_, _| {
+        Ok::<_, ()>(Read::new(Nsid(1), Lba(3), 1).build(Dptr::None))
+    })
+    .unwrap();
+    core.on_teardown(Teardown::Reset, 3);
+    assert_eq!(core.retries_waiting(), 1);
+    core.on_teardown(Teardown::Dead, 3);
+    assert_eq!(core.retries_waiting(), 0);
+    assert_eq!(
+        core.next_delivery().unwrap().outcome,
+        Outcome::TornDown(Teardown::Dead)
+    );
+    core.check_accounting().unwrap();
 }

@@ -5,7 +5,7 @@
 //! has since been reused) does not match and is counted instead of trusted. Encode
 //! ([`Slab::cid`]) and decode ([`Slab::lookup`]) sit next to each other on purpose.
 
-use crate::Cid;
+use crate::{Cid, Sqe};
 
 use super::Stamp;
 
@@ -28,6 +28,15 @@ pub(crate) struct Tracker<B> {
     pub(crate) seen: Option<Stamp>,
     /// When the command passed its deadline and an Abort was asked for.
     pub(crate) aborted: Option<Stamp>,
+    /// The entry as placed (CID aside), kept for a retry when retries are on; a split's
+    /// children are not retried.
+    pub(crate) sqe: Sqe,
+    /// Times this request was placed again (a retryable status, or a reset).
+    pub(crate) tries: u8,
+    /// Waiting in the core's retry queue to be placed again (not on the controller).
+    pub(crate) queued: bool,
+    /// `sqe` holds this request's entry (retries were on when it was submitted).
+    pub(crate) kept: bool,
 }
 
 /// The slab and its free list.
@@ -52,6 +61,10 @@ impl<B> Slab<B> {
                 bufs: None,
                 seen: None,
                 aborted: None,
+                sqe: Sqe::default(),
+                tries: 0,
+                queued: false,
+                kept: false,
             })
             .collect();
         Slab {
@@ -93,6 +106,9 @@ impl<B> Slab<B> {
         t.bufs = bufs;
         t.seen = None;
         t.aborted = None;
+        t.tries = 0;
+        t.queued = false;
+        t.kept = false;
         Some(slot)
     }
 
@@ -123,6 +139,18 @@ impl<B> Slab<B> {
             Some(t) if t.busy && (t.generation & gen_mask) == generation => Some(slot),
             _ => None,
         }
+    }
+
+    /// Gives a busy slot a new use for a retry: a new CID generation (so a late or duplicate
+    /// CQE of the previous placement is stale), deadlines from scratch, queued for placing.
+    pub(crate) fn requeue(&mut self, slot: u16) {
+        let t = &mut self.trackers[slot as usize];
+        debug_assert!(t.busy);
+        t.generation = t.generation.wrapping_add(1);
+        t.tries = t.tries.saturating_add(1);
+        t.seen = None;
+        t.aborted = None;
+        t.queued = true;
     }
 
     /// Frees a busy slot: the controller no longer holds it. Returns what it carried.
