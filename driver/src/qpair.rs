@@ -107,6 +107,9 @@ impl QueuePairOptions {
     }
 }
 
+/// How often an idle queue pair looks at the device's health (removal, CSTS).
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
 /// Polls between two looks at the deadline of a [`IoQueuePair::wait`] in poll mode.
 const SPINS_PER_CLOCK_READ: u32 = 1024;
 
@@ -478,11 +481,16 @@ impl<D: PciFunction> IoQueuePair<D> {
     /// polled rarely, from a reactor's timer, still sees its deadlines on time.
     #[inline]
     fn maybe_tick(&mut self) {
-        if self.core.commands_in_flight() == 0 {
-            return;
-        }
         let now = Stamp(coarse_nanos());
-        if now.since(self.last_tick) < self.tick_every {
+        // Idle, there are no deadlines to watch, but the device's health still is: a removal
+        // or a dead controller is noticed within IDLE_TICK even by a queue pair that only
+        // polls now and then.
+        let every = if self.core.commands_in_flight() == 0 {
+            IDLE_TICK.max(self.tick_every)
+        } else {
+            self.tick_every
+        };
+        if now.since(self.last_tick) < every {
             return;
         }
         self.last_tick = now;

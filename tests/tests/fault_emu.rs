@@ -308,3 +308,34 @@ fn fault_reset_under_load_keeps_queue_pairs_working() {
     assert!(load::verify(&ctrl, &written) > 500);
     assert!(dev.ub_events().is_empty(), "{:?}", dev.ub_events());
 }
+
+/// Issue 12, defect 5 (idle half): a queue pair with nothing in flight, polled now and then
+/// (a reactor's timer), still notices that the device went away: its next submission is
+/// refused as gone, without a request having to time out first. Before, the device was
+/// looked at only while commands were in flight.
+#[test]
+fn fault_an_idle_queue_pair_notices_a_removed_device() {
+    let (dev, ctrl) = bring_up(Mode::Inline);
+    let ns = ctrl.namespace(1).unwrap().clone();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    dev.inject(Fault::SurpriseRemoval).unwrap();
+    // Poll as an idle reactor would, a few times a second; give up after 10 s (a hang
+    // detector, not a measurement: the driver looks once a second).
+    let mut noticed = false;
+    for _ in 0..200 {
+        qp.poll();
+        if ctrl.is_gone() {
+            noticed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(noticed, "an idle queue pair never noticed the removal");
+    let buf = ctrl.memory().alloc(4096, 4096).unwrap();
+    let r = qp.read(&ns, Lba(0), buf, 1).unwrap_err();
+    assert!(
+        matches!(*r.error, Error::DeviceGone { .. }),
+        "refused as gone: {}",
+        r.error
+    );
+}
