@@ -111,6 +111,9 @@ class Controller:
     # Behind its own pcie-root-port (hot-pluggable: QMP device_del can remove it). The first
     # such port gets secondary bus 1, so only one controller may use it.
     root_port: bool = False
+    # QEMU's MSI-X table size (None: its default, 65): smaller than the queue pairs makes
+    # the driver share vectors.
+    msix_qsize: int | None = None
 
     @property
     def bdf(self) -> str:
@@ -150,6 +153,8 @@ class Controller:
         else:
             where = f"bus=pcie.0,addr=0x{self.slot:x}"
         ctrl = f"nvme,id={cid},serial={self.serial},mdts={self.mdts},{where}"
+        if self.msix_qsize is not None:
+            ctrl += f",msix_qsize={self.msix_qsize}"
         if len(self.namespaces) == 1 and self.namespaces[0].nsid == 1:
             args += ["-device", f"{ctrl},drive={drives[0]},{blk}"]
         else:
@@ -165,6 +170,8 @@ TEST_MATRIX = [
     Controller(0x06, "mdts0", "mdts0000", 0, 4096, [Namespace(1, 64)]),
     Controller(0x07, "ns512", "lba00512", 7, 512, [Namespace(1, 32), Namespace(2, 32)]),
     Controller(0x08, "hotplug", "hotp0001", 7, 4096, [Namespace(1, 32)], root_port=True),
+    # Two MSI-X vectors (admin + one I/O) for several interrupt-mode queue pairs.
+    Controller(0x09, "msix2", "msix0002", 7, 4096, [Namespace(1, 32)], msix_qsize=2),
 ]
 BENCH_MATRIX = [
     Controller(0x04, "bench", "null0001", 7, 4096, [Namespace(1, 1024)], null_co=True),

@@ -254,6 +254,10 @@ pub struct QueueStats {
     /// Requests submitted again after a retryable status or a reset
     /// ([`IoQueuePair::set_retries`]).
     pub retries: u64,
+    /// The MSI-X vector of an interrupt-mode queue pair.
+    pub vector: Option<u16>,
+    /// Other queue pairs share that vector (fewer vectors than queue pairs).
+    pub vector_shared: bool,
 }
 
 /// The shell's own counters (the core keeps the rest).
@@ -291,6 +295,8 @@ impl QueueStats {
             resets_requested: shell.resets_requested,
             held: shell.held,
             retries: core.retries,
+            vector: None,
+            vector_shared: false,
         }
     }
 }

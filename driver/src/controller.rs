@@ -14,13 +14,13 @@ use nvme_dio_queue::identify::{ActiveNamespaceList, IdentifyController, Identify
 use nvme_dio_queue::regs::{self, Cap, Version};
 use nvme_dio_queue::{Nsid, PageSize, Qid, QueueSize, plan};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::poll::PollContext;
+use vmm_sys_util::poll::{PollContext, WatchingEvents};
 
 use crate::admin::AdminQueue;
 use crate::completion::Quarantine;
 use crate::error::{BadOption, Error, Nonsense, Stage, Unsupported};
 use crate::namespace::Namespace;
-use crate::qpair::{IoQueuePair, Parts, QueuePairOptions};
+use crate::qpair::{IoQueuePair, IrqParts, Parts, QueuePairOptions};
 use crate::regio::{
     disable, enable, read_cap, read32, ready_timeout, set_number_of_queues, shutdown_timeout,
 };
@@ -522,18 +522,25 @@ impl<D: PciFunction> Controller<D> {
                 bar_len,
             }));
         }
+        // Vector 0 is the admin queue's; I/O queue `qid` gets vector `qid` while there are
+        // enough, and beyond that the I/O vectors are shared round-robin, as Linux does
+        // (`msix_qsize` smaller than the queue pairs).
+        let io_vectors = s.vectors.len().saturating_sub(1);
         let irq = match vector {
             None => None,
-            Some(()) => match s.vectors.get(qid as usize) {
-                Some(fd) => Some(Arc::clone(fd)),
-                None => {
-                    self.release_qid(qid);
-                    return Err(Error::BadOption(BadOption::NoVector {
-                        vector: qid,
-                        enabled: s.vectors.len(),
-                    }));
-                }
-            },
+            Some(()) if io_vectors == 0 => {
+                self.release_qid(qid);
+                return Err(Error::BadOption(BadOption::NoVector {
+                    vector: qid,
+                    enabled: s.vectors.len(),
+                }));
+            }
+            Some(()) => {
+                let v = 1 + (qid as usize - 1) % io_vectors;
+                // Shared when more queue pairs can exist than there are I/O vectors.
+                let shared = s.info.io_queues as usize > io_vectors;
+                Some((v as u16, Arc::clone(&s.vectors[v]), shared))
+            }
         };
         let page = s.page.bytes();
         let slots = size.entries() as usize - 1;
@@ -544,16 +551,24 @@ impl<D: PciFunction> Controller<D> {
             let cq = s.mem.alloc(size.entries() as usize * 16, page)?;
             // All list pages in one allocation, sliced per tracker, mapped once.
             let lists = s.mem.alloc(slots * s.prp_list_pages * page, page)?;
+            let vector = irq.as_ref().map(|(v, _, _)| *v);
             let irq = match irq {
                 None => None,
-                Some(fd) => {
+                Some((_, fd, shared)) => {
                     let poll = PollContext::new().map_err(|e| Error::Wait(e.into()))?;
-                    poll.add(fd.as_ref(), 0u32)
-                        .map_err(|e| Error::Wait(e.into()))?;
-                    Some((fd, poll))
+                    if shared {
+                        // A shared eventfd is never read (reset) by a sharer, which would
+                        // steal the wakeup of the others: each sharer's epoll is edge
+                        // triggered and sees every interrupt as its own edge.
+                        let events = WatchingEvents::new((libc::EPOLLIN | libc::EPOLLET) as u32);
+                        poll.add_fd_with_events(fd.as_ref(), events, 0u32)
+                    } else {
+                        poll.add(fd.as_ref(), 0u32)
+                    }
+                    .map_err(|e| Error::Wait(e.into()))?;
+                    Some(IrqParts { fd, poll, shared })
                 }
             };
-            let vector = irq.as_ref().map(|_| qid);
             Ok::<_, Error>(Parts {
                 qid: Qid(qid),
                 size,

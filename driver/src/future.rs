@@ -125,7 +125,11 @@ impl<B> From<IoFailed<B>> for Error {
 /// simply never fires). It owns that descriptor for its whole life, which is the contract of
 /// tokio's `unsafe fn AsyncFd::register` (tokio 1.54 deprecated the safe `AsyncFd::new`).
 #[derive(Debug)]
-pub struct InterruptFd(EventFd);
+pub struct InterruptFd {
+    fd: EventFd,
+    /// Other queue pairs share the vector: never reset the counter (see `ack`).
+    shared: bool,
+}
 
 impl InterruptFd {
     /// Resets the eventfd counter and returns how many interrupts it had counted.
@@ -138,14 +142,22 @@ impl InterruptFd {
     ///
     /// [`std::io::ErrorKind::WouldBlock`] if no interrupt is pending (the eventfd is
     /// non-blocking); other I/O errors from `read(2)`.
+    ///
+    /// On a vector shared with other queue pairs (a controller with fewer MSI-X vectors than
+    /// queue pairs) the counter is left alone, since resetting it would swallow the other
+    /// sharers' wakeup: this returns 1 at once. Register the descriptor edge-triggered then
+    /// (tokio's `AsyncFd` is): every interrupt is a new edge.
     pub fn ack(&self) -> std::io::Result<u64> {
-        self.0.read()
+        if self.shared {
+            return Ok(1);
+        }
+        self.fd.read()
     }
 }
 
 impl AsRawFd for InterruptFd {
     fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+        self.fd.as_raw_fd()
     }
 }
 
@@ -396,7 +408,10 @@ impl<D: PciFunction> AsyncQueuePair<D> {
         let fd = qp
             .eventfd()
             .ok_or(Error::NotSupported(crate::error::Feature::InterruptFd))?;
-        fd.try_clone().map(InterruptFd).map_err(Error::Wait)
+        let shared = qp.vector().is_some_and(|(_, shared)| shared);
+        fd.try_clone()
+            .map(|fd| InterruptFd { fd, shared })
+            .map_err(Error::Wait)
     }
 
     /// Reads into `buf` from the blocks starting at `lba`; resolves to `buf`, filled.

@@ -116,6 +116,17 @@ const SPINS_PER_CLOCK_READ: u32 = 1024;
 struct IrqWait {
     fd: Arc<EventFd>,
     poll: PollContext<u32>,
+    /// Other queue pairs use the same vector: the eventfd is never read here (see
+    /// `IrqParts`).
+    shared: bool,
+}
+
+/// A queue pair's interrupt: its vector's eventfd, the epoll it sleeps in, and whether the
+/// vector is shared with other queue pairs.
+pub(crate) struct IrqParts {
+    pub(crate) fd: Arc<EventFd>,
+    pub(crate) poll: PollContext<u32>,
+    pub(crate) shared: bool,
 }
 
 impl std::fmt::Debug for IrqWait {
@@ -132,7 +143,7 @@ pub(crate) struct Parts {
     pub(crate) sq: DmaBuf,
     pub(crate) cq: DmaBuf,
     pub(crate) lists: DmaBuf,
-    pub(crate) irq: Option<(Arc<EventFd>, PollContext<u32>)>,
+    pub(crate) irq: Option<IrqParts>,
     pub(crate) vector: Option<u16>,
 }
 
@@ -206,7 +217,11 @@ impl<D: PciFunction> IoQueuePair<D> {
             // The core's deadlines are late by at most one tick period.
             tick_every: (opts.timeout / 4)
                 .clamp(Duration::from_millis(1), Duration::from_millis(100)),
-            irq: irq.map(|(fd, poll)| IrqWait { fd, poll }),
+            irq: irq.map(|p| IrqWait {
+                fd: p.fd,
+                poll: p.poll,
+                shared: p.shared,
+            }),
             mode: opts.mode,
         }
     }
@@ -243,7 +258,12 @@ impl<D: PciFunction> IoQueuePair<D> {
 
     /// Counters since creation.
     pub fn stats(&self) -> QueueStats {
-        QueueStats::combine(self.core.counters(), &self.counters)
+        let mut s = QueueStats::combine(self.core.counters(), &self.counters);
+        (s.vector, s.vector_shared) = match self.vector() {
+            Some((v, shared)) => (Some(v), shared),
+            None => (None, false),
+        };
+        s
     }
 
     /// Checks that every request accepted is delivered, failed, or still in flight, from
@@ -254,6 +274,12 @@ impl<D: PciFunction> IoQueuePair<D> {
     /// The core's accounting error if the counts disagree.
     pub fn check_accounting(&self) -> Result<(), nvme_dio_queue::queue_pair::AccountingError> {
         self.core.check_accounting()
+    }
+
+    /// The MSI-X vector of an interrupt-mode queue pair, and whether other queue pairs
+    /// share it (the controller has fewer vectors than queue pairs).
+    pub fn vector(&self) -> Option<(u16, bool)> {
+        Some((self.vector?, self.irq.as_ref()?.shared))
     }
 
     /// The interrupt eventfd of an interrupt-mode queue pair, for an external reactor
@@ -406,8 +432,11 @@ impl<D: PciFunction> IoQueuePair<D> {
                 let woke = events.iter_readable().next().is_some();
                 drop(events);
                 if woke {
-                    // Non-blocking eventfd: reading resets its counter.
-                    let _ = irq.fd.read();
+                    // Non-blocking eventfd: reading resets its counter. A shared one is left
+                    // alone (edge triggered: every interrupt is a new edge for every sharer).
+                    if !irq.shared {
+                        let _ = irq.fd.read();
+                    }
                     self.counters.interrupts += 1;
                 }
                 let n = self.poll();

@@ -522,3 +522,53 @@ fn breaking_out_of_completions_loses_nothing() {
     assert_eq!(qp.stats().completed, 8);
     assert_no_ub(&dev);
 }
+
+/// Issue 12, defect 12: a controller with fewer MSI-X vectors than queue pairs (QEMU's
+/// `msix_qsize`): the queue pairs share the I/O vectors, say so in their stats, and every
+/// request of every sharer completes, woken by the shared interrupt. Before, the second
+/// interrupt-mode queue pair was refused ("needs MSI-X vector 2, but 2 are enabled").
+#[test]
+fn interrupt_mode_shares_vectors_when_the_controller_has_too_few() {
+    let cfg = EmuConfig {
+        mode: Mode::Thread,
+        // The admin vector and one I/O vector, for three queue pairs.
+        msix_vectors: 2,
+        namespaces: vec![NsConfig::ram(1 << 14, 4096)],
+        ..EmuConfig::default()
+    };
+    let (dev, ctrl) = bring_up(cfg, options().io_queues(3));
+    let threads: Vec<_> = (0..3u64)
+        .map(|t| {
+            let ctrl = ctrl.clone();
+            std::thread::spawn(move || {
+                let ns = ctrl.namespace(1).unwrap().clone();
+                let mut qp = ctrl
+                    .create_io_qpair(QueuePairOptions::default().mode(CompletionMode::Interrupt))
+                    .expect("interrupt mode on a shared vector");
+                for i in 0..100 {
+                    write_read_verify(
+                        &ctrl,
+                        &mut qp,
+                        &ns,
+                        t * 1000 + i,
+                        &[Seg {
+                            offset: 0,
+                            len: 4096,
+                        }],
+                        t * 7 + i,
+                    );
+                }
+                qp.stats()
+            })
+        })
+        .collect();
+    for t in threads {
+        let s = t.join().expect("thread");
+        assert_eq!((s.vector, s.vector_shared), (Some(1), true), "{s:?}");
+        assert_eq!(s.completed, 200, "{s:?}");
+        assert_eq!(s.errors, 0, "{s:?}");
+        assert!(s.interrupts > 0, "woken by the shared interrupt: {s:?}");
+        assert_eq!(s.lost_interrupts, 0, "no sharer's wakeup swallowed: {s:?}");
+    }
+    assert_no_ub(&dev);
+}

@@ -25,7 +25,7 @@ fn matrix_has_the_harness_roles() {
     let roles: BTreeSet<&str> = m.iter().map(|c| c.role.as_str()).collect();
     assert_eq!(
         roles,
-        BTreeSet::from(["default", "hotplug", "mdts0", "mdts2", "ns512"]),
+        BTreeSet::from(["default", "hotplug", "mdts0", "mdts2", "msix2", "ns512"]),
         "{m:?}"
     );
     let ns512 = vm::controller("ns512").unwrap();

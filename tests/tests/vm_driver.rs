@@ -168,6 +168,48 @@ fn vm_default_prp_breaking_iovecs_split_or_go_as_sgl() {
     }
 }
 
+/// Issue 12, defect 12, through VFIO: QEMU with `msix_qsize=2` (the admin vector and one
+/// I/O vector) and three interrupt-mode queue pairs on three threads: they share the vector,
+/// say so, and every request completes, woken by the shared MSI-X interrupt.
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_msix2_queue_pairs_share_too_few_vectors() {
+    let (c, ctrl) = open("msix2", ControllerOptions::default().io_queues(3));
+    assert_eq!(ctrl.info().msix_vectors, 2, "{}", c.bdf);
+    let threads: Vec<_> = (0..3u64)
+        .map(|t| {
+            let ctrl = ctrl.clone();
+            std::thread::spawn(move || {
+                let ns = ctrl.namespace(1).unwrap().clone();
+                let mut qp = ctrl
+                    .create_io_qpair(QueuePairOptions::default().mode(CompletionMode::Interrupt))
+                    .expect("interrupt mode on a shared vector");
+                for i in 0..40u64 {
+                    write_read_verify(
+                        &ctrl,
+                        &mut qp,
+                        &ns,
+                        t * 1000 + i,
+                        &[Seg {
+                            offset: 0,
+                            len: 4096,
+                        }],
+                        t * 11 + i,
+                    );
+                }
+                qp.stats()
+            })
+        })
+        .collect();
+    for t in threads {
+        let s = t.join().expect("thread");
+        println!("{s:?}");
+        assert_eq!((s.vector, s.vector_shared), (Some(1), true), "{s:?}");
+        assert_eq!((s.completed, s.errors), (80, 0), "{s:?}");
+        assert!(s.interrupts > 0, "no interrupt woke the waiters: {s:?}");
+    }
+}
+
 #[test]
 #[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
 fn vm_default_interrupt_mode_waits_on_msix_eventfds() {
