@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nvme_dio_dma::{Bar0, DmaMemory, MemoryOptions, PageKind, PciFunction};
+use nvme_dio_dma::{Bar0, DmaMemory, PciFunction};
 use nvme_dio_queue::cmd::Identify;
 use nvme_dio_queue::identify::{ActiveNamespaceList, IdentifyController, IdentifyNamespace};
 use nvme_dio_queue::regs::{self, Cap, Version};
@@ -20,127 +20,12 @@ use crate::admin::AdminQueue;
 use crate::completion::Quarantine;
 use crate::error::{BadOption, Error, Nonsense, Stage, Unsupported};
 use crate::namespace::Namespace;
+pub use crate::options::{ControllerInfo, ControllerOptions};
 use crate::qpair::{IoQueuePair, IrqParts, Parts, QueuePairOptions};
 use crate::regio::{
     disable, enable, read_cap, read32, ready_timeout, set_number_of_queues, shutdown_timeout,
 };
 use crate::ring::DoorbellGate;
-
-/// How to bring a controller up. Start from `ControllerOptions::default()` and change what
-/// you need with the setters (`.io_queues(4).interrupts(false)`): new options can then be
-/// added without breaking callers.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct ControllerOptions {
-    /// I/O queue pairs to ask the controller for (Set Features, Number of Queues).
-    pub io_queues: u16,
-    /// Admin queue entries.
-    pub admin_entries: u32,
-    /// Deadline for each admin command.
-    pub admin_timeout: Duration,
-    /// PRP list pages each I/O slot owns. One page holds `page / 8` entries; more pages
-    /// allow transfers past 2 MiB (at 4 KiB pages) where MDTS allows, chaining the lists.
-    pub prp_list_pages: usize,
-    /// Use SGLs where the controller supports them and they save commands.
-    pub use_sgl: bool,
-    /// DMA memory settings (hugepage size, fallback to ordinary pages).
-    pub memory: MemoryOptions,
-    /// Enable MSI-X at bring-up so queue pairs can run in interrupt mode.
-    pub interrupts: bool,
-}
-
-impl Default for ControllerOptions {
-    fn default() -> Self {
-        ControllerOptions {
-            io_queues: 16,
-            admin_entries: 32,
-            admin_timeout: Duration::from_secs(10),
-            prp_list_pages: 1,
-            use_sgl: true,
-            memory: MemoryOptions::default()
-                .page(PageKind::Huge2M)
-                .region_bytes(32 << 20)
-                .allow_fallback(false),
-            interrupts: true,
-        }
-    }
-}
-
-impl ControllerOptions {
-    /// I/O queue pairs to ask the controller for.
-    pub fn io_queues(mut self, n: u16) -> Self {
-        self.io_queues = n;
-        self
-    }
-    /// Admin queue entries.
-    pub fn admin_entries(mut self, n: u32) -> Self {
-        self.admin_entries = n;
-        self
-    }
-    /// Deadline of each admin command.
-    pub fn admin_timeout(mut self, t: Duration) -> Self {
-        self.admin_timeout = t;
-        self
-    }
-    /// PRP list pages each I/O slot owns.
-    pub fn prp_list_pages(mut self, n: usize) -> Self {
-        self.prp_list_pages = n;
-        self
-    }
-    /// Use SGLs where the controller supports them and they save commands.
-    pub fn use_sgl(mut self, on: bool) -> Self {
-        self.use_sgl = on;
-        self
-    }
-    /// DMA memory settings.
-    pub fn memory(mut self, m: MemoryOptions) -> Self {
-        self.memory = m;
-        self
-    }
-    /// Enable MSI-X at bring-up (interrupt-mode queue pairs need it).
-    pub fn interrupts(mut self, on: bool) -> Self {
-        self.interrupts = on;
-        self
-    }
-}
-
-/// What Identify Controller and the registers said, for users and tools.
-#[derive(Clone, Debug)]
-pub struct ControllerInfo {
-    /// PCI vendor id.
-    pub vid: u16,
-    /// Serial number.
-    pub serial: String,
-    /// Model number.
-    pub model: String,
-    /// Firmware revision.
-    pub firmware: String,
-    /// NVMe version (VS register).
-    pub version: Version,
-    /// CAP register.
-    pub cap: Cap,
-    /// MDTS as reported (0 = no limit).
-    pub mdts: u8,
-    /// Max transfer the driver uses per command, bytes.
-    pub max_transfer: u32,
-    /// Controller page size in use (CC.MPS).
-    pub page_size: PageSize,
-    /// I/O queue pairs granted.
-    pub io_queues: u16,
-    /// MSI-X vectors enabled.
-    pub msix_vectors: u32,
-    /// SGL support.
-    pub sgl: bool,
-    /// Namespaces the controller supports at most (NN).
-    pub max_namespaces: u32,
-    /// How long a change of CSTS.RDY may take: CAP.TO, or CRTO's ready-with-media timeout
-    /// where the controller reports one (NVMe 2.0); at least 500 ms.
-    pub ready_timeout: Duration,
-    /// How long an orderly shutdown may take: RTD3E where reported, else CAP.TO (1..=60 s).
-    pub shutdown_timeout: Duration,
-    /// The full Identify Controller page.
-    pub identify: Arc<IdentifyController>,
-}
 
 pub(crate) struct Shared<D: PciFunction> {
     pub(crate) dev: Arc<D>,

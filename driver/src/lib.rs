@@ -92,6 +92,7 @@ pub mod error;
 mod future;
 mod io;
 mod namespace;
+mod options;
 mod qpair;
 mod recovery;
 mod regio;
