@@ -37,7 +37,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::poll::PollContext;
 
 use crate::completion::{Bufs, Completion, Completions, Quarantine, QueueStats, ShellCounters};
-use crate::controller::{DEAD, GONE, LIVE, Shared};
+use crate::controller::{GONE, LIVE, Shared};
 use crate::error::Error;
 use crate::ring::{CqMem, Doorbells, SqMem};
 use crate::submit::ListMem;
@@ -575,22 +575,22 @@ impl<D: PciFunction> IoQueuePair<D> {
     /// in flight through the core, and re-creates the queues. Returns at once, without
     /// waiting, while a reset is still running.
     pub(crate) fn catch_up(&mut self) {
-        let s = Arc::clone(&self.shared);
-        let e = s.epoch.load(Ordering::Acquire);
-        let state = s.state.load(Ordering::Acquire);
+        // The common case, on every poll: nothing to catch up with (two loads, no clone).
+        let e = self.shared.epoch.load(Ordering::Acquire);
+        let state = self.shared.state.load(Ordering::Acquire);
         if e == self.core.epoch() && (state == LIVE || self.core.requests_in_flight() == 0) {
             return;
         }
-        if e != self.core.epoch() && !s.is_settled(e) {
+        if e != self.core.epoch() && !self.shared.is_settled(e) {
             return;
         }
+        let s = Arc::clone(&self.shared);
         // Completions the controller posted before it was disabled are what they are
         // (Linux reaps the CQ before it cancels requests).
         self.reap();
         let why = match state {
             LIVE => Teardown::Reset,
             GONE => Teardown::Gone,
-            DEAD => Teardown::Dead,
             _ => Teardown::Dead,
         };
         self.sq.clear();

@@ -117,7 +117,7 @@ impl Default for WalConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     /// The driver failed (bring-up, submission or a completion).
-    #[error("nvme-dio: {0}")]
+    #[error("nvme-dio: {}", .0.report())]
     Driver(#[from] nvme_dio::Error),
     /// DMA memory failed.
     #[error("DMA memory: {0}")]

@@ -375,16 +375,8 @@ impl<B> QueuePairCore<B> {
         bufs: B,
         build: impl FnOnce(&mut S, u16) -> Result<Sqe, E>,
     ) -> Result<(), (Refusal<E>, B)> {
-        if !self.splits.pending.is_empty() {
-            return Err((Refusal::BehindSplit, bufs));
-        }
-        if self.sq.is_full() || !self.slab.has_free() {
-            return Err((
-                Refusal::Full {
-                    in_flight: self.slab.busy(),
-                },
-                bufs,
-            ));
+        if let Err(r) = self.admit() {
+            return Err((r, bufs));
         }
         // The opcode is known once the entry is built; the tracker is claimed first so the
         // builder can use the slot's list pages.
@@ -392,25 +384,47 @@ impl<B> QueuePairCore<B> {
             .slab
             .claim(0, NO_PARENT, tag, Some(bufs))
             .expect("a free tracker (checked)");
-        let mut sqe = match build(sink, slot) {
+        let sqe = match build(sink, slot) {
             Ok(sqe) => sqe,
             Err(e) => {
                 let bufs = self.slab.unclaim(slot).expect("bufs were stored");
                 return Err((Refusal::Build(e), bufs));
             }
         };
-        let t = &mut self.slab.trackers[slot as usize];
-        t.opcode = sqe.opc;
         if self.retry_limit > 0 {
+            let t = &mut self.slab.trackers[slot as usize];
             t.sqe = sqe;
             t.kept = true;
         }
+        self.place(sink, slot, sqe);
+        self.counters.submitted += 1;
+        Ok(())
+    }
+
+    /// A new request may be accepted: nothing waits ahead of it and a tracker and an SQ
+    /// slot are free.
+    #[inline]
+    fn admit<E>(&self) -> Result<(), Refusal<E>> {
+        if !self.splits.pending.is_empty() {
+            return Err(Refusal::BehindSplit);
+        }
+        if self.sq.is_full() || !self.slab.has_free() {
+            return Err(Refusal::Full {
+                in_flight: self.slab.busy(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Puts the entry of claimed tracker `slot` in the next SQ slot under its CID (every
+    /// placement goes through here: a new request, a split child, a retry).
+    #[inline]
+    fn place<S: Sink>(&mut self, sink: &mut S, slot: u16, mut sqe: Sqe) {
+        self.slab.trackers[slot as usize].opcode = sqe.opc;
         sqe.cid = self.slab.cid(slot).0;
         let index = self.sq.push();
         sink.write_sqe(index, &sqe);
-        self.counters.submitted += 1;
         self.counters.commands += 1;
-        Ok(())
     }
 
     /// Accepts a request that goes out as `children` (from the planner) and places as
@@ -430,16 +444,8 @@ impl<B> QueuePairCore<B> {
         segs: Vec<Segment>,
         children: Vec<Command>,
     ) -> Result<(), (Refusal<DptrError>, B)> {
-        if !self.splits.pending.is_empty() {
-            return Err((Refusal::BehindSplit, bufs));
-        }
-        if self.sq.is_full() || !self.slab.has_free() {
-            return Err((
-                Refusal::Full {
-                    in_flight: self.slab.busy(),
-                },
-                bufs,
-            ));
+        if let Err(r) = self.admit() {
+            return Err((r, bufs));
         }
         debug_assert!(!children.is_empty());
         self.counters.submitted += 1;
@@ -468,11 +474,8 @@ impl<B> QueuePairCore<B> {
             self.retries.pop_front();
             let t = &mut self.slab.trackers[slot as usize];
             t.queued = false;
-            let mut sqe = t.sqe;
-            sqe.cid = self.slab.cid(slot).0;
-            let index = self.sq.push();
-            sink.write_sqe(index, &sqe);
-            self.counters.commands += 1;
+            let sqe = t.sqe;
+            self.place(sink, slot, sqe);
         }
         while let Some(&idx) = self.splits.pending.front() {
             loop {
@@ -494,12 +497,7 @@ impl<B> QueuePairCore<B> {
                 match sink.data_pointer(slot, &p.segs, &cmd) {
                     Ok(dptr) => {
                         p.in_flight += 1;
-                        let mut sqe = child_sqe(op, &cmd, dptr);
-                        self.slab.trackers[slot as usize].opcode = sqe.opc;
-                        sqe.cid = self.slab.cid(slot).0;
-                        let index = self.sq.push();
-                        sink.write_sqe(index, &sqe);
-                        self.counters.commands += 1;
+                        self.place(sink, slot, child_sqe(op, &cmd, dptr));
                     }
                     Err(e) => {
                         self.slab.unclaim(slot);

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nvme_dio::{
-    Bufs, CompletionMode, Controller, ControllerOptions, Device, DmaBuf, Error, Io, Lba,
-    MemoryOptions, Namespace, PciFunction, QueuePairOptions, QueueStats, Rejected,
+    Bufs, CompletionMode, Controller, ControllerOptions, Device, DmaBuf, Error, Io, IoQueuePair,
+    Lba, MemoryOptions, Namespace, PciFunction, QueuePairOptions, QueueStats, Rejected,
 };
 use nvme_dio_emu::{EmuConfig, EmuFunction, Fault, NsConfig};
 
@@ -442,6 +442,21 @@ fn entries(job: &Job) -> u32 {
         .clamp(2, 65_536)
 }
 
+/// A poll-mode queue pair for the work before the run (the first I/Os, the prefill).
+fn setup_qpair<D: PciFunction>(
+    ctrl: &Controller<D>,
+    job: &Job,
+    dev: &str,
+) -> Result<IoQueuePair<D>, CliError> {
+    ctrl.create_io_qpair(
+        QueuePairOptions::default()
+            .entries(entries(job))
+            .mode(CompletionMode::Poll)
+            .timeout(Duration::from_secs(30)),
+    )
+    .map_err(|e| CliError::driver(dev, e))
+}
+
 /// Does one I/O of each direction the run uses at LBA 0 before the run starts, so a
 /// namespace that refuses it (write protected, or an I/O the controller cannot take)
 /// fails at once with the controller's status, instead of after a run of failures.
@@ -451,14 +466,7 @@ fn first_ios<D: PciFunction>(
     job: &Job,
     dev: &str,
 ) -> Result<(), CliError> {
-    let mut qp = ctrl
-        .create_io_qpair(
-            QueuePairOptions::default()
-                .entries(entries(job))
-                .mode(CompletionMode::Poll)
-                .timeout(Duration::from_secs(30)),
-        )
-        .map_err(|e| CliError::driver(dev, e))?;
+    let mut qp = setup_qpair(ctrl, job, dev)?;
     let mut bufs = alloc_slot_bufs(ctrl, &job.shapes)?;
     let mut dirs = Vec::new();
     if job.read_pct > 0 {
@@ -476,7 +484,7 @@ fn first_ios<D: PciFunction>(
         submit(&mut qp, ns, 0, write, bufs, 0).map_err(|r| CliError::FirstIo {
             device: dev.to_string(),
             what: what.clone(),
-            detail: r.error.to_string(),
+            detail: r.error.report(),
         })?;
         let c = loop {
             qp.wait(Duration::from_secs(30))
@@ -493,7 +501,7 @@ fn first_ios<D: PciFunction>(
             return Err(CliError::FirstIo {
                 device: dev.to_string(),
                 what,
-                detail: e.to_string(),
+                detail: e.report(),
             });
         }
     }
@@ -507,14 +515,7 @@ fn prefill<D: PciFunction>(
     job: &Job,
     dev: &str,
 ) -> Result<(), CliError> {
-    let mut qp = ctrl
-        .create_io_qpair(
-            QueuePairOptions::default()
-                .entries(entries(job))
-                .mode(CompletionMode::Poll)
-                .timeout(Duration::from_secs(30)),
-        )
-        .map_err(|e| CliError::driver(dev, e))?;
+    let mut qp = setup_qpair(ctrl, job, dev)?;
     let units = job.region_blocks / job.io_blocks();
     let mut slots = Vec::new();
     for _ in 0..job.qd.min(units.min(u32::MAX as u64) as u32).max(1) {
@@ -562,8 +563,9 @@ fn prefill<D: PciFunction>(
                 return Err(CliError::IoFailed {
                     count: 1,
                     first: format!(
-                        "writing the working set before verify, at LBA {}: {e}",
-                        slots[i].1
+                        "writing the working set before verify, at LBA {}: {}",
+                        slots[i].1,
+                        e.report()
                     ),
                 });
             }
@@ -743,9 +745,10 @@ fn worker<D: PciFunction>(
                 res.errors += 1;
                 res.first_error.get_or_insert_with(|| {
                     format!(
-                        "{} at LBA {}: {e}",
+                        "{} at LBA {}: {}",
                         if s.write { "write" } else { "read" },
-                        s.lba
+                        s.lba,
+                        e.report()
                     )
                 });
                 failed = true;
