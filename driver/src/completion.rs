@@ -167,15 +167,11 @@ fn failure(
             after: timeout,
         },
         Outcome::Unbuildable(e) => Error::DataPointer { qid, source: e },
+        // No controller ever held it (or the reset that dropped it stopped the one that
+        // did): nothing to quarantine.
+        Outcome::NotSent(why) => torn_down(why),
         Outcome::TornDown(why) => {
-            let e = match why {
-                Teardown::Reset => Error::Aborted(AbortReason::Reset),
-                Teardown::Dead => Error::Aborted(AbortReason::ResetFailed),
-                Teardown::Gone => Error::DeviceGone {
-                    register: nvme_dio_queue::regs::CSTS,
-                },
-                Teardown::Deleted => Error::Aborted(AbortReason::QueueDeleted),
-            };
+            let e = torn_down(why);
             // A reset disabled the controller (RDY = 0 read back) before it retired anything,
             // and a deleted queue's requests are delivered only once the deletion was
             // confirmed: only a dead or gone controller may still write.
@@ -188,6 +184,17 @@ fn failure(
             }
             e
         }
+    }
+}
+
+fn torn_down(why: Teardown) -> Error {
+    match why {
+        Teardown::Reset => Error::Aborted(AbortReason::Reset),
+        Teardown::Dead => Error::Aborted(AbortReason::ResetFailed),
+        Teardown::Gone => Error::DeviceGone {
+            register: nvme_dio_queue::regs::CSTS,
+        },
+        Teardown::Deleted => Error::Aborted(AbortReason::QueueDeleted),
     }
 }
 
@@ -248,6 +255,9 @@ pub struct QueueStats {
     pub interrupts: u64,
     /// Controller resets this queue pair asked for (stuck command or CSTS.CFS).
     pub resets_requested: u64,
+    /// Aborts sent for commands past their deadline (sent without waiting for the answer:
+    /// the aborted command completes on this queue pair, and one that does not is reset).
+    pub aborts_sent: u64,
     /// Failed requests whose buffers were held, not returned, because the device may still
     /// write them ([`Error::BuffersHeld`]); counted among `errors`.
     pub held: u64,
@@ -268,6 +278,7 @@ pub(crate) struct ShellCounters {
     pub(crate) lost_interrupts: u64,
     pub(crate) interrupts: u64,
     pub(crate) resets_requested: u64,
+    pub(crate) aborts_sent: u64,
     /// Doorbell values dropped because a reset began first.
     pub(crate) doorbells_dropped: u64,
     /// Requests whose buffers were held (see [`Quarantine`]).
@@ -293,6 +304,7 @@ impl QueueStats {
             lost_interrupts: shell.lost_interrupts,
             interrupts: shell.interrupts,
             resets_requested: shell.resets_requested,
+            aborts_sent: shell.aborts_sent,
             held: shell.held,
             retries: core.retries,
             vector: None,

@@ -101,6 +101,12 @@ pub enum Outcome {
     Unbuildable(DptrError),
     /// It was in flight when the queue pair was torn down.
     TornDown(Teardown),
+    /// It never reached the controller and now never will: accepted while a reset ran, or
+    /// waiting to go out again after one (whose disable stopped the controller), when the
+    /// queues were torn down for this reason or could not be re-created. No controller
+    /// holds it, so its buffers are free whatever state the controller is in. (A split's
+    /// children are never reported so: a sibling may still be with the controller.)
+    NotSent(Teardown),
 }
 
 impl Outcome {
@@ -252,8 +258,11 @@ pub struct QueuePairCore<B> {
     aborts: Vec<Cid>,
     /// Times a request of one command is placed again before its failure is delivered.
     retry_limit: u8,
-    /// Slots waiting to be placed again, oldest first.
+    /// Slots waiting to be placed (again, or for the first time while paused), oldest
+    /// first.
     retries: VecDeque<u16>,
+    /// A controller reset is running: requests are accepted but not placed.
+    paused: bool,
 }
 
 impl<B> QueuePairCore<B> {
@@ -274,20 +283,42 @@ impl<B> QueuePairCore<B> {
             aborts: Vec::new(),
             retry_limit: 0,
             retries: VecDeque::new(),
+            paused: false,
         }
     }
 
     /// Requests of one command that fail with a retryable status (DNR clear) or are
     /// dropped by a controller reset are placed again, up to `limit` times, before their
     /// failure is delivered; the caller sees one delivery. 0 (the default) turns it off.
-    /// A split's children are not retried.
+    /// A split's children are retried one by one, each up to `limit` times; the split is
+    /// delivered once, after its last child.
     pub fn set_retries(&mut self, limit: u8) {
         self.retry_limit = limit;
     }
 
-    /// Requests waiting to be placed again ([`QueuePairCore::pump`] places them).
+    /// Commands waiting to be placed ([`QueuePairCore::pump`] places them): retries, and
+    /// requests accepted while paused.
     pub fn retries_waiting(&self) -> usize {
         self.retries.len()
+    }
+
+    /// A controller reset is running: from now on requests are accepted (they hold their
+    /// trackers) but nothing is placed in the SQ, so the submitter never waits for the reset.
+    /// After the reset, the shell re-creates the queues, calls [`QueuePairCore::resume`] and
+    /// [`QueuePairCore::pump`]; if the queues are lost, [`QueuePairCore::fail_retries`]
+    /// fails what waited. A teardown other than for a reset retires them too.
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// Placing may go on (the queues exist again).
+    pub fn resume(&mut self) {
+        self.paused = false;
+    }
+
+    /// True between [`QueuePairCore::pause`] and [`QueuePairCore::resume`].
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     /// The queue identifier.
@@ -391,12 +422,18 @@ impl<B> QueuePairCore<B> {
                 return Err((Refusal::Build(e), bufs));
             }
         };
+        let t = &mut self.slab.trackers[slot as usize];
         if self.retry_limit > 0 {
-            let t = &mut self.slab.trackers[slot as usize];
             t.sqe = sqe;
             t.kept = true;
         }
-        self.place(sink, slot, sqe);
+        if self.paused {
+            t.sqe = sqe;
+            t.queued = true;
+            self.retries.push_back(slot);
+        } else {
+            self.place(sink, slot, sqe);
+        }
         self.counters.submitted += 1;
         Ok(())
     }
@@ -465,8 +502,11 @@ impl<B> QueuePairCore<B> {
     }
 
     /// Places requests waiting for a retry, then waiting children of split requests, while
-    /// slots are free, oldest first.
+    /// slots are free, oldest first (nothing while paused).
     pub fn pump<S: Sink>(&mut self, sink: &mut S) {
+        if self.paused {
+            return;
+        }
         while let Some(&slot) = self.retries.front() {
             if self.sq.is_full() {
                 return;
@@ -497,7 +537,15 @@ impl<B> QueuePairCore<B> {
                 match sink.data_pointer(slot, &p.segs, &cmd) {
                     Ok(dptr) => {
                         p.in_flight += 1;
-                        self.place(sink, slot, child_sqe(op, &cmd, dptr));
+                        let sqe = child_sqe(op, &cmd, dptr);
+                        if self.retry_limit > 0 {
+                            // The data pointer lives in this slot's list pages, which stay
+                            // the child's until it is retired: the entry can go out again.
+                            let t = &mut self.slab.trackers[slot as usize];
+                            t.sqe = sqe;
+                            t.kept = true;
+                        }
+                        self.place(sink, slot, sqe);
                     }
                     Err(e) => {
                         self.slab.unclaim(slot);
@@ -617,7 +665,9 @@ impl<B> QueuePairCore<B> {
         let mut reset = false;
         for slot in 0..self.slab.capacity() as u16 {
             let t = &mut self.slab.trackers[slot as usize];
-            if !t.busy {
+            if !t.busy || t.queued {
+                // Free, or waiting to be placed: not with the controller, so no deadline
+                // runs (a retry's starts when it is seen in flight again).
                 continue;
             }
             match (t.seen, t.aborted) {
@@ -662,34 +712,58 @@ impl<B> QueuePairCore<B> {
                 self.requeue(slot);
                 continue;
             }
-            self.retire(slot, Outcome::TornDown(why), 0);
+            let outcome = if t.queued && t.parent == NO_PARENT {
+                Outcome::NotSent(why)
+            } else {
+                Outcome::TornDown(why)
+            };
+            self.retire(slot, outcome, 0);
+        }
+        if why != Teardown::Reset {
+            for idx in self.splits.live() {
+                let p = self.splits.get_mut(idx).expect("live");
+                p.failure.get_or_insert(Outcome::TornDown(why));
+                self.finish_split_if_done(idx);
+            }
+            debug_assert_eq!(self.splits.live_count(), 0);
+        }
+        // A reset fails a split only through its children: one in flight without tries left
+        // was retired above and fails it; one with tries left waits to go out again, and
+        // children not placed yet (a split accepted while paused, or waiting for slots)
+        // follow from `pump` on the new queues.
+        self.sq.reset();
+        self.cq.reset();
+        self.epoch = epoch;
+    }
+
+    /// Retires every command waiting to be placed with [`Outcome::NotSent`] (`why`): the
+    /// queues could not be re-created, so they will never go out. The splits still waiting
+    /// fail with them.
+    pub fn fail_retries(&mut self, why: Teardown) {
+        while let Some(slot) = self.retries.pop_front() {
+            let t = &mut self.slab.trackers[slot as usize];
+            t.queued = false;
+            let outcome = if t.parent == NO_PARENT {
+                Outcome::NotSent(why)
+            } else {
+                Outcome::TornDown(why)
+            };
+            self.retire(slot, outcome, 0);
         }
         for idx in self.splits.live() {
             let p = self.splits.get_mut(idx).expect("live");
             p.failure.get_or_insert(Outcome::TornDown(why));
             self.finish_split_if_done(idx);
         }
-        debug_assert_eq!(self.splits.live_count(), 0);
-        self.sq.reset();
-        self.cq.reset();
-        self.epoch = epoch;
-    }
-
-    /// Retires every request waiting for a retry with `outcome` (the queues could not be
-    /// re-created: they will never go out again).
-    pub fn fail_retries(&mut self, why: Teardown) {
-        while let Some(slot) = self.retries.pop_front() {
-            self.slab.trackers[slot as usize].queued = false;
-            self.retire(slot, Outcome::TornDown(why), 0);
-        }
     }
 
     // ---- retries ----------------------------------------------------------------------
 
-    /// A request of one command with tries left (its entry was kept).
+    /// A command (a request's only one, or a split's child) with tries left (its entry
+    /// was kept).
     fn retryable(&self, slot: u16) -> bool {
         let t = &self.slab.trackers[slot as usize];
-        t.kept && t.parent == NO_PARENT && t.tries < self.retry_limit
+        t.kept && t.tries < self.retry_limit
     }
 
     fn requeue(&mut self, slot: u16) {

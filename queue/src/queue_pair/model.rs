@@ -88,6 +88,8 @@ pub enum Step {
     Teardown { kind: u8 },
     /// The shell pumps waiting split children.
     Pump,
+    /// A controller reset begins: the core is paused until the next teardown.
+    Pause,
     /// The shell takes deliveries.
     Take,
 }
@@ -341,6 +343,7 @@ impl Model {
                 self.teardown(why);
             }
             Step::Pump => self.core.pump(&mut self.sink),
+            Step::Pause => self.core.pause(),
             Step::Take => self.take(),
         }
     }
@@ -355,12 +358,19 @@ impl Model {
         self.dev_tail = 0;
         self.epoch += 1;
         self.core.on_teardown(why, self.epoch);
-        // Nothing is with the controller; requests dropped by a reset may wait (holding
-        // their trackers) to be placed again, with retries on.
+        // The queues exist again (the shell re-created them): placing goes on.
+        self.core.resume();
+        // Nothing is with the controller; commands dropped by a reset (and requests accepted
+        // while paused) may wait, holding their trackers, to be placed: with retries on, a
+        // split survives a reset, its children waiting or still to be placed.
         assert_eq!(self.core.commands_in_flight(), self.core.retries_waiting());
-        assert_eq!(
-            self.core.requests_in_flight(),
-            self.core.retries_waiting() as u64
+        if why != Teardown::Reset {
+            assert_eq!(self.core.retries_waiting(), 0);
+            assert_eq!(self.core.requests_in_flight(), 0);
+        }
+        assert!(
+            self.core.requests_in_flight()
+                <= (self.core.retries_waiting() + self.core.splits.live_count()) as u64
         );
         assert_eq!(self.core.epoch(), self.epoch);
     }
@@ -399,6 +409,10 @@ impl Model {
     ///
     /// When one does not.
     pub fn quiesce(&mut self) {
+        if self.core.is_paused() {
+            // The reset that paused the core ends.
+            self.teardown(Teardown::Reset);
+        }
         for _ in 0..10_000 {
             self.core.pump(&mut self.sink);
             if let Some(t) = self.core.take_sq_doorbell() {
@@ -445,6 +459,7 @@ impl Step {
                 ms: u16::from_le_bytes([b[1], b[2]]) % 400,
             },
             17 => Step::Teardown { kind: b[1] % 10 },
+            18 if b[1] % 4 == 0 => Step::Pause,
             18 => Step::Pump,
             _ => Step::Take,
         }

@@ -136,6 +136,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0u16..400).prop_map(|ms| Step::Tick { ms }),
         1 => (0u8..10).prop_map(|kind| Step::Teardown { kind }),
         2 => Just(Step::Pump),
+        1 => Just(Step::Pause),
         3 => Just(Step::Take),
     ]
 }
@@ -391,7 +392,117 @@ fn a_reset_keeps_retryable_requests_and_places_them_on_the_new_queues() {
     assert_eq!(core.retries_waiting(), 0);
     assert_eq!(
         core.next_delivery().unwrap().outcome,
-        Outcome::TornDown(Teardown::Dead)
+        Outcome::NotSent(Teardown::Dead),
+        "waiting to go out again, it was with no controller: its buffers are free"
     );
     core.check_accounting().unwrap();
+}
+
+#[test]
+fn while_paused_requests_are_accepted_placed_only_after_resume_and_have_no_deadline() {
+    let mut m = Model::new(4);
+    m.run(&Step::Pause);
+    m.run(&Step::One { fail: false });
+    m.run(&Step::Split {
+        children: 2,
+        bad: 0,
+    });
+    assert_eq!(
+        m.accepted.len(),
+        2,
+        "both accepted: the submitter never waits"
+    );
+    assert_eq!(
+        m.core.take_sq_doorbell(),
+        None,
+        "nothing placed while paused"
+    );
+    assert!(m.sink.ring.iter().all(Option::is_none));
+    m.core.pump(&mut m.sink);
+    assert!(
+        m.sink.ring.iter().all(Option::is_none),
+        "pump places nothing"
+    );
+    // Time passes during the reset: a request that never reached the controller has no
+    // deadline to miss.
+    let first = m.core.on_tick(Stamp(1));
+    assert!(first.aborts.is_empty() && !first.reset);
+    let later = m.core.on_tick(Stamp(10_000_000_000));
+    assert!(later.aborts.is_empty() && !later.reset);
+    assert_eq!(m.core.counters().timeouts, 0);
+    // The reset settles: the queues are re-created (teardown for reset) and placing resumes.
+    m.teardown(Teardown::Reset);
+    m.core.pump(&mut m.sink);
+    m.run(&Step::Doorbell);
+    assert_eq!(m.dev_tail, 3, "the single, then both children");
+    m.quiesce();
+    assert_eq!(m.core.counters().failed, 0);
+}
+
+#[test]
+fn requests_accepted_while_paused_fail_once_when_the_queues_are_lost() {
+    let mut m = Model::new(8);
+    m.run(&Step::Pause);
+    m.run(&Step::One { fail: false });
+    m.run(&Step::Split {
+        children: 3,
+        bad: 0,
+    });
+    m.core.resume();
+    m.core.fail_retries(Teardown::Reset);
+    m.take();
+    assert!(m.accepted.values().all(|done| *done), "{:?}", m.accepted);
+    assert_eq!(m.core.counters().failed, 2);
+    assert_eq!(m.core.requests_in_flight(), 0);
+    m.check();
+}
+
+#[test]
+fn a_split_child_with_a_retryable_status_goes_again_and_the_split_is_delivered_once() {
+    let mut m = Model::with_retries(8, 1);
+    m.run(&Step::Split {
+        children: 3,
+        bad: 0,
+    });
+    m.run(&Step::Doorbell);
+    m.run(&Step::Fetch { n: 3 });
+    m.run(&Step::Complete { pick: 1, status: 3 }); // retryable: goes out again
+    assert_eq!(m.core.retries_waiting(), 1);
+    assert_eq!(m.core.ready(), 0);
+    m.core.pump(&mut m.sink);
+    m.quiesce();
+    let c = m.core.counters();
+    assert_eq!((c.succeeded, c.failed, c.retries), (1, 0, 1));
+    assert_eq!(c.commands, 4, "three children and one retry");
+}
+
+#[test]
+fn with_retries_a_split_survives_a_reset() {
+    let mut m = Model::with_retries(3, 1); // two slots: two of four children go out first
+    m.run(&Step::Split {
+        children: 4,
+        bad: 0,
+    });
+    m.run(&Step::Doorbell);
+    m.run(&Step::Fetch { n: 2 });
+    m.run(&Step::Complete { pick: 0, status: 0 });
+    m.teardown(Teardown::Reset);
+    assert_eq!(m.core.ready(), 0, "not failed by the reset");
+    assert_eq!(
+        m.core.retries_waiting(),
+        1,
+        "the child in flight waits to go again"
+    );
+    m.quiesce();
+    let c = m.core.counters();
+    assert_eq!((c.succeeded, c.failed), (1, 0));
+    // Without retries the same reset fails it.
+    let mut m = Model::new(3);
+    m.run(&Step::Split {
+        children: 4,
+        bad: 0,
+    });
+    m.teardown(Teardown::Reset);
+    m.take();
+    assert_eq!(m.core.counters().failed, 1);
 }

@@ -28,12 +28,12 @@ pub(crate) struct Tracker<B> {
     pub(crate) seen: Option<Stamp>,
     /// When the command passed its deadline and an Abort was asked for.
     pub(crate) aborted: Option<Stamp>,
-    /// The entry as placed (CID aside), kept for a retry when retries are on; a split's
-    /// children are not retried.
+    /// The entry as placed (CID aside), kept for a retry when retries are on, or for the
+    /// first placement of a request accepted while the core is paused.
     pub(crate) sqe: Sqe,
     /// Times this request was placed again (a retryable status, or a reset).
     pub(crate) tries: u8,
-    /// Waiting in the core's retry queue to be placed again (not on the controller).
+    /// Waiting in the core's retry queue to be placed (not on the controller).
     pub(crate) queued: bool,
     /// `sqe` holds this request's entry (retries were on when it was submitted).
     pub(crate) kept: bool,
