@@ -806,6 +806,20 @@ impl State {
         } else {
             self.faults.take(admin, sqe.opc)
         };
+        if let Some(Action::Lose) = action {
+            self.stats.faults_fired += 1;
+            self.held.push(Held {
+                sqid,
+                cid: sqe.cid,
+                result: 0,
+                status: Status::new(0, nvme_dio_queue::status::sc::ABORT_REQUESTED),
+                deadline: None,
+                after: None,
+                aer: false,
+                data: None,
+            });
+            return;
+        }
         if let Some(Action::Status(status)) = action {
             self.stats.faults_fired += 1;
             if !admin && !status.is_success() {
@@ -840,7 +854,7 @@ impl State {
         };
         self.stats.faults_fired += 1;
         match action {
-            Action::Status(_) => unreachable!("handled above"),
+            Action::Status(_) | Action::Lose => unreachable!("handled above"),
             Action::Drop | Action::Delay(_) | Action::DelayAccesses(_) => {
                 let (deadline, after) = match action {
                     Action::Delay(d) => {
@@ -1113,6 +1127,24 @@ impl State {
             self.post(cqid, sqid, cid, 0, status);
         }
         true
+    }
+
+    /// Posts every dropped command's completion (see `EmuFunction::release_dropped`).
+    pub(crate) fn release_dropped(&mut self) -> usize {
+        let (dropped, kept) = self
+            .held
+            .drain(..)
+            .partition::<Vec<Held>, _>(|h| h.deadline.is_none() && h.after.is_none() && !h.aer);
+        self.held = kept;
+        for h in &dropped {
+            self.forget_late_page(h.data);
+            // With the result it was executed with (a Set Features' granted queues, say).
+            if let Some(Some(sq)) = self.sqs.get(h.sqid as usize) {
+                let cqid = sq.cqid;
+                self.post(cqid, h.sqid, h.cid, h.result, h.status);
+            }
+        }
+        dropped.len()
     }
 
     /// A readable summary for `Debug`-style diagnostics in tests.

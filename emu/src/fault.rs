@@ -41,6 +41,11 @@ pub enum Action {
     Status(Status),
     /// Execute it but never post its completion. Abort still finds it.
     Drop,
+    /// Neither execute it nor post its completion: a command the device fetched and lost.
+    /// Held like [`Action::Drop`] (an Abort or a queue deletion still finds it);
+    /// [`crate::EmuFunction::release_dropped`] answers it with Command Abort Requested,
+    /// still unexecuted. An Abort lost so neither aborts its command nor is answered.
+    Lose,
     /// Execute it, and post its completion only once this much time has passed (on a later
     /// register access in inline mode, by the thread in thread mode). Abort finds it.
     Delay(Duration),

@@ -553,6 +553,18 @@ impl EmuFunction {
         posted
     }
 
+    /// Posts the completions of every command held by [`crate::Action::Drop`] now, as if
+    /// the device had only been slow: a test's latch, deterministic where a delay is not
+    /// (the command stays unanswered exactly until the test says so). Returns how many.
+    pub fn release_dropped(&self) -> usize {
+        let mut s = self.shared.lock();
+        let n = s.release_dropped();
+        if !s.irq_list.is_empty() {
+            s.flush_irqs();
+        }
+        n
+    }
+
     /// Number of commands currently held (dropped, delayed, Async Event Requests).
     pub fn held_commands(&self) -> usize {
         self.shared.lock().held.len()
