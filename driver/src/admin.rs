@@ -2,6 +2,8 @@
 //!
 //! Admin commands are rare (bring-up, queue creation, abort), so the admin queue is polled
 //! under a mutex rather than run like an I/O queue pair. It shares the ring code with them.
+//! A command whose answer nobody needs (an Abort) is sent without waiting: its completion
+//! is reaped by the next command.
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,8 @@ pub(crate) struct AdminQueue {
     sq_db: usize,
     cq_db: usize,
     next_tag: u64,
-    /// Completions that came after their command had timed out.
+    /// Completions nobody waited for: an Abort's, or one that came after its command had
+    /// timed out.
     pub(crate) late: u64,
 }
 
@@ -83,6 +86,43 @@ impl AdminQueue {
         self.cq.iova()
     }
 
+    /// Reaps completions nobody waits for (they only free their slots).
+    fn reap_unwaited<B: Bar0>(&mut self, bar: &B) {
+        while let Some(cqe) = self.cq.read_new(self.core.cq_head(), self.core.cq_phase()) {
+            self.core.on_cqe(cqe);
+        }
+        if let Some(head) = self.core.take_cq_doorbell() {
+            bar.write32(self.cq_db, head);
+        }
+        while self.core.next_delivery().is_some() {
+            self.late += 1;
+        }
+    }
+
+    /// Places `sqe` and rings the doorbell; returns its tag. `None` if the queue is full:
+    /// every slot holds a command that never came back.
+    fn start<B: Bar0>(&mut self, bar: &B, sqe: Sqe) -> Option<u64> {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.core
+            .submit(&mut AdminSink(&self.sq), tag, (), |_, _| {
+                Ok::<_, std::convert::Infallible>(sqe)
+            })
+            .ok()?;
+        if let Some(tail) = self.core.take_sq_doorbell() {
+            nvme_dio_dma::barrier::wmb();
+            bar.write32(self.sq_db, tail);
+        }
+        Some(tag)
+    }
+
+    /// Sends `sqe` without waiting for its completion (the next command reaps it). False
+    /// if it could not be placed.
+    pub(crate) fn send<B: Bar0>(&mut self, bar: &B, sqe: Sqe) -> bool {
+        self.reap_unwaited(bar);
+        self.start(bar, sqe).is_some()
+    }
+
     /// Submits `sqe` and waits up to `timeout` for its completion.
     ///
     /// # Errors
@@ -96,27 +136,14 @@ impl AdminQueue {
         sqe: Sqe,
         timeout: Duration,
     ) -> Result<Cqe, Error> {
-        let tag = self.next_tag;
-        self.next_tag += 1;
         let opc = sqe.opc;
         let timed_out = || Error::AdminTimeout {
             opcode_name: opcode_name(true, opc),
             after: timeout,
         };
-        if self
-            .core
-            .submit(&mut AdminSink(&self.sq), tag, (), |_, _| {
-                Ok::<_, std::convert::Infallible>(sqe)
-            })
-            .is_err()
-        {
-            // Full: every slot holds a command that timed out and never came back.
-            return Err(timed_out());
-        }
-        if let Some(tail) = self.core.take_sq_doorbell() {
-            nvme_dio_dma::barrier::wmb();
-            bar.write32(self.sq_db, tail);
-        }
+        self.reap_unwaited(bar);
+        // Full: every slot holds a command that timed out and never came back.
+        let tag = self.start(bar, sqe).ok_or_else(timed_out)?;
         let start = Instant::now();
         let mut spins = 0u32;
         loop {

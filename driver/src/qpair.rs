@@ -530,6 +530,12 @@ impl<D: PciFunction> IoQueuePair<D> {
     /// theirs, a controller reset when an Abort does not help or CSTS.CFS is set.
     fn tick(&mut self, now: Stamp) {
         let s = Arc::clone(&self.shared);
+        if s.epoch.load(Ordering::Acquire) != self.core.epoch() {
+            // A reset began (or ended and is not adopted yet): it owns the controller's
+            // health until it settles, and our deadlines run again on the new queues.
+            self.catch_up();
+            return;
+        }
         if s.dev.removal_requested() {
             s.release_for_removal();
         }
@@ -548,16 +554,21 @@ impl<D: PciFunction> IoQueuePair<D> {
             return;
         }
         let tick = self.core.on_tick(now);
-        let mut reset = Csts(csts).cfs() || tick.reset;
-        let aborts = tick.aborts.to_vec();
+        let reset = Csts(csts).cfs() || tick.reset;
+        let aborts = if reset {
+            Vec::new()
+        } else {
+            tick.aborts.to_vec()
+        };
         for cid in aborts {
-            if reset {
-                break;
-            }
             // An aborted command completes on this CQ with Command Abort Requested and is
-            // delivered as a timeout. A controller may decline (QEMU always does): then the
-            // command gets the grace period before a reset.
-            reset = s.abort(self.core.qid(), cid.0).is_err();
+            // delivered as a timeout. The Abort is sent, not waited for: its own answer
+            // does not matter here. A controller may decline (QEMU always does), the Abort
+            // may never be answered, or the admin queue may be busy so it is not sent: in
+            // every case the command gets the grace period and then a reset.
+            if s.send_abort(self.core.qid(), cid.0) {
+                self.counters.aborts_sent += 1;
+            }
         }
         if reset {
             self.counters.resets_requested += 1;
@@ -577,13 +588,20 @@ impl<D: PciFunction> IoQueuePair<D> {
     pub(crate) fn catch_up(&mut self) {
         // The common case, on every poll: nothing to catch up with (two loads, no clone).
         let e = self.shared.epoch.load(Ordering::Acquire);
+        if e == self.core.epoch() {
+            if self.core.requests_in_flight() == 0
+                || self.shared.state.load(Ordering::Acquire) == LIVE
+            {
+                return;
+            }
+        } else if !self.shared.is_settled(e) {
+            return;
+        }
+        // The state is read only now, after the reset was seen settled: a reset publishes
+        // its outcome (DEAD, GONE) before it settles. Read before, a reset that failed in
+        // between would look like one that worked, and requests the device still holds
+        // would be placed again and, with the queues lost, handed back.
         let state = self.shared.state.load(Ordering::Acquire);
-        if e == self.core.epoch() && (state == LIVE || self.core.requests_in_flight() == 0) {
-            return;
-        }
-        if e != self.core.epoch() && !self.shared.is_settled(e) {
-            return;
-        }
         let s = Arc::clone(&self.shared);
         // Completions the controller posted before it was disabled are what they are
         // (Linux reaps the CQ before it cancels requests).
@@ -596,6 +614,9 @@ impl<D: PciFunction> IoQueuePair<D> {
         self.sq.clear();
         self.cq.clear();
         self.core.on_teardown(why, e);
+        // Requests accepted during the reset wait in the core until the queues exist again
+        // (or fail below with those dropped by the reset).
+        self.core.resume();
         if state == LIVE {
             let iovas = (self.sq.iova(), self.cq.iova());
             match s.create_queues(self.core.qid(), self.size, iovas, self.vector) {
@@ -618,18 +639,21 @@ impl<D: PciFunction> IoQueuePair<D> {
         }
     }
 
-    /// Before a submission: catch up with a reset; refuse if the controller or this queue
-    /// pair's queues are lost. While a reset is still running this waits for it to settle
-    /// (bounded by the reset's own timeouts), without holding a lock.
+    /// Before a submission: catch up with a reset that has settled; refuse if the
+    /// controller or this queue pair's queues are lost. While a reset is still running the
+    /// request is accepted but not placed (the core is paused): the submitter never waits
+    /// for a reset, and the request goes out on the re-created queues when this queue pair
+    /// catches up, or fails once if they cannot be re-created.
     #[inline]
     pub(crate) fn sync(&mut self) -> Result<(), Error> {
         let s = &*self.shared;
         let e = s.epoch.load(Ordering::Acquire);
         if e != self.core.epoch() {
-            while !s.is_settled(e) {
-                std::thread::sleep(Duration::from_micros(100));
+            if s.is_settled(e) {
+                self.catch_up();
+            } else {
+                self.core.pause();
             }
-            self.catch_up();
         }
         self.shared.check_live()?;
         match &self.lost {

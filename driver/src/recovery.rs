@@ -233,16 +233,18 @@ impl<D: PciFunction> Shared<D> {
         }
     }
 
-    /// Sends an Abort for `cid` on `sqid`; `Ok(true)` if the controller says it aborted it
-    /// (CQE DW0 bit 0 clear), `Ok(false)` if it declined, `Err` if the Abort itself failed.
-    pub(crate) fn abort(&self, sqid: Qid, cid: u16) -> Result<bool, Error> {
-        let mut admin = lock_admin(self)?;
-        let cqe = admin.execute(
+    /// Sends an Abort for `cid` on `sqid` and returns at once: true if it was sent. The I/O
+    /// thread that calls this never waits on the admin queue: if another thread holds it
+    /// (a reset, a queue creation waiting for its answer), the Abort is not sent, and the
+    /// command's grace period runs out into a reset as if the controller had declined.
+    pub(crate) fn send_abort(&self, sqid: Qid, cid: u16) -> bool {
+        let Ok(mut admin) = self.admin.try_lock() else {
+            return false;
+        };
+        admin.send(
             self.dev.bar0(),
             nvme_dio_queue::cmd::Abort::new(sqid, nvme_dio_queue::Cid(cid)).build(),
-            self.admin_timeout,
-        )?;
-        Ok(cqe.result & 1 == 0)
+        )
     }
 
     /// Orderly shutdown: CC.SHN = normal, wait for CSTS.SHST = complete (bounded).

@@ -143,7 +143,14 @@ fn run_one<D: PciFunction>(
                     f();
                 }
             }
-            let Some(buf) = pool.alloc() else { break };
+            let Some(buf) = pool.alloc() else {
+                if in_flight.is_empty() {
+                    // Every buffer of the pool is held (the device may still write them):
+                    // nothing left to submit with.
+                    gave_up = true;
+                }
+                break;
+            };
             let lba = base + xorshift(&mut rng) % load.region_blocks;
             if busy_lbas.contains(&lba) {
                 // One request per block at a time, so "the last write" is well defined.
