@@ -511,9 +511,14 @@ impl<D: PciFunction> Controller<D> {
     /// handle so the kernel can release it) or a reset failed. Checks the removal request,
     /// so an idle owner can call it now and then.
     pub fn is_gone(&self) -> bool {
-        if self.shared.state.load(Ordering::Acquire) == LIVE && self.shared.dev.removal_requested()
+        let s = &self.shared;
+        // A CSTS that keeps reading all ones (read again before it is believed) is a device
+        // that went without a removal request: released as for one.
+        if s.state.load(Ordering::Acquire) == LIVE
+            && (s.dev.removal_requested()
+                || crate::regio::read32(s.dev.bar0(), nvme_dio_queue::regs::CSTS).is_err())
         {
-            self.shared.release_for_removal();
+            s.release_for_removal();
         }
         self.shared.state.load(Ordering::Acquire) != LIVE
     }

@@ -527,7 +527,8 @@ impl<D: PciFunction> IoQueuePair<D> {
     }
 
     /// Looks at the device's health and the core's deadlines: Aborts for commands past
-    /// theirs, a controller reset when an Abort does not help or CSTS.CFS is set.
+    /// theirs, a controller reset when an Abort does not help, CSTS.CFS is set, or the
+    /// controller is no longer ready (CSTS.RDY = 0: it reset itself).
     fn tick(&mut self, now: Stamp) {
         let s = Arc::clone(&self.shared);
         if s.epoch.load(Ordering::Acquire) != self.core.epoch() {
@@ -554,7 +555,10 @@ impl<D: PciFunction> IoQueuePair<D> {
             return;
         }
         let tick = self.core.on_tick(now);
-        let reset = Csts(csts).cfs() || tick.reset;
+        // CSTS.RDY = 0 on a controller we enabled: it reset itself (a power loss, a reset
+        // by someone else) and holds no queue any more; Aborts would go nowhere.
+        let csts = Csts(csts);
+        let reset = csts.cfs() || !csts.rdy() || tick.reset;
         let aborts = if reset {
             Vec::new()
         } else {

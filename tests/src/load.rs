@@ -260,6 +260,14 @@ fn run_one<D: PciFunction>(
 /// Reads back every block in `written` and checks it carries the seed of its last
 /// successful write. Returns how many blocks were verified.
 pub fn verify<D: PciFunction>(ctrl: &Controller<D>, written: &HashMap<u64, u64>) -> usize {
+    read_back(ctrl, written, true)
+}
+
+fn read_back<D: PciFunction>(
+    ctrl: &Controller<D>,
+    written: &HashMap<u64, u64>,
+    compare: bool,
+) -> usize {
     let ns = ctrl.namespace(1).expect("namespace 1").clone();
     let bs = ns.lba_size() as usize;
     let mut qp = ctrl
@@ -280,6 +288,10 @@ pub fn verify<D: PciFunction>(ctrl: &Controller<D>, written: &HashMap<u64, u64>)
             while let Some(c) = qp.next_completion() {
                 c.result
                     .unwrap_or_else(|e| panic!("verify read of lba {}: {e}", c.tag));
+                got += 1;
+                if !compare {
+                    continue;
+                }
                 let seed = written[&c.tag];
                 let mut data = vec![0u8; bs];
                 c.bufs
@@ -292,7 +304,6 @@ pub fn verify<D: PciFunction>(ctrl: &Controller<D>, written: &HashMap<u64, u64>)
                     "block {} lost its data",
                     c.tag
                 );
-                got += 1;
             }
         }
     }
