@@ -96,6 +96,9 @@ typedef struct nvd_buf nvd_buf;
 // A controller that has been brought up (opaque).
 typedef struct nvd_ctrl nvd_ctrl;
 
+// Memory the caller owns, registered for DMA with `nvd_mem_register` (opaque).
+typedef struct nvd_mem nvd_mem;
+
 // An I/O queue pair (opaque). One thread at a time.
 typedef struct nvd_qpair nvd_qpair;
 
@@ -211,6 +214,45 @@ int32_t nvd_buf_alloc(const struct nvd_ctrl *ctrl, size_t len, struct nvd_buf **
 //
 // `buf` is null or a live buffer from `nvd_buf_alloc`, not used after this returns `NVD_OK`.
 int32_t nvd_buf_free(struct nvd_buf *buf);
+
+// Registers `len` bytes at `addr`, memory the caller owns (an anonymous or hugetlbfs
+// mapping, a memfd mapping), for DMA by `ctrl`'s device, so I/O goes to and from it in
+// place: `nvd_mem_buf` makes buffers over parts of it. `addr` and `len` must be multiples
+// of 4096. On success `*out` holds the registration; end it with `nvd_mem_unregister`.
+//
+// `NVD_ERR_INVALID` for unaligned or empty memory, or memory overlapping another
+// registration; `NVD_ERR_NO_MEMORY` when the IOMMU refuses (the message names the limit: the
+// locked-memory limit `ulimit -l`, or VFIO's mapping count `dma_entry_limit`).
+//
+// # Safety
+//
+// `ctrl` is null or a live controller; `out` is null or valid for a write. The memory
+// `addr..addr+len` must stay mapped, and must not be reused for anything the device must
+// not see, until `nvd_mem_unregister` returns `NVD_OK`; while a request with a buffer of
+// it is in flight the device reads or writes those bytes at any time.
+int32_t nvd_mem_register(const struct nvd_ctrl *ctrl, void *addr, size_t len, struct nvd_mem **out);
+
+// A buffer over exactly bytes `offset..offset+len` of registered memory, holding what
+// they hold (nothing is copied or zeroed): use it with `nvd_read` / `nvd_write` like any
+// buffer, read and write the bytes in place through your own pointer while no request
+// holds it, and free it with `nvd_buf_free`. `NVD_ERR_INVALID` if the bytes are outside
+// the registration or in another live buffer of it.
+//
+// # Safety
+//
+// `mem` is null or a live registration; `out` is null or valid for a write.
+int32_t nvd_mem_buf(const struct nvd_mem *mem, size_t offset, size_t len, struct nvd_buf **out);
+
+// Ends a registration: the device loses access, then the handle is freed and the memory
+// is the caller's alone again (free or unmap it after this returns `NVD_OK`).
+// `NVD_ERR_BUSY`, and nothing changes, while any buffer of it exists: free them first
+// (a buffer in flight comes back with its callback; one the callback said is held, because
+// the device may still write it, keeps the memory registered for good). Null is a no-op.
+//
+// # Safety
+//
+// `mem` is null or a live registration, not used after this returns `NVD_OK`.
+int32_t nvd_mem_unregister(struct nvd_mem *mem);
 
 // The buffer's length in bytes (0 for a null buffer).
 //

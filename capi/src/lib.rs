@@ -550,6 +550,141 @@ pub unsafe extern "C" fn nvd_buf_free(buf: *mut nvd_buf) -> i32 {
     })
 }
 
+/// Memory the caller owns, registered for DMA with `nvd_mem_register` (opaque).
+#[derive(Debug)]
+pub struct nvd_mem {
+    /// The controller it is mapped for (buffers of it are that controller's).
+    owner: usize,
+    /// `None` once unregistered (the handle is freed then).
+    reg: Mutex<Option<nvme_dio::Registration>>,
+}
+
+/// Registers `len` bytes at `addr`, memory the caller owns (an anonymous or hugetlbfs
+/// mapping, a memfd mapping), for DMA by `ctrl`'s device, so I/O goes to and from it in
+/// place: `nvd_mem_buf` makes buffers over parts of it. `addr` and `len` must be multiples
+/// of 4096. On success `*out` holds the registration; end it with `nvd_mem_unregister`.
+///
+/// `NVD_ERR_INVALID` for unaligned or empty memory, or memory overlapping another
+/// registration; `NVD_ERR_NO_MEMORY` when the IOMMU refuses (the message names the limit: the
+/// locked-memory limit `ulimit -l`, or VFIO's mapping count `dma_entry_limit`).
+///
+/// # Safety
+///
+/// `ctrl` is null or a live controller; `out` is null or valid for a write. The memory
+/// `addr..addr+len` must stay mapped, and must not be reused for anything the device must
+/// not see, until `nvd_mem_unregister` returns `NVD_OK`; while a request with a buffer of
+/// it is in flight the device reads or writes those bytes at any time.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvd_mem_register(
+    ctrl: *const nvd_ctrl,
+    addr: *mut c_void,
+    len: usize,
+    out: *mut *mut nvd_mem,
+) -> i32 {
+    guard(|| {
+        // SAFETY: null or live, by the caller's promise.
+        let c = unsafe { arg(ctrl, "ctrl") }?;
+        if out.is_null() || addr.is_null() {
+            return Err(fail(
+                NVD_ERR_INVALID,
+                "nvd_mem_register: addr or out is NULL",
+            ));
+        }
+        // SAFETY: the caller keeps `addr..addr+len` alive and unused by others until
+        // nvd_mem_unregister succeeds (this function's contract, which is register_raw's).
+        let reg = unsafe { c.ctrl.memory().register_raw(addr.cast(), len) }.map_err(Error::from)?;
+        let handle = Box::new(nvd_mem {
+            owner: owner_id(&c.ctrl),
+            reg: Mutex::new(Some(reg)),
+        });
+        // SAFETY: non-null and valid for a write by the caller's promise.
+        unsafe { out.write(Box::into_raw(handle)) };
+        Ok(NVD_OK)
+    })
+}
+
+/// A buffer over exactly bytes `offset..offset+len` of registered memory, holding what
+/// they hold (nothing is copied or zeroed): use it with `nvd_read` / `nvd_write` like any
+/// buffer, read and write the bytes in place through your own pointer while no request
+/// holds it, and free it with `nvd_buf_free`. `NVD_ERR_INVALID` if the bytes are outside
+/// the registration or in another live buffer of it.
+///
+/// # Safety
+///
+/// `mem` is null or a live registration; `out` is null or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvd_mem_buf(
+    mem: *const nvd_mem,
+    offset: usize,
+    len: usize,
+    out: *mut *mut nvd_buf,
+) -> i32 {
+    guard(|| {
+        // SAFETY: null or live, by the caller's promise.
+        let m = unsafe { arg(mem, "mem") }?;
+        if out.is_null() {
+            return Err(fail(NVD_ERR_INVALID, "out is NULL"));
+        }
+        let guard = lock(&m.reg);
+        let reg = guard
+            .as_ref()
+            .ok_or_else(|| fail(NVD_ERR_INVALID, "nvd_mem_buf: unregistered"))?;
+        let buf = reg.buf(offset, len).map_err(Error::from)?;
+        let handle = Box::new(nvd_buf {
+            owner: m.owner,
+            len,
+            buf: Mutex::new(Some(buf)),
+        });
+        // SAFETY: non-null and valid for a write by the caller's promise.
+        unsafe { out.write(Box::into_raw(handle)) };
+        Ok(NVD_OK)
+    })
+}
+
+/// Ends a registration: the device loses access, then the handle is freed and the memory
+/// is the caller's alone again (free or unmap it after this returns `NVD_OK`).
+/// `NVD_ERR_BUSY`, and nothing changes, while any buffer of it exists: free them first
+/// (a buffer in flight comes back with its callback; one the callback said is held, because
+/// the device may still write it, keeps the memory registered for good). Null is a no-op.
+///
+/// # Safety
+///
+/// `mem` is null or a live registration, not used after this returns `NVD_OK`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvd_mem_unregister(mem: *mut nvd_mem) -> i32 {
+    guard(|| {
+        if mem.is_null() {
+            return Ok(NVD_OK);
+        }
+        // SAFETY: non-null and live by the caller's promise.
+        let m = unsafe { &*mem };
+        let mut slot = lock(&m.reg);
+        let Some(reg) = slot.take() else {
+            return Err(fail(
+                NVD_ERR_INVALID,
+                "nvd_mem_unregister: already unregistered",
+            ));
+        };
+        match reg.unregister() {
+            Ok(_) => {}
+            Err((reg, e)) => {
+                *slot = Some(reg);
+                let code = if matches!(e, nvme_dio::DmaError::RegistrationBusy { .. }) {
+                    NVD_ERR_BUSY
+                } else {
+                    NVD_ERR_NO_MEMORY
+                };
+                return Err(fail(code, format!("nvd_mem_unregister: {e}")));
+            }
+        }
+        drop(slot);
+        // SAFETY: it came from Box::into_raw in nvd_mem_register; the registration is gone
+        // and the caller gives the handle up.
+        drop(unsafe { Box::from_raw(mem) });
+        Ok(NVD_OK)
+    })
+}
+
 /// The buffer's length in bytes (0 for a null buffer).
 ///
 /// # Safety

@@ -501,3 +501,76 @@ fn a_nested_poll_does_not_let_a_later_callback_destroy_the_queue_pair() {
         }
     }
 }
+
+#[test]
+fn io_in_place_from_registered_caller_memory() {
+    let f = Fixture::new(c"emu:ram", 0);
+    // The caller's own memory: an anonymous mapping, as a database's buffer pool.
+    let mut pool = nvme_dio::MmapMut::map_anon(8 * 4096).unwrap();
+    pool[..4096].copy_from_slice(&pattern(4096, 3));
+    let mut mem = ptr::null_mut();
+    let mut log = Log::default();
+    let ctx = (&raw mut log).cast::<c_void>();
+    // SAFETY: `pool` outlives the registration (unregistered below before it drops); live
+    // handles and out pointers; ctx is a live Log.
+    unsafe {
+        let base = pool.as_mut_ptr().cast::<c_void>();
+        assert_eq!(
+            nvd_mem_register(f.ctrl, base.byte_add(100), 4096, &mut mem),
+            NVD_ERR_INVALID
+        );
+        assert!(
+            last_error().contains("4 KiB page boundary"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            nvd_mem_register(f.ctrl, base, 8 * 4096, &mut mem),
+            NVD_OK,
+            "{}",
+            last_error()
+        );
+        let mut again = ptr::null_mut();
+        assert_eq!(
+            nvd_mem_register(f.ctrl, base, 4096, &mut again),
+            NVD_ERR_INVALID
+        );
+        assert!(last_error().contains("overlaps"), "{}", last_error());
+        let (mut w, mut r, mut dup) = (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+        assert_eq!(nvd_mem_buf(mem, 0, 4096, &mut w), NVD_OK);
+        assert_eq!(nvd_mem_buf(mem, 4096, 4096, &mut r), NVD_OK);
+        assert_eq!(
+            nvd_mem_buf(mem, 0, 8192, &mut dup),
+            NVD_ERR_INVALID,
+            "overlaps `w`"
+        );
+        let wl = [w.cast_const()];
+        assert_eq!(
+            nvd_writev(f.qp, 1, 40, wl.as_ptr(), 1, 0, Some(record), ctx),
+            NVD_OK
+        );
+        // In flight: the memory stays registered.
+        assert_eq!(nvd_mem_unregister(mem), NVD_ERR_BUSY);
+        assert!(
+            last_error().contains("still has 2 buffer"),
+            "{}",
+            last_error()
+        );
+        f.drain(&raw const log, 1);
+        let rl = [r.cast_const()];
+        assert_eq!(
+            nvd_readv(f.qp, 1, 40, rl.as_ptr(), 1, Some(record), ctx),
+            NVD_OK
+        );
+        f.drain(&raw const log, 2);
+        assert_eq!(log.done, vec![(NVD_OK, 0); 2]);
+        assert_eq!(nvd_buf_free(w), NVD_OK);
+        assert_eq!(nvd_buf_free(r), NVD_OK);
+        assert_eq!(nvd_mem_unregister(mem), NVD_OK, "{}", last_error());
+    }
+    // The read landed in the caller's memory itself, no copy.
+    assert_eq!(&pool[4096..8192], &pattern(4096, 3)[..]);
+    let mut stored = vec![0u8; 4096];
+    f.emu().read_blocks(1, 40, &mut stored).unwrap();
+    assert_eq!(stored, pattern(4096, 3));
+}

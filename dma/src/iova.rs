@@ -74,6 +74,31 @@ impl RangeAllocator {
         Some(aligned)
     }
 
+    /// Claims exactly `start..start+len` if all of it is free. False (nothing changes) if
+    /// any byte of it is in use or outside the managed ranges.
+    pub(crate) fn claim(&mut self, start: u64, len: u64) -> bool {
+        let Some(stop) = start.checked_add(len) else {
+            return false;
+        };
+        if len == 0 {
+            return false;
+        }
+        let Some((&fstart, &fend)) = self.free.range(..=start).next_back() else {
+            return false;
+        };
+        if fend < stop {
+            return false;
+        }
+        self.free.remove(&fstart);
+        if fstart < start {
+            self.free.insert(fstart, start);
+        }
+        if stop < fend {
+            self.free.insert(stop, fend);
+        }
+        true
+    }
+
     /// Gives `start..start+len` back. Refused (and nothing changes) if the range is outside
     /// the managed ranges or overlaps something already free (a double free).
     pub(crate) fn free(&mut self, start: u64, len: u64) -> Result<(), Error> {
@@ -303,6 +328,20 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn claim_takes_exactly_a_free_range_or_nothing() {
+        let mut a = RangeAllocator::new([0..64]);
+        assert!(a.claim(16, 16));
+        assert!(!a.claim(8, 16), "overlaps the claimed 16..32");
+        assert!(!a.claim(16, 1), "in use");
+        assert!(!a.claim(60, 8), "past the end");
+        assert!(!a.claim(0, 0));
+        assert!(a.claim(0, 16) && a.claim(32, 32));
+        assert_eq!(a.free_bytes(), 0);
+        a.free(16, 16).unwrap();
+        assert!(a.claim(16, 16), "free again after the free");
+    }
 
     #[test]
     fn never_hands_out_zero_or_below_floor() {

@@ -70,8 +70,10 @@ pub mod vfio;
 
 pub use device::{Bar0, DmaMapper, PciFunction};
 pub use iova::{IOVA_FLOOR, IovaAllocator, RangeSet};
+/// The mapping type [`DmaMemory::register`] takes over (memmap2's).
+pub use memmap2::MmapMut;
 pub use memory::{
-    DmaBuf, DmaMemory, DmaPool, DmaStopped, MemoryOptions, PageKind, QuarantineStats,
+    DmaBuf, DmaMemory, DmaPool, DmaStopped, MemoryOptions, PageKind, QuarantineStats, Registration,
 };
 pub use vfio::{VfioBar, VfioFunction, VfioMapper, parse_bdf};
 
@@ -293,6 +295,60 @@ pub enum Error {
     InvalidArgument {
         /// What was wrong.
         what: String,
+    },
+    /// [`MemoryOptions::budget`] would be exceeded by a new region.
+    #[error(
+        "the DMA memory budget of {budget} bytes would be exceeded: {mapped} mapped, a new region needs {needed}; raise MemoryOptions::budget, free buffers, or register your own memory (DmaMemory::register)"
+    )]
+    BudgetExceeded {
+        /// The budget.
+        budget: usize,
+        /// Bytes mapped now.
+        mapped: usize,
+        /// Bytes the new region needs.
+        needed: usize,
+    },
+    /// Memory to register does not start and end on a 4 KiB boundary.
+    #[error(
+        "memory to register must start and end on a 4 KiB page boundary (address {addr:#x}, {len} bytes): register whole pages of an mmap'ed area"
+    )]
+    RegisterUnaligned {
+        /// Start address.
+        addr: usize,
+        /// Length in bytes.
+        len: usize,
+    },
+    /// Memory to register overlaps memory already registered.
+    #[error(
+        "memory at {addr:#x} ({len} bytes) overlaps memory already registered at {other_addr:#x} ({other_len} bytes): register each area once"
+    )]
+    RegisterOverlaps {
+        /// Start address.
+        addr: usize,
+        /// Length in bytes.
+        len: usize,
+        /// The registration it overlaps.
+        other_addr: usize,
+        /// Its length.
+        other_len: usize,
+    },
+    /// A registration still has buffers: it cannot be unregistered yet.
+    #[error(
+        "registered memory at {addr:#x} still has {buffers} buffer(s) (held by you, in flight, or held because the device may still write them): complete and drop them, then unregister"
+    )]
+    RegistrationBusy {
+        /// Start address.
+        addr: usize,
+        /// Buffers still alive.
+        buffers: usize,
+    },
+    /// The IOMMU refused another mapping (VFIO's per-container mapping limit).
+    #[error(
+        "the IOMMU refused another DMA mapping of {len} bytes: vfio_iommu_type1 allows dma_entry_limit mappings per container (65535 by default, /sys/module/vfio_iommu_type1/parameters/dma_entry_limit); register fewer, larger areas"
+    )]
+    TooManyMappings {
+        /// Bytes of the mapping refused.
+        len: usize,
     },
     /// A DMA mapping conflicts with an existing one (or does not exist on unmap).
     #[error("DMA {op} of IOVA {iova:#x}+{len:#x} refused: {reason}")]

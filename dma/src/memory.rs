@@ -30,6 +30,9 @@ use crate::Error;
 use crate::device::DmaMapper;
 use crate::iova::{IovaAllocator, RangeAllocator};
 
+mod register;
+pub use register::Registration;
+
 /// Hugepage size for DMA regions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum PageKind {
@@ -113,6 +116,9 @@ pub struct MemoryOptions {
     /// Use ordinary (populated, mlocked if possible) pages when no hugepages are free.
     /// [`DmaMemory::is_fallback`] reports when that happened.
     pub allow_fallback: bool,
+    /// The most bytes this library maps itself (regions of its own; memory the caller
+    /// registers does not count). `None` (the default): no cap.
+    pub budget: Option<usize>,
 }
 
 impl MemoryOptions {
@@ -141,6 +147,14 @@ impl MemoryOptions {
         self.allow_fallback = on;
         self
     }
+
+    /// Caps the bytes this library maps itself (whole regions count; registered caller
+    /// memory does not). An allocation that needs a region past it fails with
+    /// [`Error::BudgetExceeded`].
+    pub fn budget(mut self, bytes: usize) -> MemoryOptions {
+        self.budget = Some(bytes);
+        self
+    }
 }
 
 impl Default for MemoryOptions {
@@ -149,14 +163,31 @@ impl Default for MemoryOptions {
             page: PageKind::Huge2M,
             region_bytes: 32 << 20,
             allow_fallback: false,
+            budget: None,
         }
     }
+}
+
+/// Host ranges (start, len) of caller memory registered and still mapped, shared by a
+/// memory and its caller regions.
+type Registered = Arc<Mutex<Vec<(usize, usize)>>>;
+
+/// Who owns a region's host memory.
+enum Owner {
+    /// A mapping this library made (hugepages or the ordinary-page fallback), held for its
+    /// Drop (munmap).
+    Ours { _map: MmapRaw },
+    /// Memory the caller registered ([`DmaMemory::register`]): kept alive, and given back
+    /// by [`Registration::unregister`] once no buffer of it exists.
+    Caller(register::CallerMapping),
+    /// Nothing to release (the unmap failed: the memory stays mapped for good).
+    Leaked,
 }
 
 /// One mapping, mapped into the IOMMU once.
 struct Region {
     /// Owns the mapping. Never dereferenced: only `host` (a raw pointer) is used.
-    map: Option<MmapRaw>,
+    owner: Owner,
     /// Start of the mapping.
     host: *mut u8,
     /// Length in bytes (whole pages).
@@ -171,6 +202,13 @@ struct Region {
     iova_alloc: Arc<Mutex<IovaAllocator>>,
     /// `mapper.tracks_allocations()`, asked once: report allocations and frees to it.
     track: bool,
+    /// Bytes this library has mapped itself, for [`MemoryOptions::budget`] (our regions only).
+    budget: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// A registration's entry in its memory's list of registered host ranges (caller
+    /// regions only), removed once the region is unmapped.
+    registered: Option<Registered>,
+    /// Already unmapped (by [`Registration::unregister`]): Drop has nothing left to do.
+    unmapped: bool,
 }
 
 impl Region {
@@ -201,12 +239,22 @@ unsafe impl Sync for Region {}
 
 impl Drop for Region {
     fn drop(&mut self) {
+        if self.unmapped {
+            return;
+        }
         match self.mapper.unmap(self.iova, self.len) {
             Ok(()) => {
                 lock(&self.iova_alloc)
                     .free(self.iova, self.len as u64)
                     .expect("region IOVA was allocated by this allocator");
-                // `map` drops here: munmap after the device lost access.
+                if let Some(b) = &self.budget {
+                    b.fetch_sub(self.len, Ordering::Relaxed);
+                }
+                if let Some(r) = &self.registered {
+                    lock(r).retain(|&(h, _)| h != self.host as usize);
+                }
+                // The owner drops here: munmap (or the caller's mapping back to the caller,
+                // see `Registration::unregister`) after the device lost access.
             }
             Err(e) => {
                 // The device may still reach this memory: never give it back to the OS.
@@ -215,7 +263,7 @@ impl Drop for Region {
                     "nvme-dio-dma: unmapping IOVA {:#x}+{:#x} failed ({e}); leaking the region so the device cannot DMA into reused memory",
                     self.iova, self.len
                 );
-                std::mem::forget(self.map.take());
+                std::mem::forget(std::mem::replace(&mut self.owner, Owner::Leaked));
             }
         }
     }
@@ -247,6 +295,10 @@ struct MemInner {
     fallback: AtomicBool,
     /// Buffers the device may still write, held until DMA is proven stopped.
     quarantine: Mutex<Quarantine>,
+    /// Bytes of our own regions mapped now (against `opts.budget`).
+    mapped: Arc<std::sync::atomic::AtomicUsize>,
+    /// Host ranges of caller memory registered and still mapped.
+    registered: Registered,
 }
 
 #[derive(Default)]
@@ -367,6 +419,8 @@ impl DmaMemory {
                 regions: Mutex::new(Vec::new()),
                 fallback: AtomicBool::new(false),
                 quarantine: Mutex::new(Quarantine::default()),
+                mapped: Arc::default(),
+                registered: Arc::default(),
             }),
         };
         let first = mem.new_region(opts.region_bytes)?;
@@ -602,6 +656,16 @@ impl DmaMemory {
                 .ok_or_else(|| Error::InvalidArgument {
                     what: format!("{len} bytes overflow a page multiple"),
                 })?;
+        if let Some(budget) = opts.budget {
+            let mapped = self.inner.mapped.load(Ordering::Relaxed);
+            if mapped.saturating_add(len) > budget {
+                return Err(Error::BudgetExceeded {
+                    budget,
+                    mapped,
+                    needed: len,
+                });
+            }
+        }
         let (map, huge) = match map_hugepages(page, len) {
             Ok(m) => (m, true),
             Err(e) if opts.allow_fallback && matches!(e, Error::NoHugepages { .. }) => {
@@ -634,8 +698,9 @@ impl DmaMemory {
         if track {
             self.inner.mapper.range_freed(iova, len);
         }
+        self.inner.mapped.fetch_add(len, Ordering::Relaxed);
         Ok(Arc::new(Region {
-            map: Some(map),
+            owner: Owner::Ours { _map: map },
             host,
             len,
             iova,
@@ -644,6 +709,9 @@ impl DmaMemory {
             mapper: self.inner.mapper.clone(),
             iova_alloc: self.inner.iova.clone(),
             track,
+            budget: Some(Arc::clone(&self.inner.mapped)),
+            registered: None,
+            unmapped: false,
         }))
     }
 }

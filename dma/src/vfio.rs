@@ -332,6 +332,9 @@ impl DmaMapper for VfioMapper {
                     }),
                 }
             }
+            Err(VfioError::IommuDmaMap(e)) if e.errno() == libc::ENOSPC => {
+                Err(Error::TooManyMappings { len })
+            }
             Err(source) => Err(Error::Vfio {
                 op: "DMA map",
                 bdf: "container".into(),

@@ -523,7 +523,12 @@ impl Error {
             }
             Error::QueueLost { .. } => ErrorKind::NoDevice,
             Error::BuffersHeld { cause, .. } => cause.kind(),
-            Error::Dma(nvme_dio_dma::Error::InvalidArgument { .. }) => ErrorKind::InvalidInput,
+            Error::Dma(
+                nvme_dio_dma::Error::InvalidArgument { .. }
+                | nvme_dio_dma::Error::RegisterUnaligned { .. }
+                | nvme_dio_dma::Error::RegisterOverlaps { .. }
+                | nvme_dio_dma::Error::RegistrationBusy { .. },
+            ) => ErrorKind::InvalidInput,
             Error::Dma(_) => ErrorKind::NoMemory,
             Error::Wait(_) => ErrorKind::System,
         }

@@ -108,8 +108,12 @@ pub use error::{Error, ErrorKind, Report, Stage};
 pub use future::{AsyncQueuePair, InterruptFd, IoFailed, IoFuture};
 pub use io::Io;
 pub use namespace::Namespace;
+/// The DMA layer's errors (inside [`Error::Dma`]).
+pub use nvme_dio_dma::Error as DmaError;
 pub use nvme_dio_dma::VfioFunction;
-pub use nvme_dio_dma::{DmaBuf, DmaMemory, DmaPool, MemoryOptions, PageKind, PciFunction};
+pub use nvme_dio_dma::{
+    DmaBuf, DmaMemory, DmaPool, MemoryOptions, MmapMut, PageKind, PciFunction, Registration,
+};
 /// The NVMe spec types and command builders (for [`IoQueuePair::submit_raw`]).
 pub use nvme_dio_queue as spec;
 pub use nvme_dio_queue::{Lba, Nsid, Status};

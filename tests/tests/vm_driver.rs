@@ -585,3 +585,40 @@ fn vm_bad_input_other_driver_and_busy_device() {
     drop(first);
     VfioFunction::open(&c.bdf).expect("free again once the first handle is dropped");
 }
+
+/// Issue 16: I/O in place from memory the caller owns (an anonymous mapping registered
+/// through VFIO): the write goes out of the caller's bytes, the read lands in them, and the
+/// registration comes back only once no buffer of it is left.
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_default_io_in_place_from_registered_caller_memory() {
+    let (_c, ctrl) = open("default", ControllerOptions::default());
+    let ns = ctrl.namespace(1).unwrap().clone();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    let mut pool = nvme_dio::MmapMut::map_anon(64 << 10).unwrap();
+    let data: Vec<u8> = (0..32 << 10).map(|i| (i * 7 + 3) as u8).collect();
+    pool[..32 << 10].copy_from_slice(&data);
+    let reg = ctrl.memory().register(pool).map_err(|(_, e)| e).unwrap();
+    let w = reg.buf(0, 32 << 10).unwrap();
+    qp.write(&ns, Lba(10_400), w, 1)
+        .map_err(|r| r.error)
+        .unwrap();
+    let c = wait_one(&mut qp, Duration::from_secs(30));
+    c.result.unwrap();
+    drop(c.bufs);
+    let r = reg.buf(32 << 10, 32 << 10).unwrap();
+    qp.read(&ns, Lba(10_400), r, 2)
+        .map_err(|r| r.error)
+        .unwrap();
+    let (reg, e) = reg.unregister().unwrap_err();
+    assert!(e.to_string().contains("1 buffer"), "in flight: {e}");
+    let c = wait_one(&mut qp, Duration::from_secs(30));
+    c.result.unwrap();
+    drop(c.bufs);
+    let pool = reg.unregister().map_err(|(_, e)| e).unwrap().unwrap();
+    assert_eq!(
+        &pool[32 << 10..],
+        &data[..],
+        "read back into the caller's memory"
+    );
+}

@@ -847,3 +847,130 @@ fn an_alias_shares_bytes_and_iovas_and_frees_nothing() {
         c.iova()
     );
 }
+
+// ---- caller memory (register.rs) ---------------------------------------------------------
+
+fn caller_pool(len: usize) -> memmap2::MmapMut {
+    let mut m = memmap2::MmapMut::map_anon(len).expect("anonymous mapping");
+    for (i, b) in m.iter_mut().enumerate() {
+        *b = (i / 4096) as u8;
+    }
+    m
+}
+
+#[test]
+fn registered_memory_is_used_in_place_and_given_back_only_without_buffers() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let pool = caller_pool(16 * 4096);
+    let host = pool.as_ptr() as usize;
+    let reg = mem.register(pool).map_err(|(_, e)| e).unwrap();
+    assert_eq!((reg.len(), reg.as_ptr() as usize), (16 * 4096, host));
+    let page = reg.buf(2 * 4096, 4096).unwrap();
+    // The caller's bytes, not zeroes; the device sees the caller's memory itself.
+    let mut got = vec![0u8; 4096];
+    page.copy_to_slice(0, &mut got).unwrap();
+    assert!(
+        got.iter().all(|&b| b == 2),
+        "used in place, not copied or zeroed"
+    );
+    let p = mapper.translate(page.iova(), 4096).expect("mapped");
+    assert_eq!(p as usize, host + 2 * 4096);
+    page.write_u32(0, 0xfeed_f00d);
+    // Busy while a buffer lives: the registration comes back, still mapped.
+    let (reg, e) = reg.unregister().unwrap_err();
+    assert!(
+        matches!(e, Error::RegistrationBusy { buffers: 1, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("complete and drop them"), "{e}");
+    assert!(mapper.translate(reg.iova(), 4096).is_some());
+    drop(page);
+    let unmaps = mapper.unmap_calls();
+    let pool = reg
+        .unregister()
+        .map_err(|(_, e)| e)
+        .unwrap()
+        .expect("the mapping back");
+    assert_eq!(
+        mapper.unmap_calls(),
+        unmaps + 1,
+        "unmapped before it came back"
+    );
+    assert_eq!(&pool[2 * 4096..2 * 4096 + 4], &0xfeed_f00du32.to_ne_bytes());
+    // Registering it again works: the first registration's entry is gone.
+    let reg = mem.register(pool).map_err(|(_, e)| e).unwrap();
+    assert!(reg.unregister().is_ok());
+}
+
+#[test]
+fn registration_refuses_unaligned_overlapping_and_double_claimed_memory() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let odd = memmap2::MmapMut::map_anon(4096 + 100).unwrap();
+    let (_, e) = mem.register(odd).unwrap_err();
+    assert!(
+        matches!(e, Error::RegisterUnaligned { len: 4196, .. }),
+        "{e}"
+    );
+    let reg = mem
+        .register(caller_pool(8 * 4096))
+        .map_err(|(_, e)| e)
+        .unwrap();
+    // SAFETY: the bytes belong to `reg`'s live mapping; the call is refused before mapping.
+    let e = unsafe { mem.register_raw(reg.as_ptr().add(4096), 4096) }.unwrap_err();
+    assert!(matches!(e, Error::RegisterOverlaps { .. }), "{e}");
+    // SAFETY: as above (unaligned: refused first).
+    let e = unsafe { mem.register_raw(reg.as_ptr().add(100), 4096) }.unwrap_err();
+    assert!(matches!(e, Error::RegisterUnaligned { .. }), "{e}");
+    let a = reg.buf(0, 8192).unwrap();
+    assert!(reg.buf(4096, 4096).is_err(), "already in a live buffer");
+    assert!(reg.buf(7 * 4096, 8192).is_err(), "past the end");
+    assert!(reg.buf(usize::MAX, 2).is_err(), "overflow");
+    let b = reg.alloc(4096, 4096).unwrap();
+    assert_eq!(b.iova(), reg.iova() + 8192, "first free range after `a`");
+    drop((a, b));
+    assert_eq!(reg.buffers(), 0);
+}
+
+#[test]
+fn a_quarantined_buffer_keeps_its_registration_mapped() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts());
+    let reg = mem
+        .register(caller_pool(4 * 4096))
+        .map_err(|(_, e)| e)
+        .unwrap();
+    mem.quarantine(reg.buf(0, 4096).unwrap()).unwrap();
+    let (reg, e) = reg.unregister().unwrap_err();
+    assert!(e.to_string().contains("device may still write"), "{e}");
+    mem.release_quarantine(DmaStopped::ControllerDisabled);
+    assert!(reg.unregister().is_ok());
+}
+
+#[test]
+fn the_budget_caps_what_the_library_maps_itself_not_registered_memory() {
+    let _g = serial();
+    let mapper = Arc::new(RecordingMapper::new());
+    let mem = mem_with(&mapper, small_opts().budget(4 * MIB));
+    let _a = mem.alloc(2 * MIB, 4096).unwrap(); // fills the first region
+    let _b = mem.alloc(2 * MIB, 4096).unwrap(); // a second region: 4 MiB mapped
+    let e = mem.alloc(4096, 4096).unwrap_err();
+    assert!(
+        matches!(e, Error::BudgetExceeded { budget, mapped, .. } if budget == 4 * MIB && mapped == 4 * MIB),
+        "{e}"
+    );
+    let reg = mem.register(caller_pool(MIB)).map_err(|(_, e)| e).unwrap();
+    assert!(
+        reg.buf(0, 4096).is_ok(),
+        "registered memory is outside the budget"
+    );
+    drop(_b);
+    assert!(
+        mem.alloc(4096, 4096).is_ok(),
+        "room again once a region is gone"
+    );
+}
