@@ -560,13 +560,24 @@ pub struct ListArgs {
 
 /// `nvme-dio identify`.
 #[derive(Clone, Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    nvme-dio identify                                # the emulated controller\n  \
+    nvme-dio identify --device 0000:01:00.0 --json   # every field, nvme-cli's names\n  \
+    nvme-dio identify --device 0000:01:00.0 -b > id.bin   # the 4 KiB pages (controller, then namespaces)")]
 pub struct IdentifyArgs {
     /// `emu`, `emu:ram`, or a PCI address bound to vfio-pci.
     #[arg(short, long, default_value = "emu", value_parser = parse_device)]
     pub device: DeviceSpec,
     /// Print JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "raw")]
     pub json: bool,
+    /// Write the raw Identify pages, binary, as nvme-cli's `-b`: the controller's 4096 bytes,
+    /// then each namespace's 4096 bytes in NSID order (or only --nsid's).
+    #[arg(short = 'b', long, visible_alias = "raw-binary")]
+    pub raw: bool,
+    /// Show only this namespace.
+    #[arg(short = 'n', long, value_parser = parse_nsid, allow_negative_numbers = true)]
+    pub nsid: Option<u32>,
 }
 
 /// `nvme-dio setup`.
