@@ -556,6 +556,11 @@ pub struct ListArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Do not open controllers bound to vfio-pci to read their model, serial and
+    /// namespaces (opening resets an idle controller; one another process holds is refused
+    /// by VFIO and left alone either way).
+    #[arg(long)]
+    pub no_open: bool,
 }
 
 /// `nvme-dio identify`.

@@ -261,3 +261,141 @@ fn identify_refuses_a_missing_namespace_and_raw_with_json() {
     );
     refused(&["identify", "--nsid", "0"], 2, &["out of range"]);
 }
+
+/// A fake sysfs/procfs tree for the binary (`NVME_DIO_SYSFS_ROOT`), removed on drop.
+struct Tree {
+    root: std::path::PathBuf,
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+impl Tree {
+    fn new(name: &str) -> Tree {
+        let root =
+            std::env::temp_dir().join(format!("nvme-dio-tools-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in [
+            "sys/bus/pci/devices",
+            "sys/bus/pci/drivers",
+            "sys/kernel/iommu_groups",
+            "proc/self",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let t = Tree { root };
+        t.file("proc/mounts", "/dev/vda / ext4 rw 0 0\n");
+        t
+    }
+
+    fn file(&self, rel: &str, text: &str) {
+        let p = self.root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn link(&self, rel: &str, target: &std::path::Path) {
+        let p = self.root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&p);
+        std::os::unix::fs::symlink(target, p).unwrap();
+    }
+
+    /// An NVMe controller (class 0x010802) with a driver and an IOMMU group of its own.
+    fn nvme(&self, bdf: &str, driver: Option<&str>, group: u32) {
+        let d = format!("sys/bus/pci/devices/{bdf}");
+        self.file(&format!("{d}/class"), "0x010802\n");
+        self.file(&format!("{d}/vendor"), "0x1b36\n");
+        self.file(&format!("{d}/device"), "0x0010\n");
+        self.file(&format!("{d}/numa_node"), "0\n");
+        self.file(&format!("{d}/driver_override"), "(null)\n");
+        for drv in ["nvme", "vfio-pci"] {
+            std::fs::create_dir_all(self.root.join("sys/bus/pci/drivers").join(drv)).unwrap();
+        }
+        if let Some(drv) = driver {
+            self.link(
+                &format!("{d}/driver"),
+                &self.root.join("sys/bus/pci/drivers").join(drv),
+            );
+        }
+        let g = self.root.join(format!("sys/kernel/iommu_groups/{group}"));
+        std::fs::create_dir_all(g.join("devices")).unwrap();
+        self.link(&format!("{d}/iommu_group"), &g);
+        self.link(
+            &format!("sys/kernel/iommu_groups/{group}/devices/{bdf}"),
+            &self.root.join(&d),
+        );
+    }
+
+    /// What the kernel's nvme driver publishes for controller `nvme<ctrl>` and its namespace 1.
+    fn kernel(&self, bdf: &str, ctrl: u32, model: &str, serial: &str, bytes: u64) {
+        let d = format!("sys/bus/pci/devices/{bdf}/nvme/nvme{ctrl}");
+        self.file(&format!("{d}/model"), &format!("{model:<40}\n"));
+        self.file(&format!("{d}/serial"), &format!("{serial:<20}\n"));
+        self.file(&format!("{d}/firmware_rev"), "8.0.0   \n");
+        let ns = format!("nvme{ctrl}n1");
+        std::fs::create_dir_all(self.root.join(format!("{d}/{ns}"))).unwrap();
+        let b = format!("sys/class/block/{ns}");
+        self.file(&format!("{b}/size"), &format!("{}\n", bytes / 512));
+        self.file(&format!("{b}/queue/logical_block_size"), "4096\n");
+        self.file(&format!("{b}/nsid"), "1\n");
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        run_env(
+            args,
+            &[("NVME_DIO_SYSFS_ROOT", self.root.to_str().unwrap())],
+        )
+    }
+}
+
+#[test]
+fn list_shows_model_serial_firmware_capacity_and_driver_as_nvme_list_does() {
+    let t = Tree::new("list");
+    t.nvme("0000:01:00.0", Some("nvme"), 3);
+    t.kernel("0000:01:00.0", 0, "QEMU NVMe Ctrl", "dflt0001", 64 << 20);
+    t.nvme("0000:02:00.0", Some("vfio-pci"), 4);
+    let o = t.run(&["list"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let l: Vec<&str> = out.lines().collect();
+    assert!(
+        l[0].starts_with("address")
+            && ["driver", "model", "serial", "firmware", "capacity"]
+                .iter()
+                .all(|h| l[0].contains(h)),
+        "{out}"
+    );
+    for want in [
+        "0000:01:00.0",
+        "nvme",
+        "QEMU NVMe Ctrl",
+        "dflt0001",
+        "8.0.0",
+        "67.11 MB",
+    ] {
+        assert!(l[1].contains(want), "{want:?}: {out}");
+    }
+    assert!(l[2].contains("namespace 1 /dev/nvme0n1: 67.11 MB (16384 blocks of 4096 bytes)"));
+    // Bound to vfio-pci: read through VFIO, which this host does not have: the reason.
+    assert!(
+        l[3].contains("0000:02:00.0") && l[3].contains("vfio-pci"),
+        "{out}"
+    );
+    assert!(l[4].contains("cannot read Identify"), "{out}");
+    let o = t.run(&["list", "--json", "--no-open"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["model"], "QEMU NVMe Ctrl");
+    assert_eq!(v[0]["serial"], "dflt0001");
+    assert_eq!(v[0]["firmware"], "8.0.0");
+    assert_eq!(v[0]["capacity_bytes"], 64 << 20);
+    assert_eq!(v[0]["driver"], "nvme");
+    assert_eq!(v[0]["source"], "sysfs");
+    assert_eq!(v[1]["driver"], "vfio-pci");
+    assert!(v[1]["model"].is_null(), "{v}");
+    assert!(v[1]["note"].as_str().unwrap().contains("--no-open"), "{v}");
+}

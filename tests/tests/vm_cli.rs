@@ -150,3 +150,74 @@ fn vm_cli_identify_prints_qemus_whole_pages_as_nvme_cli_does() {
     let nsze = u64::from_le_bytes(raw[4096..4104].try_into().unwrap());
     assert_eq!(nsze, c.namespaces[0].blocks);
 }
+
+/// `nvme-dio list --json`, parsed.
+fn list_json() -> Vec<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(&nvme_dio(&["list", "--json"])).expect("list --json is JSON");
+    v.as_array().expect("a list").clone()
+}
+
+fn entry<'a>(l: &'a [serde_json::Value], bdf: &str) -> &'a serde_json::Value {
+    l.iter()
+        .find(|e| e["address"] == bdf)
+        .unwrap_or_else(|| panic!("{bdf} not listed: {l:?}"))
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_cli_list_shows_model_serial_and_capacity_for_vfio_and_kernel_bound_controllers() {
+    let m = vm::matrix().expect("VM guest");
+    // Every controller is bound to vfio-pci: list reads Identify through VFIO.
+    let l = list_json();
+    for c in m.iter().filter(|c| c.role != "hotplug") {
+        let e = entry(&l, &c.bdf);
+        assert_eq!(e["driver"], "vfio-pci", "{e}");
+        assert_eq!(e["source"], "identify", "{e}");
+        assert_eq!(e["model"], "QEMU NVMe Ctrl", "{e}");
+        assert_eq!(e["serial"], c.serial.as_str(), "{e}");
+        let bytes: u64 = c
+            .namespaces
+            .iter()
+            .map(|n| n.blocks * c.lba_size as u64)
+            .sum();
+        assert_eq!(e["capacity_bytes"], bytes, "{e}");
+    }
+    // Give one to the kernel's nvme driver: list then reads sysfs, as `nvme list` does.
+    let c = vm::controller("msix2").expect("VM guest");
+    nvme_dio(&["reset", &c.bdf]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let e = loop {
+        // The kernel probes asynchronously: its namespaces appear a moment after the bind.
+        let l = list_json();
+        let e = entry(&l, &c.bdf).clone();
+        if e["namespaces"].as_array().is_some_and(|n| !n.is_empty()) {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kernel never published {}'s namespaces: {e}",
+            c.bdf
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let back = nvme_dio(&["setup", &c.bdf]);
+    assert_eq!(e["driver"], "nvme", "{e}");
+    assert_eq!(e["source"], "sysfs", "{e}");
+    assert_eq!(e["model"], "QEMU NVMe Ctrl", "{e}");
+    assert_eq!(e["serial"], c.serial.as_str(), "{e}");
+    assert_eq!(
+        e["capacity_bytes"],
+        c.namespaces[0].blocks * c.lba_size as u64,
+        "{e}"
+    );
+    assert_eq!(e["namespaces"][0]["lba_size"], c.lba_size, "{e}");
+    assert!(
+        e["namespaces"][0]["block_device"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("nvme")),
+        "{e}"
+    );
+    assert!(back.contains("vfio-pci"), "{back}");
+    assert_eq!(entry(&list_json(), &c.bdf)["driver"], "vfio-pci");
+}
