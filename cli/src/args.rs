@@ -32,6 +32,8 @@ pub enum Command {
     Setup(SetupArgs),
     /// Give a controller back to the kernel's nvme driver.
     Reset(ResetArgs),
+    /// Overlay the latency CDFs and histograms of several `bench --json` runs in one SVG.
+    Plot(PlotArgs),
 }
 
 /// Which device to drive.
@@ -583,6 +585,23 @@ pub struct IdentifyArgs {
     /// Show only this namespace.
     #[arg(short = 'n', long, value_parser = parse_nsid, allow_negative_numbers = true)]
     pub nsid: Option<u32>,
+}
+
+/// `nvme-dio plot`.
+#[derive(Clone, Debug, Args)]
+#[command(after_help = "Example:\n  \
+    nvme-dio bench -q 1 --json > qd1.json; nvme-dio bench -q 32 --json > qd32.json\n  \
+    nvme-dio plot qd1.json qd32.json -o cmp.svg")]
+pub struct PlotArgs {
+    /// Files written by `nvme-dio bench --json`; each is labelled by its name.
+    #[arg(required = true, value_name = "RUN.json")]
+    pub files: Vec<PathBuf>,
+    /// The SVG to write.
+    #[arg(short, long, value_name = "FILE.svg")]
+    pub output: PathBuf,
+    /// Title (default: the file names).
+    #[arg(long)]
+    pub title: Option<String>,
 }
 
 /// `nvme-dio setup`.

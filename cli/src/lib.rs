@@ -6,6 +6,7 @@
 //!   figure. Human summary, `--json`, an SVG latency histogram, `--verify`.
 //! - `list`: the NVMe controllers in sysfs, their drivers, IOMMU groups, NUMA nodes, disks.
 //! - `identify`: what a controller and its namespaces report.
+//! - `plot`: the latency CDFs and histograms of several `bench --json` runs in one SVG.
 //! - `setup` / `reset`: bind a controller to vfio-pci (with the safety checks: mounted
 //!   filesystems, IOMMU group viability, RLIMIT_MEMLOCK, hugepages) and give it back.
 //!
@@ -26,6 +27,7 @@ pub mod error;
 pub mod identify;
 pub mod list;
 pub mod out;
+pub mod plot;
 pub mod setup;
 pub mod stats;
 pub mod sysfs;
@@ -44,5 +46,6 @@ pub fn run(cli: args::Cli) -> Result<(), CliError> {
         args::Command::Identify(a) => identify::run(&a),
         args::Command::Setup(a) => setup::setup(&sysfs::Sysfs::host(), &a),
         args::Command::Reset(a) => setup::reset(&sysfs::Sysfs::host(), &a),
+        args::Command::Plot(a) => plot::run(&a),
     }
 }

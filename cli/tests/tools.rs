@@ -399,3 +399,251 @@ fn list_shows_model_serial_firmware_capacity_and_driver_as_nvme_list_does() {
     assert!(v[1]["model"].is_null(), "{v}");
     assert!(v[1]["note"].as_str().unwrap().contains("--no-open"), "{v}");
 }
+
+/// A directory for the plot files (cargo's target dir).
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("tools-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// An 8-bit, non-interlaced PNG decoded to RGBA: what rsvg-convert writes.
+struct Image {
+    width: usize,
+    height: usize,
+    rgba: Vec<[u8; 4]>,
+}
+
+fn decode_png(b: &[u8]) -> Image {
+    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let (mut pos, mut idat) = (8, Vec::new());
+    let (mut width, mut height, mut channels) = (0, 0, 0);
+    while pos + 8 <= b.len() {
+        let len = u32::from_be_bytes(b[pos..pos + 4].try_into().unwrap()) as usize;
+        let kind = &b[pos + 4..pos + 8];
+        let data = &b[pos + 8..pos + 8 + len];
+        match kind {
+            b"IHDR" => {
+                width = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
+                height = u32::from_be_bytes(data[4..8].try_into().unwrap()) as usize;
+                assert_eq!(data[8], 8, "8-bit samples");
+                channels = match data[9] {
+                    0 => 1,
+                    2 => 3,
+                    4 => 2,
+                    6 => 4,
+                    t => panic!("PNG colour type {t}"),
+                };
+                assert_eq!(data[12], 0, "not interlaced");
+            }
+            b"IDAT" => idat.extend_from_slice(data),
+            b"IEND" => break,
+            _ => {}
+        }
+        pos += 12 + len;
+    }
+    let raw = miniz_oxide::inflate::decompress_to_vec_zlib(&idat).expect("PNG data inflates");
+    let stride = width * channels;
+    assert_eq!(raw.len(), height * (stride + 1), "PNG data size");
+    let mut px = vec![0u8; height * stride];
+    for y in 0..height {
+        let filter = raw[y * (stride + 1)];
+        let line = &raw[y * (stride + 1) + 1..(y + 1) * (stride + 1)];
+        for x in 0..stride {
+            let a = if x >= channels {
+                px[y * stride + x - channels]
+            } else {
+                0
+            } as i32;
+            let up = if y > 0 { px[(y - 1) * stride + x] } else { 0 } as i32;
+            let c = if x >= channels && y > 0 {
+                px[(y - 1) * stride + x - channels]
+            } else {
+                0
+            } as i32;
+            let pred = match filter {
+                0 => 0,
+                1 => a,
+                2 => up,
+                3 => (a + up) / 2,
+                4 => {
+                    let p = a + up - c;
+                    let (pa, pb, pc) = ((p - a).abs(), (p - up).abs(), (p - c).abs());
+                    if pa <= pb && pa <= pc {
+                        a
+                    } else if pb <= pc {
+                        up
+                    } else {
+                        c
+                    }
+                }
+                f => panic!("PNG filter {f}"),
+            };
+            px[y * stride + x] = (line[x] as i32 + pred) as u8;
+        }
+    }
+    let rgba = px
+        .chunks_exact(channels)
+        .map(|p| match channels {
+            1 => [p[0], p[0], p[0], 255],
+            2 => [p[0], p[0], p[0], p[1]],
+            3 => [p[0], p[1], p[2], 255],
+            _ => [p[0], p[1], p[2], p[3]],
+        })
+        .collect();
+    Image {
+        width,
+        height,
+        rgba,
+    }
+}
+
+/// The share of pixels that are drawn (not transparent, not near white).
+fn ink_share(img: &Image) -> f64 {
+    let ink = img
+        .rgba
+        .iter()
+        .filter(|p| p[3] > 0 && (p[0] < 200 || p[1] < 200 || p[2] < 200))
+        .count();
+    ink as f64 / (img.width * img.height) as f64
+}
+
+/// Renders `svg` with rsvg-convert (librsvg, as a browser's engine would draw it). A missing
+/// renderer fails the test: `.ci/run` installs it (apt `librsvg2-bin`).
+fn render_png(svg: &std::path::Path) -> Image {
+    let png = svg.with_extension("png");
+    let o = Command::new("rsvg-convert")
+        .arg(svg)
+        .arg("-o")
+        .arg(&png)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("rsvg-convert is needed to check the SVG ({e}): apt-get install librsvg2-bin (.ci/run installs it)")
+        });
+    assert!(
+        o.status.success(),
+        "rsvg-convert refused {}: {}",
+        svg.display(),
+        text(&o.stderr)
+    );
+    decode_png(&std::fs::read(&png).expect("rsvg-convert wrote the PNG"))
+}
+
+#[test]
+fn plot_overlays_runs_and_renders_to_a_picture_that_is_not_blank() {
+    let d = scratch("plot");
+    for (name, qd) in [("qd1", "1"), ("qd32", "32")] {
+        let o = run(&["bench", "--ios", "20000", "-q", qd, "--json"]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        std::fs::write(d.join(format!("{name}.json")), &o.stdout).unwrap();
+    }
+    // A run that carries histogram bins per direction, as the bench's JSON does with
+    // `latency_histogram_ns` (a mixed workload: read and write).
+    let bins = |scale: f64| -> Value {
+        (0..40)
+            .map(|i| {
+                let le = (1000.0 * scale * 1.25f64.powi(i)) as u64;
+                let count = (100.0 * (-((i as f64 - 15.0) / 5.0).powi(2)).exp()) as u64 + 1;
+                serde_json::json!({"le_ns": le, "count": count})
+            })
+            .collect()
+    };
+    let mixed = serde_json::json!({
+        "device": "fixture", "iops": 1.0e5,
+        "settings": {"workload": "randrw", "io_size_bytes": 4096, "queue_depth": 8},
+        "latency": {"p50_ns": 30000, "p99_ns": 90000},
+        "read": {"latency_histogram_ns": bins(1.0)},
+        "write": {"latency_histogram_ns": bins(3.0)},
+    });
+    std::fs::write(d.join("mixed.json"), mixed.to_string()).unwrap();
+    let svg = d.join("cmp.svg");
+    let files = ["qd1.json", "qd32.json", "mixed.json"].map(|f| d.join(f));
+    let mut args = vec!["plot".to_string()];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    args.extend(["-o".into(), svg.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&args);
+    assert!(out.contains("4 series from 3 file(s)"), "{out}");
+    let s = std::fs::read_to_string(&svg).unwrap();
+    for want in [
+        "qd1: randread 4k QD 1 emu",
+        "qd32: randread 4k QD 32 emu",
+        "mixed (read): randrw 4k QD 8 fixture",
+        "mixed (write)",
+        "latency (log scale)",
+        "99.9%",
+    ] {
+        assert!(s.contains(want), "{want:?} missing from the SVG");
+    }
+
+    // The checks below tell a drawing from a blank page: a blank SVG has no ink.
+    let blank = d.join("blank.svg");
+    std::fs::write(
+        &blank,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="960" height="800"><rect width="960" height="800" fill="white"/></svg>"#,
+    )
+    .unwrap();
+    assert_eq!(ink_share(&render_png(&blank)), 0.0);
+
+    let img = render_png(&svg);
+    assert_eq!(img.width, 960);
+    assert!(img.height > 700, "{}", img.height);
+    let share = ink_share(&img);
+    assert!(
+        share > 0.02,
+        "only {:.2}% of the picture is drawn",
+        share * 100.0
+    );
+    // Each series' colour is on the picture (the legend swatches at least).
+    for (i, rgb) in [
+        [0x1f, 0x77, 0xb4],
+        [0xd6, 0x27, 0x28],
+        [0x2c, 0xa0, 0x2c],
+        [0xff, 0x7f, 0x0e],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let n = img
+            .rgba
+            .iter()
+            .filter(|p| p[..3] == rgb[..] && p[3] == 255)
+            .count();
+        assert!(
+            n >= 16 * 16,
+            "series {i}: colour {rgb:?} on {n} pixels only"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn plot_refuses_missing_and_foreign_files_with_the_reason() {
+    let d = scratch("plot-bad");
+    let svg = d.join("x.svg");
+    let svg = svg.to_str().unwrap();
+    refused(
+        &["plot", "/no/such.json", "-o", svg],
+        1,
+        &["cannot read /no/such.json"],
+    );
+    let junk = d.join("junk.json");
+    std::fs::write(&junk, "not json").unwrap();
+    refused(
+        &["plot", junk.to_str().unwrap(), "-o", svg],
+        1,
+        &["is not JSON", "nvme-dio bench --json"],
+    );
+    let empty = d.join("empty.json");
+    std::fs::write(&empty, r#"{"ios": 0}"#).unwrap();
+    refused(
+        &["plot", empty.to_str().unwrap(), "-o", svg],
+        1,
+        &["has no latency data"],
+    );
+    refused(&["plot", junk.to_str().unwrap()], 2, &["--output"]);
+    assert!(!std::path::Path::new(svg).exists(), "nothing written");
+    let _ = std::fs::remove_dir_all(&d);
+}
