@@ -606,21 +606,83 @@ pub struct PlotArgs {
 
 /// `nvme-dio setup`.
 #[derive(Clone, Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "With no address (or with --all), every NVMe controller that is not in use is bound:\n\
+    one with a mounted filesystem, swap, or a holder (LVM, RAID, dm-crypt) on a namespace\n\
+    is skipped with the reason. PCI_ALLOWED=\"ADDR ...\" limits that to those addresses,\n\
+    PCI_BLOCKED=\"ADDR ...\" leaves those alone, as in SPDK's setup.sh. What setup binds is\n\
+    remembered (/run/nvme-dio/setup.json) so `nvme-dio reset` gives back all of it.\n\n\
+Examples:\n  \
+    nvme-dio setup                          # every controller not in use, no hugepages change\n  \
+    nvme-dio setup 0000:01:00.0 --hugepages 64\n  \
+    nvme-dio setup --hugepages 512          # hugepages only\n  \
+    nvme-dio setup --hugepages-node 0:512 --hugepages-node 1:512\n  \
+    PCI_BLOCKED=0000:01:00.0 nvme-dio setup --all --hugepages 64\n  \
+    nvme-dio setup status"
+)]
 pub struct SetupArgs {
-    /// PCI address of the NVMe controller, like 0000:01:00.0.
-    #[arg(value_parser = parse_bdf_arg)]
-    pub bdf: String,
-    /// Make sure at least this many 2 MiB hugepages are reserved.
+    /// `setup status`: what is bound where, hugepages per NUMA node.
+    #[command(subcommand)]
+    pub action: Option<SetupAction>,
+    /// PCI addresses of NVMe controllers, like 0000:01:00.0. None: every NVMe controller not
+    /// in use (unless only hugepages are asked for).
+    #[arg(value_name = "BDF", value_parser = parse_bdf_arg)]
+    pub bdfs: Vec<String>,
+    /// Bind every NVMe controller not in use, also when hugepages are asked for.
+    #[arg(long, conflicts_with = "bdfs")]
+    pub all: bool,
+    /// Make sure at least this many 2 MiB hugepages are reserved (system wide).
     #[arg(long, value_parser = parse_hugepages, allow_negative_numbers = true)]
     pub hugepages: Option<u64>,
+    /// Make sure at least PAGES 2 MiB hugepages are reserved on NUMA node NODE (repeat it
+    /// for several nodes).
+    #[arg(long, value_name = "NODE:PAGES", value_parser = parse_node_pages, allow_hyphen_values = true)]
+    pub hugepages_node: Vec<(u32, u64)>,
+}
+
+impl SetupArgs {
+    /// Only hugepages were asked for: no address, no --all, a hugepage flag.
+    pub fn hugepages_only(&self) -> bool {
+        self.bdfs.is_empty()
+            && !self.all
+            && (self.hugepages.is_some() || !self.hugepages_node.is_empty())
+    }
+}
+
+/// `nvme-dio setup <action>`.
+#[derive(Clone, Debug, Subcommand)]
+pub enum SetupAction {
+    /// Show the NVMe controllers, their drivers and which nvme-dio bound, the vfio-pci
+    /// driver, and the hugepages (per NUMA node).
+    Status(SetupStatusArgs),
+}
+
+/// `nvme-dio setup status`.
+#[derive(Clone, Debug, Args)]
+pub struct SetupStatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `nvme-dio reset`.
 #[derive(Clone, Debug, Args)]
 pub struct ResetArgs {
-    /// PCI address of the NVMe controller, like 0000:01:00.0.
+    /// PCI address of the NVMe controller, like 0000:01:00.0. None: every controller
+    /// `nvme-dio setup` bound (back to the driver it had).
     #[arg(value_parser = parse_bdf_arg)]
-    pub bdf: String,
+    pub bdf: Option<String>,
+}
+
+fn parse_node_pages(s: &str) -> Result<(u32, u64), String> {
+    let bad = || {
+        format!("{s:?} is not NODE:PAGES: give a NUMA node and a number of 2 MiB pages, like 0:512")
+    };
+    let (n, p) = s.split_once(':').ok_or_else(bad)?;
+    let node = parse_whole(n, 0, 1023, false).map_err(|e| format!("NUMA node {e}"))?;
+    let pages = parse_hugepages(p).map_err(|e| format!("hugepages {e}"))?;
+    Ok((node as u32, pages))
 }
 
 fn parse_bdf_arg(s: &str) -> Result<String, String> {

@@ -7,8 +7,10 @@
 //! - `list`: the NVMe controllers in sysfs, their drivers, IOMMU groups, NUMA nodes, disks.
 //! - `identify`: what a controller and its namespaces report.
 //! - `plot`: the latency CDFs and histograms of several `bench --json` runs in one SVG.
-//! - `setup` / `reset`: bind a controller to vfio-pci (with the safety checks: mounted
-//!   filesystems, IOMMU group viability, RLIMIT_MEMLOCK, hugepages) and give it back.
+//! - `setup` / `reset`: bind controllers to vfio-pci (one, several, or every one not in use,
+//!   with `PCI_ALLOWED` / `PCI_BLOCKED`; the safety checks: mounts, swap, holders, IOMMU
+//!   group viability, RLIMIT_MEMLOCK), reserve hugepages (per NUMA node too), `setup status`,
+//!   and give back everything setup bound.
 //!
 //! The library half exists so the pieces are unit-tested; `main.rs` only parses and
 //! dispatches. `#![forbid(unsafe_code)]`: the system calls the benchmark needs beyond std

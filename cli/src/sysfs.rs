@@ -15,6 +15,9 @@ pub const SYSFS_ROOT_ENV: &str = "NVME_DIO_SYSFS_ROOT";
 #[derive(Clone, Debug)]
 pub struct Sysfs {
     root: PathBuf,
+    /// Tests: a fake kernel that reacts to writes (unbind, drivers_probe) as the real one.
+    #[cfg(test)]
+    pub(crate) kernel: Option<fn(&Sysfs, &Path, &str)>,
 }
 
 /// One NVMe controller as sysfs describes it.
@@ -112,12 +115,18 @@ impl Sysfs {
             root: std::env::var_os(SYSFS_ROOT_ENV)
                 .filter(|v| !v.is_empty())
                 .map_or_else(|| PathBuf::from("/"), PathBuf::from),
+            #[cfg(test)]
+            kernel: None,
         }
     }
 
     /// A tree under `root` (tests).
     pub fn at(root: impl Into<PathBuf>) -> Sysfs {
-        Sysfs { root: root.into() }
+        Sysfs {
+            root: root.into(),
+            #[cfg(test)]
+            kernel: None,
+        }
     }
 
     /// `<root>/<rel>`.
@@ -335,7 +344,26 @@ impl Sysfs {
     ///
     /// The OS error.
     pub fn write(&self, path: &Path, value: &str) -> std::io::Result<()> {
-        std::fs::write(path, value)
+        std::fs::write(path, value)?;
+        #[cfg(test)]
+        if let Some(k) = self.kernel {
+            k(self, path, value);
+        }
+        Ok(())
+    }
+
+    /// Block devices stacked on `name` (`/sys/class/block/<name>/holders`: device mapper for
+    /// LVM and dm-crypt, md for RAID), sorted.
+    pub fn holders(&self, name: &str) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(self.path("sys/class/block").join(name).join("holders"))
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+        v.sort();
+        v
     }
 }
 
@@ -374,6 +402,39 @@ pub(crate) mod fake {
             Sysfs::at(&self.root)
         }
 
+        /// The tree with a fake kernel: `driver/unbind` drops the driver link and
+        /// `drivers_probe` binds the device to its `driver_override`, or else to `nvme`.
+        pub fn sysfs_with_kernel(&self) -> Sysfs {
+            let mut s = Sysfs::at(&self.root);
+            s.kernel = Some(fake_kernel);
+            s
+        }
+    }
+
+    fn fake_kernel(s: &Sysfs, path: &Path, value: &str) {
+        if path.ends_with("driver/unbind") {
+            // `<dev>/driver/unbind`: the device is two levels up (through the link).
+            let dev = path.parent().and_then(Path::parent).unwrap();
+            let _ = std::fs::remove_file(dev.join("driver"));
+        } else if path.ends_with("drivers_probe") {
+            let dev = s.dev(value.trim());
+            if std::fs::read_link(dev.join("driver")).is_ok() {
+                return;
+            }
+            let over = std::fs::read_to_string(dev.join("driver_override")).unwrap_or_default();
+            let over = over.trim();
+            let drv = if over.is_empty() || over == "(null)" {
+                "nvme"
+            } else {
+                over
+            };
+            let dd = s.path("sys/bus/pci/drivers").join(drv);
+            std::fs::create_dir_all(&dd).unwrap();
+            std::os::unix::fs::symlink(dd, dev.join("driver")).unwrap();
+        }
+    }
+
+    impl Tree {
         pub fn file(&self, rel: &str, text: &str) {
             let p = self.root.join(rel);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -430,6 +491,13 @@ pub(crate) mod fake {
             self.file(&format!("{d}/model"), &format!("{model:<40}\n"));
             self.file(&format!("{d}/serial"), &format!("{serial:<20}\n"));
             self.file(&format!("{d}/firmware_rev"), &format!("{fw:<8}\n"));
+        }
+
+        /// A 2 MiB hugepage pool for NUMA node `node`.
+        pub fn numa_node(&self, node: u32, total: u64, free: u64) {
+            let d = format!("sys/devices/system/node/node{node}/hugepages/hugepages-2048kB");
+            self.file(&format!("{d}/nr_hugepages"), &format!("{total}\n"));
+            self.file(&format!("{d}/free_hugepages"), &format!("{free}\n"));
         }
 
         /// A namespace's size (bytes), block size and NSID, as the block layer shows them.

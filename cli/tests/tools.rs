@@ -647,3 +647,161 @@ fn plot_refuses_missing_and_foreign_files_with_the_reason() {
     assert!(!std::path::Path::new(svg).exists(), "nothing written");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn setup_status_shows_drivers_what_setup_bound_and_hugepages_per_node() {
+    let t = Tree::new("status");
+    t.nvme("0000:01:00.0", Some("nvme"), 3);
+    t.kernel("0000:01:00.0", 0, "QEMU NVMe Ctrl", "dflt0001", 64 << 20);
+    t.file(
+        "proc/mounts",
+        "/dev/vda / ext4 rw 0 0\n/dev/nvme0n1 /data ext4 rw 0 0\n",
+    );
+    t.nvme("0000:02:00.0", Some("vfio-pci"), 4);
+    t.file(
+        "run/nvme-dio/setup.json",
+        r#"{"bound": [{"bdf": "0000:02:00.0", "driver_before": "nvme"}]}"#,
+    );
+    let pool = "sys/devices/system/node/node0/hugepages/hugepages-2048kB";
+    t.file(&format!("{pool}/nr_hugepages"), "64\n");
+    t.file(&format!("{pool}/free_hugepages"), "60\n");
+    t.file(
+        "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+        "64\n",
+    );
+    t.file(
+        "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages",
+        "60\n",
+    );
+    let o = t.run(&["setup", "status"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    for want in [
+        "vfio-pci driver: loaded",
+        "hugepages (2048 KiB): 64 reserved, 60 free",
+        "  NUMA node 0: 64 reserved, 60 free",
+        "in use: /dev/nvme0n1 on /data",
+        "yes (was nvme)",
+    ] {
+        assert!(out.contains(want), "{want:?}:\n{out}");
+    }
+    let o = t.run(&["setup", "status", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["controllers"][1]["set_up_by_nvme_dio"], true, "{v}");
+    assert_eq!(v["controllers"][0]["set_up_by_nvme_dio"], false, "{v}");
+    assert_eq!(v["hugepages"][1]["node"], 0, "{v}");
+    assert_eq!(v["hugepages"][1]["total"], 64, "{v}");
+}
+
+#[test]
+fn setup_without_an_address_skips_busy_and_blocked_controllers_and_writes_nothing_for_them() {
+    let t = Tree::new("setup-all");
+    t.nvme("0000:01:00.0", Some("nvme"), 3);
+    t.kernel("0000:01:00.0", 0, "QEMU NVMe Ctrl", "dflt0001", 64 << 20);
+    t.file(
+        "proc/swaps",
+        "Filename Type Size Used Priority\n/dev/nvme0n1 partition 1 0 -2\n",
+    );
+    t.nvme("0000:02:00.0", Some("nvme"), 4);
+    let o = run_env(
+        &["setup"],
+        &[
+            ("NVME_DIO_SYSFS_ROOT", t.root.to_str().unwrap()),
+            ("PCI_BLOCKED", "0000:02:00.0"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("skipping 0000:01:00.0") && out.contains("/dev/nvme0n1 on swap"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("0000:02:00.0"),
+        "blocked: not even looked at:\n{out}"
+    );
+    for b in ["0000:01:00.0", "0000:02:00.0"] {
+        assert_eq!(
+            std::fs::read_to_string(
+                t.root
+                    .join(format!("sys/bus/pci/devices/{b}/driver_override"))
+            )
+            .unwrap(),
+            "(null)\n",
+            "{b}"
+        );
+    }
+    assert!(!t.root.join("run/nvme-dio/setup.json").exists());
+    // Addresses given: all checked before any is touched; the busy one refused.
+    let o = t.run(&["setup", "0000:02:00.0", "01:00.0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("refusing to set up 0000:01:00.0"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(
+            t.root
+                .join("sys/bus/pci/devices/0000:02:00.0/driver_override")
+        )
+        .unwrap(),
+        "(null)\n"
+    );
+    // Nothing bound by setup: reset says so and succeeds.
+    let o = t.run(&["reset"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("nothing to reset"),
+        "{}",
+        text(&o.stdout)
+    );
+    // A bad PCI_ALLOWED is named.
+    let o = run_env(
+        &["setup"],
+        &[
+            ("NVME_DIO_SYSFS_ROOT", t.root.to_str().unwrap()),
+            ("PCI_ALLOWED", "0000:01:00.0 nope"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("PCI_ALLOWED holds \"nope\""));
+}
+
+#[test]
+fn setup_hugepages_alone_reserves_per_node_and_binds_nothing() {
+    let t = Tree::new("setup-huge");
+    t.nvme("0000:01:00.0", Some("nvme"), 3);
+    let pool = "sys/devices/system/node/node0/hugepages/hugepages-2048kB";
+    t.file(&format!("{pool}/nr_hugepages"), "0\n");
+    t.file(&format!("{pool}/free_hugepages"), "0\n");
+    let o = t.run(&["setup", "--hugepages-node", "0:8"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("hugepages on NUMA node 0: 8 x 2 MiB reserved"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.root.join(format!("{pool}/nr_hugepages"))).unwrap(),
+        "8"
+    );
+    assert_eq!(
+        std::fs::read_to_string(
+            t.root
+                .join("sys/bus/pci/devices/0000:01:00.0/driver_override")
+        )
+        .unwrap(),
+        "(null)\n",
+        "hugepages alone bind nothing"
+    );
+    refused(&["setup", "--hugepages-node", "0:-1"], 2, &["negative"]);
+    let o = t.run(&["setup", "--hugepages-node", "3:8"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("NUMA node 3 has no 2 MiB hugepage pool")
+            && text(&o.stderr).contains("the nodes here are 0"),
+        "{}",
+        text(&o.stderr)
+    );
+}

@@ -221,3 +221,110 @@ fn vm_cli_list_shows_model_serial_and_capacity_for_vfio_and_kernel_bound_control
     assert!(back.contains("vfio-pci"), "{back}");
     assert_eq!(entry(&list_json(), &c.bdf)["driver"], "vfio-pci");
 }
+
+/// `nvme-dio setup status --json`, parsed; the entry of `bdf`.
+fn status_of(bdf: &str) -> (serde_json::Value, serde_json::Value) {
+    let v: serde_json::Value = serde_json::from_str(&nvme_dio(&["setup", "status", "--json"]))
+        .expect("setup status --json is JSON");
+    let c = v["controllers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == bdf)
+        .unwrap_or_else(|| panic!("{bdf} not in setup status: {v}"))
+        .clone();
+    (v, c)
+}
+
+/// Waits until the kernel's nvme driver has published `bdf`'s namespaces (it probes
+/// asynchronously after the bind).
+fn wait_for_kernel_namespaces(bdf: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let l = list_json();
+        if entry(&l, bdf)["namespaces"]
+            .as_array()
+            .is_some_and(|n| !n.is_empty())
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("the kernel never published {bdf}'s namespaces");
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_cli_setup_binds_every_idle_controller_status_shows_it_and_reset_gives_it_back() {
+    let c = vm::controller("msix2").expect("VM guest");
+    // Start from the kernel's nvme driver, as on a machine that just booted.
+    nvme_dio(&["reset", &c.bdf]);
+    wait_for_kernel_namespaces(&c.bdf);
+    let (v, s) = status_of(&c.bdf);
+    assert_eq!(v["vfio_pci_loaded"], true, "{v}");
+    assert!(
+        v["hugepages"][0]["total"].as_u64().unwrap() >= 64,
+        "the harness reserves 64: {v}"
+    );
+    assert_eq!(s["driver"], "nvme", "{s}");
+    assert_eq!(s["set_up_by_nvme_dio"], false, "{s}");
+    assert!(s["in_use"].as_array().unwrap().is_empty(), "{s}");
+
+    // No address: every controller not in use; the others are vfio-pci already.
+    let out = nvme_dio(&["setup"]);
+    assert!(
+        out.contains(&format!("{}: nvme -> vfio-pci", c.bdf)),
+        "{out}"
+    );
+    let default = vm::controller("default").unwrap();
+    assert!(
+        out.contains(&format!("{} is already bound to vfio-pci", default.bdf)),
+        "{out}"
+    );
+    let (_, s) = status_of(&c.bdf);
+    assert_eq!(s["driver"], "vfio-pci", "{s}");
+    assert_eq!(s["set_up_by_nvme_dio"], true, "{s}");
+    assert_eq!(s["driver_before"], "nvme", "{s}");
+    let (_, d) = status_of(&default.bdf);
+    assert_eq!(
+        d["set_up_by_nvme_dio"], false,
+        "bound by the harness, not setup: {d}"
+    );
+    // The controller works through VFIO after setup bound it.
+    let id = nvme_dio(&["identify", "--device", &c.bdf, "--json"]);
+    assert!(id.contains(&c.serial), "{id}");
+
+    // reset with no address: exactly what setup bound goes back.
+    let out = nvme_dio(&["reset"]);
+    assert!(
+        out.contains(&format!("{}: vfio-pci -> nvme", c.bdf)),
+        "{out}"
+    );
+    assert!(!out.contains(&default.bdf), "{out}");
+    let (_, s) = status_of(&c.bdf);
+    assert_eq!(s["driver"], "nvme", "{s}");
+    assert_eq!(s["set_up_by_nvme_dio"], false, "{s}");
+    assert_eq!(status_of(&default.bdf).1["driver"], "vfio-pci");
+    assert!(nvme_dio(&["reset"]).contains("nothing to reset"));
+
+    // Hugepages alone, on a NUMA node when the guest kernel has them: binds nothing.
+    let (v, _) = status_of(&c.bdf);
+    if let Some(node) = v["hugepages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == 0)
+    {
+        let have = node["total"].as_u64().unwrap();
+        let out = nvme_dio(&["setup", "--hugepages-node", &format!("0:{have}")]);
+        assert!(out.contains("hugepages on NUMA node 0"), "{out}");
+        assert_eq!(status_of(&c.bdf).1["driver"], "nvme");
+    } else {
+        println!("no NUMA node 0 in the guest's sysfs: --hugepages-node not exercised here");
+    }
+
+    // Leave it as the matrix promises the later tests: bound to vfio-pci.
+    wait_for_kernel_namespaces(&c.bdf);
+    nvme_dio(&["setup", &c.bdf]);
+    assert_eq!(status_of(&c.bdf).1["driver"], "vfio-pci");
+}
