@@ -12,7 +12,7 @@ use std::io::IsTerminal;
 use nvme_dio::{Controller, Device};
 use nvme_dio_emu::EmuConfig;
 use nvme_dio_queue::identify::{
-    CONTROLLER_FIELDS, FieldDef, FieldKind, FieldValue, IDENTIFY_LEN, NAMESPACE_FIELDS, PowerState,
+    CONTROLLER_FIELDS, FieldDef, FieldValue, IDENTIFY_LEN, NAMESPACE_FIELDS, PowerState,
     relative_performance_name,
 };
 use serde::Serialize;
@@ -120,16 +120,16 @@ impl Serialize for Fields {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(self.defs.len()))?;
         for d in self.defs {
-            match (d.kind, d.read(&self.page)) {
+            match d.read(&self.page) {
                 // Numbers stay numbers (nvme-cli's JSON does the same); 16-byte capacities
                 // that do not fit 64 bits are written as u128.
-                (_, FieldValue::Int(v)) => match u64::try_from(v) {
+                FieldValue::Int(v) => match u64::try_from(v) {
                     Ok(v) => m.serialize_entry(d.name, &v)?,
                     Err(_) => m.serialize_entry(d.name, &v)?,
                 },
-                (FieldKind::Bytes, _) => m.serialize_entry(d.name, &d.show(&self.page))?,
-                (_, FieldValue::Text(t)) => m.serialize_entry(d.name, &t)?,
-                (_, FieldValue::Bytes(_)) => m.serialize_entry(d.name, &d.show(&self.page))?,
+                FieldValue::Text(t) => m.serialize_entry(d.name, &t)?,
+                // GUIDs and EUI64 as hex strings, in byte order.
+                FieldValue::Bytes(_) => m.serialize_entry(d.name, &d.show(&self.page))?,
             }
         }
         m.end()
@@ -529,6 +529,26 @@ pub fn human(r: &ControllerReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_fields_keep_numbers_text_and_ids_and_capacities_past_64_bits() {
+        let mut p = [0u8; IDENTIFY_LEN];
+        p[0] = 0x36;
+        p[1] = 0x1b;
+        p[4..8].copy_from_slice(b"sn01");
+        p[280 + 8] = 1; // TNVMCAP = 2^64
+        p[112] = 0xab; // FGUID
+        let j = serde_json::to_string(&Fields::new(CONTROLLER_FIELDS, &p)).unwrap();
+        assert!(
+            j.starts_with(r#"{"vid":6966,"ssvid":0,"sn":"sn01","#),
+            "{j}"
+        );
+        assert!(j.contains(r#""tnvmcap":18446744073709551616,"#), "{j}");
+        assert!(
+            j.contains(r#""fguid":"ab000000000000000000000000000000""#),
+            "{j}"
+        );
+    }
 
     #[test]
     fn identify_emu_reports_the_emulated_namespace() {
