@@ -32,6 +32,8 @@ pub enum Command {
     Setup(SetupArgs),
     /// Give a controller back to the kernel's nvme driver.
     Reset(ResetArgs),
+    /// Overlay the latency CDFs and histograms of several `bench --json` runs in one SVG.
+    Plot(PlotArgs),
 }
 
 /// Which device to drive.
@@ -556,36 +558,131 @@ pub struct ListArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Do not open controllers bound to vfio-pci to read their model, serial and
+    /// namespaces (opening resets an idle controller; one another process holds is refused
+    /// by VFIO and left alone either way).
+    #[arg(long)]
+    pub no_open: bool,
 }
 
 /// `nvme-dio identify`.
 #[derive(Clone, Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    nvme-dio identify                                # the emulated controller\n  \
+    nvme-dio identify --device 0000:01:00.0 --json   # every field, nvme-cli's names\n  \
+    nvme-dio identify --device 0000:01:00.0 -b > id.bin   # the 4 KiB pages (controller, then namespaces)")]
 pub struct IdentifyArgs {
     /// `emu`, `emu:ram`, or a PCI address bound to vfio-pci.
     #[arg(short, long, default_value = "emu", value_parser = parse_device)]
     pub device: DeviceSpec,
     /// Print JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "raw")]
     pub json: bool,
+    /// Write the raw Identify pages, binary, as nvme-cli's `-b`: the controller's 4096 bytes,
+    /// then each namespace's 4096 bytes in NSID order (or only --nsid's).
+    #[arg(short = 'b', long, visible_alias = "raw-binary")]
+    pub raw: bool,
+    /// Show only this namespace.
+    #[arg(short = 'n', long, value_parser = parse_nsid, allow_negative_numbers = true)]
+    pub nsid: Option<u32>,
+}
+
+/// `nvme-dio plot`.
+#[derive(Clone, Debug, Args)]
+#[command(after_help = "Example:\n  \
+    nvme-dio bench -q 1 --json > qd1.json; nvme-dio bench -q 32 --json > qd32.json\n  \
+    nvme-dio plot qd1.json qd32.json -o cmp.svg")]
+pub struct PlotArgs {
+    /// Files written by `nvme-dio bench --json`; each is labelled by its name.
+    #[arg(required = true, value_name = "RUN.json")]
+    pub files: Vec<PathBuf>,
+    /// The SVG to write.
+    #[arg(short, long, value_name = "FILE.svg")]
+    pub output: PathBuf,
+    /// Title (default: the file names).
+    #[arg(long)]
+    pub title: Option<String>,
 }
 
 /// `nvme-dio setup`.
 #[derive(Clone, Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "With no address (or with --all), every NVMe controller that is not in use is bound:\n\
+    one with a mounted filesystem, swap, or a holder (LVM, RAID, dm-crypt) on a namespace\n\
+    is skipped with the reason. PCI_ALLOWED=\"ADDR ...\" limits that to those addresses,\n\
+    PCI_BLOCKED=\"ADDR ...\" leaves those alone, as in SPDK's setup.sh. What setup binds is\n\
+    remembered (/run/nvme-dio/setup.json) so `nvme-dio reset` gives back all of it.\n\n\
+Examples:\n  \
+    nvme-dio setup                          # every controller not in use, no hugepages change\n  \
+    nvme-dio setup 0000:01:00.0 --hugepages 64\n  \
+    nvme-dio setup --hugepages 512          # hugepages only\n  \
+    nvme-dio setup --hugepages-node 0:512 --hugepages-node 1:512\n  \
+    PCI_BLOCKED=0000:01:00.0 nvme-dio setup --all --hugepages 64\n  \
+    nvme-dio setup status"
+)]
 pub struct SetupArgs {
-    /// PCI address of the NVMe controller, like 0000:01:00.0.
-    #[arg(value_parser = parse_bdf_arg)]
-    pub bdf: String,
-    /// Make sure at least this many 2 MiB hugepages are reserved.
+    /// `setup status`: what is bound where, hugepages per NUMA node.
+    #[command(subcommand)]
+    pub action: Option<SetupAction>,
+    /// PCI addresses of NVMe controllers, like 0000:01:00.0. None: every NVMe controller not
+    /// in use (unless only hugepages are asked for).
+    #[arg(value_name = "BDF", value_parser = parse_bdf_arg)]
+    pub bdfs: Vec<String>,
+    /// Bind every NVMe controller not in use, also when hugepages are asked for.
+    #[arg(long, conflicts_with = "bdfs")]
+    pub all: bool,
+    /// Make sure at least this many 2 MiB hugepages are reserved (system wide).
     #[arg(long, value_parser = parse_hugepages, allow_negative_numbers = true)]
     pub hugepages: Option<u64>,
+    /// Make sure at least PAGES 2 MiB hugepages are reserved on NUMA node NODE (repeat it
+    /// for several nodes).
+    #[arg(long, value_name = "NODE:PAGES", value_parser = parse_node_pages, allow_hyphen_values = true)]
+    pub hugepages_node: Vec<(u32, u64)>,
+}
+
+impl SetupArgs {
+    /// Only hugepages were asked for: no address, no --all, a hugepage flag.
+    pub fn hugepages_only(&self) -> bool {
+        self.bdfs.is_empty()
+            && !self.all
+            && (self.hugepages.is_some() || !self.hugepages_node.is_empty())
+    }
+}
+
+/// `nvme-dio setup <action>`.
+#[derive(Clone, Debug, Subcommand)]
+pub enum SetupAction {
+    /// Show the NVMe controllers, their drivers and which nvme-dio bound, the vfio-pci
+    /// driver, and the hugepages (per NUMA node).
+    Status(SetupStatusArgs),
+}
+
+/// `nvme-dio setup status`.
+#[derive(Clone, Debug, Args)]
+pub struct SetupStatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `nvme-dio reset`.
 #[derive(Clone, Debug, Args)]
 pub struct ResetArgs {
-    /// PCI address of the NVMe controller, like 0000:01:00.0.
+    /// PCI address of the NVMe controller, like 0000:01:00.0. None: every controller
+    /// `nvme-dio setup` bound (back to the driver it had).
     #[arg(value_parser = parse_bdf_arg)]
-    pub bdf: String,
+    pub bdf: Option<String>,
+}
+
+fn parse_node_pages(s: &str) -> Result<(u32, u64), String> {
+    let bad = || {
+        format!("{s:?} is not NODE:PAGES: give a NUMA node and a number of 2 MiB pages, like 0:512")
+    };
+    let (n, p) = s.split_once(':').ok_or_else(bad)?;
+    let node = parse_whole(n, 0, 1023, false).map_err(|e| format!("NUMA node {e}"))?;
+    let pages = parse_hugepages(p).map_err(|e| format!("hugepages {e}"))?;
+    Ok((node as u32, pages))
 }
 
 fn parse_bdf_arg(s: &str) -> Result<String, String> {

@@ -6,8 +6,11 @@
 //!   figure. Human summary, `--json`, an SVG latency histogram, `--verify`.
 //! - `list`: the NVMe controllers in sysfs, their drivers, IOMMU groups, NUMA nodes, disks.
 //! - `identify`: what a controller and its namespaces report.
-//! - `setup` / `reset`: bind a controller to vfio-pci (with the safety checks: mounted
-//!   filesystems, IOMMU group viability, RLIMIT_MEMLOCK, hugepages) and give it back.
+//! - `plot`: the latency CDFs and histograms of several `bench --json` runs in one SVG.
+//! - `setup` / `reset`: bind controllers to vfio-pci (one, several, or every one not in use,
+//!   with `PCI_ALLOWED` / `PCI_BLOCKED`; the safety checks: mounts, swap, holders, IOMMU
+//!   group viability, RLIMIT_MEMLOCK), reserve hugepages (per NUMA node too), `setup status`,
+//!   and give back everything setup bound.
 //!
 //! The library half exists so the pieces are unit-tested; `main.rs` only parses and
 //! dispatches. `#![forbid(unsafe_code)]`: the system calls the benchmark needs beyond std
@@ -26,6 +29,7 @@ pub mod error;
 pub mod identify;
 pub mod list;
 pub mod out;
+pub mod plot;
 pub mod setup;
 pub mod stats;
 pub mod sysfs;
@@ -44,5 +48,6 @@ pub fn run(cli: args::Cli) -> Result<(), CliError> {
         args::Command::Identify(a) => identify::run(&a),
         args::Command::Setup(a) => setup::setup(&sysfs::Sysfs::host(), &a),
         args::Command::Reset(a) => setup::reset(&sysfs::Sysfs::host(), &a),
+        args::Command::Plot(a) => plot::run(&a),
     }
 }

@@ -34,6 +34,18 @@ pub fn println(text: &str) -> Result<(), CliError> {
     write_to(&mut o, "\n")
 }
 
+/// Writes raw bytes (`identify --raw`) to standard output and flushes them.
+///
+/// # Errors
+///
+/// As [`print()`].
+pub fn write_bytes(bytes: &[u8]) -> Result<(), CliError> {
+    let mut o = io::stdout().lock();
+    o.write_all(bytes)
+        .and_then(|()| o.flush())
+        .map_err(stdout_error)
+}
+
 /// A status line of a command that changes the machine (`setup`, `reset`): a closed pipe
 /// must not stop it half-way, so that is ignored; any other failure is an error.
 ///

@@ -8,10 +8,16 @@ use serde::Serialize;
 /// PCI class code of an NVM Express controller (mass storage, NVM, NVMe programming interface).
 pub const NVME_CLASS: u32 = 0x010802;
 
+/// The environment variable that moves [`Sysfs::host`]'s root (tests only).
+pub const SYSFS_ROOT_ENV: &str = "NVME_DIO_SYSFS_ROOT";
+
 /// A view of `/sys` and `/proc` under `root`.
 #[derive(Clone, Debug)]
 pub struct Sysfs {
     root: PathBuf,
+    /// Tests: a fake kernel that reacts to writes (unbind, drivers_probe) as the real one.
+    #[cfg(test)]
+    pub(crate) kernel: Option<fn(&Sysfs, &Path, &str)>,
 }
 
 /// One NVMe controller as sysfs describes it.
@@ -31,6 +37,42 @@ pub struct Controller {
     pub numa_node: Option<i32>,
     /// Block devices (namespaces) of a kernel-bound controller, like `nvme0n1`.
     pub block_devices: Vec<String>,
+}
+
+/// Who a controller is and what it holds: from sysfs for a kernel-bound controller (as
+/// `nvme list` reads it), from Identify for one bound to vfio-pci.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// Model number.
+    pub model: String,
+    /// Serial number.
+    pub serial: String,
+    /// Firmware revision.
+    pub firmware: String,
+    /// The kernel's controller name (`nvme0`), for a kernel-bound controller.
+    pub kernel_name: Option<String>,
+    /// The namespaces.
+    pub namespaces: Vec<NamespaceSummary>,
+}
+
+impl Identity {
+    /// Bytes of all namespaces together.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.namespaces.iter().map(|n| n.bytes).sum()
+    }
+}
+
+/// One namespace in a listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NamespaceSummary {
+    /// NSID (0 when the kernel does not say).
+    pub nsid: u32,
+    /// The block device (`nvme0n1`), for a kernel-bound controller.
+    pub block_device: Option<String>,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Logical block size in bytes.
+    pub lba_size: u32,
 }
 
 fn read_trim(p: &Path) -> Option<String> {
@@ -66,16 +108,25 @@ fn namespace_name(name: &str) -> Option<String> {
 }
 
 impl Sysfs {
-    /// The real machine.
+    /// The real machine: `/`, or the directory named by `NVME_DIO_SYSFS_ROOT` (a testing aid:
+    /// the CLI tests run `list` and `setup` against a fake tree through the binary).
     pub fn host() -> Sysfs {
         Sysfs {
-            root: PathBuf::from("/"),
+            root: std::env::var_os(SYSFS_ROOT_ENV)
+                .filter(|v| !v.is_empty())
+                .map_or_else(|| PathBuf::from("/"), PathBuf::from),
+            #[cfg(test)]
+            kernel: None,
         }
     }
 
     /// A tree under `root` (tests).
     pub fn at(root: impl Into<PathBuf>) -> Sysfs {
-        Sysfs { root: root.into() }
+        Sysfs {
+            root: root.into(),
+            #[cfg(test)]
+            kernel: None,
+        }
     }
 
     /// `<root>/<rel>`.
@@ -141,6 +192,51 @@ impl Sysfs {
         }
         out.sort();
         out
+    }
+
+    /// The kernel's controller directories of `bdf` (`.../nvme/nvme0`), sorted.
+    fn kernel_ctrl_dirs(&self, bdf: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dev(bdf).join("nvme"))
+            .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// What the kernel's nvme driver publishes about a controller it drives: model, serial
+    /// and firmware (`.../nvme/nvme0/{model,serial,firmware_rev}`) and each namespace's size
+    /// (`/sys/class/block/nvme0n1/size`, in 512-byte sectors), block size
+    /// (`queue/logical_block_size`) and NSID (`nsid`). None when there is no such directory.
+    pub fn kernel_identity(&self, bdf: &str) -> Option<Identity> {
+        let ctrl = self.kernel_ctrl_dirs(bdf).into_iter().next()?;
+        let field = |f: &str| read_trim(&ctrl.join(f)).unwrap_or_default();
+        let namespaces = self
+            .block_devices(bdf)
+            .into_iter()
+            .map(|name| {
+                let b = self.path("sys/class/block").join(&name);
+                let num = |f: &str| read_trim(&b.join(f)).and_then(|s| s.parse::<u64>().ok());
+                NamespaceSummary {
+                    nsid: num("nsid").unwrap_or_else(|| {
+                        // nvme0n3 -> 3 when the attribute is missing (older kernels).
+                        name.rsplit('n')
+                            .next()
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(0)
+                    }) as u32,
+                    bytes: num("size").unwrap_or(0) * 512,
+                    lba_size: num("queue/logical_block_size").unwrap_or(0) as u32,
+                    block_device: Some(name),
+                }
+            })
+            .collect();
+        Some(Identity {
+            model: field("model"),
+            serial: field("serial"),
+            firmware: field("firmware_rev"),
+            kernel_name: ctrl.file_name().and_then(|n| n.to_str()).map(str::to_owned),
+            namespaces,
+        })
     }
 
     /// Partitions of block device `name` (`/sys/class/block/<name>/<name>p*`).
@@ -248,7 +344,26 @@ impl Sysfs {
     ///
     /// The OS error.
     pub fn write(&self, path: &Path, value: &str) -> std::io::Result<()> {
-        std::fs::write(path, value)
+        std::fs::write(path, value)?;
+        #[cfg(test)]
+        if let Some(k) = self.kernel {
+            k(self, path, value);
+        }
+        Ok(())
+    }
+
+    /// Block devices stacked on `name` (`/sys/class/block/<name>/holders`: device mapper for
+    /// LVM and dm-crypt, md for RAID), sorted.
+    pub fn holders(&self, name: &str) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(self.path("sys/class/block").join(name).join("holders"))
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+        v.sort();
+        v
     }
 }
 
@@ -287,6 +402,39 @@ pub(crate) mod fake {
             Sysfs::at(&self.root)
         }
 
+        /// The tree with a fake kernel: `driver/unbind` drops the driver link and
+        /// `drivers_probe` binds the device to its `driver_override`, or else to `nvme`.
+        pub fn sysfs_with_kernel(&self) -> Sysfs {
+            let mut s = Sysfs::at(&self.root);
+            s.kernel = Some(fake_kernel);
+            s
+        }
+    }
+
+    fn fake_kernel(s: &Sysfs, path: &Path, value: &str) {
+        if path.ends_with("driver/unbind") {
+            // `<dev>/driver/unbind`: the device is two levels up (through the link).
+            let dev = path.parent().and_then(Path::parent).unwrap();
+            let _ = std::fs::remove_file(dev.join("driver"));
+        } else if path.ends_with("drivers_probe") {
+            let dev = s.dev(value.trim());
+            if std::fs::read_link(dev.join("driver")).is_ok() {
+                return;
+            }
+            let over = std::fs::read_to_string(dev.join("driver_override")).unwrap_or_default();
+            let over = over.trim();
+            let drv = if over.is_empty() || over == "(null)" {
+                "nvme"
+            } else {
+                over
+            };
+            let dd = s.path("sys/bus/pci/drivers").join(drv);
+            std::fs::create_dir_all(&dd).unwrap();
+            std::os::unix::fs::symlink(dd, dev.join("driver")).unwrap();
+        }
+    }
+
+    impl Tree {
         pub fn file(&self, rel: &str, text: &str) {
             let p = self.root.join(rel);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -334,6 +482,34 @@ pub(crate) mod fake {
             .unwrap();
             std::fs::create_dir_all(self.root.join(format!("sys/class/block/{name}"))).unwrap();
         }
+
+        /// What the kernel's nvme driver publishes: the controller's model, serial and
+        /// firmware (padded, as the kernel writes them) and a namespace's size, block size
+        /// and NSID.
+        pub fn kernel_ctrl(&self, bdf: &str, ctrl: u32, model: &str, serial: &str, fw: &str) {
+            let d = format!("sys/bus/pci/devices/{bdf}/nvme/nvme{ctrl}");
+            self.file(&format!("{d}/model"), &format!("{model:<40}\n"));
+            self.file(&format!("{d}/serial"), &format!("{serial:<20}\n"));
+            self.file(&format!("{d}/firmware_rev"), &format!("{fw:<8}\n"));
+        }
+
+        /// A 2 MiB hugepage pool for NUMA node `node`.
+        pub fn numa_node(&self, node: u32, total: u64, free: u64) {
+            let d = format!("sys/devices/system/node/node{node}/hugepages/hugepages-2048kB");
+            self.file(&format!("{d}/nr_hugepages"), &format!("{total}\n"));
+            self.file(&format!("{d}/free_hugepages"), &format!("{free}\n"));
+        }
+
+        /// A namespace's size (bytes), block size and NSID, as the block layer shows them.
+        pub fn namespace_size(&self, name: &str, bytes: u64, lba_size: u32, nsid: u32) {
+            let d = format!("sys/class/block/{name}");
+            self.file(&format!("{d}/size"), &format!("{}\n", bytes / 512));
+            self.file(
+                &format!("{d}/queue/logical_block_size"),
+                &format!("{lba_size}\n"),
+            );
+            self.file(&format!("{d}/nsid"), &format!("{nsid}\n"));
+        }
     }
 }
 
@@ -364,6 +540,49 @@ mod tests {
         assert_eq!(c[1].numa_node, Some(1));
         assert!(c[1].block_devices.is_empty());
         assert_eq!(s.group_devices("0000:01:00.0"), vec!["0000:01:00.0"]);
+    }
+
+    #[test]
+    fn kernel_identity_reads_model_serial_firmware_and_namespace_sizes() {
+        let t = Tree::new("kernel-identity");
+        t.device("0000:01:00.0", NVME_CLASS, Some("nvme"), Some(7));
+        t.kernel_ctrl("0000:01:00.0", 0, "QEMU NVMe Ctrl", "dflt0001", "8.0.0");
+        t.namespace("0000:01:00.0", 0, 1);
+        t.namespace("0000:01:00.0", 0, 2);
+        t.namespace_size("nvme0n1", 64 << 20, 4096, 1);
+        t.namespace_size("nvme0n2", 32 << 20, 512, 2);
+        t.device("0000:02:00.0", NVME_CLASS, Some("vfio-pci"), Some(8));
+        let s = t.sysfs();
+        let id = s.kernel_identity("0000:01:00.0").unwrap();
+        assert_eq!(
+            (id.model.as_str(), id.serial.as_str(), id.firmware.as_str()),
+            ("QEMU NVMe Ctrl", "dflt0001", "8.0.0"),
+            "the kernel's padding is trimmed"
+        );
+        assert_eq!(id.kernel_name.as_deref(), Some("nvme0"));
+        assert_eq!(
+            id.namespaces,
+            vec![
+                NamespaceSummary {
+                    nsid: 1,
+                    block_device: Some("nvme0n1".into()),
+                    bytes: 64 << 20,
+                    lba_size: 4096
+                },
+                NamespaceSummary {
+                    nsid: 2,
+                    block_device: Some("nvme0n2".into()),
+                    bytes: 32 << 20,
+                    lba_size: 512
+                }
+            ]
+        );
+        assert_eq!(id.capacity_bytes(), 96 << 20);
+        assert_eq!(
+            s.kernel_identity("0000:02:00.0"),
+            None,
+            "vfio-pci: not the kernel's"
+        );
     }
 
     #[test]

@@ -993,7 +993,7 @@ fn table_of_bad_invocations_fails_cleanly_with_a_sentence() {
         (&["bench", "--histogram", "/no/such/dir/x.svg", "--ios", "1"], 1, &["cannot create the histogram file"]),
         (&["bench", "--device", "0000:ff:1f.7", "--ios", "1"], 1, &["no PCI device 0000:ff:1f.7"]),
         (&["setup", "nope"], 2, &["not a PCI address"]),
-        (&["setup"], 2, &["required arguments were not provided"]),
+        (&["setup", "--hugepages-node", "0"], 2, &["NODE:PAGES"]),
         (&["setup", "0000:ff:1f.7", "--hugepages", "-3"], 2, &["--hugepages", "negative numbers"]),
         (&["reset", "0000:ff:1f.7"], 1, &["refusing to reset", "no PCI device"]),
         (&["identify", "--device", "bogus"], 2, &["unknown device"]),

@@ -20,6 +20,8 @@ pub struct Namespace {
     write_zeroes: bool,
     deallocate: bool,
     volatile_write_cache: bool,
+    /// The whole Identify Namespace page, for tools (`nvme-dio identify`).
+    identify: std::sync::Arc<IdentifyNamespace>,
 }
 
 impl Namespace {
@@ -44,7 +46,13 @@ impl Namespace {
             write_zeroes: ctrl.oncs().write_zeroes(),
             deallocate: ctrl.oncs().dataset_management(),
             volatile_write_cache: ctrl.vwc_present(),
+            identify: std::sync::Arc::new(ns.clone()),
         }
+    }
+
+    /// The whole Identify Namespace page the controller returned at bring-up.
+    pub fn identify(&self) -> &IdentifyNamespace {
+        &self.identify
     }
 
     /// The namespace identifier.

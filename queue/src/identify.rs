@@ -10,6 +10,12 @@ use core::fmt;
 use crate::regs::Version;
 use crate::types::{Nsid, PageSize};
 
+mod fields;
+pub use fields::{
+    CONTROLLER_FIELDS, FieldDef, FieldKind, FieldValue, NAMESPACE_FIELDS, PowerState,
+    relative_performance_name,
+};
+
 /// Size of every Identify data structure.
 pub const IDENTIFY_LEN: usize = 4096;
 
