@@ -27,6 +27,22 @@
 //! decision on the way is made by the pure queue-pair core,
 //! `nvme_dio_queue::queue_pair`. Bring-up lives in `controller.rs`, the admin queue in
 //! `admin.rs`.
+//!
+//! ## Embedding: what the library does to its host process
+//!
+//! - **No threads.** Every call runs on the caller's thread: submission, polling, waits,
+//!   deadlines (checked when the caller polls or waits), resets and removal handling. The
+//!   only thread in the workspace is the emulated controller's own in
+//!   `nvme_dio_emu::Mode::Thread`, a test device.
+//! - **No signal handlers**, no change to the signal mask, no `atexit`.
+//! - **No CPU affinity or scheduling changes**: pin your threads as you like (the CLI pins
+//!   its worker threads itself; the library never does).
+//! - **What it does take**: the VFIO device and container file descriptors, one eventfd per
+//!   MSI-X vector, hugepage (or ordinary, locked) mappings for its own DMA memory, capped by
+//!   [`MemoryOptions::budget`], and the memory you register ([`DmaMemory::register`]).
+//!
+//! `tests/tests/embedding.rs` checks the first three from `/proc/self/status` around a
+//! controller's whole life.
 
 //!
 //! ## Quick start: bring-up, one write, one read
