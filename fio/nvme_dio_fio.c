@@ -359,7 +359,7 @@ static int open_tfile(struct thread_data *td, struct fio_file *f)
 	}
 	n = nvd_ns_count(tf->dev->ctrl);
 	for (i = 0; i < n; i++) {
-		nvd_ns_info ni;
+		nvd_ns_info ni = { .size = sizeof ni };
 
 		if (nvd_ns_info_get(tf->dev->ctrl, i, &ni) == NVD_OK && ni.nsid == tf->nsid) {
 			tf->block_size = ni.block_size;

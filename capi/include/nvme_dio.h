@@ -103,7 +103,11 @@ typedef struct nvd_mem nvd_mem;
 typedef struct nvd_qpair nvd_qpair;
 
 // What the controller says about itself.
+//
+// Set `size` to `sizeof(nvd_ctrl_info)` before `nvd_ctrl_info_get` (see [`nvd_ns_info`]).
 typedef struct nvd_ctrl_info {
+  // The size of this struct as the caller knows it (`sizeof(nvd_ctrl_info)`).
+  uint32_t size;
   // Model number, NUL-terminated.
   char model[41];
   // Serial number, NUL-terminated.
@@ -121,7 +125,13 @@ typedef struct nvd_ctrl_info {
 } nvd_ctrl_info;
 
 // One namespace's geometry.
+//
+// Set `size` to `sizeof(nvd_ns_info)` before `nvd_ns_info_get`: later versions add fields
+// at the end and fill only the `size` bytes the caller knows of (the call sets `size` to
+// the bytes it filled).
 typedef struct nvd_ns_info {
+  // The size of this struct as the caller knows it (`sizeof(nvd_ns_info)`).
+  uint32_t size;
   // Namespace identifier (the `nsid` argument of the I/O functions).
   uint32_t nsid;
   // Logical block size in bytes.
@@ -182,7 +192,8 @@ int32_t nvd_close(struct nvd_ctrl *ctrl);
 //
 // # Safety
 //
-// `ctrl` is null or a live controller; `out` is null or valid for a write.
+// `ctrl` is null or a live controller; `out` is null or points to an `nvd_ctrl_info` whose
+// `size` is set (the bytes it declares are written).
 int32_t nvd_ctrl_info_get(const struct nvd_ctrl *ctrl, struct nvd_ctrl_info *out);
 
 // The number of active namespaces (>= 0), or a negative error.
@@ -197,7 +208,8 @@ int32_t nvd_ns_count(const struct nvd_ctrl *ctrl);
 //
 // # Safety
 //
-// `ctrl` is null or a live controller; `out` is null or valid for a write.
+// `ctrl` is null or a live controller; `out` is null or points to an `nvd_ns_info` whose
+// `size` is set (the bytes it declares are written).
 int32_t nvd_ns_info_get(const struct nvd_ctrl *ctrl, uint32_t index, struct nvd_ns_info *out);
 
 // Allocates a zeroed DMA buffer of `len` bytes (page aligned) from the controller's memory.

@@ -246,9 +246,15 @@ pub type nvd_callback =
     Option<unsafe extern "C" fn(ctx: *mut c_void, status: i32, nvme_status: u16)>;
 
 /// One namespace's geometry.
+///
+/// Set `size` to `sizeof(nvd_ns_info)` before `nvd_ns_info_get`: later versions add fields
+/// at the end and fill only the `size` bytes the caller knows of (the call sets `size` to
+/// the bytes it filled).
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct nvd_ns_info {
+    /// The size of this struct as the caller knows it (`sizeof(nvd_ns_info)`).
+    pub size: u32,
     /// Namespace identifier (the `nsid` argument of the I/O functions).
     pub nsid: u32,
     /// Logical block size in bytes.
@@ -262,9 +268,13 @@ pub struct nvd_ns_info {
 }
 
 /// What the controller says about itself.
+///
+/// Set `size` to `sizeof(nvd_ctrl_info)` before `nvd_ctrl_info_get` (see [`nvd_ns_info`]).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct nvd_ctrl_info {
+    /// The size of this struct as the caller knows it (`sizeof(nvd_ctrl_info)`).
+    pub size: u32,
     /// Model number, NUL-terminated.
     pub model: [c_char; 41],
     /// Serial number, NUL-terminated.
@@ -279,6 +289,56 @@ pub struct nvd_ctrl_info {
     pub max_transfer: u32,
     /// Active namespaces.
     pub namespaces: u32,
+}
+
+/// A struct whose first field is the size the caller knows of.
+trait Sized32: Copy {
+    /// The smallest size any caller can have (the first version's).
+    const FIRST: usize;
+    fn set_size(&mut self, size: u32);
+}
+
+impl Sized32 for nvd_ns_info {
+    const FIRST: usize = std::mem::size_of::<nvd_ns_info>();
+    fn set_size(&mut self, size: u32) {
+        self.size = size;
+    }
+}
+
+impl Sized32 for nvd_ctrl_info {
+    const FIRST: usize = std::mem::size_of::<nvd_ctrl_info>();
+    fn set_size(&mut self, size: u32) {
+        self.size = size;
+    }
+}
+
+/// Writes the first `(*out).size` bytes of `value` (all of it if the caller knows more),
+/// with `size` set to the bytes written.
+///
+/// # Safety
+///
+/// `out` is non-null and valid for reads of its first 4 bytes and for writes of the size
+/// it declares there.
+unsafe fn write_sized<T: Sized32>(out: *mut T, mut value: T, name: &str) -> Result<(), Failure> {
+    // SAFETY: the caller's promise: the first field (u32, at offset 0) is readable.
+    let declared = unsafe { out.cast::<u32>().read_unaligned() } as usize;
+    if declared < T::FIRST {
+        return Err(fail(
+            NVD_ERR_INVALID,
+            format!(
+                "{name}.size is {declared}: set it to sizeof({name}) ({} bytes) before the call",
+                T::FIRST
+            ),
+        ));
+    }
+    let n = declared.min(std::mem::size_of::<T>());
+    value.set_size(n as u32);
+    // SAFETY: `out` is valid for `declared >= n` bytes of writes by the caller's promise;
+    // `value` is a plain repr(C) struct of at least `n` bytes; the two do not overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping((&raw const value).cast::<u8>(), out.cast::<u8>(), n);
+    }
+    Ok(())
 }
 
 fn copy_cstr<const N: usize>(dst: &mut [c_char; N], s: &str) {
@@ -400,7 +460,8 @@ pub unsafe extern "C" fn nvd_close(ctrl: *mut nvd_ctrl) -> i32 {
 ///
 /// # Safety
 ///
-/// `ctrl` is null or a live controller; `out` is null or valid for a write.
+/// `ctrl` is null or a live controller; `out` is null or points to an `nvd_ctrl_info` whose
+/// `size` is set (the bytes it declares are written).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvd_ctrl_info_get(ctrl: *const nvd_ctrl, out: *mut nvd_ctrl_info) -> i32 {
     guard(|| {
@@ -411,6 +472,7 @@ pub unsafe extern "C" fn nvd_ctrl_info_get(ctrl: *const nvd_ctrl, out: *mut nvd_
         }
         let i = c.ctrl.info();
         let mut info = nvd_ctrl_info {
+            size: 0,
             model: [0; 41],
             serial: [0; 21],
             firmware: [0; 9],
@@ -422,8 +484,9 @@ pub unsafe extern "C" fn nvd_ctrl_info_get(ctrl: *const nvd_ctrl, out: *mut nvd_
         copy_cstr(&mut info.model, i.model.trim());
         copy_cstr(&mut info.serial, i.serial.trim());
         copy_cstr(&mut info.firmware, i.firmware.trim());
-        // SAFETY: non-null and valid for a write by the caller's promise.
-        unsafe { out.write(info) };
+        // SAFETY: non-null, its size field readable and the declared size writable, by the
+        // caller's promise.
+        unsafe { write_sized(out, info, "nvd_ctrl_info") }?;
         Ok(NVD_OK)
     })
 }
@@ -447,7 +510,8 @@ pub unsafe extern "C" fn nvd_ns_count(ctrl: *const nvd_ctrl) -> i32 {
 ///
 /// # Safety
 ///
-/// `ctrl` is null or a live controller; `out` is null or valid for a write.
+/// `ctrl` is null or a live controller; `out` is null or points to an `nvd_ns_info` whose
+/// `size` is set (the bytes it declares are written).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvd_ns_info_get(
     ctrl: *const nvd_ctrl,
@@ -470,14 +534,16 @@ pub unsafe extern "C" fn nvd_ns_info_get(
             )
         })?;
         let info = nvd_ns_info {
+            size: 0,
             nsid: ns.id().0,
             block_size: ns.lba_size(),
             blocks: ns.blocks(),
             max_transfer: ns.max_transfer(),
             volatile_write_cache: ns.has_volatile_write_cache() as u32,
         };
-        // SAFETY: non-null and valid for a write by the caller's promise.
-        unsafe { out.write(info) };
+        // SAFETY: non-null, its size field readable and the declared size writable, by the
+        // caller's promise.
+        unsafe { write_sized(out, info, "nvd_ns_info") }?;
         Ok(NVD_OK)
     })
 }

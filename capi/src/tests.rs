@@ -109,6 +109,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 fn open_info_write_read_flush_verify() {
     let f = Fixture::new(c"emu:ram", 0);
     let mut info = nvd_ctrl_info {
+        size: std::mem::size_of::<nvd_ctrl_info>() as u32,
         model: [0; 41],
         serial: [0; 21],
         firmware: [0; 9],
@@ -117,7 +118,10 @@ fn open_info_write_read_flush_verify() {
         max_transfer: 0,
         namespaces: 0,
     };
-    let mut ns = nvd_ns_info::default();
+    let mut ns = nvd_ns_info {
+        size: std::mem::size_of::<nvd_ns_info>() as u32,
+        ..nvd_ns_info::default()
+    };
     // SAFETY: live handles and out pointers throughout.
     unsafe {
         assert_eq!(nvd_ctrl_info_get(f.ctrl, &mut info), NVD_OK);
@@ -213,10 +217,31 @@ fn null_and_invalid_arguments_are_error_codes() {
             NVD_ERR_INVALID
         );
         assert_eq!(nvd_ns_count(ptr::null()), NVD_ERR_INVALID);
+        let mut ns = nvd_ns_info {
+            size: std::mem::size_of::<nvd_ns_info>() as u32,
+            ..nvd_ns_info::default()
+        };
+        assert_eq!(nvd_ns_info_get(f.ctrl, 5, &mut ns), NVD_ERR_RANGE);
+        // A caller that did not say how big its struct is gets a clear refusal.
         assert_eq!(
-            nvd_ns_info_get(f.ctrl, 5, &mut nvd_ns_info::default()),
-            NVD_ERR_RANGE
+            nvd_ns_info_get(f.ctrl, 0, &mut nvd_ns_info::default()),
+            NVD_ERR_INVALID
         );
+        assert!(
+            last_error().contains("set it to sizeof(nvd_ns_info)"),
+            "{}",
+            last_error()
+        );
+        // One that knows more than this version (a later header) gets what exists, and is
+        // told how much that was.
+        let mut bigger = [0u64; 8];
+        bigger[0] = 64;
+        assert_eq!(
+            nvd_ns_info_get(f.ctrl, 0, bigger.as_mut_ptr().cast::<nvd_ns_info>()),
+            NVD_OK
+        );
+        assert_eq!(bigger[0] as u32, std::mem::size_of::<nvd_ns_info>() as u32);
+        assert_eq!(bigger[7], 0, "nothing written past this version's struct");
         assert_eq!(
             nvd_buf_alloc(f.ctrl, 0, &mut ptr::null_mut()),
             NVD_ERR_INVALID

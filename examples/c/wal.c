@@ -195,7 +195,7 @@ int main(int argc, char **argv) {
     nvd_ctrl *ctrl;
     int rc = nvd_open(device, &ctrl);
     if (rc != NVD_OK) die("nvd_open", rc);
-    nvd_ns_info ns;
+    nvd_ns_info ns = { .size = sizeof ns };
     if ((rc = nvd_ns_info_get(ctrl, 0, &ns)) != NVD_OK) die("nvd_ns_info_get", rc);
     uint64_t room = ns.blocks > start + 1 ? ns.blocks - start - 1 : 0;
     if (records > room) records = room;
