@@ -255,6 +255,11 @@ pub struct QueueStats {
     pub interrupts: u64,
     /// Controller resets this queue pair asked for (stuck command or CSTS.CFS).
     pub resets_requested: u64,
+    /// [`crate::CompletionMode::Hybrid`]: waits whose completion was found while spinning.
+    pub spin_completions: u64,
+    /// [`crate::CompletionMode::Hybrid`]: waits that spun their whole budget, armed the
+    /// interrupt and slept.
+    pub sleeps: u64,
     /// Aborts sent for commands past their deadline (sent without waiting for the answer:
     /// the aborted command completes on this queue pair, and one that does not is reset).
     pub aborts_sent: u64,
@@ -279,6 +284,8 @@ pub(crate) struct ShellCounters {
     pub(crate) interrupts: u64,
     pub(crate) resets_requested: u64,
     pub(crate) aborts_sent: u64,
+    pub(crate) spin_completions: u64,
+    pub(crate) sleeps: u64,
     /// Doorbell values dropped because a reset began first.
     pub(crate) doorbells_dropped: u64,
     /// Requests whose buffers were held (see [`Quarantine`]).
@@ -305,6 +312,8 @@ impl QueueStats {
             interrupts: shell.interrupts,
             resets_requested: shell.resets_requested,
             aborts_sent: shell.aborts_sent,
+            spin_completions: shell.spin_completions,
+            sleeps: shell.sleeps,
             held: shell.held,
             retries: core.retries,
             vector: None,

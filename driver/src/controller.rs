@@ -385,7 +385,9 @@ impl<D: PciFunction> Controller<D> {
         }))?;
         let vector = match opts.mode {
             crate::qpair::CompletionMode::Poll => None,
-            crate::qpair::CompletionMode::Interrupt => Some(()),
+            crate::qpair::CompletionMode::Interrupt | crate::qpair::CompletionMode::Hybrid => {
+                Some(())
+            }
         };
         let qid =
             s.free_qids

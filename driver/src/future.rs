@@ -615,6 +615,7 @@ impl<D: PciFunction, B> Future for IoFuture<D, B> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Every field is Unpin (no self-references), so the future is Unpin.
         let this = self.get_mut();
+        // A hybrid queue pair's futures behave as interrupt mode's (the spin is `wait`'s).
         let poll_mode = this.qp.inner.mode == CompletionMode::Poll;
         match std::mem::replace(&mut this.state, FutState::Finished) {
             FutState::Finished => panic!("IoFuture polled after it resolved"),

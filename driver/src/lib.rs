@@ -106,6 +106,7 @@ mod controller;
 mod device;
 pub mod error;
 mod future;
+mod hybrid;
 mod io;
 mod namespace;
 mod options;
@@ -133,4 +134,6 @@ pub use nvme_dio_dma::{
 /// The NVMe spec types and command builders (for [`IoQueuePair::submit_raw`]).
 pub use nvme_dio_queue as spec;
 pub use nvme_dio_queue::{Lba, Nsid, Status};
-pub use qpair::{CompletionMode, DEFAULT_RETRIES, IoQueuePair, QueuePairOptions};
+pub use qpair::{
+    CompletionMode, DEFAULT_HYBRID_SPIN, DEFAULT_RETRIES, IoQueuePair, QueuePairOptions,
+};
