@@ -1000,6 +1000,48 @@ fn table_of_bad_invocations_fails_cleanly_with_a_sentence() {
         (&["identify", "--device", "./file"], 1, &["is a path", "PCI address"]),
         (&["identify", "--device", "0000:ff:1f.7"], 1, &["no PCI device 0000:ff:1f.7"]),
         (&["frobnicate"], 2, &["unrecognized subcommand 'frobnicate'"]),
+        (&["bench", "-c", "0x0"], 2, &["--core-mask", "selects no CPU"]),
+        (&["bench", "-c", "zz"], 2, &["--core-mask", "not a core mask"]),
+        (&["bench", "-c", "0x100000", "--ios", "1"], 1, &["CPU 20 is not online"]),
+        (&["bench", "--cpus", "3-1"], 2, &["--cpus", "lower CPU to the higher"]),
+        (&["bench", "--cpus", "0,0"], 2, &["--cpus", "given twice"]),
+        (&["bench", "--cpus", "0", "-c", "0x1"], 2, &["cannot be used with"]),
+        (&["bench", "--queues", "2", "-c", "0x1"], 2, &["cannot be used with"]),
+        (&["bench", "--no-pin", "--cpus", "0"], 2, &["cannot be used with"]),
+        (&["bench", "-P", "0"], 2, &["--num-qpairs", "from 1 to 64"]),
+        (&["bench", "-P", "4", "-q", "2", "--ios", "1"], 1, &["-q 2 is fewer I/Os than the -P 4"]),
+        (&["bench", "--nsid", "1", "--nsid", "1", "--ios", "1"], 1, &["--nsid 1 is given twice"]),
+        (&["bench", "--device", "emu", "--device", "./f", "--ios", "1"], 1, &["several --device", "io_uring"]),
+        (&["bench", "--device", "./f", "-P", "2", "--ios", "1"], 1, &["-P (queue pairs per namespace) is a vfio engine option"]),
+        (&["bench", "--device", "emu", "--device", "emu", "--nsid", "2", "--ios", "1"], 1, &["namespace 2 does not exist"]),
+        (&["bench", "--queues", "40", "-P", "2", "--ios", "1"], 1, &["needs 80 I/O queue pairs", "granted 64"]),
+        (&["bench", "--random_distribution", "zipf:1"], 2, &["--random-distribution", "above 0 and not 1"]),
+        (&["bench", "--random_distribution", "pareto:2"], 2, &["pareto h 2", "between 0 and 1"]),
+        (&["bench", "--random_distribution", "normal:0"], 2, &["normal deviation 0%", "out of range"]),
+        (&["bench", "--random_distribution", "zipf"], 2, &["zipf needs its theta"]),
+        (&["bench", "--random_distribution", "bogus"], 2, &["not a distribution", "zipf:THETA"]),
+        (&["bench", "--random_distribution", "zipf:1.2", "-w", "read"], 1, &["shapes random offsets", "-w read is sequential"]),
+        (&["bench", "--bssplit", "4k/50:64k/40"], 2, &["--bssplit", "add up to 90, not 100"]),
+        (&["bench", "--bssplit", "4k/50:1000/50"], 2, &["--bssplit", "not a multiple of 512"]),
+        (&["bench", "--bssplit", "4k:64k/50"], 2, &["only the last size may leave it out"]),
+        (&["bench", "--bssplit", "4k/50:64k", "-o", "8k"], 2, &["cannot be used with"]),
+        (&["bench", "--bssplit", "4k/50:64k", "--segments", "2"], 1, &["--bssplit and --segments do not combine"]),
+        (&["bench", "--device", "emu:512", "--bssplit", "512/50:4k", "--emu-lba-size", "4096", "--ios", "1"], 1, &["--bssplit size 512 is not a multiple of the device's 4096-byte blocks"]),
+        (&["bench", "--fsync", "0"], 2, &["--fsync", "out of range"]),
+        (&["bench", "--fsync", "4"], 1, &["--fsync 4 sends a Flush", "writes nothing"]),
+        (&["bench", "--fua"], 1, &["--fua marks writes", "writes nothing"]),
+        (&["bench", "-w", "randtrim", "--fua"], 1, &["no FUA bit"]),
+        (&["bench", "-w", "trim", "--verify", "--device", "emu:ram"], 1, &["-w trim writes no data pattern"]),
+        (&["bench", "-w", "trim", "--device", "./f"], 1, &["-w trim is a vfio engine feature"]),
+        (&["bench", "--fsync", "2", "-w", "write", "--device", "./f"], 1, &["--fsync is a vfio engine feature"]),
+        (&["bench", "--rate-iops", "0"], 2, &["--rate-iops", "out of range"]),
+        (&["bench", "--offset", "-1"], 2, &["--offset", "negative offsets"]),
+        (&["bench", "--offset", "100%"], 2, &["--offset", "0 to 99"]),
+        (&["bench", "--offset", "2t", "--ios", "1"], 1, &["--offset 2199023255552 is at or past the end"]),
+        (&["bench", "--offset", "1000", "--ios", "1"], 1, &["--offset 1000 is not a multiple of the device's 4096-byte blocks"]),
+        (&["bench", "--iodeph", "4"], 2, &["unexpected argument '--iodeph'", "a similar argument exists: '--iodepth'"]),
+        (&["bench", "--rw", "randrnd"], 2, &["--workload", "possible values"]),
+        (&["bench", "--runtime", "-1"], 2, &["--time", "negative durations"]),
     ];
     assert!(table.len() >= 40);
     let mut failures = Vec::new();
@@ -1166,4 +1208,204 @@ fn queue_entries_are_independent_of_the_queue_depth() {
         &["bench", "--queue-entries", "4096"],
         "the controller allows 2048 entries per queue",
     );
+}
+
+/// SPDK perf's reach: two emulated controllers in one process, a core mask (one pinned
+/// worker per core), several queue pairs per namespace, and the per device x core table.
+#[test]
+fn two_controllers_on_a_core_mask_give_one_table_row_each_and_a_total() {
+    let v = bench_json(&[
+        "--device", "emu", "--device", "emu:ram", "-c", "0x3", "-P", "2", "-q", "8", "--ios",
+        "8000",
+    ]);
+    let table = v["table"].as_array().unwrap();
+    assert_eq!(table.len(), 2, "{v}");
+    assert_eq!(
+        (&table[0]["device"], &table[0]["nsid"], &table[0]["core"]),
+        (&"emu".into(), &1.into(), &0.into())
+    );
+    assert_eq!(
+        (&table[1]["device"], &table[1]["core"]),
+        (&"emu:ram".into(), &1.into())
+    );
+    let sum: u64 = table.iter().map(|r| r["ios"].as_u64().unwrap()).sum();
+    assert_eq!(sum, 8000, "{v}");
+    assert_eq!(v["total"]["ios"], 8000);
+    assert!(
+        table
+            .iter()
+            .all(|r| r["iops"].as_f64().unwrap() > 0.0 && r["avg_ns"].as_f64().unwrap() > 0.0)
+    );
+    // Two queue pairs per namespace per worker: four in all, two on each device.
+    let queues = v["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 4, "{v}");
+    assert_eq!(
+        queues.iter().filter(|q| q["device"] == "emu:ram").count(),
+        2
+    );
+    assert!(queues.iter().all(|q| q["submitted"] == q["completed"]));
+    assert_eq!(v["settings"]["cpus"], serde_json::json!([0, 1]));
+    assert_eq!(v["targets"].as_array().unwrap().len(), 2);
+    // The text has SPDK perf's table; the same device string twice gets a position.
+    let o = nvme_dio(&[
+        "bench", "--device", "emu", "--device", "emu", "--cpus", "0-1", "--ios", "4000",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Device Information"), "{out}");
+    assert!(out.contains("emu#1 NSID 1 from core  0 :"), "{out}");
+    assert!(out.contains("emu#2 NSID 1 from core  1 :"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("Total ")), "{out}");
+    // More targets than workers: they share, round robin (SPDK perf's association).
+    let v = bench_json(&[
+        "--device", "emu", "--device", "emu", "--device", "emu", "--cpus", "0-1", "--ios", "3000",
+        "-q", "4",
+    ]);
+    let cores: Vec<u64> = v["table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["core"].as_u64().unwrap())
+        .collect();
+    assert_eq!(cores, vec![0, 1, 0], "{v}");
+}
+
+/// fio's workload language: each kind of command reaches the device (the emulator counts
+/// commands by opcode, FUA writes apart), and the long fio spellings are aliases.
+#[test]
+fn fio_workloads_reach_the_device_as_their_commands() {
+    let n = |v: &Value, k: &str| {
+        v["emulator"][k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("emulator.{k}: {v}"))
+    };
+    let v = bench_json(&["-w", "randtrim", "--ios", "500"]);
+    assert!(
+        n(&v, "dsm") >= 500 && n(&v, "reads") == 0 && n(&v, "writes") == 0,
+        "{v}"
+    );
+    assert_eq!(v["settings"]["write_kind"], "trim");
+    let v = bench_json(&["-w", "writezeroes", "--fua", "--ios", "500"]);
+    assert!(
+        n(&v, "write_zeroes") >= 500 && n(&v, "fua_writes") >= 500 && n(&v, "writes") == 0,
+        "{v}"
+    );
+    let v = bench_json(&["-w", "randwritezeroes", "--ios", "300"]);
+    assert!(
+        n(&v, "write_zeroes") >= 300 && n(&v, "fua_writes") == 0,
+        "{v}"
+    );
+    let v = bench_json(&["-w", "write", "--fua", "--ios", "300"]);
+    assert!(n(&v, "writes") >= 300 && n(&v, "fua_writes") >= 300, "{v}");
+    let v = bench_json(&["-w", "randwrite", "--ios", "300"]);
+    assert_eq!(n(&v, "fua_writes"), 0, "no FUA unless asked: {v}");
+    // A Flush after every 4 writes (-q 1: strictly in turn), counted apart from the I/Os.
+    let v = bench_json(&["-w", "randwrite", "--fsync", "4", "--ios", "400", "-q", "1"]);
+    assert_eq!(v["ios"], 400, "{v}");
+    assert_eq!(
+        v["flushes"]["count"], 99,
+        "after writes 4, 8, ..., 396: {v}"
+    );
+    assert!(n(&v, "flushes") >= 99 && n(&v, "writes") >= 400, "{v}");
+    assert!(
+        v["flushes"]["latency"]["avg_ns"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    // Mixed sizes: both sizes go out (the bytes lie strictly between all-small and all-large).
+    let v = bench_json(&["--bssplit", "4k/50:64k/50", "--ios", "2000", "--seed", "1"]);
+    let bytes = v["bytes"].as_u64().unwrap();
+    assert!(
+        bytes > 2000 * 4096 && bytes < 2000 * 65536 && bytes % 4096 == 0,
+        "{v}"
+    );
+    assert_eq!(
+        v["settings"]["bssplit"],
+        serde_json::json!([[4096, 50], [65536, 50]])
+    );
+    // Skewed offsets run (their skew is a unit test of the sampler) and are recorded.
+    for d in ["zipf:1.2", "pareto:0.2", "normal:10"] {
+        let v = bench_json(&["--random_distribution", d, "--ios", "2000"]);
+        assert_eq!(v["settings"]["random_distribution"], d, "{v}");
+        assert_eq!(v["ios"], 2000);
+    }
+    // fio's spellings.
+    let v = bench_json(&[
+        "--iodepth=4",
+        "--rw=randrw",
+        "--rwmixread=70",
+        "--runtime=1",
+        "--ramp_time=0",
+        "--numjobs=2",
+        "--bs=8k",
+        "--randseed=7",
+        "--ios",
+        "2000",
+    ]);
+    let st = &v["settings"];
+    assert_eq!(
+        (
+            &st["queue_depth"],
+            &st["workload"],
+            &st["read_pct"],
+            &st["queues"],
+            &st["io_size_bytes"],
+            &st["seed"]
+        ),
+        (
+            &4.into(),
+            &"randrw".into(),
+            &70.into(),
+            &2.into(),
+            &8192.into(),
+            &7.into()
+        ),
+        "{v}"
+    );
+}
+
+#[test]
+fn offset_and_size_bound_the_range_the_ios_touch() {
+    // A 1 MiB range from 1 MiB, read once in order (256 blocks): a bit flipped below the
+    // range is never read; one inside is caught.
+    let base = [
+        "bench", "--device", "emu:ram", "--size", "1m", "--offset", "1m", "--verify", "-w", "read",
+        "--ios", "256", "-q", "4",
+    ];
+    let mut outside = base.to_vec();
+    outside.extend(["--inject-flip-bit", "10"]);
+    let o = run_bounded(&outside);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("offset 1m"), "{}", stdout(&o));
+    let mut inside = base.to_vec();
+    inside.extend(["--inject-flip-bit", "300"]);
+    let o = run_bounded(&inside);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("LBA 300"), "{}", stderr(&o));
+    // On a device of fixed size (a file through io_uring), the range must fit.
+    let path = scratch("offset.dat");
+    std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+    let p = path.to_str().unwrap();
+    assert_refused(
+        &[
+            "bench", "--device", p, "--offset", "512k", "--size", "1m", "--ios", "1",
+        ],
+        1,
+        &["--offset 524288 + --size 1048576 ends past the end of the device (1048576 bytes)"],
+    );
+    let v = bench_json(&["--device", p, "--offset", "512k", "--ios", "100"]);
+    assert_eq!(v["settings"]["working_set_bytes"], 512 << 10, "{v}");
+    std::fs::remove_file(&path).unwrap();
+    let v = bench_json(&["--offset", "50%", "--ios", "100"]);
+    assert_eq!(v["settings"]["offset_bytes"], 1u64 << 39, "{v}");
+    assert_eq!(v["settings"]["working_set_bytes"], 1u64 << 39, "{v}");
+}
+
+#[test]
+fn rate_iops_caps_the_rate() {
+    // I/O k is submitted no earlier than k / rate after the start, so N I/Os take at least
+    // (N - 1) / rate: a bound the limiter guarantees, not a timing guess.
+    let v = bench_json(&["--rate-iops", "2000", "--ios", "200", "-q", "8"]);
+    let iops = v["iops"].as_f64().unwrap();
+    assert!(iops <= 2000.0 * 200.0 / 199.0, "{iops} IOPS: {v}");
+    assert_eq!(v["settings"]["rate_iops"], 2000);
 }

@@ -94,3 +94,41 @@ fn vm_cli_soak_bench_verify_mixed_random_with_splits_loses_nothing() {
         );
     }
 }
+
+/// SPDK perf's reach through VFIO: two QEMU controllers in one run on a core mask (one
+/// pinned worker per core), two queue pairs per namespace, the per device x core table.
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_cli_bench_two_controllers_on_a_core_mask_has_a_row_per_device_and_core() {
+    let a = vm::controller("default").expect("VM guest");
+    let b = vm::controller("ns512").expect("VM guest");
+    let out = nvme_dio(&[
+        "bench", "--device", &a.bdf, "--device", &b.bdf, "-c", "0x3", "-P", "2", "-q", "8",
+        "--ios", "4000", "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("bench --json is JSON");
+    assert_eq!(v["errors"], 0, "{v}");
+    let table = v["table"].as_array().unwrap();
+    assert_eq!(table.len(), 2, "{v}");
+    assert_eq!(table[0]["device"], a.bdf.as_str(), "{v}");
+    assert_eq!(table[0]["core"], 0, "{v}");
+    assert_eq!(table[1]["device"], b.bdf.as_str(), "{v}");
+    assert_eq!(table[1]["core"], 1, "{v}");
+    let sum: u64 = table.iter().map(|r| r["ios"].as_u64().unwrap()).sum();
+    assert_eq!(sum, 4000, "{v}");
+    assert_eq!(v["total"]["ios"], 4000, "{v}");
+    let queues = v["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 4, "{v}");
+    for q in queues {
+        assert_eq!(q["submitted"], q["completed"], "a request was lost: {q}");
+    }
+    // The text form carries SPDK perf's table.
+    let text = nvme_dio(&[
+        "bench", "--device", &a.bdf, "--device", &b.bdf, "-c", "0x3", "--ios", "2000",
+    ]);
+    assert!(
+        text.contains(&format!("{} NSID 1 from core  0", a.bdf))
+            && text.contains(&format!("{} NSID 1 from core  1", b.bdf)),
+        "{text}"
+    );
+}
