@@ -338,6 +338,42 @@ fn parse_bssplit(s: &str) -> Result<BsSplit, String> {
     Ok(BsSplit(out))
 }
 
+/// `--percentiles`: percentages in (0, 100], in the order given.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Percentiles(pub Vec<f64>);
+
+fn parse_percentiles(s: &str) -> Result<Percentiles, String> {
+    let form = "give percentages above 0 and up to 100 separated by commas, like 50,99,99.9";
+    let mut out = Vec::new();
+    for part in s.split([',', ':']).map(str::trim) {
+        let v: f64 = part
+            .parse()
+            .map_err(|_| format!("{part:?} is not a percentage: {form}"))?;
+        if !(v > 0.0 && v <= 100.0) {
+            return Err(format!("{v} is out of range: {form}"));
+        }
+        if out.contains(&v) {
+            return Err(format!("{v} is given twice: {form}"));
+        }
+        out.push(v);
+    }
+    Ok(Percentiles(out))
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let v = parse_seconds(s)?;
+    if v < 0.1 {
+        return Err(format!(
+            "{v} s is too short: a status line every 0.1 s or more (like 1)"
+        ));
+    }
+    Ok(v)
+}
+
+fn parse_repeat(s: &str) -> Result<u32, String> {
+    parse_whole(s, 1, 1000, false).map(|v| v as u32)
+}
+
 fn parse_fsync(s: &str) -> Result<u32, String> {
     parse_whole(s, 1, u32::MAX as u64, false).map(|v| v as u32)
 }
@@ -827,9 +863,28 @@ pub struct BenchArgs {
     #[arg(long)]
     pub sqpoll: bool,
 
-    /// Print one JSON object instead of the human summary.
+    /// Print one JSON object instead of the human summary (keys documented in
+    /// cli/src/bench/json.rs).
     #[arg(long)]
     pub json: bool,
+
+    /// Write the report (text or --json) to FILE instead of standard output (fio's
+    /// --output); the path is checked before the run.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Print a line with the IOPS and MiB/s of every S seconds while measuring (fio's
+    /// --status-interval); with --json they go into `intervals` instead.
+    #[arg(long, visible_alias = "status_interval", value_name = "S", value_parser = parse_interval, allow_negative_numbers = true)]
+    pub status_interval: Option<f64>,
+
+    /// Latency percentiles to report (fio's percentile_list): `50,99,99.9` (or with `:`).
+    #[arg(long, visible_alias = "percentile_list", value_name = "LIST", default_value = "50,90,99,99.9,99.99", value_parser = parse_percentiles)]
+    pub percentiles: Percentiles,
+
+    /// Run the whole benchmark N times and report each run and the min / median / max.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_repeat, allow_negative_numbers = true)]
+    pub repeat: u32,
 
     /// Write a log-scaled latency histogram to this SVG file.
     #[arg(long, value_name = "FILE.svg")]

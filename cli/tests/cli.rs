@@ -1042,6 +1042,14 @@ fn table_of_bad_invocations_fails_cleanly_with_a_sentence() {
         (&["bench", "--iodeph", "4"], 2, &["unexpected argument '--iodeph'", "a similar argument exists: '--iodepth'"]),
         (&["bench", "--rw", "randrnd"], 2, &["--workload", "possible values"]),
         (&["bench", "--runtime", "-1"], 2, &["--time", "negative durations"]),
+        (&["bench", "--percentiles", "0"], 2, &["--percentiles", "out of range"]),
+        (&["bench", "--percentiles", "50,101"], 2, &["--percentiles", "101 is out of range"]),
+        (&["bench", "--percentiles", "50,abc"], 2, &["--percentiles", "\"abc\" is not a percentage"]),
+        (&["bench", "--percentiles", "99:99"], 2, &["--percentiles", "given twice"]),
+        (&["bench", "--status-interval", "0.01"], 2, &["--status-interval", "too short"]),
+        (&["bench", "--status-interval", "-1"], 2, &["--status-interval", "negative durations"]),
+        (&["bench", "--repeat", "0"], 2, &["--repeat", "from 1 to 1000"]),
+        (&["bench", "--output", "/no/such/dir/x.json", "--ios", "1"], 1, &["cannot create the output file (checked before the run) /no/such/dir/x.json"]),
     ];
     assert!(table.len() >= 40);
     let mut failures = Vec::new();
@@ -1408,4 +1416,155 @@ fn rate_iops_caps_the_rate() {
     let iops = v["iops"].as_f64().unwrap();
     assert!(iops <= 2000.0 * 200.0 / 199.0, "{iops} IOPS: {v}");
     assert_eq!(v["settings"]["rate_iops"], 2000);
+}
+
+/// Results you can compare: read and write apart, selectable percentiles, histogram bins,
+/// the tool, a timestamp and the host in JSON.
+#[test]
+fn json_splits_directions_and_carries_bins_percentiles_and_provenance() {
+    let v = bench_json(&[
+        "-w",
+        "randrw",
+        "-M",
+        "70",
+        "--ios",
+        "6000",
+        "--percentiles",
+        "99.9,50",
+    ]);
+    assert_eq!(v["schema"], "nvme-dio-bench/1");
+    assert_eq!(v["tool"]["name"], "nvme-dio");
+    assert_eq!(v["tool"]["version"], env!("CARGO_PKG_VERSION"));
+    let ts = v["timestamp"].as_str().unwrap();
+    assert!(
+        ts.len() == 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "{ts}"
+    );
+    assert!(!v["host"].as_str().unwrap().is_empty());
+    let (r, w) = (&v["read"], &v["write"]);
+    let (ri, wi) = (r["ios"].as_u64().unwrap(), w["ios"].as_u64().unwrap());
+    assert!(ri > 0 && wi > 0 && ri + wi == 6000, "{v}");
+    assert!(ri > wi, "70% reads: {ri} reads, {wi} writes");
+    for d in [r, w, &v] {
+        let bins = d["latency_histogram_ns"].as_array().unwrap();
+        let sum: u64 = bins.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+        assert_eq!(sum, d["ios"].as_u64().unwrap(), "every I/O in one bin");
+        let le: Vec<u64> = bins.iter().map(|b| b["le_ns"].as_u64().unwrap()).collect();
+        assert!(le.windows(2).all(|x| x[0] < x[1]), "bins ascend: {le:?}");
+        assert!(*le.last().unwrap() >= d["latency"]["max_ns"].as_u64().unwrap());
+        let keys: Vec<&String> = d["percentiles_ns"].as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(d["iops"].as_f64().unwrap() > 0.0 && d["mib_s"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(
+        v["settings"]["percentiles"],
+        serde_json::json!([99.9, 50.0])
+    );
+    // The object keeps the order asked for (serde_json's Value sorts, so read the text).
+    let o = run_bounded(&[
+        "bench",
+        "--json",
+        "--ios",
+        "100",
+        "--percentiles",
+        "99.9,50",
+    ]);
+    let text = stdout(&o);
+    let at = text.find("\"percentiles_ns\"").expect("percentiles_ns");
+    let (p999, p50) = (
+        text[at..].find("\"99.9\"").unwrap(),
+        text[at..].find("\"50\"").unwrap(),
+    );
+    assert!(p999 < p50, "{}", &text[at..at + 80]);
+    // A read-only run has an empty write side.
+    let v = bench_json(&["--ios", "500"]);
+    assert_eq!(v["write"]["ios"], 0);
+    assert_eq!(v["write"]["latency_histogram_ns"], serde_json::json!([]));
+    // The text shows both directions of a mixed run, with the chosen percentiles.
+    let o = run_bounded(&[
+        "bench",
+        "-w",
+        "randrw",
+        "--ios",
+        "2000",
+        "--percentiles",
+        "50,99.9",
+    ]);
+    let out = stdout(&o);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("read ") && l.contains("p99.9")),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l.starts_with("write ")), "{out}");
+    assert!(
+        !out.contains("p99.99"),
+        "only the chosen percentiles: {out}"
+    );
+}
+
+#[test]
+fn output_file_repeat_and_status_lines() {
+    // --output: the report goes to the file, nothing to stdout.
+    let path = scratch("report.json");
+    let o = run_bounded(&[
+        "bench",
+        "--ios",
+        "1000",
+        "--json",
+        "--output",
+        path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(v["ios"], 1000);
+    std::fs::remove_file(&path).unwrap();
+    // --repeat: every run, and the spread.
+    let v = bench_json(&["--repeat", "3", "--ios", "1000"]);
+    assert_eq!(v["runs"].as_array().unwrap().len(), 3, "{v}");
+    assert!(
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["ios"] == 1000)
+    );
+    let s = &v["summary"];
+    assert_eq!(s["runs"], 3);
+    for k in [
+        "iops", "mib_s", "avg_ns", "p50_ns", "p99_ns", "p99_9_ns", "max_ns",
+    ] {
+        let (a, b, c) = (
+            s[k]["min"].as_f64().unwrap(),
+            s[k]["median"].as_f64().unwrap(),
+            s[k]["max"].as_f64().unwrap(),
+        );
+        assert!(a <= b && b <= c && a > 0.0, "summary.{k}: {s}");
+    }
+    let o = run_bounded(&["bench", "--repeat", "2", "--ios", "1000"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("--- run 2 of 2 ---") && out.contains("--- 2 runs ---"),
+        "{out}"
+    );
+    // --status-interval: lines while measuring (JSON: intervals). -t bounds the run, so
+    // the first interval always ends inside it.
+    let v = bench_json(&["-t", "1.5", "--status-interval", "0.5", "-q", "4"]);
+    let iv = v["intervals"].as_array().unwrap();
+    assert!(!iv.is_empty(), "{v}");
+    let t: Vec<f64> = iv.iter().map(|i| i["t_s"].as_f64().unwrap()).collect();
+    assert!(t.windows(2).all(|x| x[0] < x[1]) && t[0] >= 0.5, "{t:?}");
+    let sum: u64 = iv.iter().map(|i| i["ios"].as_u64().unwrap()).sum();
+    assert!(sum <= v["ios"].as_u64().unwrap() && iv[0]["iops"].as_f64().unwrap() > 0.0);
+    let o = run_bounded(&["bench", "-t", "1.2", "--status-interval", "0.5", "-q", "4"]);
+    let out = stdout(&o);
+    assert!(
+        out.lines().next().unwrap_or("").starts_with('[') && out.contains("IOPS"),
+        "{out}"
+    );
+    assert_eq!(
+        bench_json(&["--ios", "100"])["intervals"],
+        serde_json::json!([])
+    );
 }

@@ -13,23 +13,14 @@
 //!
 //! ## `--json`
 //!
-//! One object ([`Report`]). Every key with a unit names it (`_bytes`, `_s`, `_ns`,
-//! `_per_io`); counts have none. `device`, `device_description`, `emulated`, `engine`
-//! (`vfio`|`io_uring`), `settings` {workload, read_pct, io_size_bytes, lba_size_bytes,
-//! queue_depth, queues, segments, segment_shapes [[in-page offset, len]..], mode, batch,
-//! time_s, warmup_s, ios, working_set_bytes, verify, seed, pinned, emu_mode, iopoll,
-//! sqpoll}, `ios`, `bytes`, `elapsed_s`, `iops`, `mib_s`, `cpu_ns_per_io` (the worker
-//! threads' own CPU time), `wall_ns_per_io`, `latency` {avg_ns, min_ns, max_ns, p50_ns,
-//! p90_ns, p99_ns, p99_9_ns, p99_99_ns} (successful I/Os only; zeroes if none succeeded),
-//! `errors`, `first_error`, `verify` {checked_blocks, mismatches, first_mismatch} or null,
-//! `queues` [{queue, cpu, submitted, completed, errors, split_requests, commands,
-//! doorbell_writes, sq_doorbells, cq_doorbells, polls, empty_polls, timeouts, interrupts,
-//! syscalls}] (null where the engine has no such thing), `notes`.
+//! One object per run, or one holding every run for `--repeat`: the keys and their units
+//! are documented at the top of `json.rs`, the writer.
 //!
 //! The engines (`nvme.rs`: the nvme-dio driver on VFIO or the emulated controller;
 //! `uring.rs`: the kernel through io_uring) share the workload generator and verify pattern
 //! (`pattern.rs`) and the run control here.
 
+pub mod json;
 pub mod nvme;
 pub mod pattern;
 pub mod uring;
@@ -66,8 +57,10 @@ pub struct Control {
     pub phase: AtomicU8,
     /// Workers that finished (reached --ios, or failed).
     pub done: AtomicUsize,
-    /// Measured completions per queue, for the progress line.
+    /// Measured completions per worker, for the progress and status lines.
     pub progress: Vec<Padded>,
+    /// Their bytes.
+    pub progress_bytes: Vec<Padded>,
     /// All workers and the main thread meet here once set up, so the clock starts together.
     pub ready: Barrier,
 }
@@ -313,8 +306,8 @@ pub struct WorkerResult {
 pub struct QueueResult {
     /// The context's index in the layout (table order).
     pub ctx: usize,
-    /// Latency histogram (ns).
-    pub hist: Histogram<u64>,
+    /// Per direction: reads, then writes (trims and write zeroes count as writes).
+    pub dirs: [DirResult; 2],
     /// I/Os completed successfully while measuring.
     pub ios: u64,
     /// Bytes they moved.
@@ -337,12 +330,51 @@ pub struct QueueResult {
     pub flush_hist: Histogram<u64>,
 }
 
+/// One direction's successful I/Os.
+#[derive(Debug)]
+pub struct DirResult {
+    /// I/Os.
+    pub ios: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Latency histogram (ns).
+    pub hist: Histogram<u64>,
+}
+
+impl DirResult {
+    fn new() -> DirResult {
+        DirResult {
+            ios: 0,
+            bytes: 0,
+            hist: stats::new_histogram(),
+        }
+    }
+}
+
 impl QueueResult {
+    /// Records one successful I/O: its direction, latency and bytes.
+    #[inline]
+    pub fn record(&mut self, write: bool, ns: u64, bytes: u64) {
+        let d = &mut self.dirs[usize::from(write)];
+        stats::record(&mut d.hist, ns);
+        d.ios += 1;
+        d.bytes += bytes;
+        self.ios += 1;
+        self.bytes += bytes;
+    }
+
+    /// Both directions' latencies together.
+    pub fn hist(&self) -> Histogram<u64> {
+        let mut h = self.dirs[0].hist.clone();
+        h.add(&self.dirs[1].hist).expect("histograms share bounds");
+        h
+    }
+
     /// An empty result for context `ctx`.
     pub fn new(ctx: usize) -> QueueResult {
         QueueResult {
             ctx,
-            hist: stats::new_histogram(),
+            dirs: [DirResult::new(), DirResult::new()],
             ios: 0,
             bytes: 0,
             errors: 0,
@@ -420,6 +452,61 @@ pub struct Settings {
     pub fsync: Option<u32>,
     /// I/O rate cap per worker (null without).
     pub rate_iops: Option<u64>,
+    /// The percentiles reported (--percentiles).
+    pub percentiles: Vec<f64>,
+}
+
+/// One direction's figures.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DirReport {
+    /// Measured I/Os.
+    pub ios: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// I/Os per second (sum over workers).
+    pub iops: f64,
+    /// MiB per second.
+    pub mib_s: f64,
+    /// Latency.
+    pub latency: Latency,
+    /// The --percentiles, ns.
+    pub percentiles_ns: stats::Percentiles,
+    /// The latency histogram (see json.rs).
+    pub latency_histogram_ns: Vec<stats::Bin>,
+}
+
+impl DirReport {
+    fn new(
+        ios: u64,
+        bytes: u64,
+        iops: f64,
+        mib_s: f64,
+        h: &Histogram<u64>,
+        pcts: &[f64],
+    ) -> DirReport {
+        DirReport {
+            ios,
+            bytes,
+            iops,
+            mib_s,
+            latency: Latency::from_histogram(h),
+            percentiles_ns: stats::percentiles(h, pcts),
+            latency_histogram_ns: stats::bins(h),
+        }
+    }
+}
+
+/// One --status-interval line.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Interval {
+    /// End of the interval, seconds into the measuring window.
+    pub t_s: f64,
+    /// I/Os completed in it.
+    pub ios: u64,
+    /// Their rate.
+    pub iops: f64,
+    /// MiB per second.
+    pub mib_s: f64,
 }
 
 /// What the emulated controllers counted, by command, over the whole run (the first I/Os
@@ -505,9 +592,17 @@ pub struct TargetInfo {
     pub queue_pairs: usize,
 }
 
-/// The whole result: what `--json` prints.
+/// The whole result: what `--json` prints (keys in json.rs).
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// `nvme-dio-bench/1`.
+    pub schema: &'static str,
+    /// The tool and its version.
+    pub tool: json::Tool,
+    /// When the report was made (RFC 3339, UTC).
+    pub timestamp: String,
+    /// The host.
+    pub host: String,
     /// The device as given (`emu`, a PCI address, a path); several joined by commas.
     pub device: String,
     /// Every device x namespace of the run.
@@ -543,6 +638,16 @@ pub struct Report {
     pub wall_ns_per_io: f64,
     /// Latency in ns.
     pub latency: Latency,
+    /// The --percentiles of all I/Os, ns.
+    pub percentiles_ns: stats::Percentiles,
+    /// All I/Os' latency histogram.
+    pub latency_histogram_ns: Vec<stats::Bin>,
+    /// Reads.
+    pub read: DirReport,
+    /// Writes (trims and write zeroes included).
+    pub write: DirReport,
+    /// --status-interval lines.
+    pub intervals: Vec<Interval>,
     /// Failed I/Os.
     pub errors: u64,
     /// The first failure.
@@ -570,43 +675,64 @@ pub struct Report {
 pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     check_args(args)?;
     // Output paths are checked before the run, so a typo does not cost the run's results.
-    let hist = HistogramFile::create(args)?;
+    let hist = OutFile::create(
+        args.histogram.as_deref(),
+        "create the histogram file (checked before the run)",
+    )?;
+    let output = OutFile::create(
+        args.output.as_deref(),
+        "create the output file (checked before the run)",
+    )?;
     // Ctrl-C stops the run and prints what was measured (fio does the same); a second
     // Ctrl-C terminates as usual. Without the handler Ctrl-C still works, only abruptly.
     let mut notes = Vec::new();
     if let Err(e) = nvme_dio_uring::catch_sigint() {
         notes.push(format!("Ctrl-C will end the run without a report: {e}"));
     }
-    let result = match (args.engine(), args.device()) {
-        (Engine::Vfio, DeviceSpec::Emu(_) | DeviceSpec::Pci(_)) => nvme::run(args),
-        (Engine::IoUring, DeviceSpec::Path(p)) => uring::run(args, p),
-        (Engine::Vfio, DeviceSpec::Path(p)) => Err(CliError::BadArgument(format!(
-            "--engine vfio drives a PCI controller (or `emu`), not a path: use --engine io_uring for {}, or give the controller's PCI address (see `nvme-dio list`)",
-            p.display()
-        ))),
-        (Engine::IoUring, d) => Err(CliError::BadArgument(format!(
-            "--engine io_uring goes through the kernel and needs a block device or file path, not {d}: use --engine vfio for it"
-        ))),
-    };
-    let mut report = match result {
-        Ok(r) => r,
-        Err(e) => {
-            if let Some(h) = hist {
-                h.discard();
+    let mut reports = Vec::new();
+    for _ in 0..args.repeat {
+        let result = match (args.engine(), args.device()) {
+            (Engine::Vfio, DeviceSpec::Emu(_) | DeviceSpec::Pci(_)) => nvme::run(args),
+            (Engine::IoUring, DeviceSpec::Path(p)) => uring::run(args, p),
+            (Engine::Vfio, DeviceSpec::Path(p)) => Err(CliError::BadArgument(format!(
+                "--engine vfio drives a PCI controller (or `emu`), not a path: use --engine io_uring for {}, or give the controller's PCI address (see `nvme-dio list`)",
+                p.display()
+            ))),
+            (Engine::IoUring, d) => Err(CliError::BadArgument(format!(
+                "--engine io_uring goes through the kernel and needs a block device or file path, not {d}: use --engine vfio for it"
+            ))),
+        };
+        let mut report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Runs that finished are still reported when a later one cannot start
+                // (Ctrl-C during its set-up, above all).
+                if reports.is_empty() {
+                    for f in [hist, output].into_iter().flatten() {
+                        f.discard();
+                    }
+                    return Err(e);
+                }
+                break;
             }
-            return Err(e);
+        };
+        report.intervals = std::mem::take(&mut *intervals());
+        report.notes.extend(notes.iter().cloned());
+        let stop = interrupted();
+        if stop {
+            report.notes.push(format!(
+                "interrupted by Ctrl-C after {:.2} s of measuring: the figures cover the I/Os completed until then",
+                report.elapsed_s
+            ));
         }
-    };
-    report.notes.extend(notes);
-    let interrupted = interrupted();
-    if interrupted {
-        report.notes.push(format!(
-            "interrupted by Ctrl-C after {:.2} s of measuring: the figures cover the I/Os completed until then",
-            report.elapsed_s
-        ));
+        let failed = report.errors > 0 || report.verify.as_ref().is_some_and(|v| v.mismatches > 0);
+        reports.push(report);
+        if stop || failed {
+            break;
+        }
     }
-    finish(args, report, hist)?;
-    if interrupted {
+    finish(args, &reports, hist, output)?;
+    if interrupted() {
         return Err(CliError::Interrupted(
             "; the report covers the run until then".into(),
         ));
@@ -625,25 +751,29 @@ pub fn interrupted_during(what: &str) -> CliError {
     CliError::Interrupted(format!(" while {what}; nothing was measured"))
 }
 
-/// The `--histogram` file, created before the run so a bad path fails at once.
+/// An output file (--histogram, --output), created before the run so a bad path fails at
+/// once.
 #[derive(Debug)]
-pub struct HistogramFile {
+pub struct OutFile {
     path: std::path::PathBuf,
     file: std::fs::File,
 }
 
-impl HistogramFile {
-    fn create(args: &BenchArgs) -> Result<Option<HistogramFile>, CliError> {
-        let Some(path) = &args.histogram else {
+impl OutFile {
+    fn create(
+        path: Option<&std::path::Path>,
+        op: &'static str,
+    ) -> Result<Option<OutFile>, CliError> {
+        let Some(path) = path else {
             return Ok(None);
         };
         let file = std::fs::File::create(path).map_err(|source| CliError::File {
-            op: "create the histogram file (checked before the run)",
-            path: path.clone(),
+            op,
+            path: path.to_owned(),
             source,
         })?;
-        Ok(Some(HistogramFile {
-            path: path.clone(),
+        Ok(Some(OutFile {
+            path: path.to_owned(),
             file,
         }))
     }
@@ -652,6 +782,16 @@ impl HistogramFile {
     fn discard(self) {
         drop(self.file);
         let _ = std::fs::remove_file(&self.path);
+    }
+
+    fn write(&mut self, text: &str, op: &'static str) -> Result<(), CliError> {
+        std::io::Write::write_all(&mut self.file, text.as_bytes()).map_err(|source| {
+            CliError::File {
+                op,
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 }
 
@@ -1009,6 +1149,7 @@ where
         phase: AtomicU8::new(if args.warmup > 0.0 { WARMUP } else { MEASURE }),
         done: AtomicUsize::new(0),
         progress: (0..n).map(|_| Padded::default()).collect(),
+        progress_bytes: (0..n).map(|_| Padded::default()).collect(),
         ready: Barrier::new(n + 1),
     };
     let show = !args.json && std::io::stdout().is_terminal();
@@ -1083,10 +1224,44 @@ fn keep_time(args: &BenchArgs, ctl: &Control, show: bool) {
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(args.time);
     let mut last = (start, 0u64);
+    let every = args.status_interval.map(Duration::from_secs_f64);
+    let mut status = (start, 0u64, 0u64);
+    let sum = |v: &[Padded]| -> u64 { v.iter().map(|p| p.0.load(Ordering::Relaxed)).sum() };
+    intervals().clear();
     while !all_done() {
         let now = Instant::now();
         if now >= end && args.time > 0.0 {
             break;
+        }
+        if let Some(every) = every
+            && now >= status.0 + every
+        {
+            let (ios, bytes) = (sum(&ctl.progress), sum(&ctl.progress_bytes));
+            let dt = now.duration_since(status.0).as_secs_f64();
+            let iv = Interval {
+                t_s: now.duration_since(start).as_secs_f64(),
+                ios: ios - status.1,
+                iops: (ios - status.1) as f64 / dt,
+                mib_s: (bytes - status.2) as f64 / dt / (1 << 20) as f64,
+            };
+            status = (now, ios, bytes);
+            intervals().push(iv);
+            if !args.json {
+                let line = format!(
+                    "[{:>7.1} s] IOPS {:>10}  MiB/s {:>9.1}  I/Os {}",
+                    iv.t_s,
+                    fmt_rate(iv.iops),
+                    iv.mib_s,
+                    iv.ios
+                );
+                match &bar {
+                    Some(b) => b.println(line),
+                    // A closed pipe or full disk shows again, and fails, at the report.
+                    None => {
+                        let _ = crate::out::println(&line);
+                    }
+                }
+            }
         }
         if let Some(b) = &bar {
             let total: u64 = ctl
@@ -1107,17 +1282,29 @@ fn keep_time(args: &BenchArgs, ctl: &Control, show: bool) {
             ));
             b.tick();
         }
-        let left = if args.time > 0.0 {
+        let mut left = if args.time > 0.0 {
             end.saturating_duration_since(now)
         } else {
             tick
         };
+        if let Some(every) = every {
+            left = left.min((status.0 + every).saturating_duration_since(now));
+        }
         std::thread::sleep(tick.min(left).max(Duration::from_millis(1)));
     }
     ctl.phase.store(STOP, Ordering::Release);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+}
+
+/// The --status-interval lines of the current run (the main thread keeps time; the
+/// engine's report is made after).
+fn intervals() -> std::sync::MutexGuard<'static, Vec<Interval>> {
+    static INTERVALS: std::sync::Mutex<Vec<Interval>> = std::sync::Mutex::new(Vec::new());
+    INTERVALS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn fmt_secs(d: Duration) -> String {
@@ -1146,13 +1333,25 @@ pub fn report(
     let mut queues = Vec::new();
     let mut flush_hist = stats::new_histogram();
     let mut flushes = 0u64;
+    let mut dir_hist = [stats::new_histogram(), stats::new_histogram()];
+    let mut dir_sum = [(0u64, 0u64, 0.0f64, 0.0f64); 2];
     for w in results {
         let secs = w.elapsed.as_secs_f64();
         wall_ns += secs * 1e9;
         cpu_ns = cpu_ns.zip(w.cpu).map(|(a, c)| a + c.as_secs_f64() * 1e9);
         elapsed = elapsed.max(w.elapsed);
         for r in w.ctxs {
-            hist.add(&r.hist).expect("histograms share bounds");
+            let r_hist = r.hist();
+            hist.add(&r_hist).expect("histograms share bounds");
+            for (d, dr) in r.dirs.iter().enumerate() {
+                dir_hist[d].add(&dr.hist).expect("histograms share bounds");
+                dir_sum[d].0 += dr.ios;
+                dir_sum[d].1 += dr.bytes;
+                if secs > 0.0 {
+                    dir_sum[d].2 += dr.ios as f64 / secs;
+                    dir_sum[d].3 += dr.bytes as f64 / secs / (1 << 20) as f64;
+                }
+            }
             flush_hist
                 .add(&r.flush_hist)
                 .expect("histograms share bounds");
@@ -1175,7 +1374,7 @@ pub fn report(
             iops += r_iops;
             mib_s += r_mib;
             let plan = &layout.ctxs[r.ctx];
-            let lat = Latency::from_histogram(&r.hist);
+            let lat = Latency::from_histogram(&r_hist);
             rows.push((
                 r.ctx,
                 Row {
@@ -1221,7 +1420,21 @@ pub fn report(
             v
         })
         .join(",");
+    let pcts = &args.percentiles.0;
+    let dir = |d: usize| {
+        let (ios, bytes, iops, mib) = dir_sum[d];
+        DirReport::new(ios, bytes, iops, mib, &dir_hist[d], pcts)
+    };
     Report {
+        schema: json::SCHEMA,
+        tool: json::tool(),
+        timestamp: json::timestamp(),
+        host: json::hostname(),
+        percentiles_ns: stats::percentiles(&hist, pcts),
+        latency_histogram_ns: stats::bins(&hist),
+        read: dir(0),
+        write: dir(1),
+        intervals: Vec::new(),
         device,
         targets,
         table: rows.into_iter().map(|r| r.1).collect(),
@@ -1263,6 +1476,7 @@ pub fn report(
             fua: job.fua,
             fsync: job.fsync,
             rate_iops: job.rate_iops,
+            percentiles: pcts.clone(),
         },
         ios,
         bytes,
@@ -1387,6 +1601,14 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
+/// `p50 6.70 us  p99 ...`.
+fn fmt_pcts(p: &stats::Percentiles) -> String {
+    p.0.iter()
+        .map(|(k, v)| format!("p{k} {}", fmt_ns(*v as f64)))
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
 /// The human summary, SPDK perf / fio style, the tag beside every figure.
 pub fn human(r: &Report) -> String {
     let s = &r.settings;
@@ -1480,15 +1702,21 @@ pub fn human(r: &Report) -> String {
             fmt_ns(l.min as f64),
             fmt_ns(l.max as f64)
         );
-        let _ = writeln!(
-            o,
-            "         p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}   {t}",
-            fmt_ns(l.p50 as f64),
-            fmt_ns(l.p90 as f64),
-            fmt_ns(l.p99 as f64),
-            fmt_ns(l.p99_9 as f64),
-            fmt_ns(l.p99_99 as f64)
-        );
+        let _ = writeln!(o, "         {}   {t}", fmt_pcts(&r.percentiles_ns));
+        if r.read.ios > 0 && r.write.ios > 0 {
+            for (name, d) in [("read", &r.read), ("write", &r.write)] {
+                let _ = writeln!(
+                    o,
+                    "{name:<8} IOPS {}  MiB/s {:.1}  latency avg {}  min {}  max {}  {}",
+                    fmt_rate(d.iops),
+                    d.mib_s,
+                    fmt_ns(d.latency.avg),
+                    fmt_ns(d.latency.min as f64),
+                    fmt_ns(d.latency.max as f64),
+                    fmt_pcts(&d.percentiles_ns)
+                );
+            }
+        }
     }
     let _ = writeln!(
         o,
@@ -1558,40 +1786,66 @@ pub fn human(r: &Report) -> String {
     o
 }
 
-fn finish(args: &BenchArgs, r: Report, hist: Option<HistogramFile>) -> Result<(), CliError> {
-    if let (Some(mut out), Some(h)) = (hist, &r.hist) {
+fn finish(
+    args: &BenchArgs,
+    runs: &[Report],
+    hist: Option<OutFile>,
+    output: Option<OutFile>,
+) -> Result<(), CliError> {
+    let last = runs.last().expect("at least one run");
+    if let Some(mut out) = hist {
+        // Every run's I/Os in one histogram.
+        let mut h = stats::new_histogram();
+        for r in runs {
+            if let Some(x) = &r.hist {
+                h.add(x).expect("histograms share bounds");
+            }
+        }
+        let l = Latency::from_histogram(&h);
+        let ios: u64 = runs.iter().map(|r| r.ios).sum();
         let lines = vec![
-            r.device_description.clone(),
-            format!("settings: {}", tag(&r)),
+            last.device_description.clone(),
+            format!(
+                "settings: {}{}",
+                tag(last),
+                if runs.len() > 1 {
+                    format!(" ({} runs together)", runs.len())
+                } else {
+                    String::new()
+                }
+            ),
             format!(
                 "{} IOPS, {:.1} MiB/s, {} I/Os; latency avg {}, p50 {}, p99 {}, p99.9 {}, max {}",
-                fmt_rate(r.iops),
-                r.mib_s,
-                r.ios,
-                fmt_ns(r.latency.avg),
-                fmt_ns(r.latency.p50 as f64),
-                fmt_ns(r.latency.p99 as f64),
-                fmt_ns(r.latency.p99_9 as f64),
-                fmt_ns(r.latency.max as f64)
+                fmt_rate(last.iops),
+                last.mib_s,
+                ios,
+                fmt_ns(l.avg),
+                fmt_ns(l.p50 as f64),
+                fmt_ns(l.p99 as f64),
+                fmt_ns(l.p99_9 as f64),
+                fmt_ns(l.max as f64)
             ),
         ];
         let svg = stats::histogram_svg(
-            h,
-            &format!("nvme-dio bench: {} ({} engine)", r.device, r.engine),
+            &h,
+            &format!("nvme-dio bench: {} ({} engine)", last.device, last.engine),
             &lines,
         );
-        std::io::Write::write_all(&mut out.file, svg.as_bytes()).map_err(|source| {
-            CliError::File {
-                op: "write the histogram to",
-                path: out.path.clone(),
-                source,
-            }
-        })?;
+        out.write(&svg, "write the histogram to")?;
     }
     let text = if args.json {
-        serde_json::to_string_pretty(&r)? + "\n"
+        json::render(runs)?
     } else {
-        let mut t = human(&r);
+        let mut t = String::new();
+        for (i, r) in runs.iter().enumerate() {
+            if runs.len() > 1 {
+                let _ = writeln!(t, "--- run {} of {} ---", i + 1, args.repeat);
+            }
+            t.push_str(&human(r));
+        }
+        if runs.len() > 1 {
+            t.push_str(&repeat_summary(&json::Summary::of(runs)));
+        }
         if let Some(p) = &args.histogram {
             let _ = writeln!(t, "histogram written to {}", p.display());
         }
@@ -1599,22 +1853,52 @@ fn finish(args: &BenchArgs, r: Report, hist: Option<HistogramFile>) -> Result<()
     };
     // A failed or mismatching run still fails when its report could not be printed: the
     // output error comes after those.
-    let printed = crate::out::print(&text);
-    if let Some(v) = &r.verify
-        && v.mismatches > 0
-    {
-        return Err(CliError::VerifyFailed {
-            count: v.mismatches,
-            first: v.first_mismatch.clone().unwrap_or_default(),
-        });
-    }
-    if r.errors > 0 {
-        return Err(CliError::IoFailed {
-            count: r.errors,
-            first: r.first_error.clone().unwrap_or_default(),
-        });
+    let printed = match output {
+        Some(mut f) => f.write(&text, "write the report to"),
+        None => crate::out::print(&text),
+    };
+    for r in runs {
+        if let Some(v) = &r.verify
+            && v.mismatches > 0
+        {
+            return Err(CliError::VerifyFailed {
+                count: v.mismatches,
+                first: v.first_mismatch.clone().unwrap_or_default(),
+            });
+        }
+        if r.errors > 0 {
+            return Err(CliError::IoFailed {
+                count: r.errors,
+                first: r.first_error.clone().unwrap_or_default(),
+            });
+        }
     }
     printed
+}
+
+/// The min / median / max lines of --repeat.
+fn repeat_summary(s: &json::Summary) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "--- {} runs ---        {:>12} {:>12} {:>12}",
+        s.runs, "min", "median", "max"
+    );
+    let rate = |x: &json::Spread| [x.min, x.median, x.max].map(fmt_rate);
+    let ns = |x: &json::Spread| [x.min, x.median, x.max].map(fmt_ns);
+    let mib = |x: &json::Spread| [x.min, x.median, x.max].map(|v| format!("{v:.1}"));
+    for (name, v) in [
+        ("IOPS", rate(&s.iops)),
+        ("MiB/s", mib(&s.mib_s)),
+        ("latency avg", ns(&s.avg_ns)),
+        ("latency p50", ns(&s.p50_ns)),
+        ("latency p99", ns(&s.p99_ns)),
+        ("latency p99.9", ns(&s.p99_9_ns)),
+        ("latency max", ns(&s.max_ns)),
+    ] {
+        let _ = writeln!(o, "{name:<22} {:>12} {:>12} {:>12}", v[0], v[1], v[2]);
+    }
+    o
 }
 
 /// Pins the calling worker `w` to its CPU in the layout, if it has one; returns the CPU, or
@@ -1654,8 +1938,9 @@ pub fn budget_left(budget: Option<u64>, issued: u64) -> bool {
 
 /// Keeps the per-queue counters a worker may share with the progress line.
 #[inline]
-pub fn publish(ctl: &Control, q: usize, completed: u64) {
+pub fn publish(ctl: &Control, q: usize, completed: u64, bytes: u64) {
     ctl.progress[q].0.store(completed, Ordering::Relaxed);
+    ctl.progress_bytes[q].0.store(bytes, Ordering::Relaxed);
 }
 
 /// The current phase.

@@ -1091,7 +1091,12 @@ fn worker(
         if measuring && !stopped && lanes.iter().all(|l| l.out_of_budget() && !l.busy()) {
             mark_end(&mut t_end, &mut cpu_end);
         }
-        publish(ctl, w, res.iter().map(|r| r.ios).sum());
+        publish(
+            ctl,
+            w,
+            res.iter().map(|r| r.ios).sum(),
+            res.iter().map(|r| r.bytes).sum(),
+        );
     }
     let elapsed = t_end.unwrap_or_else(Instant::now).duration_since(t_start);
     let cpu_used = cpu_end
@@ -1243,10 +1248,8 @@ fn reap(
             stats::record(&mut r.flush_hist, ns);
             continue;
         }
-        stats::record(&mut r.hist, ns);
         let len = s.blocks as usize * lba_size;
-        r.ios += 1;
-        r.bytes += len as u64;
+        r.record(s.kind != Kind::Read, ns, len as u64);
         if job.verify && s.kind == Kind::Read {
             gather(&s.bufs, &mut stream[..len]);
             let bad = pattern::check(

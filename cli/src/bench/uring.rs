@@ -16,7 +16,6 @@ use super::{
 };
 use crate::args::{BenchArgs, Mode};
 use crate::error::CliError;
-use crate::stats;
 
 /// Why the kernel path takes whole-block segments only.
 const KERNEL_SEGMENTS: &str = "O_DIRECT through the kernel takes whole-block segments only";
@@ -484,12 +483,11 @@ fn worker(
                 continue;
             }
             // Latency of successful I/Os only: a failure's time says nothing about the device.
-            stats::record(
-                &mut res.hist,
+            res.record(
+                write,
                 now.duration_since(starts[slot]).as_nanos() as u64,
+                len as u64,
             );
-            res.ios += 1;
-            res.bytes += len as u64;
             if job.verify && !write {
                 let one = [(0, len)];
                 gather(
@@ -509,7 +507,7 @@ fn worker(
         if measuring && !stopped && !budget_left(budget, issued) && u.in_flight() == 0 {
             mark_end(&mut t_end, &mut cpu_end);
         }
-        publish(ctl, q, res.ios);
+        publish(ctl, q, res.ios, res.bytes);
     }
     let elapsed = t_end.unwrap_or_else(Instant::now).duration_since(t_start);
     let cpu_used = cpu_end
