@@ -1568,3 +1568,37 @@ fn output_file_repeat_and_status_lines() {
         serde_json::json!([])
     );
 }
+
+/// Issue 15 item 6: user and system CPU time per I/O from the kernel's accounting, for the
+/// worker threads and the whole process, so poll and irq compare honestly.
+#[test]
+fn cpu_time_per_io_is_split_into_user_and_system_for_threads_and_process() {
+    let v = bench_json(&["--mode", "irq", "--emu-thread", "-q", "1", "--ios", "2000"]);
+    let c = &v["cpu"];
+    let f = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("cpu.{k}: {v}"));
+    let (u, s, pu, ps) = (
+        f("user_ns_per_io"),
+        f("system_ns_per_io"),
+        f("process_user_ns_per_io"),
+        f("process_system_ns_per_io"),
+    );
+    assert!(u >= 0.0 && s >= 0.0 && u + s > 0.0, "{c}");
+    // The same thread's time, two interfaces of the same accounting: they agree.
+    let total = v["cpu_ns_per_io"].as_f64().unwrap();
+    assert!(
+        (u + s - total).abs() <= total * 0.05 + 100.0,
+        "user {u} + system {s} vs {total}"
+    );
+    // The process holds the worker and the emulator's thread, which polls all the time.
+    assert!(pu + ps >= u + s, "process {pu} + {ps} < threads {u} + {s}");
+    let o = run_bounded(&["bench", "--ios", "2000"]);
+    let out = stdout(&o);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("user/IO"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("system") && line.contains("whole process"),
+        "{line}"
+    );
+}

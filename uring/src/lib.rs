@@ -36,7 +36,10 @@ use std::ptr::NonNull;
 use io_uring::{IoUring, opcode, squeue, types};
 
 pub mod sys;
-pub use sys::{block_sigint_in_this_thread, catch_sigint, sigint_caught, thread_cpu_time};
+pub use sys::{
+    CpuTimes, block_sigint_in_this_thread, catch_sigint, process_rusage, sigint_caught,
+    thread_cpu_time, thread_rusage,
+};
 
 /// Buffer alignment: a page, which satisfies every O_DIRECT alignment rule in practice.
 pub const ALIGN: usize = 4096;

@@ -295,8 +295,8 @@ pub struct QueueCounters {
 pub struct WorkerResult {
     /// The measuring window.
     pub elapsed: Duration,
-    /// CPU time the worker thread used in that window (None if the clock failed).
-    pub cpu: Option<Duration>,
+    /// CPU time the worker thread used in that window (None if a clock failed).
+    pub cpu: Option<CpuSample>,
     /// Per context (table row).
     pub ctxs: Vec<QueueResult>,
 }
@@ -454,6 +454,22 @@ pub struct Settings {
     pub rate_iops: Option<u64>,
     /// The percentiles reported (--percentiles).
     pub percentiles: Vec<f64>,
+}
+
+/// CPU time per I/O from the kernel's own accounting (getrusage), split into user and
+/// system time: the worker threads' (RUSAGE_THREAD over each worker's window), and the
+/// whole process's (RUSAGE_SELF over the measuring window: the emulator's thread, an
+/// interrupt wait's wakeups and the main thread included). Null where it cannot be read.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct CpuReport {
+    /// Worker threads, user mode.
+    pub user_ns_per_io: Option<f64>,
+    /// Worker threads, kernel mode.
+    pub system_ns_per_io: Option<f64>,
+    /// The process, user mode.
+    pub process_user_ns_per_io: Option<f64>,
+    /// The process, kernel mode.
+    pub process_system_ns_per_io: Option<f64>,
 }
 
 /// One direction's figures.
@@ -633,6 +649,8 @@ pub struct Report {
     /// accounting) over the measuring window, summed, divided by the I/Os. Null if the
     /// clock could not be read.
     pub cpu_ns_per_io: Option<f64>,
+    /// User and system CPU time per I/O (issue 15: poll, irq and hybrid compared honestly).
+    pub cpu: CpuReport,
     /// Wall time per I/O, ns: `queues * window / I/Os`. Equal to the CPU time when the
     /// workers spin (poll mode); larger when they sleep.
     pub wall_ns_per_io: f64,
@@ -1222,6 +1240,8 @@ fn keep_time(args: &BenchArgs, ctl: &Control, show: bool) {
         ctl.phase.store(MEASURE, Ordering::Release);
     }
     let start = Instant::now();
+    let ru_start = nvme_dio_uring::process_rusage().ok();
+    *process_window() = None;
     let end = start + Duration::from_secs_f64(args.time);
     let mut last = (start, 0u64);
     let every = args.status_interval.map(Duration::from_secs_f64);
@@ -1293,6 +1313,16 @@ fn keep_time(args: &BenchArgs, ctl: &Control, show: bool) {
         std::thread::sleep(tick.min(left).max(Duration::from_millis(1)));
     }
     ctl.phase.store(STOP, Ordering::Release);
+    // The window ends when every worker has drained and stopped its clocks.
+    while ctl.done.load(Ordering::Acquire) < n {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    *process_window() = ru_start
+        .zip(nvme_dio_uring::process_rusage().ok())
+        .map(|(a, b)| nvme_dio_uring::CpuTimes {
+            user: b.user.saturating_sub(a.user),
+            system: b.system.saturating_sub(a.system),
+        });
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -1329,6 +1359,7 @@ pub fn report(
     let mut elapsed = Duration::ZERO;
     let mut wall_ns = 0.0;
     let mut cpu_ns = Some(0.0);
+    let mut user_sys = Some((0.0, 0.0));
     let mut rows: Vec<(usize, Row)> = Vec::new();
     let mut queues = Vec::new();
     let mut flush_hist = stats::new_histogram();
@@ -1338,7 +1369,15 @@ pub fn report(
     for w in results {
         let secs = w.elapsed.as_secs_f64();
         wall_ns += secs * 1e9;
-        cpu_ns = cpu_ns.zip(w.cpu).map(|(a, c)| a + c.as_secs_f64() * 1e9);
+        cpu_ns = cpu_ns
+            .zip(w.cpu)
+            .map(|(a, c)| a + c.total.as_secs_f64() * 1e9);
+        user_sys = user_sys.zip(w.cpu).map(|((u, s), c)| {
+            (
+                u + c.user.as_secs_f64() * 1e9,
+                s + c.system.as_secs_f64() * 1e9,
+            )
+        });
         elapsed = elapsed.max(w.elapsed);
         for r in w.ctxs {
             let r_hist = r.hist();
@@ -1485,6 +1524,16 @@ pub fn report(
         mib_s,
         cpu_ns_per_io: cpu_ns.map(|c| if ios > 0 { c / ios as f64 } else { 0.0 }),
         wall_ns_per_io: if ios > 0 { wall_ns / ios as f64 } else { 0.0 },
+        cpu: {
+            let per = |x: f64| if ios > 0 { x / ios as f64 } else { 0.0 };
+            let process = *process_window();
+            CpuReport {
+                user_ns_per_io: user_sys.map(|u| per(u.0)),
+                system_ns_per_io: user_sys.map(|u| per(u.1)),
+                process_user_ns_per_io: process.map(|p| per(p.user.as_secs_f64() * 1e9)),
+                process_system_ns_per_io: process.map(|p| per(p.system.as_secs_f64() * 1e9)),
+            }
+        },
         latency,
         errors,
         first_error,
@@ -1683,6 +1732,22 @@ pub fn human(r: &Report) -> String {
             _ => "",
         }
     );
+    if let (Some(u), Some(sy)) = (r.cpu.user_ns_per_io, r.cpu.system_ns_per_io) {
+        let _ = writeln!(
+            o,
+            "user/IO  {:>12}   {t} (and {} system: worker threads, getrusage{})",
+            fmt_ns(u),
+            fmt_ns(sy),
+            match (r.cpu.process_user_ns_per_io, r.cpu.process_system_ns_per_io) {
+                (Some(pu), Some(ps)) => format!(
+                    "; whole process {} user + {} system",
+                    fmt_ns(pu),
+                    fmt_ns(ps)
+                ),
+                _ => String::new(),
+            }
+        );
+    }
     let _ = writeln!(
         o,
         "wall/IO  {:>12}   {t} (queues x measuring window / I/Os; {})",
@@ -1916,13 +1981,50 @@ pub fn pin(layout: &Layout, w: usize) -> (Option<usize>, Option<String>) {
     }
 }
 
-/// The calling thread's CPU time so far (None if the clock cannot be read).
-pub fn thread_cpu() -> Option<Duration> {
-    nvme_dio_uring::thread_cpu_time().ok()
+/// A thread's CPU clocks at one moment: the precise total (`CLOCK_THREAD_CPUTIME_ID`) and
+/// the kernel's user / system split (`getrusage(RUSAGE_THREAD)`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuSample {
+    /// User + system, ns resolution.
+    pub total: Duration,
+    /// User mode.
+    pub user: Duration,
+    /// Kernel mode on the thread's behalf.
+    pub system: Duration,
+}
+
+impl CpuSample {
+    /// `self - earlier`, clamped at zero.
+    pub fn saturating_sub(self, earlier: CpuSample) -> CpuSample {
+        CpuSample {
+            total: self.total.saturating_sub(earlier.total),
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
+/// The calling thread's CPU time so far (None if a clock cannot be read).
+pub fn thread_cpu() -> Option<CpuSample> {
+    let total = nvme_dio_uring::thread_cpu_time().ok()?;
+    let ru = nvme_dio_uring::thread_rusage().ok()?;
+    Some(CpuSample {
+        total,
+        user: ru.user,
+        system: ru.system,
+    })
+}
+
+/// The process's user / system time over the last measuring window, set by the timekeeper.
+fn process_window() -> std::sync::MutexGuard<'static, Option<nvme_dio_uring::CpuTimes>> {
+    static WINDOW: std::sync::Mutex<Option<nvme_dio_uring::CpuTimes>> = std::sync::Mutex::new(None);
+    WINDOW
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Marks the end of a worker's measuring window, wall and CPU clocks together (once).
-pub fn mark_end(t_end: &mut Option<Instant>, cpu_end: &mut Option<Duration>) {
+pub fn mark_end(t_end: &mut Option<Instant>, cpu_end: &mut Option<CpuSample>) {
     if t_end.is_none() {
         *t_end = Some(Instant::now());
         *cpu_end = thread_cpu();
