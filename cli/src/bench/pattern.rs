@@ -289,6 +289,15 @@ impl DistState {
     /// A unit in `0..n`.
     #[inline]
     pub fn sample(&self, rng: &mut Rng) -> u64 {
+        match self.kind {
+            Distribution::Uniform => rng.below(self.n),
+            _ => self.sample_skewed(rng),
+        }
+    }
+
+    /// The skewed distributions, out of line so the uniform case stays small.
+    #[inline(never)]
+    fn sample_skewed(&self, rng: &mut Rng) -> u64 {
         let n = self.n;
         let uniform = |rng: &mut Rng| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let v = match self.kind {
