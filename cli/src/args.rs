@@ -693,7 +693,10 @@ impl fmt::Display for Mode {
     nvme-dio bench -t 2                                  # emulated controller, 4k randread QD 32\n  \
     nvme-dio bench --device emu:ram --verify -w randrw --segments 3\n  \
     nvme-dio bench --device 0000:01:00.0 -q 128 -o 4k -w randread --json\n  \
-    nvme-dio bench --device /dev/nvme0n1 --engine io_uring --iopoll -q 128")]
+    nvme-dio bench --device /dev/nvme0n1 --engine io_uring --iopoll -q 128\n  \
+    nvme-dio bench --device 0000:01:00.0 --device 0000:02:00.0 -c 0x3 -P 2 -q 64   # SPDK perf style\n  \
+    nvme-dio bench --rw=randrw --rwmixread=70 --bs=4k --iodepth=16 --runtime=10 --random_distribution=zipf:1.2 --fsync=32   # fio style\n  \
+    nvme-dio bench -w randrw --percentiles 50,99,99.9 --status-interval 1 --repeat 3 --json --output run.json")]
 pub struct BenchArgs {
     /// Device: `emu` (emulated controller, null namespace), `emu:ram` (RAM namespace, for
     /// --verify; add `:thread` for completions from the emulator's own thread, `:512` for
@@ -708,7 +711,8 @@ pub struct BenchArgs {
     #[arg(short, long, value_enum)]
     pub engine: Option<Engine>,
 
-    /// I/Os kept in flight per queue.
+    /// I/Os kept in flight per namespace per worker (SPDK perf's -q), spread over its -P
+    /// queue pairs; with one of each, per queue.
     #[arg(short = 'q', long, visible_alias = "iodepth", default_value_t = 32, value_parser = parse_queue_depth, allow_negative_numbers = true)]
     pub queue_depth: u32,
 

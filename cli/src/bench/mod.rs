@@ -1,4 +1,5 @@
-//! `nvme-dio bench`: keep QD I/Os in flight per queue, on one thread per queue, and measure.
+//! `nvme-dio bench`: keep QD I/Os in flight on each device x namespace from each worker
+//! thread (SPDK perf's layout: [`Layout`]), and measure.
 //!
 //! ## What is measured
 //!
@@ -7,8 +8,9 @@
 //!   its completion. One clock read covers a batch: every I/O submitted in one refill gets
 //!   the same start, every completion reaped by one poll the same end. Recorded in an HDR
 //!   histogram (3 significant digits).
-//! - IOPS and MiB/s count I/Os completed while measuring (after `--warmup`), per queue over
-//!   that queue's own measuring window, summed across queues.
+//! - IOPS and MiB/s count I/Os completed while measuring (after `--warmup`), per worker over
+//!   that worker's own measuring window, summed across workers (and per table row, the
+//!   row's I/Os over its worker's window).
 //! - Per-queue counters are the driver's (or io_uring's) differences over the window.
 //!
 //! ## `--json`
