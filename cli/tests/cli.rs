@@ -1033,7 +1033,6 @@ fn table_of_bad_invocations_fails_cleanly_with_a_sentence() {
         (&["bench", "-w", "randtrim", "--fua"], 1, &["no FUA bit"]),
         (&["bench", "-w", "trim", "--verify", "--device", "emu:ram"], 1, &["-w trim writes no data pattern"]),
         (&["bench", "-w", "trim", "--device", "./f"], 1, &["-w trim is a vfio engine feature"]),
-        (&["bench", "--fsync", "2", "-w", "write", "--device", "./f"], 1, &["--fsync is a vfio engine feature"]),
         (&["bench", "--rate-iops", "0"], 2, &["--rate-iops", "out of range"]),
         (&["bench", "--offset", "-1"], 2, &["--offset", "negative offsets"]),
         (&["bench", "--offset", "100%"], 2, &["--offset", "0 to 99"]),
@@ -1406,6 +1405,37 @@ fn offset_and_size_bound_the_range_the_ios_touch() {
     let v = bench_json(&["--offset", "50%", "--ios", "100"]);
     assert_eq!(v["settings"]["offset_bytes"], 1u64 << 39, "{v}");
     assert_eq!(v["settings"]["working_set_bytes"], 1u64 << 39, "{v}");
+}
+
+/// The kernel path takes --fsync (IORING_OP_FSYNC) and --fua (RWF_DSYNC) too.
+#[test]
+fn io_uring_engine_flushes_every_n_writes_and_writes_with_dsync() {
+    let path = scratch("fsync.dat");
+    std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+    let p = path.to_str().unwrap();
+    let v = bench_json(&[
+        "--device",
+        p,
+        "-w",
+        "randwrite",
+        "--fsync",
+        "4",
+        "--fua",
+        "--ios",
+        "400",
+        "-q",
+        "1",
+    ]);
+    assert_eq!(v["engine"], "io_uring");
+    assert_eq!(v["ios"], 400, "{v}");
+    assert_eq!(
+        v["flushes"]["count"], 99,
+        "after writes 4, 8, ..., 396: {v}"
+    );
+    assert_eq!(v["errors"], 0, "{v}");
+    let q = &v["queues"][0];
+    assert_eq!(q["submitted"], 499, "400 writes and 99 fsyncs: {q}");
+    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]

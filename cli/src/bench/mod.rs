@@ -883,21 +883,11 @@ fn check_args(a: &BenchArgs) -> Result<(), CliError> {
                 .into(),
         );
     }
-    if a.engine() == Engine::IoUring {
-        let vfio_only = if kind != WriteKind::Write {
-            Some(format!("-w {}", a.workload))
-        } else if a.fsync.is_some() {
-            Some("--fsync".to_string())
-        } else if a.fua {
-            Some("--fua".to_string())
-        } else {
-            None
-        };
-        if let Some(what) = vfio_only {
-            return bad(format!(
-                "{what} is a vfio engine feature (NVMe commands the driver sends itself); the io_uring engine does reads and writes: bench an NVMe controller through vfio (or `emu`) for it"
-            ));
-        }
+    if a.engine() == Engine::IoUring && kind != WriteKind::Write {
+        return bad(format!(
+            "-w {} is a vfio engine feature (NVMe commands the driver sends itself); the io_uring engine does reads, writes, --fsync and --fua: bench an NVMe controller through vfio (or `emu`) for it",
+            a.workload
+        ));
     }
     if a.bssplit.is_some() && a.segments > 1 {
         return bad("--bssplit and --segments do not combine: mixed sizes go as one buffer each; drop one of them".into());

@@ -193,10 +193,45 @@ fn first_ios(
     if writes {
         // With verify the working set is written next anyway; without, the run writes
         // whatever its buffers hold, as this one does.
-        dirs.push((Dir::Write, "write"));
+        dirs.push((
+            Dir::Write,
+            if job.fua {
+                "FUA (RWF_DSYNC) write"
+            } else {
+                "write"
+            },
+        ));
+    }
+    if job.fsync.is_some() {
+        // The fsync goes as slot 0 too; its result is 0, not a length.
+        u.push_fsync(0).map_err(uerr(path))?;
+        let res = loop {
+            u.submit(1).map_err(uerr(path))?;
+            let mut got = None;
+            u.reap(|_, _, r| got = Some(r));
+            if let Some(r) = got {
+                break r;
+            }
+            if super::interrupted() {
+                return Err(super::interrupted_during("trying the first I/O"));
+            }
+        };
+        if res < 0 {
+            return Err(CliError::FirstIo {
+                device: path.display().to_string(),
+                offset: 0,
+                what: "an fsync (for --fsync)".into(),
+                detail: describe(res, 0, 0, job.lba_size),
+            });
+        }
     }
     for (dir, name) in dirs {
-        u.push(0, dir, job.region_start * job.lba_size as u64, io)
+        let flags = if dir == Dir::Write && job.fua {
+            nvme_dio_uring::RWF_DSYNC
+        } else {
+            0
+        };
+        u.push_with(0, dir, job.region_start * job.lba_size as u64, io, flags)
             .map_err(uerr(path))?;
         let res = loop {
             u.submit(1).map_err(uerr(path))?;
@@ -383,6 +418,7 @@ fn worker(
     let mut cpu_start = thread_cpu();
     let mut cpu_end = None;
     let mut issued = 0u64;
+    let mut writes_since_flush = 0u32;
     let (mut submitted, mut completed, mut polls, mut empty, mut syscalls) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     loop {
@@ -407,6 +443,26 @@ fn worker(
                 if measuring && !budget_left(budget, issued) {
                     break;
                 }
+                if job.fsync.is_some_and(|n| writes_since_flush >= n) {
+                    match u.push_fsync(slot) {
+                        Ok(()) => {}
+                        Err(nvme_dio_uring::UringError::QueueFull) => break,
+                        Err(e) => return Err(uerr(path)(e)),
+                    }
+                    idle.pop();
+                    starts[slot] = t0;
+                    // Zero blocks marks the fsync.
+                    ops[slot] = (0, 0, true);
+                    writes_since_flush = 0;
+                    submitted += 1;
+                    pending += 1;
+                    if pending == batch {
+                        u.submit(0).map_err(uerr(path))?;
+                        syscalls += 1;
+                        pending = 0;
+                    }
+                    continue;
+                }
                 if let Some(iv) = interval {
                     if t0 < due {
                         break;
@@ -425,7 +481,12 @@ fn worker(
                     );
                 }
                 let dir = if write { Dir::Write } else { Dir::Read };
-                match u.push(slot, dir, lba * lba_size as u64, len) {
+                let flags = if write && job.fua {
+                    nvme_dio_uring::RWF_DSYNC
+                } else {
+                    0
+                };
+                match u.push_with(slot, dir, lba * lba_size as u64, len, flags) {
                     Ok(()) => {}
                     // SQPOLL: the kernel thread has not taken the entries yet; try later.
                     Err(nvme_dio_uring::UringError::QueueFull) => break,
@@ -434,6 +495,9 @@ fn worker(
                 idle.pop();
                 starts[slot] = t0;
                 ops[slot] = (lba, blocks, write);
+                if write {
+                    writes_since_flush += 1;
+                }
                 submitted += 1;
                 if measuring {
                     issued += 1;
@@ -474,6 +538,22 @@ fn worker(
                 continue;
             }
             let (lba, blocks, write) = ops[slot];
+            if blocks == 0 {
+                if r < 0 {
+                    res.errors += 1;
+                    res.first_error.get_or_insert_with(|| {
+                        format!("fsync failed: {}", std::io::Error::from_raw_os_error(-r))
+                    });
+                    failed = true;
+                } else {
+                    res.flushes += 1;
+                    crate::stats::record(
+                        &mut res.flush_hist,
+                        now.duration_since(starts[slot]).as_nanos() as u64,
+                    );
+                }
+                continue;
+            }
             let len = blocks as usize * lba_size;
             if r != len as i32 {
                 res.errors += 1;
