@@ -646,6 +646,15 @@ impl fmt::Display for Workload {
     }
 }
 
+/// `--output-format` (fio's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// The human summary.
+    Normal,
+    /// One JSON object (as --json).
+    Json,
+}
+
 /// The I/O engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
 pub enum Engine {
@@ -872,6 +881,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// fio's spelling of the report's form: `normal` (the text) or `json` (as --json).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub output_format: Option<OutputFormat>,
+
     /// Write the report (text or --json) to FILE instead of standard output (fio's
     /// --output); the path is checked before the run.
     #[arg(long, value_name = "FILE")]
@@ -940,6 +953,11 @@ impl BenchArgs {
             DeviceSpec::Path(_) => Engine::IoUring,
             _ => Engine::Vfio,
         })
+    }
+
+    /// JSON output: --json or --output-format json.
+    pub fn json(&self) -> bool {
+        self.json || self.output_format == Some(OutputFormat::Json)
     }
 
     /// The largest I/O: --io-size, or the largest size of --bssplit.

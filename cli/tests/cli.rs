@@ -1040,6 +1040,7 @@ fn table_of_bad_invocations_fails_cleanly_with_a_sentence() {
         (&["bench", "--offset", "1000", "--ios", "1"], 1, &["--offset 1000 is not a multiple of the device's 4096-byte blocks"]),
         (&["bench", "--iodeph", "4"], 2, &["unexpected argument '--iodeph'", "a similar argument exists: '--iodepth'"]),
         (&["bench", "--rw", "randrnd"], 2, &["--workload", "possible values"]),
+        (&["bench", "--output-format", "terse"], 2, &["--output-format", "possible values", "json"]),
         (&["bench", "--runtime", "-1"], 2, &["--time", "negative durations"]),
         (&["bench", "--percentiles", "0"], 2, &["--percentiles", "out of range"]),
         (&["bench", "--percentiles", "50,101"], 2, &["--percentiles", "101 is out of range"]),
@@ -1348,6 +1349,9 @@ fn fio_workloads_reach_the_device_as_their_commands() {
         "--ios",
         "2000",
     ]);
+    let o = run_bounded(&["bench", "--output-format=json", "--ios", "100"]);
+    let j: Value = serde_json::from_slice(&o.stdout).expect("--output-format=json is JSON");
+    assert_eq!(j["ios"], 100);
     let st = &v["settings"];
     assert_eq!(
         (

@@ -1162,7 +1162,7 @@ where
         progress_bytes: (0..n).map(|_| Padded::default()).collect(),
         ready: Barrier::new(n + 1),
     };
-    let show = !args.json && std::io::stdout().is_terminal();
+    let show = !args.json() && std::io::stdout().is_terminal();
     let results: Vec<std::thread::Result<Result<WorkerResult, CliError>>> =
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..n)
@@ -1258,7 +1258,7 @@ fn keep_time(args: &BenchArgs, ctl: &Control, show: bool) {
             };
             status = (now, ios, bytes);
             intervals().push(iv);
-            if !args.json {
+            if !args.json() {
                 let line = format!(
                     "[{:>7.1} s] IOPS {:>10}  MiB/s {:>9.1}  I/Os {}",
                     iv.t_s,
@@ -1890,7 +1890,7 @@ fn finish(
         );
         out.write(&svg, "write the histogram to")?;
     }
-    let text = if args.json {
+    let text = if args.json() {
         json::render(runs)?
     } else {
         let mut t = String::new();
