@@ -6,7 +6,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 pub use nvme_dio::EmuSpec;
 
 /// The `nvme-dio` command: benchmark, list, identify and set up NVMe controllers for the
@@ -204,6 +204,284 @@ fn parse_segments(s: &str) -> Result<u32, String> {
     parse_whole(s, 1, 256, false).map(|v| v as u32)
 }
 
+pub use crate::bench::pattern::Distribution;
+
+/// `--offset`: bytes, or a percentage of the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offset {
+    /// Bytes from the start.
+    Bytes(u64),
+    /// Percent of the device (0-99).
+    Percent(u8),
+}
+
+fn parse_offset(s: &str) -> Result<Offset, String> {
+    let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "{s:?}: negative offsets are not allowed: give bytes (like 1g) or a percentage (like 50%)"
+        ));
+    }
+    if let Some(p) = t.strip_suffix('%') {
+        return match p.parse::<u32>() {
+            Ok(v) if v < 100 => Ok(Offset::Percent(v as u8)),
+            Ok(v) => Err(format!(
+                "{v}% is out of range: an offset percentage is 0 to 99 (the range must hold an I/O)"
+            )),
+            Err(_) => Err(format!(
+                "{s:?} is not an offset: give bytes (like 1g) or a percentage (like 50%)"
+            )),
+        };
+    }
+    if t == "0" {
+        return Ok(Offset::Bytes(0));
+    }
+    parse_size(t).map(Offset::Bytes)
+}
+
+fn parse_distribution(s: &str) -> Result<Distribution, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let forms = "random, zipf:THETA (like zipf:1.2), pareto:H (like pareto:0.2) or normal:DEV (like normal:10)";
+    let (name, param) = match t.split_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (t.as_str(), None),
+    };
+    let num = |what: &str| -> Result<f64, String> {
+        let p = param.ok_or_else(|| format!("{name} needs its {what}: give {forms}"))?;
+        match p.parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(v),
+            _ => Err(format!("{p:?} is not a number: give {forms}")),
+        }
+    };
+    match name {
+        "random" | "uniform" if param.is_none() => Ok(Distribution::Uniform),
+        "zipf" => {
+            let theta = num("theta")?;
+            if theta <= 0.0 || theta == 1.0 {
+                return Err(format!(
+                    "zipf theta {theta} is out of range: it must be above 0 and not 1 (fio's rule), like zipf:1.2"
+                ));
+            }
+            Ok(Distribution::Zipf(theta))
+        }
+        "pareto" => {
+            let h = num("shape h")?;
+            if !(h > 0.0 && h < 1.0) {
+                return Err(format!(
+                    "pareto h {h} is out of range: it must be between 0 and 1, like pareto:0.2"
+                ));
+            }
+            Ok(Distribution::Pareto(h))
+        }
+        "normal" | "gauss" => {
+            let dev = num("deviation in percent")?;
+            if !(dev > 0.0 && dev <= 100.0) {
+                return Err(format!(
+                    "normal deviation {dev}% is out of range: give a percentage of the range above 0, up to 100, like normal:10"
+                ));
+            }
+            Ok(Distribution::Normal(dev))
+        }
+        _ => Err(format!("{s:?} is not a distribution: give {forms}")),
+    }
+}
+
+/// `--bssplit`: `(bytes, percent)` pairs summing to 100.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BsSplit(pub Vec<(u64, u8)>);
+
+fn parse_bssplit(s: &str) -> Result<BsSplit, String> {
+    let form = "give size/percent pairs separated by colons, like 4k/50:64k/40:1m/10";
+    let parts: Vec<&str> = s.trim().split(':').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Err(format!("an empty --bssplit: {form}"));
+    }
+    let mut out = Vec::new();
+    let mut rest = None;
+    for (i, part) in parts.iter().enumerate() {
+        let (size, pct) = match part.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (*part, None),
+        };
+        let bytes = parse_io_size(size).map_err(|e| format!("{part:?}: {e}"))?;
+        match pct {
+            Some(p) => {
+                let v: u32 = p
+                    .trim_end_matches('%')
+                    .parse()
+                    .map_err(|_| format!("{p:?} in {part:?} is not a percentage: {form}"))?;
+                if v > 100 {
+                    return Err(format!("{v}% in {part:?} is more than 100%: {form}"));
+                }
+                out.push((bytes, v as u8));
+            }
+            None if i + 1 == parts.len() => rest = Some(bytes),
+            None => {
+                return Err(format!(
+                    "{part:?} has no percentage: only the last size may leave it out (it takes the rest): {form}"
+                ));
+            }
+        }
+    }
+    let sum: u32 = out.iter().map(|p| p.1 as u32).sum();
+    match rest {
+        Some(b) if sum <= 100 => out.push((b, (100 - sum) as u8)),
+        Some(_) => {}
+        None if sum == 100 => {}
+        None => {}
+    }
+    let sum: u32 = out.iter().map(|p| p.1 as u32).sum();
+    if sum != 100 {
+        return Err(format!(
+            "the percentages of --bssplit {s} add up to {sum}, not 100: {form}"
+        ));
+    }
+    out.retain(|p| p.1 > 0);
+    Ok(BsSplit(out))
+}
+
+/// `--percentiles`: percentages in (0, 100], in the order given.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Percentiles(pub Vec<f64>);
+
+fn parse_percentiles(s: &str) -> Result<Percentiles, String> {
+    let form = "give percentages above 0 and up to 100 separated by commas, like 50,99,99.9";
+    let mut out = Vec::new();
+    for part in s.split([',', ':']).map(str::trim) {
+        let v: f64 = part
+            .parse()
+            .map_err(|_| format!("{part:?} is not a percentage: {form}"))?;
+        if !(v > 0.0 && v <= 100.0) {
+            return Err(format!("{v} is out of range: {form}"));
+        }
+        if out.contains(&v) {
+            return Err(format!("{v} is given twice: {form}"));
+        }
+        out.push(v);
+    }
+    Ok(Percentiles(out))
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let v = parse_seconds(s)?;
+    if v < 0.1 {
+        return Err(format!(
+            "{v} s is too short: a status line every 0.1 s or more (like 1)"
+        ));
+    }
+    Ok(v)
+}
+
+fn parse_repeat(s: &str) -> Result<u32, String> {
+    parse_whole(s, 1, 1000, false).map(|v| v as u32)
+}
+
+fn parse_fsync(s: &str) -> Result<u32, String> {
+    parse_whole(s, 1, u32::MAX as u64, false).map(|v| v as u32)
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    parse_whole(s, 1, 1 << 40, false)
+}
+
+fn parse_num_qpairs(s: &str) -> Result<u32, String> {
+    parse_whole(s, 1, 64, false).map(|v| v as u32)
+}
+
+/// CPUs for worker threads, in the order given, without repeats.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+/// The highest CPU number accepted in a mask or list (the kernel's CPU_SETSIZE is 1024).
+const MAX_CPU: usize = 1023;
+
+/// Parses a CPU list: `0-3`, `0,2`, `1-2,5` (as `taskset -c` and SPDK's `[0-3]`).
+///
+/// # Errors
+///
+/// A sentence naming the accepted form.
+pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
+    let form = "give CPU numbers and ranges separated by commas, like 0-3 or 0,2,5";
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(format!("an empty CPU list: {form}"));
+    }
+    let mut cpus = Vec::new();
+    for part in t.split(',') {
+        let part = part.trim();
+        let num = |x: &str| -> Result<usize, String> {
+            if x.starts_with('-') || x.is_empty() {
+                return Err(format!("{s:?} is not a CPU list: {form}"));
+            }
+            let v: usize = x
+                .parse()
+                .map_err(|_| format!("{x:?} in {s:?} is not a CPU number: {form}"))?;
+            if v > MAX_CPU {
+                return Err(format!("CPU {v} is out of range: CPUs are 0 to {MAX_CPU}"));
+            }
+            Ok(v)
+        };
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => {
+                let v = num(part)?;
+                (v, v)
+            }
+        };
+        if lo > hi {
+            return Err(format!(
+                "{part:?}: a range goes from the lower CPU to the higher, like {hi}-{lo}"
+            ));
+        }
+        for c in lo..=hi {
+            if cpus.contains(&c) {
+                return Err(format!(
+                    "CPU {c} is given twice in {s:?}: name each CPU once"
+                ));
+            }
+            cpus.push(c);
+        }
+    }
+    Ok(CpuList(cpus))
+}
+
+/// Parses SPDK perf's core mask: hex (`0x3`, `3`) or a bracketed list (`[0-3,6]`).
+///
+/// # Errors
+///
+/// A sentence naming the accepted forms.
+pub fn parse_core_mask(s: &str) -> Result<CpuList, String> {
+    let t = s.trim();
+    if let Some(list) = t.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+        return parse_cpu_list(list);
+    }
+    let hex = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    let form = "give a hex mask like 0x3 (CPUs 0 and 1) or a list like [0-3]";
+    if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("{s:?} is not a core mask: {form}"));
+    }
+    let mut cpus = Vec::new();
+    for (i, c) in hex.chars().rev().enumerate() {
+        let nibble = c.to_digit(16).expect("checked hex digit") as usize;
+        for b in 0..4 {
+            if nibble & (1 << b) != 0 {
+                let cpu = i * 4 + b;
+                if cpu > MAX_CPU {
+                    return Err(format!("{s:?} names CPU {cpu}: CPUs are 0 to {MAX_CPU}"));
+                }
+                cpus.push(cpu);
+            }
+        }
+    }
+    if cpus.is_empty() {
+        return Err(format!("{s:?} selects no CPU: {form}"));
+    }
+    Ok(CpuList(cpus))
+}
+
 fn parse_batch(s: &str) -> Result<u32, String> {
     parse_whole(s, 1, u32::MAX as u64, false).map(|v| v as u32)
 }
@@ -297,9 +575,30 @@ pub enum Workload {
     /// Random writes.
     Randwrite,
     /// Sequential, reads and writes mixed by --mix.
+    #[value(alias = "readwrite")]
     Rw,
     /// Random, reads and writes mixed by --mix.
     Randrw,
+    /// Sequential deallocate (trim): Dataset Management, one range of --io-size each.
+    Trim,
+    /// Random deallocate (trim).
+    Randtrim,
+    /// Sequential Write Zeroes (no data transferred).
+    Writezeroes,
+    /// Random Write Zeroes.
+    Randwritezeroes,
+}
+
+/// What the non-read I/Os of a workload are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteKind {
+    /// Write commands carrying data.
+    Write,
+    /// Dataset Management with the deallocate attribute.
+    Trim,
+    /// Write Zeroes.
+    WriteZeroes,
 }
 
 impl Workload {
@@ -307,15 +606,33 @@ impl Workload {
     pub fn random(self) -> bool {
         matches!(
             self,
-            Workload::Randread | Workload::Randwrite | Workload::Randrw
+            Workload::Randread
+                | Workload::Randwrite
+                | Workload::Randrw
+                | Workload::Randtrim
+                | Workload::Randwritezeroes
         )
+    }
+
+    /// What its writes are.
+    pub fn write_kind(self) -> WriteKind {
+        match self {
+            Workload::Trim | Workload::Randtrim => WriteKind::Trim,
+            Workload::Writezeroes | Workload::Randwritezeroes => WriteKind::WriteZeroes,
+            _ => WriteKind::Write,
+        }
     }
 
     /// Read percentage implied by the workload, given the mix for mixed ones.
     pub fn read_pct(self, mix: u8) -> u8 {
         match self {
             Workload::Read | Workload::Randread => 100,
-            Workload::Write | Workload::Randwrite => 0,
+            Workload::Write
+            | Workload::Randwrite
+            | Workload::Trim
+            | Workload::Randtrim
+            | Workload::Writezeroes
+            | Workload::Randwritezeroes => 0,
             Workload::Rw | Workload::Randrw => mix,
         }
     }
@@ -329,6 +646,15 @@ impl fmt::Display for Workload {
                 .get_name(),
         )
     }
+}
+
+/// `--output-format` (fio's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// The human summary.
+    Normal,
+    /// One JSON object (as --json).
+    Json,
 }
 
 /// The I/O engine.
@@ -378,20 +704,27 @@ impl fmt::Display for Mode {
     nvme-dio bench -t 2                                  # emulated controller, 4k randread QD 32\n  \
     nvme-dio bench --device emu:ram --verify -w randrw --segments 3\n  \
     nvme-dio bench --device 0000:01:00.0 -q 128 -o 4k -w randread --json\n  \
-    nvme-dio bench --device /dev/nvme0n1 --engine io_uring --iopoll -q 128")]
+    nvme-dio bench --device /dev/nvme0n1 --engine io_uring --iopoll -q 128\n  \
+    nvme-dio bench --device 0000:01:00.0 --device 0000:02:00.0 -c 0x3 -P 2 -q 64   # SPDK perf style\n  \
+    nvme-dio bench --rw=randrw --rwmixread=70 --bs=4k --iodepth=16 --runtime=10 --random_distribution=zipf:1.2 --fsync=32   # fio style\n  \
+    nvme-dio bench -w randrw --percentiles 50,99,99.9 --status-interval 1 --repeat 3 --json --output run.json")]
 pub struct BenchArgs {
     /// Device: `emu` (emulated controller, null namespace), `emu:ram` (RAM namespace, for
     /// --verify; add `:thread` for completions from the emulator's own thread, `:512` for
     /// 512-byte blocks), a PCI address bound to vfio-pci, or a block device / file (io_uring).
-    #[arg(short, long, default_value = "emu", value_parser = parse_device)]
-    pub device: DeviceSpec,
+    ///
+    /// Repeat it for several devices in one run (SPDK perf's several `-r`): each device's
+    /// namespaces (--nsid) are spread over the worker threads, as SPDK perf does.
+    #[arg(short, long = "device", value_name = "DEVICE", default_value = "emu", value_parser = parse_device, action = ArgAction::Append)]
+    pub devices: Vec<DeviceSpec>,
 
     /// I/O engine. Default: vfio for emu and PCI devices, io_uring for paths.
     #[arg(short, long, value_enum)]
     pub engine: Option<Engine>,
 
-    /// I/Os kept in flight per queue.
-    #[arg(short = 'q', long, default_value_t = 32, value_parser = parse_queue_depth, allow_negative_numbers = true)]
+    /// I/Os kept in flight per namespace per worker (SPDK perf's -q), spread over its -P
+    /// queue pairs; with one of each, per queue.
+    #[arg(short = 'q', long, visible_alias = "iodepth", default_value_t = 32, value_parser = parse_queue_depth, allow_negative_numbers = true)]
     pub queue_depth: u32,
 
     /// Entries of each submission and completion queue, independent of -q (as SPDK perf's
@@ -401,23 +734,23 @@ pub struct BenchArgs {
     pub queue_entries: Option<u32>,
 
     /// Bytes per I/O (4k, 128k, 1m; a multiple of 512).
-    #[arg(short = 'o', long, visible_alias = "bs", default_value = "4k", value_parser = parse_io_size, allow_hyphen_values = true)]
+    #[arg(short = 'o', long, visible_aliases = ["bs", "blocksize"], default_value = "4k", value_parser = parse_io_size, allow_hyphen_values = true)]
     pub io_size: u64,
 
     /// Access pattern.
-    #[arg(short, long, value_enum, default_value_t = Workload::Randread)]
+    #[arg(short, long, visible_aliases = ["rw", "readwrite"], value_enum, default_value_t = Workload::Randread)]
     pub workload: Workload,
 
     /// Read percentage for rw / randrw (0-100).
-    #[arg(short = 'M', long, value_parser = parse_mix, allow_negative_numbers = true)]
+    #[arg(short = 'M', long, visible_alias = "rwmixread", value_parser = parse_mix, allow_negative_numbers = true)]
     pub mix: Option<u8>,
 
     /// Seconds to measure.
-    #[arg(short, long, default_value = "5", value_parser = parse_seconds, allow_negative_numbers = true)]
+    #[arg(short, long, visible_alias = "runtime", default_value = "5", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub time: f64,
 
     /// Seconds to run before measuring (discarded).
-    #[arg(long, default_value = "0", value_parser = parse_seconds, allow_negative_numbers = true)]
+    #[arg(long, visible_aliases = ["ramp_time", "ramp-time"], default_value = "0", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub warmup: f64,
 
     /// Stop after this many measured I/Os in total (split across queues): short,
@@ -425,12 +758,27 @@ pub struct BenchArgs {
     #[arg(long, value_parser = parse_ios, allow_negative_numbers = true)]
     pub ios: Option<u64>,
 
-    /// Queue pairs, one thread each, pinned to CPU (queue index mod CPUs) unless --no-pin.
-    #[arg(long, default_value_t = 1, value_parser = parse_queues, allow_negative_numbers = true)]
+    /// Worker threads, pinned to CPU (worker index mod CPUs) unless --no-pin; each drives
+    /// its own queue pair(s). With -c / --cpus the CPU list says instead (one worker each).
+    #[arg(long, visible_alias = "numjobs", default_value_t = 1, value_parser = parse_queues, allow_negative_numbers = true, conflicts_with_all = ["core_mask", "cpus"])]
     pub queues: u16,
 
+    /// SPDK perf's core mask: one worker thread per CPU in the mask, pinned to it. Hex
+    /// (`0x3` = CPUs 0 and 1) or a list in brackets (`[0-3,6]`).
+    #[arg(short = 'c', long, value_name = "MASK", value_parser = parse_core_mask, conflicts_with = "cpus")]
+    pub core_mask: Option<CpuList>,
+
+    /// CPUs to run worker threads on, one pinned worker each: `0-3`, `0,2`, `1-2,5`.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
+    pub cpus: Option<CpuList>,
+
+    /// Queue pairs per namespace per worker (SPDK perf's -P): the worker spreads that
+    /// namespace's -q I/Os over them, round robin.
+    #[arg(short = 'P', long, default_value_t = 1, value_parser = parse_num_qpairs, allow_negative_numbers = true)]
+    pub num_qpairs: u32,
+
     /// Do not pin worker threads to CPUs.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["core_mask", "cpus"])]
     pub no_pin: bool,
 
     /// Send each I/O as an iovec set of N segments. Segment 0 starts page aligned; segment
@@ -455,17 +803,48 @@ pub struct BenchArgs {
 
     /// Seed for the random offsets and the verify pattern: a whole number, decimal or 0x
     /// hex (default: from the clock).
-    #[arg(long, value_parser = parse_seed, allow_negative_numbers = true)]
+    #[arg(long, visible_alias = "randseed", value_parser = parse_seed, allow_negative_numbers = true)]
     pub seed: Option<u64>,
 
-    /// Bytes of the device to use, from offset 0 (default: all of it; 256 MiB with
+    /// Bytes of the device to use, from --offset (default: the rest of it; 256 MiB with
     /// --verify on a real device, since it is written first).
     #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
     pub size: Option<u64>,
 
-    /// Namespace to use (vfio engine).
-    #[arg(long, default_value_t = 1, value_parser = parse_nsid, allow_negative_numbers = true)]
-    pub nsid: u32,
+    /// Where the range the I/Os go to starts (fio's offset): bytes (`1g`, a multiple of the
+    /// block size) or a percentage of the device (`50%`).
+    #[arg(long, value_parser = parse_offset, allow_hyphen_values = true)]
+    pub offset: Option<Offset>,
+
+    /// Where random offsets fall (fio's random_distribution): `random` (uniform),
+    /// `zipf:THETA` (theta > 0, not 1; 1.2 is a common hot set), `pareto:H` (0 < h < 1;
+    /// 0.2 = 80/20), `normal:DEV` (deviation in percent of the range). The hot units are
+    /// scattered over the range by a hash, as fio does.
+    #[arg(long, visible_alias = "random_distribution", default_value = "random", value_parser = parse_distribution)]
+    pub random_distribution: Distribution,
+
+    /// Mixed I/O sizes (fio's bssplit): `4k/50:64k/40:1m/10`, size/percent pairs; the last
+    /// percentage may be left out (it takes the rest). Replaces --io-size.
+    #[arg(long, value_parser = parse_bssplit, conflicts_with = "io_size")]
+    pub bssplit: Option<BsSplit>,
+
+    /// Send a Flush after every N writes, per queue pair (fio's fsync): flushes are
+    /// counted and timed apart from the data I/Os.
+    #[arg(long, value_name = "N", value_parser = parse_fsync, allow_negative_numbers = true)]
+    pub fsync: Option<u32>,
+
+    /// Set Force Unit Access on every write (and write zeroes): durable when it completes.
+    #[arg(long)]
+    pub fua: bool,
+
+    /// Cap the I/O rate at N I/Os per second per worker thread (fio's rate_iops, which is
+    /// per job), spread evenly over its queue pairs.
+    #[arg(long, visible_alias = "rate_iops", value_name = "N", value_parser = parse_rate, allow_negative_numbers = true)]
+    pub rate_iops: Option<u64>,
+
+    /// Namespace to use (vfio engine); repeat it for several (every device uses each).
+    #[arg(long = "nsid", value_name = "NSID", default_value = "1", value_parser = parse_nsid, allow_negative_numbers = true, action = ArgAction::Append)]
+    pub nsids: Vec<u32>,
 
     /// Per-I/O timeout in milliseconds (vfio engine): a late command is aborted and counted.
     #[arg(long, default_value_t = 30_000, value_parser = parse_timeout_ms, allow_negative_numbers = true)]
@@ -499,9 +878,32 @@ pub struct BenchArgs {
     #[arg(long)]
     pub sqpoll: bool,
 
-    /// Print one JSON object instead of the human summary.
+    /// Print one JSON object instead of the human summary (keys documented in
+    /// cli/src/bench/json.rs).
     #[arg(long)]
     pub json: bool,
+
+    /// fio's spelling of the report's form: `normal` (the text) or `json` (as --json).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub output_format: Option<OutputFormat>,
+
+    /// Write the report (text or --json) to FILE instead of standard output (fio's
+    /// --output); the path is checked before the run.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Print a line with the IOPS and MiB/s of every S seconds while measuring (fio's
+    /// --status-interval); with --json they go into `intervals` instead.
+    #[arg(long, visible_alias = "status_interval", value_name = "S", value_parser = parse_interval, allow_negative_numbers = true)]
+    pub status_interval: Option<f64>,
+
+    /// Latency percentiles to report (fio's percentile_list): `50,99,99.9` (or with `:`).
+    #[arg(long, visible_alias = "percentile_list", value_name = "LIST", default_value = "50,90,99,99.9,99.99", value_parser = parse_percentiles)]
+    pub percentiles: Percentiles,
+
+    /// Run the whole benchmark N times and report each run and the min / median / max.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_repeat, allow_negative_numbers = true)]
+    pub repeat: u32,
 
     /// Write a log-scaled latency histogram to this SVG file.
     #[arg(long, value_name = "FILE.svg")]
@@ -524,12 +926,48 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// The first device (the only one, in most runs).
+    pub fn device(&self) -> &DeviceSpec {
+        &self.devices[0]
+    }
+
+    /// True when every device is the emulated controller.
+    pub fn all_emu(&self) -> bool {
+        self.devices.iter().all(DeviceSpec::is_emu)
+    }
+
+    /// The CPUs given with -c or --cpus, if any: one pinned worker each.
+    pub fn cpu_list(&self) -> Option<&[usize]> {
+        self.core_mask
+            .as_ref()
+            .or(self.cpus.as_ref())
+            .map(|c| c.0.as_slice())
+    }
+
+    /// Worker threads: one per listed CPU, else --queues.
+    pub fn workers(&self) -> usize {
+        self.cpu_list().map_or(self.queues as usize, <[usize]>::len)
+    }
+
     /// The engine to use: explicit, or the device's natural one.
     pub fn engine(&self) -> Engine {
-        self.engine.unwrap_or(match self.device {
+        self.engine.unwrap_or(match self.device() {
             DeviceSpec::Path(_) => Engine::IoUring,
             _ => Engine::Vfio,
         })
+    }
+
+    /// JSON output: --json or --output-format json.
+    pub fn json(&self) -> bool {
+        self.json || self.output_format == Some(OutputFormat::Json)
+    }
+
+    /// The largest I/O: --io-size, or the largest size of --bssplit.
+    pub fn max_io_size(&self) -> u64 {
+        self.bssplit
+            .as_ref()
+            .and_then(|b| b.0.iter().map(|p| p.0).max())
+            .unwrap_or(self.io_size)
     }
 
     /// The read percentage of the workload.
@@ -544,7 +982,7 @@ impl BenchArgs {
 
     /// Emulated namespace block size.
     pub fn emu_lba_size(&self) -> u32 {
-        match (&self.emu_lba_size, &self.device) {
+        match (&self.emu_lba_size, self.device()) {
             (Some(s), _) => s.parse().expect("clap allows 512 or 4096 only"),
             (None, DeviceSpec::Emu(e)) => e.lba_size,
             _ => 4096,
@@ -810,6 +1248,51 @@ mod tests {
     }
 
     #[test]
+    fn core_masks_and_cpu_lists_name_cpus_in_order() {
+        assert_eq!(parse_core_mask("0x3"), Ok(CpuList(vec![0, 1])));
+        assert_eq!(parse_core_mask("5"), Ok(CpuList(vec![0, 2])));
+        assert_eq!(parse_core_mask("0x10"), Ok(CpuList(vec![4])));
+        assert_eq!(parse_core_mask("[0-2,5]"), Ok(CpuList(vec![0, 1, 2, 5])));
+        assert!(
+            parse_core_mask("0x0")
+                .unwrap_err()
+                .contains("selects no CPU")
+        );
+        assert!(
+            parse_core_mask("zz")
+                .unwrap_err()
+                .contains("not a core mask")
+        );
+        assert_eq!(parse_cpu_list("0-3"), Ok(CpuList(vec![0, 1, 2, 3])));
+        assert_eq!(parse_cpu_list("1-2,5"), Ok(CpuList(vec![1, 2, 5])));
+        assert!(
+            parse_cpu_list("3-1")
+                .unwrap_err()
+                .contains("lower CPU to the higher")
+        );
+        assert!(parse_cpu_list("0,0").unwrap_err().contains("given twice"));
+        assert!(
+            parse_cpu_list("a")
+                .unwrap_err()
+                .contains("not a CPU number")
+        );
+        assert!(parse_cpu_list("2000").unwrap_err().contains("out of range"));
+        let a = Cli::try_parse_from([
+            "nvme-dio", "bench", "-c", "0x3", "--device", "emu", "--device", "emu:ram", "--nsid",
+            "1",
+        ])
+        .unwrap();
+        let Command::Bench(b) = a.command else {
+            panic!("bench")
+        };
+        assert_eq!(
+            (b.workers(), b.devices.len(), b.nsids.clone()),
+            (2, 2, vec![1])
+        );
+        assert!(Cli::try_parse_from(["nvme-dio", "bench", "-c", "1", "--queues", "2"]).is_err());
+    }
+
+    #[test]
     fn mix_is_a_percentage() {
         assert_eq!(parse_mix("70"), Ok(70));
         assert_eq!(parse_mix("100%"), Ok(100));
@@ -824,7 +1307,7 @@ mod tests {
             panic!("bench")
         };
         assert_eq!(
-            (b.device.clone(), b.engine(), b.queue_depth, b.io_size),
+            (b.device().clone(), b.engine(), b.queue_depth, b.io_size),
             (DeviceSpec::Emu(EmuSpec::null()), Engine::Vfio, 32, 4096)
         );
         assert_eq!(

@@ -65,13 +65,15 @@ pub enum CliError {
     },
     /// The first I/O, tried before the run, failed: the device cannot do what the run asks.
     #[error(
-        "{device}: {what} at offset 0, tried before the run, failed, so the run was not started: {detail}"
+        "{device}: {what} at offset {offset}, tried before the run, failed, so the run was not started: {detail}"
     )]
     FirstIo {
         /// The file or device.
         device: String,
         /// What was tried.
         what: String,
+        /// Byte offset it was tried at (the start of the working set).
+        offset: u64,
         /// The failure and what to do.
         detail: String,
     },

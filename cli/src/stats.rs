@@ -68,6 +68,66 @@ impl Latency {
     }
 }
 
+/// One bin of an exported latency histogram: the I/Os whose latency is above the previous
+/// bin's `le_ns` and at most this one's (not cumulative).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Bin {
+    /// Upper bound of the bin, ns (inclusive).
+    pub le_ns: u64,
+    /// I/Os in the bin.
+    pub count: u64,
+}
+
+/// The histogram's non-empty buckets, lowest first, at its full resolution (3 significant
+/// digits: each bucket spans at most 0.1% of its value).
+pub fn bins(h: &Histogram<u64>) -> Vec<Bin> {
+    h.iter_recorded()
+        .map(|v| Bin {
+            le_ns: h.highest_equivalent(v.value_iterated_to()),
+            count: v.count_since_last_iteration(),
+        })
+        .collect()
+}
+
+/// The latency at each percentile of `list`, as `(name, ns)`: `("99.9", 12345)`.
+pub fn percentiles(h: &Histogram<u64>, list: &[f64]) -> Percentiles {
+    Percentiles(
+        list.iter()
+            .map(|&p| {
+                (
+                    pct_name(p),
+                    if h.is_empty() {
+                        0
+                    } else {
+                        h.value_at_quantile(p / 100.0)
+                    },
+                )
+            })
+            .collect(),
+    )
+}
+
+/// `50`, `99.9`, `99.99`: a percentile without trailing zeroes.
+pub fn pct_name(p: f64) -> String {
+    let s = format!("{p:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// Percentiles in the order asked for; serialised as a JSON object `{"50": ns, ...}`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Percentiles(pub Vec<(String, u64)>);
+
+impl Serialize for Percentiles {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
 /// Formats nanoseconds for people: `850 ns`, `6.70 us`, `1.25 ms`, `2.00 s`.
 pub fn fmt_ns(ns: f64) -> String {
     if ns < 1_000.0 {
@@ -359,6 +419,34 @@ mod tests {
         );
         let empty = histogram_svg(&new_histogram(), "t", &[]);
         assert!(empty.contains("no I/O completed"));
+    }
+
+    #[test]
+    fn bins_hold_every_io_once_and_percentiles_keep_their_order() {
+        let mut h = new_histogram();
+        for v in [150u64, 150, 900, 7_000, 2_000_000] {
+            record(&mut h, v);
+        }
+        let b = bins(&h);
+        assert_eq!(b.iter().map(|x| x.count).sum::<u64>(), 5);
+        assert!(b.windows(2).all(|w| w[0].le_ns < w[1].le_ns));
+        assert_eq!(
+            b[0],
+            Bin {
+                le_ns: 150,
+                count: 2
+            }
+        );
+        assert!(b.last().unwrap().le_ns >= 2_000_000);
+        let p = percentiles(&h, &[99.9, 50.0]);
+        assert_eq!(p.0[0].0, "99.9");
+        assert_eq!(p.0[1], ("50".to_string(), 900));
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            format!(r#"{{"99.9":{},"50":900}}"#, p.0[0].1)
+        );
+        assert_eq!(pct_name(99.99), "99.99");
+        assert_eq!(pct_name(100.0), "100");
     }
 
     #[test]

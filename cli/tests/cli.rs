@@ -1000,6 +1000,56 @@ fn table_of_bad_invocations_fails_cleanly_with_a_sentence() {
         (&["identify", "--device", "./file"], 1, &["is a path", "PCI address"]),
         (&["identify", "--device", "0000:ff:1f.7"], 1, &["no PCI device 0000:ff:1f.7"]),
         (&["frobnicate"], 2, &["unrecognized subcommand 'frobnicate'"]),
+        (&["bench", "-c", "0x0"], 2, &["--core-mask", "selects no CPU"]),
+        (&["bench", "-c", "zz"], 2, &["--core-mask", "not a core mask"]),
+        (&["bench", "-c", "0x100000", "--ios", "1"], 1, &["CPU 20 is not online"]),
+        (&["bench", "--cpus", "3-1"], 2, &["--cpus", "lower CPU to the higher"]),
+        (&["bench", "--cpus", "0,0"], 2, &["--cpus", "given twice"]),
+        (&["bench", "--cpus", "0", "-c", "0x1"], 2, &["cannot be used with"]),
+        (&["bench", "--queues", "2", "-c", "0x1"], 2, &["cannot be used with"]),
+        (&["bench", "--no-pin", "--cpus", "0"], 2, &["cannot be used with"]),
+        (&["bench", "-P", "0"], 2, &["--num-qpairs", "from 1 to 64"]),
+        (&["bench", "-P", "4", "-q", "2", "--ios", "1"], 1, &["-q 2 is fewer I/Os than the -P 4"]),
+        (&["bench", "--nsid", "1", "--nsid", "1", "--ios", "1"], 1, &["--nsid 1 is given twice"]),
+        (&["bench", "--device", "emu", "--device", "./f", "--ios", "1"], 1, &["several --device", "io_uring"]),
+        (&["bench", "--device", "./f", "-P", "2", "--ios", "1"], 1, &["-P (queue pairs per namespace) is a vfio engine option"]),
+        (&["bench", "--device", "emu", "--device", "emu", "--nsid", "2", "--ios", "1"], 1, &["namespace 2 does not exist"]),
+        (&["bench", "--queues", "40", "-P", "2", "--ios", "1"], 1, &["needs 80 I/O queue pairs", "granted 64"]),
+        (&["bench", "--random_distribution", "zipf:1"], 2, &["--random-distribution", "above 0 and not 1"]),
+        (&["bench", "--random_distribution", "pareto:2"], 2, &["pareto h 2", "between 0 and 1"]),
+        (&["bench", "--random_distribution", "normal:0"], 2, &["normal deviation 0%", "out of range"]),
+        (&["bench", "--random_distribution", "zipf"], 2, &["zipf needs its theta"]),
+        (&["bench", "--random_distribution", "bogus"], 2, &["not a distribution", "zipf:THETA"]),
+        (&["bench", "--random_distribution", "zipf:1.2", "-w", "read"], 1, &["shapes random offsets", "-w read is sequential"]),
+        (&["bench", "--bssplit", "4k/50:64k/40"], 2, &["--bssplit", "add up to 90, not 100"]),
+        (&["bench", "--bssplit", "4k/50:1000/50"], 2, &["--bssplit", "not a multiple of 512"]),
+        (&["bench", "--bssplit", "4k:64k/50"], 2, &["only the last size may leave it out"]),
+        (&["bench", "--bssplit", "4k/50:64k", "-o", "8k"], 2, &["cannot be used with"]),
+        (&["bench", "--bssplit", "4k/50:64k", "--segments", "2"], 1, &["--bssplit and --segments do not combine"]),
+        (&["bench", "--device", "emu:512", "--bssplit", "512/50:4k", "--emu-lba-size", "4096", "--ios", "1"], 1, &["--bssplit size 512 is not a multiple of the device's 4096-byte blocks"]),
+        (&["bench", "--fsync", "0"], 2, &["--fsync", "out of range"]),
+        (&["bench", "--fsync", "4"], 1, &["--fsync 4 sends a Flush", "writes nothing"]),
+        (&["bench", "--fua"], 1, &["--fua marks writes", "writes nothing"]),
+        (&["bench", "-w", "randtrim", "--fua"], 1, &["no FUA bit"]),
+        (&["bench", "-w", "trim", "--verify", "--device", "emu:ram"], 1, &["-w trim writes no data pattern"]),
+        (&["bench", "-w", "trim", "--device", "./f"], 1, &["-w trim is a vfio engine feature"]),
+        (&["bench", "--rate-iops", "0"], 2, &["--rate-iops", "out of range"]),
+        (&["bench", "--offset", "-1"], 2, &["--offset", "negative offsets"]),
+        (&["bench", "--offset", "100%"], 2, &["--offset", "0 to 99"]),
+        (&["bench", "--offset", "2t", "--ios", "1"], 1, &["--offset 2199023255552 is at or past the end"]),
+        (&["bench", "--offset", "1000", "--ios", "1"], 1, &["--offset 1000 is not a multiple of the device's 4096-byte blocks"]),
+        (&["bench", "--iodeph", "4"], 2, &["unexpected argument '--iodeph'", "a similar argument exists: '--iodepth'"]),
+        (&["bench", "--rw", "randrnd"], 2, &["--workload", "possible values"]),
+        (&["bench", "--output-format", "terse"], 2, &["--output-format", "possible values", "json"]),
+        (&["bench", "--runtime", "-1"], 2, &["--time", "negative durations"]),
+        (&["bench", "--percentiles", "0"], 2, &["--percentiles", "out of range"]),
+        (&["bench", "--percentiles", "50,101"], 2, &["--percentiles", "101 is out of range"]),
+        (&["bench", "--percentiles", "50,abc"], 2, &["--percentiles", "\"abc\" is not a percentage"]),
+        (&["bench", "--percentiles", "99:99"], 2, &["--percentiles", "given twice"]),
+        (&["bench", "--status-interval", "0.01"], 2, &["--status-interval", "too short"]),
+        (&["bench", "--status-interval", "-1"], 2, &["--status-interval", "negative durations"]),
+        (&["bench", "--repeat", "0"], 2, &["--repeat", "from 1 to 1000"]),
+        (&["bench", "--output", "/no/such/dir/x.json", "--ios", "1"], 1, &["cannot create the output file (checked before the run) /no/such/dir/x.json"]),
     ];
     assert!(table.len() >= 40);
     let mut failures = Vec::new();
@@ -1165,5 +1215,424 @@ fn queue_entries_are_independent_of_the_queue_depth() {
     assert_fails_with(
         &["bench", "--queue-entries", "4096"],
         "the controller allows 2048 entries per queue",
+    );
+}
+
+/// SPDK perf's reach: two emulated controllers in one process, a core mask (one pinned
+/// worker per core), several queue pairs per namespace, and the per device x core table.
+#[test]
+fn two_controllers_on_a_core_mask_give_one_table_row_each_and_a_total() {
+    let v = bench_json(&[
+        "--device", "emu", "--device", "emu:ram", "-c", "0x3", "-P", "2", "-q", "8", "--ios",
+        "8000",
+    ]);
+    let table = v["table"].as_array().unwrap();
+    assert_eq!(table.len(), 2, "{v}");
+    assert_eq!(
+        (&table[0]["device"], &table[0]["nsid"], &table[0]["core"]),
+        (&"emu".into(), &1.into(), &0.into())
+    );
+    assert_eq!(
+        (&table[1]["device"], &table[1]["core"]),
+        (&"emu:ram".into(), &1.into())
+    );
+    let sum: u64 = table.iter().map(|r| r["ios"].as_u64().unwrap()).sum();
+    assert_eq!(sum, 8000, "{v}");
+    assert_eq!(v["total"]["ios"], 8000);
+    assert!(
+        table
+            .iter()
+            .all(|r| r["iops"].as_f64().unwrap() > 0.0 && r["avg_ns"].as_f64().unwrap() > 0.0)
+    );
+    // Two queue pairs per namespace per worker: four in all, two on each device.
+    let queues = v["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 4, "{v}");
+    assert_eq!(
+        queues.iter().filter(|q| q["device"] == "emu:ram").count(),
+        2
+    );
+    assert!(queues.iter().all(|q| q["submitted"] == q["completed"]));
+    assert_eq!(v["settings"]["cpus"], serde_json::json!([0, 1]));
+    assert_eq!(v["targets"].as_array().unwrap().len(), 2);
+    // The text has SPDK perf's table; the same device string twice gets a position.
+    let o = nvme_dio(&[
+        "bench", "--device", "emu", "--device", "emu", "--cpus", "0-1", "--ios", "4000",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Device Information"), "{out}");
+    assert!(out.contains("emu#1 NSID 1 from core  0 :"), "{out}");
+    assert!(out.contains("emu#2 NSID 1 from core  1 :"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("Total ")), "{out}");
+    // More targets than workers: they share, round robin (SPDK perf's association).
+    let v = bench_json(&[
+        "--device", "emu", "--device", "emu", "--device", "emu", "--cpus", "0-1", "--ios", "3000",
+        "-q", "4",
+    ]);
+    let cores: Vec<u64> = v["table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["core"].as_u64().unwrap())
+        .collect();
+    assert_eq!(cores, vec![0, 1, 0], "{v}");
+}
+
+/// fio's workload language: each kind of command reaches the device (the emulator counts
+/// commands by opcode, FUA writes apart), and the long fio spellings are aliases.
+#[test]
+fn fio_workloads_reach_the_device_as_their_commands() {
+    let n = |v: &Value, k: &str| {
+        v["emulator"][k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("emulator.{k}: {v}"))
+    };
+    let v = bench_json(&["-w", "randtrim", "--ios", "500"]);
+    assert!(
+        n(&v, "dsm") >= 500 && n(&v, "reads") == 0 && n(&v, "writes") == 0,
+        "{v}"
+    );
+    assert_eq!(v["settings"]["write_kind"], "trim");
+    let v = bench_json(&["-w", "writezeroes", "--fua", "--ios", "500"]);
+    assert!(
+        n(&v, "write_zeroes") >= 500 && n(&v, "fua_writes") >= 500 && n(&v, "writes") == 0,
+        "{v}"
+    );
+    let v = bench_json(&["-w", "randwritezeroes", "--ios", "300"]);
+    assert!(
+        n(&v, "write_zeroes") >= 300 && n(&v, "fua_writes") == 0,
+        "{v}"
+    );
+    let v = bench_json(&["-w", "write", "--fua", "--ios", "300"]);
+    assert!(n(&v, "writes") >= 300 && n(&v, "fua_writes") >= 300, "{v}");
+    let v = bench_json(&["-w", "randwrite", "--ios", "300"]);
+    assert_eq!(n(&v, "fua_writes"), 0, "no FUA unless asked: {v}");
+    // A Flush after every 4 writes (-q 1: strictly in turn), counted apart from the I/Os.
+    let v = bench_json(&["-w", "randwrite", "--fsync", "4", "--ios", "400", "-q", "1"]);
+    assert_eq!(v["ios"], 400, "{v}");
+    assert_eq!(
+        v["flushes"]["count"], 99,
+        "after writes 4, 8, ..., 396: {v}"
+    );
+    assert!(n(&v, "flushes") >= 99 && n(&v, "writes") >= 400, "{v}");
+    assert!(
+        v["flushes"]["latency"]["avg_ns"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    // Mixed sizes: both sizes go out (the bytes lie strictly between all-small and all-large).
+    let v = bench_json(&["--bssplit", "4k/50:64k/50", "--ios", "2000", "--seed", "1"]);
+    let bytes = v["bytes"].as_u64().unwrap();
+    assert!(
+        bytes > 2000 * 4096 && bytes < 2000 * 65536 && bytes % 4096 == 0,
+        "{v}"
+    );
+    assert_eq!(
+        v["settings"]["bssplit"],
+        serde_json::json!([[4096, 50], [65536, 50]])
+    );
+    // Skewed offsets run (their skew is a unit test of the sampler) and are recorded.
+    for d in ["zipf:1.2", "pareto:0.2", "normal:10"] {
+        let v = bench_json(&["--random_distribution", d, "--ios", "2000"]);
+        assert_eq!(v["settings"]["random_distribution"], d, "{v}");
+        assert_eq!(v["ios"], 2000);
+    }
+    // fio's spellings.
+    let v = bench_json(&[
+        "--iodepth=4",
+        "--rw=randrw",
+        "--rwmixread=70",
+        "--runtime=1",
+        "--ramp_time=0",
+        "--numjobs=2",
+        "--bs=8k",
+        "--randseed=7",
+        "--ios",
+        "2000",
+    ]);
+    let o = run_bounded(&["bench", "--output-format=json", "--ios", "100"]);
+    let j: Value = serde_json::from_slice(&o.stdout).expect("--output-format=json is JSON");
+    assert_eq!(j["ios"], 100);
+    let st = &v["settings"];
+    assert_eq!(
+        (
+            &st["queue_depth"],
+            &st["workload"],
+            &st["read_pct"],
+            &st["queues"],
+            &st["io_size_bytes"],
+            &st["seed"]
+        ),
+        (
+            &4.into(),
+            &"randrw".into(),
+            &70.into(),
+            &2.into(),
+            &8192.into(),
+            &7.into()
+        ),
+        "{v}"
+    );
+}
+
+#[test]
+fn offset_and_size_bound_the_range_the_ios_touch() {
+    // A 1 MiB range from 1 MiB, read once in order (256 blocks): a bit flipped below the
+    // range is never read; one inside is caught.
+    let base = [
+        "bench", "--device", "emu:ram", "--size", "1m", "--offset", "1m", "--verify", "-w", "read",
+        "--ios", "256", "-q", "4",
+    ];
+    let mut outside = base.to_vec();
+    outside.extend(["--inject-flip-bit", "10"]);
+    let o = run_bounded(&outside);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("offset 1m"), "{}", stdout(&o));
+    let mut inside = base.to_vec();
+    inside.extend(["--inject-flip-bit", "300"]);
+    let o = run_bounded(&inside);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("LBA 300"), "{}", stderr(&o));
+    // On a device of fixed size (a file through io_uring), the range must fit.
+    let path = scratch("offset.dat");
+    std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+    let p = path.to_str().unwrap();
+    assert_refused(
+        &[
+            "bench", "--device", p, "--offset", "512k", "--size", "1m", "--ios", "1",
+        ],
+        1,
+        &["--offset 524288 + --size 1048576 ends past the end of the device (1048576 bytes)"],
+    );
+    let v = bench_json(&["--device", p, "--offset", "512k", "--ios", "100"]);
+    assert_eq!(v["settings"]["working_set_bytes"], 512 << 10, "{v}");
+    std::fs::remove_file(&path).unwrap();
+    let v = bench_json(&["--offset", "50%", "--ios", "100"]);
+    assert_eq!(v["settings"]["offset_bytes"], 1u64 << 39, "{v}");
+    assert_eq!(v["settings"]["working_set_bytes"], 1u64 << 39, "{v}");
+}
+
+/// The kernel path takes --fsync (IORING_OP_FSYNC) and --fua (RWF_DSYNC) too.
+#[test]
+fn io_uring_engine_flushes_every_n_writes_and_writes_with_dsync() {
+    let path = scratch("fsync.dat");
+    std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+    let p = path.to_str().unwrap();
+    let v = bench_json(&[
+        "--device",
+        p,
+        "-w",
+        "randwrite",
+        "--fsync",
+        "4",
+        "--fua",
+        "--ios",
+        "400",
+        "-q",
+        "1",
+    ]);
+    assert_eq!(v["engine"], "io_uring");
+    assert_eq!(v["ios"], 400, "{v}");
+    assert_eq!(
+        v["flushes"]["count"], 99,
+        "after writes 4, 8, ..., 396: {v}"
+    );
+    assert_eq!(v["errors"], 0, "{v}");
+    let q = &v["queues"][0];
+    assert_eq!(q["submitted"], 499, "400 writes and 99 fsyncs: {q}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn rate_iops_caps_the_rate() {
+    // I/O k is submitted no earlier than k / rate after the start, so N I/Os take at least
+    // (N - 1) / rate: a bound the limiter guarantees, not a timing guess.
+    let v = bench_json(&["--rate-iops", "2000", "--ios", "200", "-q", "8"]);
+    let iops = v["iops"].as_f64().unwrap();
+    assert!(iops <= 2000.0 * 200.0 / 199.0, "{iops} IOPS: {v}");
+    assert_eq!(v["settings"]["rate_iops"], 2000);
+}
+
+/// Results you can compare: read and write apart, selectable percentiles, histogram bins,
+/// the tool, a timestamp and the host in JSON.
+#[test]
+fn json_splits_directions_and_carries_bins_percentiles_and_provenance() {
+    let v = bench_json(&[
+        "-w",
+        "randrw",
+        "-M",
+        "70",
+        "--ios",
+        "6000",
+        "--percentiles",
+        "99.9,50",
+    ]);
+    assert_eq!(v["schema"], "nvme-dio-bench/1");
+    assert_eq!(v["tool"]["name"], "nvme-dio");
+    assert_eq!(v["tool"]["version"], env!("CARGO_PKG_VERSION"));
+    let ts = v["timestamp"].as_str().unwrap();
+    assert!(
+        ts.len() == 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "{ts}"
+    );
+    assert!(!v["host"].as_str().unwrap().is_empty());
+    let (r, w) = (&v["read"], &v["write"]);
+    let (ri, wi) = (r["ios"].as_u64().unwrap(), w["ios"].as_u64().unwrap());
+    assert!(ri > 0 && wi > 0 && ri + wi == 6000, "{v}");
+    assert!(ri > wi, "70% reads: {ri} reads, {wi} writes");
+    for d in [r, w, &v] {
+        let bins = d["latency_histogram_ns"].as_array().unwrap();
+        let sum: u64 = bins.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+        assert_eq!(sum, d["ios"].as_u64().unwrap(), "every I/O in one bin");
+        let le: Vec<u64> = bins.iter().map(|b| b["le_ns"].as_u64().unwrap()).collect();
+        assert!(le.windows(2).all(|x| x[0] < x[1]), "bins ascend: {le:?}");
+        assert!(*le.last().unwrap() >= d["latency"]["max_ns"].as_u64().unwrap());
+        let keys: Vec<&String> = d["percentiles_ns"].as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(d["iops"].as_f64().unwrap() > 0.0 && d["mib_s"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(
+        v["settings"]["percentiles"],
+        serde_json::json!([99.9, 50.0])
+    );
+    // The object keeps the order asked for (serde_json's Value sorts, so read the text).
+    let o = run_bounded(&[
+        "bench",
+        "--json",
+        "--ios",
+        "100",
+        "--percentiles",
+        "99.9,50",
+    ]);
+    let text = stdout(&o);
+    let at = text.find("\"percentiles_ns\"").expect("percentiles_ns");
+    let (p999, p50) = (
+        text[at..].find("\"99.9\"").unwrap(),
+        text[at..].find("\"50\"").unwrap(),
+    );
+    assert!(p999 < p50, "{}", &text[at..at + 80]);
+    // A read-only run has an empty write side.
+    let v = bench_json(&["--ios", "500"]);
+    assert_eq!(v["write"]["ios"], 0);
+    assert_eq!(v["write"]["latency_histogram_ns"], serde_json::json!([]));
+    // The text shows both directions of a mixed run, with the chosen percentiles.
+    let o = run_bounded(&[
+        "bench",
+        "-w",
+        "randrw",
+        "--ios",
+        "2000",
+        "--percentiles",
+        "50,99.9",
+    ]);
+    let out = stdout(&o);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("read ") && l.contains("p99.9")),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l.starts_with("write ")), "{out}");
+    assert!(
+        !out.contains("p99.99"),
+        "only the chosen percentiles: {out}"
+    );
+}
+
+#[test]
+fn output_file_repeat_and_status_lines() {
+    // --output: the report goes to the file, nothing to stdout.
+    let path = scratch("report.json");
+    let o = run_bounded(&[
+        "bench",
+        "--ios",
+        "1000",
+        "--json",
+        "--output",
+        path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(v["ios"], 1000);
+    std::fs::remove_file(&path).unwrap();
+    // --repeat: every run, and the spread.
+    let v = bench_json(&["--repeat", "3", "--ios", "1000"]);
+    assert_eq!(v["runs"].as_array().unwrap().len(), 3, "{v}");
+    assert!(
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["ios"] == 1000)
+    );
+    let s = &v["summary"];
+    assert_eq!(s["runs"], 3);
+    for k in [
+        "iops", "mib_s", "avg_ns", "p50_ns", "p99_ns", "p99_9_ns", "max_ns",
+    ] {
+        let (a, b, c) = (
+            s[k]["min"].as_f64().unwrap(),
+            s[k]["median"].as_f64().unwrap(),
+            s[k]["max"].as_f64().unwrap(),
+        );
+        assert!(a <= b && b <= c && a > 0.0, "summary.{k}: {s}");
+    }
+    let o = run_bounded(&["bench", "--repeat", "2", "--ios", "1000"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("--- run 2 of 2 ---") && out.contains("--- 2 runs ---"),
+        "{out}"
+    );
+    // --status-interval: lines while measuring (JSON: intervals). -t bounds the run, so
+    // the first interval always ends inside it.
+    let v = bench_json(&["-t", "1.5", "--status-interval", "0.5", "-q", "4"]);
+    let iv = v["intervals"].as_array().unwrap();
+    assert!(!iv.is_empty(), "{v}");
+    let t: Vec<f64> = iv.iter().map(|i| i["t_s"].as_f64().unwrap()).collect();
+    assert!(t.windows(2).all(|x| x[0] < x[1]) && t[0] >= 0.5, "{t:?}");
+    let sum: u64 = iv.iter().map(|i| i["ios"].as_u64().unwrap()).sum();
+    assert!(sum <= v["ios"].as_u64().unwrap() && iv[0]["iops"].as_f64().unwrap() > 0.0);
+    let o = run_bounded(&["bench", "-t", "1.2", "--status-interval", "0.5", "-q", "4"]);
+    let out = stdout(&o);
+    assert!(
+        out.lines().next().unwrap_or("").starts_with('[') && out.contains("IOPS"),
+        "{out}"
+    );
+    assert_eq!(
+        bench_json(&["--ios", "100"])["intervals"],
+        serde_json::json!([])
+    );
+}
+
+/// Issue 15 item 6: user and system CPU time per I/O from the kernel's accounting, for the
+/// worker threads and the whole process, so poll and irq compare honestly.
+#[test]
+fn cpu_time_per_io_is_split_into_user_and_system_for_threads_and_process() {
+    let v = bench_json(&["--mode", "irq", "--emu-thread", "-q", "1", "--ios", "2000"]);
+    let c = &v["cpu"];
+    let f = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("cpu.{k}: {v}"));
+    let (u, s, pu, ps) = (
+        f("user_ns_per_io"),
+        f("system_ns_per_io"),
+        f("process_user_ns_per_io"),
+        f("process_system_ns_per_io"),
+    );
+    assert!(u >= 0.0 && s >= 0.0 && u + s > 0.0, "{c}");
+    // The same thread's time, two interfaces of the same accounting: they agree.
+    let total = v["cpu_ns_per_io"].as_f64().unwrap();
+    assert!(
+        (u + s - total).abs() <= total * 0.05 + 100.0,
+        "user {u} + system {s} vs {total}"
+    );
+    // The process holds the worker and the emulator's thread, which polls all the time.
+    assert!(pu + ps >= u + s, "process {pu} + {ps} < threads {u} + {s}");
+    let o = run_bounded(&["bench", "--ios", "2000"]);
+    let out = stdout(&o);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("user/IO"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("system") && line.contains("whole process"),
+        "{line}"
     );
 }

@@ -35,6 +35,9 @@ pub struct EmuStats {
     pub write_zeroes: u64,
     /// Dataset Management commands processed.
     pub dsm: u64,
+    /// Write and Write Zeroes commands with Force Unit Access set (counted in `writes` or
+    /// `write_zeroes` too).
+    pub fua_writes: u64,
     /// Other I/O opcodes (all failed with Invalid Command Opcode).
     pub other_io: u64,
     /// I/O commands completed with an error status.
@@ -780,7 +783,7 @@ impl State {
         }
     }
 
-    fn count_cmd(&mut self, admin: bool, opc: u8) {
+    fn count_cmd(&mut self, admin: bool, opc: u8, cdw12: u32) {
         use nvme_dio_queue::opcode::nvm;
         let s = &mut self.stats;
         if admin {
@@ -795,12 +798,16 @@ impl State {
             nvm::DATASET_MANAGEMENT => s.dsm += 1,
             _ => s.other_io += 1,
         }
+        // FUA is bit 30 of CDW12 in both Write and Write Zeroes (NVM Command Set 1.0, 3.2.6, 3.2.8).
+        if matches!(opc, nvm::WRITE | nvm::WRITE_ZEROES) && cdw12 & (1 << 30) != 0 {
+            s.fua_writes += 1;
+        }
     }
 
     /// Executes one command and delivers its completion, applying an armed fault.
     fn execute(&mut self, sqid: u16, cqid: u16, sqe: &Sqe) {
         let admin = sqid == 0;
-        self.count_cmd(admin, sqe.opc);
+        self.count_cmd(admin, sqe.opc, sqe.cdw12);
         let action = if self.faults.armed.is_empty() {
             None
         } else {

@@ -36,7 +36,10 @@ use std::ptr::NonNull;
 use io_uring::{IoUring, opcode, squeue, types};
 
 pub mod sys;
-pub use sys::{block_sigint_in_this_thread, catch_sigint, sigint_caught, thread_cpu_time};
+pub use sys::{
+    CpuTimes, block_sigint_in_this_thread, catch_sigint, process_rusage, sigint_caught,
+    thread_cpu_time, thread_rusage,
+};
 
 /// Buffer alignment: a page, which satisfies every O_DIRECT alignment rule in practice.
 pub const ALIGN: usize = 4096;
@@ -141,6 +144,9 @@ pub enum Dir {
     /// Memory to device.
     Write,
 }
+
+/// `RWF_DSYNC` for [`Uring::push_with`]: the write is durable when it completes (FUA).
+pub const RWF_DSYNC: i32 = libc::RWF_DSYNC;
 
 /// What setup actually got (registration may be refused, e.g. by RLIMIT_MEMLOCK).
 #[derive(Clone, Debug, Default)]
@@ -405,6 +411,24 @@ impl Uring {
         offset: u64,
         len: usize,
     ) -> Result<(), UringError> {
+        self.push_with(slot, dir, offset, len, 0)
+    }
+
+    /// [`Uring::push`] with `RWF_*` flags for the read or write (`libc::RWF_DSYNC`: the
+    /// write is durable when it completes, which the block layer sends as FUA to a device
+    /// with a volatile write cache).
+    ///
+    /// # Errors
+    ///
+    /// As [`Uring::push`].
+    pub fn push_with(
+        &mut self,
+        slot: usize,
+        dir: Dir,
+        offset: u64,
+        len: usize,
+        rw_flags: i32,
+    ) -> Result<(), UringError> {
         self.check_idle(slot)?;
         if len == 0 || len > self.slot_bytes {
             return Err(UringError::BadArgument(format!(
@@ -424,22 +448,28 @@ impl Uring {
                 match (dir, iov.is_empty(), regd) {
                     (Dir::Read, true, true) => opcode::ReadFixed::new($f, buf, len as u32, 0)
                         .offset(offset)
+                        .rw_flags(rw_flags)
                         .build(),
                     (Dir::Write, true, true) => opcode::WriteFixed::new($f, buf, len as u32, 0)
                         .offset(offset)
+                        .rw_flags(rw_flags)
                         .build(),
                     (Dir::Read, true, false) => opcode::Read::new($f, buf, len as u32)
                         .offset(offset)
+                        .rw_flags(rw_flags)
                         .build(),
                     (Dir::Write, true, false) => opcode::Write::new($f, buf, len as u32)
                         .offset(offset)
+                        .rw_flags(rw_flags)
                         .build(),
                     (Dir::Read, false, _) => opcode::Readv::new($f, iov.as_ptr(), iov.len() as u32)
                         .offset(offset)
+                        .rw_flags(rw_flags)
                         .build(),
                     (Dir::Write, false, _) => {
                         opcode::Writev::new($f, iov.as_ptr(), iov.len() as u32)
                             .offset(offset)
+                            .rw_flags(rw_flags)
                             .build()
                     }
                 }
@@ -455,6 +485,33 @@ impl Uring {
         // `self` and not freed or moved before the completion is reaped (Drop drains). The
         // slot is marked busy just below, so no Rust borrow of it can be made until `reap`
         // hands it back; the iovec array is not replaced while busy (set_segments checks).
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        if pushed.is_err() {
+            return Err(UringError::QueueFull);
+        }
+        self.busy[slot] = true;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Queues an fsync of the file (IORING_OP_FSYNC: the kernel flushes the device's volatile
+    /// write cache), tagged with `slot`, which is busy until it completes (its result is 0,
+    /// or a negative errno). Nothing goes to the kernel until [`Uring::submit`].
+    ///
+    /// # Errors
+    ///
+    /// [`UringError::BadArgument`] for a slot that does not exist, [`UringError::SlotBusy`],
+    /// [`UringError::QueueFull`].
+    pub fn push_fsync(&mut self, slot: usize) -> Result<(), UringError> {
+        self.check_idle(slot)?;
+        let entry: squeue::Entry = if self.info.file_registered {
+            opcode::Fsync::new(types::Fixed(0)).build()
+        } else {
+            opcode::Fsync::new(types::Fd(self.file.as_raw_fd())).build()
+        }
+        .user_data(slot as u64);
+        // SAFETY: an fsync entry points at no memory; the file (or its registration) lives as
+        // long as `self`, and Drop drains the ring before closing it.
         let pushed = unsafe { self.ring.submission().push(&entry) };
         if pushed.is_err() {
             return Err(UringError::QueueFull);

@@ -195,15 +195,155 @@ pub fn pack_segments(shapes: &[(usize, usize)]) -> (Vec<(usize, usize)>, usize) 
     (out, pos.div_ceil(4096) * 4096)
 }
 
-/// Picks each I/O's block and direction.
+/// A random-offset distribution, as fio's `random_distribution` (`random`, `zipf:THETA`,
+/// `pareto:H`, `normal:DEV`).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", content = "param", rename_all = "lowercase")]
+pub enum Distribution {
+    /// Every unit equally likely (fio's default, `random`).
+    Uniform,
+    /// Zipf with exponent theta (> 0, not 1): a few units take most I/Os.
+    Zipf(f64),
+    /// Pareto with shape h (0 < h < 1): h = 0.2 sends about 80% of I/Os to 20% of units.
+    Pareto(f64),
+    /// Normal, with the standard deviation in percent of the range (0 < dev <= 100).
+    Normal(f64),
+}
+
+impl std::fmt::Display for Distribution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Distribution::Uniform => f.write_str("random"),
+            Distribution::Zipf(t) => write!(f, "zipf:{t}"),
+            Distribution::Pareto(h) => write!(f, "pareto:{h}"),
+            Distribution::Normal(d) => write!(f, "normal:{d}"),
+        }
+    }
+}
+
+/// fio computes the zipf normaliser over at most this many units (lib/zipf.c,
+/// ZIPF_MAX_GEN); so do we.
+const ZIPF_MAX_GEN: u64 = 10_000_000;
+
+/// A distribution resolved against a number of units, with its constants computed once
+/// (the zipf normaliser is a sum over up to 10 M terms).
+#[derive(Clone, Copy, Debug)]
+pub struct DistState {
+    kind: Distribution,
+    n: u64,
+    zetan: f64,
+    zeta2: f64,
+    alpha: f64,
+    eta: f64,
+    pareto_pow: f64,
+    stddev: f64,
+}
+
+/// fio scatters the hot units of zipf, pareto and normal over the range with a hash (unless
+/// `random_distribution` is given with `:0` hashing off, which we do not offer): the same.
+#[inline]
+fn scatter_hash(v: u64) -> u64 {
+    let mut z = v.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl DistState {
+    /// `kind` over `n` units (n > 0).
+    pub fn new(kind: Distribution, n: u64) -> DistState {
+        let n = n.max(1);
+        let mut d = DistState {
+            kind,
+            n,
+            zetan: 0.0,
+            zeta2: 0.0,
+            alpha: 0.0,
+            eta: 0.0,
+            pareto_pow: 0.0,
+            stddev: 0.0,
+        };
+        match kind {
+            Distribution::Uniform => {}
+            // Gray et al., "Quickly generating billion-record synthetic databases" (1994),
+            // as fio's lib/zipf.c implements it.
+            Distribution::Zipf(theta) => {
+                d.zetan = (1..=n.min(ZIPF_MAX_GEN))
+                    .map(|i| (1.0 / i as f64).powf(theta))
+                    .sum();
+                d.zeta2 = 1.0 + 0.5f64.powf(theta);
+                d.alpha = 1.0 / (1.0 - theta);
+                d.eta = (1.0 - (2.0 / n as f64).powf(1.0 - theta)) / (1.0 - d.zeta2 / d.zetan);
+            }
+            Distribution::Pareto(h) => d.pareto_pow = h.ln() / (1.0 - h).ln(),
+            Distribution::Normal(dev) => d.stddev = dev / 100.0 * n as f64,
+        }
+        d
+    }
+
+    /// The distribution.
+    pub fn kind(&self) -> Distribution {
+        self.kind
+    }
+
+    /// A unit in `0..n`.
+    #[inline]
+    pub fn sample(&self, rng: &mut Rng) -> u64 {
+        match self.kind {
+            Distribution::Uniform => rng.below(self.n),
+            _ => self.sample_skewed(rng),
+        }
+    }
+
+    /// The skewed distributions, out of line so the uniform case stays small.
+    #[inline(never)]
+    fn sample_skewed(&self, rng: &mut Rng) -> u64 {
+        let n = self.n;
+        let uniform = |rng: &mut Rng| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let v = match self.kind {
+            Distribution::Uniform => return rng.below(n),
+            Distribution::Zipf(theta) => {
+                let u = uniform(rng);
+                let uz = u * self.zetan;
+                let v = if uz < 1.0 {
+                    1
+                } else if uz < 1.0 + 0.5f64.powf(theta) {
+                    2
+                } else {
+                    1 + (n as f64 * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64
+                };
+                v.saturating_sub(1)
+            }
+            Distribution::Pareto(_) => ((n - 1) as f64 * uniform(rng).powf(self.pareto_pow)) as u64,
+            Distribution::Normal(_) => {
+                // Box-Muller, centred in the range.
+                let (u1, u2) = (uniform(rng).max(f64::MIN_POSITIVE), uniform(rng));
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                let x = n as f64 / 2.0 + z * self.stddev;
+                x.clamp(0.0, (n - 1) as f64) as u64
+            }
+        };
+        scatter_hash(v) % n
+    }
+}
+
+/// Picks each I/O's block, size and direction.
 #[derive(Clone, Debug)]
 pub struct OpGen {
     rng: Rng,
     random: bool,
     read_pct: u8,
     io_blocks: u64,
-    /// I/O-sized units in the working set.
-    units: u64,
+    /// Block of the region's start.
+    start: u64,
+    /// Blocks in the region.
+    region: u64,
+    /// Offsets are multiples of this many blocks (the I/O size, or the smallest of
+    /// --bssplit).
+    step: u64,
+    /// --bssplit: (blocks, cumulative percentage) each; empty: always `io_blocks`.
+    sizes: Vec<(u64, u8)>,
+    dist: DistState,
     next: u64,
 }
 
@@ -225,27 +365,87 @@ impl OpGen {
             random,
             read_pct,
             io_blocks,
-            units,
-            next: units * q as u64 / queues.max(1) as u64,
+            start: 0,
+            region: units * io_blocks,
+            step: io_blocks,
+            sizes: Vec::new(),
+            dist: DistState::new(Distribution::Uniform, units),
+            next: units * q as u64 / queues.max(1) as u64 * io_blocks,
         }
     }
 
-    /// The next I/O: `(first block, is_write)`.
+    /// The region starts at block `start` (--offset).
+    pub fn start(mut self, start: u64) -> OpGen {
+        self.start = start;
+        self
+    }
+
+    /// Random offsets follow `dist` (its units are steps of the I/O size, or of the smallest
+    /// --bssplit size).
+    pub fn dist(mut self, dist: DistState) -> OpGen {
+        self.dist = dist;
+        self
+    }
+
+    /// Mixed sizes (--bssplit): `(blocks, percent)` pairs summing to 100; offsets step by
+    /// the smallest, and `region_blocks` must be a multiple of the largest.
+    pub fn sizes(mut self, split: &[(u64, u8)], queue: usize, queues: usize) -> OpGen {
+        if split.is_empty() {
+            return self;
+        }
+        let mut cum = 0u8;
+        self.sizes = split
+            .iter()
+            .map(|&(b, p)| {
+                cum += p;
+                (b, cum)
+            })
+            .collect();
+        self.step = split.iter().map(|s| s.0).min().unwrap_or(self.io_blocks);
+        let units = self.region / self.step;
+        self.next = units * queue as u64 / queues.max(1) as u64 * self.step;
+        self
+    }
+
+    /// Units random offsets are drawn from.
+    pub fn units(&self) -> u64 {
+        (self.region / self.step).max(1)
+    }
+
+    /// The next I/O: `(first block, blocks, is_write)`.
     #[inline]
-    pub fn next_op(&mut self) -> (u64, bool) {
-        let unit = if self.random {
-            self.rng.below(self.units)
+    pub fn next_op(&mut self) -> (u64, u64, bool) {
+        let blocks = if self.sizes.is_empty() {
+            self.io_blocks
         } else {
-            let u = self.next;
-            self.next = if u + 1 == self.units { 0 } else { u + 1 };
-            u
+            let r = self.rng.below(100) as u8;
+            self.sizes
+                .iter()
+                .find(|s| r < s.1)
+                .map_or(self.io_blocks, |s| s.0)
+        };
+        let rel = if self.random {
+            let l = self.dist.sample(&mut self.rng) * self.step;
+            if l + blocks > self.region {
+                (self.region - blocks) / self.step * self.step
+            } else {
+                l
+            }
+        } else {
+            let l = if self.next + blocks > self.region {
+                0
+            } else {
+                self.next
+            };
+            self.next = l + blocks;
+            l
         };
         let write = match self.read_pct {
             100 => false,
             0 => true,
             p => self.rng.below(100) >= p as u64,
         };
-        (unit * self.io_blocks, write)
+        (self.start + rel, blocks, write)
     }
 }
 
@@ -338,14 +538,81 @@ mod tests {
         let lbas: Vec<u64> = (0..12).map(|_| g.next_op().0).collect();
         assert_eq!(lbas, vec![0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 0, 8]);
         let mut g = OpGen::new(1, 1, 2, false, 0, 8, 80);
-        assert_eq!(g.next_op(), (40, true), "queue 1 of 2 starts half way");
+        assert_eq!(g.next_op(), (40, 8, true), "queue 1 of 2 starts half way");
         let mut g = OpGen::new(3, 0, 1, true, 70, 8, 8000);
-        let ops: Vec<(u64, bool)> = (0..10_000).map(|_| g.next_op()).collect();
-        assert!(ops.iter().all(|&(l, _)| l % 8 == 0 && l < 8000));
-        let reads = ops.iter().filter(|o| !o.1).count();
+        let ops: Vec<(u64, u64, bool)> = (0..10_000).map(|_| g.next_op()).collect();
+        assert!(ops.iter().all(|&(l, _, _)| l % 8 == 0 && l < 8000));
+        let reads = ops.iter().filter(|o| !o.2).count();
         assert!(
             (6500..7500).contains(&reads),
             "{reads} reads of 10000 at 70%"
         );
+    }
+
+    #[test]
+    fn offsets_stay_inside_the_offset_range_and_bssplit_mixes_sizes() {
+        // Region of 800 blocks from block 1000, sizes 1 block (50%) and 8 blocks (50%).
+        let mut g =
+            OpGen::new(5, 0, 1, true, 100, 8, 800)
+                .start(1000)
+                .sizes(&[(1, 50), (8, 50)], 0, 1);
+        let ops: Vec<_> = (0..20_000).map(|_| g.next_op()).collect();
+        assert!(
+            ops.iter().all(|&(l, b, _)| l >= 1000 && l + b <= 1800),
+            "inside the range"
+        );
+        let small = ops.iter().filter(|o| o.1 == 1).count();
+        assert!((9_000..11_000).contains(&small), "{small} of 20000 at 50%");
+        assert!(
+            ops.iter().any(|o| o.0 % 8 != 0),
+            "offsets step by the smallest size"
+        );
+        // Sequential with mixed sizes: back to back, wrapping inside the region.
+        let mut g = OpGen::new(5, 0, 1, false, 100, 8, 80).sizes(&[(2, 50), (8, 50)], 0, 1);
+        let mut expect = 0;
+        for _ in 0..100 {
+            let (l, b, _) = g.next_op();
+            if expect + b > 80 {
+                expect = 0;
+            }
+            assert_eq!(l, expect);
+            expect = l + b;
+        }
+    }
+
+    /// The share of I/Os that the most used 10% of units take.
+    fn top_tenth_share(d: Distribution) -> f64 {
+        let n = 10_000u64;
+        let st = DistState::new(d, n);
+        let mut rng = Rng(42);
+        let mut hits = vec![0u32; n as usize];
+        let draws = 200_000;
+        for _ in 0..draws {
+            let u = st.sample(&mut rng);
+            assert!(u < n);
+            hits[u as usize] += 1;
+        }
+        hits.sort_unstable_by(|a, b| b.cmp(a));
+        hits[..(n / 10) as usize]
+            .iter()
+            .map(|&h| h as f64)
+            .sum::<f64>()
+            / draws as f64
+    }
+
+    #[test]
+    fn skewed_distributions_concentrate_io_and_uniform_does_not() {
+        let uniform = top_tenth_share(Distribution::Uniform);
+        assert!(uniform < 0.15, "uniform: the top 10% take {uniform}");
+        let zipf = top_tenth_share(Distribution::Zipf(1.2));
+        assert!(zipf > 0.7, "zipf:1.2: the top 10% take {zipf}");
+        let pareto = top_tenth_share(Distribution::Pareto(0.2));
+        assert!(pareto > 0.5, "pareto:0.2: the top 10% take {pareto}");
+        // normal:5 puts ~68% within 5% of the centre: a tenth of the units takes most.
+        let normal = top_tenth_share(Distribution::Normal(5.0));
+        assert!(normal > 0.6, "normal:5: the top 10% take {normal}");
+        // Zipf with theta below 1 is skewed too, less so.
+        let mild = top_tenth_share(Distribution::Zipf(0.8));
+        assert!(mild > uniform && mild < zipf, "zipf:0.8 {mild}");
     }
 }

@@ -9,14 +9,13 @@ use std::time::Instant;
 
 use nvme_dio_uring::{Dir, Uring, UringOptions};
 
-use super::pattern::{self, OpGen};
+use super::pattern;
 use super::{
-    Control, Job, MEASURE, QueueResult, Report, STOP, budget_left, make_job, mark_end, phase, pin,
-    publish, thread_cpu,
+    Control, Job, MEASURE, QueueCounters, QueueResult, Report, STOP, WorkerResult, budget_left,
+    make_job, mark_end, phase, pin, publish, thread_cpu,
 };
 use crate::args::{BenchArgs, Mode};
 use crate::error::CliError;
-use crate::stats;
 
 /// Why the kernel path takes whole-block segments only.
 const KERNEL_SEGMENTS: &str = "O_DIRECT through the kernel takes whole-block segments only";
@@ -90,7 +89,7 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<Report, CliError> {
     let opts = options(args, writes);
     let lba = logical_block_size(path);
     let (packed, slot_bytes) = pattern::pack_segments(
-        &pattern::segment_shapes(args.io_size, lba, args.segments, Err(KERNEL_SEGMENTS))
+        &pattern::segment_shapes(args.max_io_size(), lba, args.segments, Err(KERNEL_SEGMENTS))
             .map_err(CliError::BadArgument)?,
     );
     let mut probe =
@@ -107,20 +106,19 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<Report, CliError> {
         prefill(&mut probe, &job, &packed, path)?;
     }
     drop(probe);
+    let layout = super::Layout::new(args, 1)?;
     let path_buf: PathBuf = path.to_owned();
-    let results = super::run_workers(args, &job, |q, ctl| {
-        worker(&path_buf, &opts, &job, &packed, slot_bytes, q, ctl)
+    let label = path.display().to_string();
+    let results = super::run_workers(args, &layout, |q, ctl| {
+        worker(
+            &path_buf, &opts, &job, &layout, &label, &packed, slot_bytes, q, ctl,
+        )
     })?;
-    let mut r_notes = Vec::new();
-    for r in &results {
-        if r.counters.cpu.is_none() && job.pin {
-            r_notes.push(format!(
-                "queue {} was not pinned to a CPU",
-                r.counters.queue
-            ));
+    for (w, r) in results.iter().enumerate() {
+        if layout.worker_cpus[w].is_some() && r.ctxs[0].counters[0].cpu.is_none() {
+            notes.push(format!("worker {w} was not pinned to a CPU"));
         }
     }
-    notes.extend(r_notes);
     if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
         notes.push(
             "a regular file: blocks never written (sparse or fallocated) read as zeroes without touching the device, so write the file first for a device figure".into(),
@@ -132,7 +130,16 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<Report, CliError> {
         if args.sqpoll { " SQPOLL" } else { "" },
         job.region_blocks * lba as u64
     );
-    Ok(super::report(args, &job, info, results, notes))
+    let targets = vec![super::TargetInfo {
+        device: label,
+        nsid: 1,
+        lba_size_bytes: lba,
+        working_set_bytes: job.region_blocks * lba as u64,
+        queue_pairs: layout.workers(),
+    }];
+    Ok(super::report(
+        args, &layout, targets, &job, info, results, notes,
+    ))
 }
 
 /// Refuses to write to a block device that (or a partition of which) is mounted or used as
@@ -186,10 +193,46 @@ fn first_ios(
     if writes {
         // With verify the working set is written next anyway; without, the run writes
         // whatever its buffers hold, as this one does.
-        dirs.push((Dir::Write, "write"));
+        dirs.push((
+            Dir::Write,
+            if job.fua {
+                "FUA (RWF_DSYNC) write"
+            } else {
+                "write"
+            },
+        ));
+    }
+    if job.fsync.is_some() {
+        // The fsync goes as slot 0 too; its result is 0, not a length.
+        u.push_fsync(0).map_err(uerr(path))?;
+        let res = loop {
+            u.submit(1).map_err(uerr(path))?;
+            let mut got = None;
+            u.reap(|_, _, r| got = Some(r));
+            if let Some(r) = got {
+                break r;
+            }
+            if super::interrupted() {
+                return Err(super::interrupted_during("trying the first I/O"));
+            }
+        };
+        if res < 0 {
+            return Err(CliError::FirstIo {
+                device: path.display().to_string(),
+                offset: 0,
+                what: "an fsync (for --fsync)".into(),
+                detail: describe(res, 0, 0, job.lba_size),
+            });
+        }
     }
     for (dir, name) in dirs {
-        u.push(0, dir, 0, io).map_err(uerr(path))?;
+        let flags = if dir == Dir::Write && job.fua {
+            nvme_dio_uring::RWF_DSYNC
+        } else {
+            0
+        };
+        u.push_with(0, dir, job.region_start * job.lba_size as u64, io, flags)
+            .map_err(uerr(path))?;
         let res = loop {
             u.submit(1).map_err(uerr(path))?;
             let mut got = None;
@@ -204,11 +247,12 @@ fn first_ios(
         if res != io as i32 {
             return Err(CliError::FirstIo {
                 device: path.display().to_string(),
+                offset: job.region_start * job.lba_size as u64,
                 what: format!(
                     "a {name} of {io} bytes{}",
                     if iopoll { " with --iopoll" } else { "" }
                 ),
-                detail: describe(res, io, 0, job.lba_size),
+                detail: describe(res, io, job.region_start, job.lba_size),
             });
         }
     }
@@ -247,7 +291,7 @@ fn prefill(
         while next < units
             && let Some(slot) = idle.pop()
         {
-            let lba = next * job.io_blocks();
+            let lba = job.region_start + next * job.io_blocks();
             pattern::fill(&mut stream, lba, job.lba_size as usize, job.seed);
             scatter(u.slot_mut(slot).map_err(uerr(path))?, packed, &stream);
             u.push(slot, Dir::Write, lba * job.lba_size as u64, io)
@@ -323,12 +367,16 @@ fn worker(
     path: &Path,
     opts: &UringOptions,
     job: &Job,
+    layout: &super::Layout,
+    label: &str,
     packed: &[(usize, usize)],
     slot_bytes: usize,
     q: usize,
     ctl: &Control,
-) -> Result<QueueResult, CliError> {
-    let qd = job.qd as usize;
+) -> Result<WorkerResult, CliError> {
+    let ctx = layout.ctxs_of(q).next().expect("one context per worker");
+    let lane = layout.ctxs[ctx].lanes[0];
+    let qd = lane.qd as usize;
     // The ring is set up before pinning: an SQPOLL thread inherits the creator's CPU mask,
     // and pinned to the CPU our worker spins on it would starve.
     let setup = (|| {
@@ -340,25 +388,20 @@ fn worker(
         }
         Ok::<_, CliError>(u)
     })();
-    let (cpu, _note) = pin(job, q);
+    let (cpu, _note) = pin(layout, q);
     ctl.ready.wait();
     let mut u = setup?;
 
     let io = job.io_size as usize;
     let lba_size = job.lba_size as usize;
-    let budget = job.ios_per_queue[q];
-    let mut ops_gen = OpGen::new(
-        job.seed,
-        q,
-        job.queues,
-        job.random,
-        job.read_pct,
-        job.io_blocks(),
-        job.region_blocks,
-    );
-    let mut res = QueueResult::new(q, cpu);
+    let budget = lane.budget;
+    let mut ops_gen = job.op_gen(lane.index, lane.of);
+    let interval = job
+        .rate_iops
+        .map(|r| std::time::Duration::from_secs_f64(1.0 / r as f64));
+    let mut res = QueueResult::new(ctx);
     let mut starts = vec![Instant::now(); qd];
-    let mut ops = vec![(0u64, false); qd];
+    let mut ops = vec![(0u64, 0u64, false); qd];
     let mut idle: Vec<usize> = (0..qd).rev().collect();
     let mut reaped: Vec<(usize, i32)> = Vec::with_capacity(qd);
     let (mut stream, mut expect) = (vec![0u8; io], vec![0u8; io]);
@@ -369,19 +412,23 @@ fn worker(
     let mut stopped = false;
     let mut failed = false;
     let mut t_start = Instant::now();
+    // --rate-iops: I/O k of the window is due k intervals after its start.
+    let mut due = t_start;
     let mut t_end = None;
     let mut cpu_start = thread_cpu();
     let mut cpu_end = None;
     let mut issued = 0u64;
+    let mut writes_since_flush = 0u32;
     let (mut submitted, mut completed, mut polls, mut empty, mut syscalls) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     loop {
         let ph = phase(ctl);
         if !measuring && ph >= MEASURE {
             measuring = true;
-            res = QueueResult::new(q, cpu);
+            res = QueueResult::new(ctx);
             (submitted, completed, polls, empty, syscalls, issued) = (0, 0, 0, 0, 0, 0);
             t_start = Instant::now();
+            due = t_start;
             cpu_start = thread_cpu();
         }
         if ph == STOP && !stopped {
@@ -396,13 +443,50 @@ fn worker(
                 if measuring && !budget_left(budget, issued) {
                     break;
                 }
-                let (lba, write) = ops_gen.next_op();
+                if job.fsync.is_some_and(|n| writes_since_flush >= n) {
+                    match u.push_fsync(slot) {
+                        Ok(()) => {}
+                        Err(nvme_dio_uring::UringError::QueueFull) => break,
+                        Err(e) => return Err(uerr(path)(e)),
+                    }
+                    idle.pop();
+                    starts[slot] = t0;
+                    // Zero blocks marks the fsync.
+                    ops[slot] = (0, 0, true);
+                    writes_since_flush = 0;
+                    submitted += 1;
+                    pending += 1;
+                    if pending == batch {
+                        u.submit(0).map_err(uerr(path))?;
+                        syscalls += 1;
+                        pending = 0;
+                    }
+                    continue;
+                }
+                if let Some(iv) = interval {
+                    if t0 < due {
+                        break;
+                    }
+                    due += iv;
+                }
+                let (lba, blocks, write) = ops_gen.next_op();
+                let len = blocks as usize * lba_size;
                 if write && job.verify {
-                    pattern::fill(&mut stream, lba, lba_size, job.seed);
-                    scatter(u.slot_mut(slot).map_err(uerr(path))?, packed, &stream);
+                    pattern::fill(&mut stream[..len], lba, lba_size, job.seed);
+                    let one = [(0, len)];
+                    scatter(
+                        u.slot_mut(slot).map_err(uerr(path))?,
+                        if packed.len() > 1 { packed } else { &one },
+                        &stream[..len],
+                    );
                 }
                 let dir = if write { Dir::Write } else { Dir::Read };
-                match u.push(slot, dir, lba * lba_size as u64, io) {
+                let flags = if write && job.fua {
+                    nvme_dio_uring::RWF_DSYNC
+                } else {
+                    0
+                };
+                match u.push_with(slot, dir, lba * lba_size as u64, len, flags) {
                     Ok(()) => {}
                     // SQPOLL: the kernel thread has not taken the entries yet; try later.
                     Err(nvme_dio_uring::UringError::QueueFull) => break,
@@ -410,7 +494,10 @@ fn worker(
                 }
                 idle.pop();
                 starts[slot] = t0;
-                ops[slot] = (lba, write);
+                ops[slot] = (lba, blocks, write);
+                if write {
+                    writes_since_flush += 1;
+                }
                 submitted += 1;
                 if measuring {
                     issued += 1;
@@ -450,25 +537,47 @@ fn worker(
             if !measuring || stopped {
                 continue;
             }
-            let (lba, write) = ops[slot];
-            if r != io as i32 {
+            let (lba, blocks, write) = ops[slot];
+            if blocks == 0 {
+                if r < 0 {
+                    res.errors += 1;
+                    res.first_error.get_or_insert_with(|| {
+                        format!("fsync failed: {}", std::io::Error::from_raw_os_error(-r))
+                    });
+                    failed = true;
+                } else {
+                    res.flushes += 1;
+                    crate::stats::record(
+                        &mut res.flush_hist,
+                        now.duration_since(starts[slot]).as_nanos() as u64,
+                    );
+                }
+                continue;
+            }
+            let len = blocks as usize * lba_size;
+            if r != len as i32 {
                 res.errors += 1;
                 res.first_error
-                    .get_or_insert_with(|| describe(r, io, lba, job.lba_size));
+                    .get_or_insert_with(|| describe(r, len, lba, job.lba_size));
                 failed = true;
                 continue;
             }
             // Latency of successful I/Os only: a failure's time says nothing about the device.
-            stats::record(
-                &mut res.hist,
+            res.record(
+                write,
                 now.duration_since(starts[slot]).as_nanos() as u64,
+                len as u64,
             );
-            res.ios += 1;
-            res.bytes += io as u64;
             if job.verify && !write {
-                gather(u.slot(slot).map_err(uerr(path))?, packed, &mut stream);
-                let bad = pattern::check(&stream, lba, lba_size, job.seed, &mut expect);
-                res.checked_blocks += job.io_blocks();
+                let one = [(0, len)];
+                gather(
+                    u.slot(slot).map_err(uerr(path))?,
+                    if packed.len() > 1 { packed } else { &one },
+                    &mut stream[..len],
+                );
+                let bad =
+                    pattern::check(&stream[..len], lba, lba_size, job.seed, &mut expect[..len]);
+                res.checked_blocks += blocks;
                 if let Some(m) = bad.first() {
                     res.first_mismatch.get_or_insert_with(|| m.to_string());
                 }
@@ -478,20 +587,28 @@ fn worker(
         if measuring && !stopped && !budget_left(budget, issued) && u.in_flight() == 0 {
             mark_end(&mut t_end, &mut cpu_end);
         }
-        publish(ctl, q, res.ios);
+        publish(ctl, q, res.ios, res.bytes);
     }
-    res.elapsed = t_end.unwrap_or_else(Instant::now).duration_since(t_start);
-    res.cpu = cpu_end
+    let elapsed = t_end.unwrap_or_else(Instant::now).duration_since(t_start);
+    let cpu_used = cpu_end
         .or_else(thread_cpu)
         .zip(cpu_start)
         .map(|(b, a)| b.saturating_sub(a));
-    res.counters.submitted = submitted;
-    res.counters.completed = completed;
-    res.counters.errors = res.errors;
-    res.counters.polls = polls;
-    res.counters.empty_polls = empty;
-    res.counters.syscalls = Some(syscalls);
-    res.counters.split_requests = Some(0);
+    res.counters.push(QueueCounters {
+        queue: q,
+        device: label.to_string(),
+        nsid: 1,
+        worker: q,
+        cpu,
+        submitted,
+        completed,
+        errors: res.errors,
+        polls,
+        empty_polls: empty,
+        syscalls: Some(syscalls),
+        split_requests: Some(0),
+        ..Default::default()
+    });
     if u.unknown_completions > 0 {
         res.first_error.get_or_insert_with(|| {
             format!(
@@ -500,5 +617,9 @@ fn worker(
             )
         });
     }
-    Ok(res)
+    Ok(WorkerResult {
+        elapsed,
+        cpu: cpu_used,
+        ctxs: vec![res],
+    })
 }
