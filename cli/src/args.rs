@@ -687,6 +687,15 @@ pub enum Mode {
     Poll,
     /// Sleep on the queue's MSI-X interrupt (vfio) or in io_uring_enter (io_uring).
     Irq,
+    /// Spin on the CQ an adaptive while, then sleep on the interrupt (vfio only).
+    Hybrid,
+}
+
+impl Mode {
+    /// Sleeps on interrupts at some point (irq, hybrid): needs MSI-X vectors.
+    pub fn uses_interrupts(self) -> bool {
+        self != Mode::Poll
+    }
 }
 
 impl fmt::Display for Mode {
@@ -694,6 +703,7 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::Poll => "poll",
             Mode::Irq => "irq",
+            Mode::Hybrid => "hybrid",
         })
     }
 }
@@ -787,7 +797,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_parser = parse_segments, allow_negative_numbers = true)]
     pub segments: u32,
 
-    /// Completion mode: spin on the CQ (poll) or sleep on the interrupt (irq).
+    /// Completion mode: spin on the CQ (poll), sleep on the interrupt (irq), or spin an
+    /// adaptive while and then sleep (hybrid; nvme-dio engine only).
     #[arg(long, value_enum, default_value_t = Mode::Poll)]
     pub mode: Mode,
 

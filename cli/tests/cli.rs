@@ -236,6 +236,18 @@ fn several_queues_and_interrupt_mode_run() {
         "{}",
         v["queues"][0]
     );
+    // Hybrid: spins, then sleeps; every I/O done once.
+    let v = bench_json(&[
+        "--mode",
+        "hybrid",
+        "--emu-thread",
+        "--ios",
+        "500",
+        "-q",
+        "1",
+    ]);
+    assert_eq!(v["settings"]["mode"], "hybrid");
+    assert_eq!(v["ios"], 500);
 }
 
 #[test]
@@ -935,6 +947,7 @@ fn identify_reports_what_bench_can_get_and_json_carries_units() {
 fn table_of_bad_invocations_fails_cleanly_with_a_sentence() {
     #[rustfmt::skip]
     let table: &[(&[&str], i32, &[&str])] = &[
+        (&["bench", "--engine", "io_uring", "--mode", "hybrid", "--device", "/dev/null"], 1, &["--mode hybrid is the vfio engine's"]),
         (&["bench", "--io-size", "4x"], 2, &["--io-size", "not a size"]),
         (&["bench", "-o", "1000"], 2, &["--io-size", "not a multiple of 512"]),
         (&["bench", "-o", "2g"], 2, &["--io-size", "more than 1 GiB"]),

@@ -327,6 +327,7 @@ fn vm_cli_setup_binds_every_idle_controller_status_shows_it_and_reset_gives_it_b
     wait_for_kernel_namespaces(&c.bdf);
     nvme_dio(&["setup", &c.bdf]);
     assert_eq!(status_of(&c.bdf).1["driver"], "vfio-pci");
+}
 
 /// SPDK perf's reach through VFIO: two QEMU controllers in one run on a core mask (one
 /// pinned worker per core), two queue pairs per namespace, the per device x core table.

@@ -636,7 +636,9 @@ fn vm_default_hybrid_mode_spins_then_sleeps_on_msix() {
         .unwrap();
     for tag in 0..50u64 {
         let buf = ctrl.memory().alloc(4096, 4096).unwrap();
-        qp.read(&ns, Lba(10_500 + tag), buf, tag).map_err(|r| r.error).unwrap();
+        qp.read(&ns, Lba(10_500 + tag), buf, tag)
+            .map_err(|r| r.error)
+            .unwrap();
         let c = wait_one(&mut qp, Duration::from_secs(30));
         assert_eq!(c.tag, tag);
         c.result.unwrap();

@@ -892,6 +892,9 @@ fn check_args(a: &BenchArgs) -> Result<(), CliError> {
     if a.bssplit.is_some() && a.segments > 1 {
         return bad("--bssplit and --segments do not combine: mixed sizes go as one buffer each; drop one of them".into());
     }
+    if a.mode == Mode::Hybrid && a.engine() == Engine::IoUring {
+        return bad("--mode hybrid is the vfio engine's (spin, then sleep on MSI-X); the io_uring engine has poll (spin on the CQ ring, or --iopoll) and irq".into());
+    }
     if a.num_qpairs > 1 && a.engine() == Engine::IoUring {
         return bad("-P (queue pairs per namespace) is a vfio engine option: the io_uring engine has one ring per worker; use --queues or --cpus for more".into());
     }
@@ -1629,7 +1632,11 @@ pub fn tag(r: &Report) -> String {
         } else {
             String::new()
         },
-        if s.mode == Mode::Irq { " irq" } else { "" }
+        match s.mode {
+            Mode::Poll => "",
+            Mode::Irq => " irq",
+            Mode::Hybrid => " hybrid",
+        }
     )
 }
 
@@ -1747,6 +1754,7 @@ pub fn human(r: &Report) -> String {
         match s.mode {
             Mode::Poll => "poll mode: the workers spin, so CPU and wall time are close",
             Mode::Irq => "irq mode: the workers sleep between completions",
+            Mode::Hybrid => "hybrid mode: the workers spin a while, then sleep",
         }
     );
     if r.ios == 0 {

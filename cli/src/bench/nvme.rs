@@ -226,7 +226,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, CliError> {
             .map(|n| layout.lanes_on(d * args.nsids.len() + n))
             .sum();
         let want = u16::try_from(lanes).unwrap_or(u16::MAX);
-        let opts = controller_options(want, args.mode == Mode::Irq, !args.no_sgl);
+        let opts = controller_options(want, args.mode.uses_interrupts(), !args.no_sgl);
         let (ctrl, description) = open_controller(device, emu, opts)?;
         descriptions.push(if args.devices.len() > 1 {
             format!("{}: {description}", labels[d])
@@ -322,10 +322,10 @@ fn bench_on(
             "emulated controller: the emulator works inside the doorbell write, so these are driver + emulator CPU figures, not a device's".into()
         });
     }
-    if any_emu && !args.emu_thread && args.mode == Mode::Irq {
+    if any_emu && !args.emu_thread && args.mode.uses_interrupts() {
         notes.push("--mode irq on the inline emulator: each completion is posted inside the doorbell write, so the worker finds it before it would sleep and never waits on the interrupt; add --emu-thread for a worker that really sleeps".into());
     }
-    if args.mode == Mode::Irq
+    if args.mode.uses_interrupts()
         && layout.ctxs.iter().any(|c| {
             layout.ctxs.iter().filter(|d| d.worker == c.worker).count() * c.lanes.len() > 1
         })
@@ -938,6 +938,7 @@ fn worker(
             let mode = match t.job.mode {
                 Mode::Poll => CompletionMode::Poll,
                 Mode::Irq => CompletionMode::Interrupt,
+                Mode::Hybrid => CompletionMode::Hybrid,
             };
             for (j, lp) in plan.lanes.iter().enumerate() {
                 let qp = ctrl
@@ -1074,13 +1075,13 @@ fn worker(
                     n += l.qp.poll();
                 }
             }
-            Mode::Irq if single => {
+            Mode::Irq | Mode::Hybrid if single => {
                 let l = &mut lanes[0];
                 n =
                     l.qp.wait(wait_slice)
                         .map_err(|e| CliError::driver(&l.counters.device, e))?;
             }
-            Mode::Irq => {
+            Mode::Irq | Mode::Hybrid => {
                 for l in lanes.iter_mut().filter(|l| l.busy()) {
                     n += l.qp.poll();
                 }
