@@ -390,6 +390,15 @@ pub enum BadOption {
         /// Vectors enabled.
         enabled: usize,
     },
+    /// A poll-mode queue pair offered to a poll group that sleeps on interrupts.
+    #[error(
+        "queue pair {qid} has no interrupt, and this poll group sleeps on interrupts: create it \
+         with CompletionMode::Interrupt, or use GroupMode::Poll"
+    )]
+    GroupNeedsInterrupt {
+        /// The queue pair's qid.
+        qid: u16,
+    },
 }
 
 /// Something a namespace or controller may lack.

@@ -93,6 +93,7 @@ mod future;
 mod io;
 mod namespace;
 mod options;
+mod poll_group;
 mod qpair;
 mod recovery;
 mod regio;
@@ -113,4 +114,7 @@ pub use nvme_dio_dma::{DmaBuf, DmaMemory, DmaPool, MemoryOptions, PageKind, PciF
 /// The NVMe spec types and command builders (for [`IoQueuePair::submit_raw`]).
 pub use nvme_dio_queue as spec;
 pub use nvme_dio_queue::{Lba, Nsid, Status};
+pub use poll_group::{
+    AddRejected, GroupCounters, GroupMode, GroupStats, GroupWaker, MemberId, PollGroup,
+};
 pub use qpair::{CompletionMode, DEFAULT_RETRIES, IoQueuePair, QueuePairOptions};
