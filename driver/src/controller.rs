@@ -23,7 +23,8 @@ use crate::namespace::Namespace;
 pub use crate::options::{ControllerInfo, ControllerOptions};
 use crate::qpair::{IoQueuePair, IrqParts, Parts, QueuePairOptions};
 use crate::regio::{
-    disable, enable, read_cap, read32, ready_timeout, set_number_of_queues, shutdown_timeout,
+    disable, enable, read_cap, read32, ready_timeout, set_coalescing, set_number_of_queues,
+    shutdown_timeout,
 };
 use crate::ring::DoorbellGate;
 
@@ -271,6 +272,11 @@ impl<D: PciFunction> Controller<D> {
                 .map_err(|e| Error::from(e).at(Stage::Interrupts))?;
         }
 
+        // Stage: interrupt coalescing (the admin queue is never coalesced).
+        if let Some(c) = opts.coalescing {
+            set_coalescing(bar, &mut admin, c, t).map_err(|e| e.at(Stage::InterruptCoalescing))?;
+        }
+
         let info = ControllerInfo {
             vid: id.vid(),
             serial: id.serial(),
@@ -287,6 +293,7 @@ impl<D: PciFunction> Controller<D> {
             max_namespaces: id.nn(),
             ready_timeout: limit,
             shutdown_timeout: shutdown_timeout(id.rtd3e(), cap),
+            coalescing: opts.coalescing,
             identify: Arc::new(id),
         };
         let quarantine = Quarantine {

@@ -23,6 +23,8 @@ pub enum Stage {
     SetNumberOfQueues,
     /// Enabling MSI-X vectors for interrupt-driven queue pairs.
     Interrupts,
+    /// Set Features: Interrupt Coalescing (`ControllerOptions::coalescing`).
+    InterruptCoalescing,
 }
 
 impl std::fmt::Display for Stage {
@@ -36,6 +38,7 @@ impl std::fmt::Display for Stage {
             Stage::IdentifyNamespaces => "identifying namespaces",
             Stage::SetNumberOfQueues => "Set Features (Number of Queues)",
             Stage::Interrupts => "enabling MSI-X",
+            Stage::InterruptCoalescing => "Set Features (Interrupt Coalescing)",
         })
     }
 }
@@ -389,6 +392,16 @@ pub enum BadOption {
         vector: u16,
         /// Vectors enabled.
         enabled: usize,
+    },
+    /// `Coalescing::new` out of range.
+    #[error(
+        "interrupt coalescing threshold {threshold} (1..=255) or time {time:?} (at most 25.5 ms)"
+    )]
+    Coalescing {
+        /// The threshold given.
+        threshold: u8,
+        /// The time given.
+        time: std::time::Duration,
     },
     /// A poll-mode queue pair offered to a poll group that sleeps on interrupts.
     #[error(

@@ -114,6 +114,7 @@ pub use nvme_dio_dma::{DmaBuf, DmaMemory, DmaPool, MemoryOptions, PageKind, PciF
 /// The NVMe spec types and command builders (for [`IoQueuePair::submit_raw`]).
 pub use nvme_dio_queue as spec;
 pub use nvme_dio_queue::{Lba, Nsid, Status};
+pub use options::Coalescing;
 pub use poll_group::{
     AddRejected, GroupCounters, GroupMode, GroupStats, GroupWaker, MemberId, PollGroup,
 };

@@ -441,6 +441,15 @@ impl EmuFunction {
         }
     }
 
+    /// Interrupt Coalescing as the host last set it (Set Features 08h, CDW11 bits 15:0):
+    /// `(threshold, time)` in the spec's encoding, the threshold 0's based and the time in
+    /// 100 us units; `(0, 0)` after power-on and after every controller reset. Recorded
+    /// only: the emulator still interrupts once per completion batch.
+    pub fn interrupt_coalescing(&self) -> (u8, u8) {
+        let v = self.shared.lock().int_coalescing;
+        (v as u8, (v >> 8) as u8)
+    }
+
     /// The counters.
     pub fn stats(&self) -> EmuStats {
         let s = self.shared.lock();
