@@ -130,6 +130,15 @@ pub enum Error {
     /// The request's arguments are out of range.
     #[error("invalid request: {0}")]
     Bad(BadRequest),
+    /// I/O on a namespace the controller removed while it ran.
+    #[error(
+        "namespace {nsid} was removed from the controller (Namespace Attribute Changed); take \
+         the current list from Controller::namespaces()"
+    )]
+    NamespaceRemoved {
+        /// The namespace.
+        nsid: Nsid,
+    },
     /// A request named a namespace the controller does not have.
     #[error("namespace {nsid} does not exist on this controller (active: {active:?})")]
     NoSuchNamespace {
@@ -537,7 +546,9 @@ impl Error {
             | Error::Bad(_)
             | Error::BadOption(_)
             | Error::ForeignBuffer { .. } => ErrorKind::InvalidInput,
-            Error::NoSuchNamespace { .. } | Error::OutOfRange { .. } => ErrorKind::OutOfRange,
+            Error::NoSuchNamespace { .. }
+            | Error::NamespaceRemoved { .. }
+            | Error::OutOfRange { .. } => ErrorKind::OutOfRange,
             Error::QueueFull { .. } | Error::NoFreeQueue { .. } => ErrorKind::QueueFull,
             Error::Aborted(AbortReason::Reset | AbortReason::QueueDeleted) => ErrorKind::Aborted,
             Error::Aborted(AbortReason::ResetFailed | AbortReason::AdminPoisoned) => {

@@ -89,6 +89,7 @@ mod completion;
 mod controller;
 mod device;
 pub mod error;
+mod events;
 mod future;
 mod io;
 mod namespace;
@@ -106,6 +107,7 @@ pub use device::{
     Device, DeviceSpec, DeviceSpecError, EMU_NULL_BYTES, EMU_RAM_BYTES, EmuSpec, OpenError,
 };
 pub use error::{Error, ErrorKind, Report, Stage};
+pub use events::{AERS, AsyncEvent, ErrorEvent, Event, HealthEvent, NamespaceChanges};
 pub use future::{AsyncQueuePair, InterruptFd, IoFailed, IoFuture};
 pub use io::Io;
 pub use namespace::Namespace;

@@ -180,6 +180,8 @@ impl<D: PciFunction> Shared<D> {
                 set_coalescing(bar, &mut admin, c, self.admin_timeout)
                     .map_err(|e| e.at(Stage::InterruptCoalescing))?;
             }
+            // The controller forgot its AERs and its event configuration.
+            crate::events::arm_events(bar, &mut admin, &self.info.identify, self.admin_timeout);
             Ok(())
         };
         // A controller can wedge in its reset (CSTS.CFS after CC.EN = 1, or RDY never

@@ -320,7 +320,7 @@ fn map_error(op: &'static str, iova: u64, len: usize, e: TableError) -> nvme_dio
 /// The emulated NVMe controller as a PCIe function (see the crate documentation).
 #[derive(Debug)]
 pub struct EmuFunction {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     bar: EmuBar,
     mapper: Arc<EmuMapper>,
     thread: Option<JoinHandle<()>>,
@@ -562,9 +562,15 @@ impl EmuFunction {
         posted
     }
 
-    /// Number of commands currently held (dropped, delayed, Async Event Requests).
+    /// Number of commands currently held (dropped or delayed; Asynchronous Event Requests
+    /// waiting for an event are counted by [`EmuFunction::outstanding_aers`]).
     pub fn held_commands(&self) -> usize {
-        self.shared.lock().held.len()
+        self.shared.lock().held.iter().filter(|h| !h.aer).count()
+    }
+
+    /// Asynchronous Event Requests the controller holds, waiting for an event.
+    pub fn outstanding_aers(&self) -> usize {
+        self.shared.lock().held.iter().filter(|h| h.aer).count()
     }
 
     /// A one-line summary of the queues (head, tail, phase, held-for-room entries), for

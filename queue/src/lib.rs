@@ -34,6 +34,7 @@
 
 pub mod cmd;
 pub mod entry;
+pub mod event;
 pub mod identify;
 pub mod opcode;
 pub mod plan;
