@@ -32,6 +32,12 @@ pub enum Command {
     Setup(SetupArgs),
     /// Give a controller back to the kernel's nvme driver.
     Reset(ResetArgs),
+    /// Show the SMART / Health log (nvme-cli's smart-log).
+    SmartLog(crate::health::SmartLogArgs),
+    /// Show the Error Information log (nvme-cli's error-log).
+    ErrorLog(crate::health::ErrorLogArgs),
+    /// Show a feature, or all the common ones (nvme-cli's get-feature).
+    GetFeature(crate::health::GetFeatureArgs),
 }
 
 /// Which device to drive.

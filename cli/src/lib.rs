@@ -6,6 +6,8 @@
 //!   figure. Human summary, `--json`, an SVG latency histogram, `--verify`.
 //! - `list`: the NVMe controllers in sysfs, their drivers, IOMMU groups, NUMA nodes, disks.
 //! - `identify`: what a controller and its namespaces report.
+//! - `smart-log`, `error-log`, `get-feature`: health, errors and features, nvme-cli style
+//!   (`health.rs`).
 //! - `setup` / `reset`: bind a controller to vfio-pci (with the safety checks: mounted
 //!   filesystems, IOMMU group viability, RLIMIT_MEMLOCK, hugepages) and give it back.
 //!
@@ -23,6 +25,7 @@
 pub mod args;
 pub mod bench;
 pub mod error;
+pub mod health;
 pub mod identify;
 pub mod list;
 pub mod out;
@@ -44,5 +47,8 @@ pub fn run(cli: args::Cli) -> Result<(), CliError> {
         args::Command::Identify(a) => identify::run(&a),
         args::Command::Setup(a) => setup::setup(&sysfs::Sysfs::host(), &a),
         args::Command::Reset(a) => setup::reset(&sysfs::Sysfs::host(), &a),
+        args::Command::SmartLog(a) => health::smart_log(&a),
+        args::Command::ErrorLog(a) => health::error_log(&a),
+        args::Command::GetFeature(a) => health::get_feature(&a),
     }
 }

@@ -300,6 +300,9 @@ pub enum Nonsense {
     /// An Identify page could not be parsed.
     #[error("an Identify page")]
     Identify(#[source] nvme_dio_queue::IdentifyError),
+    /// A log page that does not parse.
+    #[error("a log page")]
+    Log(#[source] nvme_dio_queue::log::LogError),
     /// A namespace's current LBA format is not one it lists.
     #[error("namespace {nsid} uses LBA format {index} of the {count} it lists")]
     LbaFormatIndex {

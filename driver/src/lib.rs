@@ -91,6 +91,7 @@ mod device;
 pub mod error;
 mod events;
 mod future;
+mod health;
 mod io;
 mod namespace;
 mod options;
@@ -109,6 +110,10 @@ pub use device::{
 pub use error::{Error, ErrorKind, Report, Stage};
 pub use events::{AERS, AsyncEvent, ErrorEvent, Event, HealthEvent, NamespaceChanges};
 pub use future::{AsyncQueuePair, InterruptFd, IoFailed, IoFuture};
+pub use health::{
+    COMMON_FEATURES, CriticalWarning, ErrorLogEntry, FirmwareSlotLog, LogError, SmartLog,
+    decode_feature, feature_name,
+};
 pub use io::Io;
 pub use namespace::Namespace;
 pub use nvme_dio_dma::VfioFunction;

@@ -145,6 +145,11 @@ impl State {
                 | feature::INTERRUPT_COALESCING
                 | feature::VOLATILE_WRITE_CACHE
                 | feature::ASYNC_EVENT_CONFIG
+                | feature::ARBITRATION
+                | feature::POWER_MANAGEMENT
+                | feature::TEMPERATURE_THRESHOLD
+                | feature::ERROR_RECOVERY
+                | feature::WRITE_ATOMICITY
         ) {
             return Err(generic(sc::INVALID_FIELD));
         }
@@ -177,6 +182,14 @@ impl State {
                     0
                 }
             }
+            // Fixed values, as QEMU reports them: arbitration burst 7 (no limit) with
+            // weights 1; power state 0; over-temperature threshold of the composite sensor
+            // at 343 K (70 C); no time-limited error recovery; normal atomicity on.
+            feature::ARBITRATION => 7,
+            feature::POWER_MANAGEMENT => 0,
+            feature::TEMPERATURE_THRESHOLD => 343,
+            feature::ERROR_RECOVERY => 0,
+            feature::WRITE_ATOMICITY => 0,
             _ => {
                 if current {
                     self.vwc_enabled as u32

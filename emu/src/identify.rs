@@ -51,6 +51,8 @@ pub(crate) fn controller(s: &State) -> Vec<u8> {
     p[259] = AERL as u8; // AERL (zero-based)
     p[260] = 0x02; // FRMW: one slot
     p[262] = 3; // ELPE (zero-based: 4 error log entries)
+    put16(&mut p, 266, 343); // WCTEMP: warning composite temperature, 70 C
+    put16(&mut p, 268, 358); // CCTEMP: critical composite temperature, 85 C
     p[263] = 0; // NPSS (zero-based: one power state)
     p[512] = 0x66; // SQES: 64 bytes min and max
     p[513] = 0x44; // CQES: 16 bytes min and max

@@ -109,7 +109,11 @@ fn events_come_through_again_after_a_reset() {
     let (dev, ctrl) = bring_up(one_ns(), Mode::Inline);
     ctrl.reset().unwrap();
     // The reset made the controller forget its AERs and its event configuration.
-    assert_eq!(dev.outstanding_aers(), 4, "AERs placed again after the reset");
+    assert_eq!(
+        dev.outstanding_aers(),
+        4,
+        "AERs placed again after the reset"
+    );
     assert_eq!(dev.async_event_config(), 0xff | 1 << 8 | 1 << 9);
     dev.raise_event(AsyncEvent::Health(HealthEvent::SpareBelowThreshold));
     assert_eq!(
