@@ -501,7 +501,10 @@ mod tests {
         let h = error_human(&r);
         assert!(h.contains("error_count     : 3"), "{h}");
         assert!(h.contains("cmdid           : 0x42"), "{h}");
-        assert!(h.contains("status_field    : 0x80 (LBA Out of Range"), "{h}");
+        assert!(
+            h.contains("status_field    : 0x80 (LBA Out of Range"),
+            "{h}"
+        );
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["errors"][0]["status_field"], 0x80);
         assert_eq!(j["errors"][0]["sqid"], 1);

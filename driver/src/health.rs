@@ -5,7 +5,7 @@
 
 use nvme_dio_dma::PciFunction;
 use nvme_dio_queue::Nsid;
-use nvme_dio_queue::cmd::{GetFeatures, GetLogPage};
+use nvme_dio_queue::cmd::{GetFeatures, GetLogPage, SetFeatures};
 pub use nvme_dio_queue::log::{
     COMMON_FEATURES, CriticalWarning, ErrorLogEntry, FirmwareSlotLog, LogError, SmartLog,
     decode_feature, feature_name,
@@ -86,6 +86,24 @@ impl<D: PciFunction> Controller<D> {
         s.check_live()?;
         let mut admin = lock_admin(s)?;
         let cqe = admin.execute(s.dev.bar0(), GetFeatures::fid(fid).build(), s.admin_timeout)?;
+        Ok(cqe.result)
+    }
+
+    /// Sets feature `fid` to `cdw11` (Set Features, not saved across power cycles) and
+    /// returns the completion's DW0. For features without a data buffer (temperature
+    /// threshold, power management, arbitration...). The driver programs Number of Queues,
+    /// Interrupt Coalescing and the event configuration itself: changing those here is
+    /// undone by the next reset.
+    ///
+    /// # Errors
+    ///
+    /// The controller is not live, or it refused.
+    pub fn set_feature(&self, fid: u8, cdw11: u32) -> Result<u32, Error> {
+        let s = self.shared();
+        s.check_live()?;
+        let mut admin = lock_admin(s)?;
+        let sqe = SetFeatures::raw(fid, cdw11).build();
+        let cqe = admin.execute(s.dev.bar0(), sqe, s.admin_timeout)?;
         Ok(cqe.result)
     }
 }

@@ -113,6 +113,7 @@ impl State {
                 self.int_coalescing = s.cdw11 & 0xffff;
                 Ok(0)
             }
+            feature::TEMPERATURE_THRESHOLD => self.set_temperature_threshold(s.cdw11),
             feature::ASYNC_EVENT_CONFIG => {
                 self.events.config = s.cdw11;
                 // Enabled notices may be waiting already.
@@ -187,7 +188,7 @@ impl State {
             // at 343 K (70 C); no time-limited error recovery; normal atomicity on.
             feature::ARBITRATION => 7,
             feature::POWER_MANAGEMENT => 0,
-            feature::TEMPERATURE_THRESHOLD => 343,
+            feature::TEMPERATURE_THRESHOLD => self.temperature_threshold(),
             feature::ERROR_RECOVERY => 0,
             feature::WRITE_ATOMICITY => 0,
             _ => {

@@ -85,6 +85,9 @@ pub(crate) struct Events {
     pub(crate) errors: Vec<ErrorEntry>,
     pub(crate) error_count: u64,
     pub(crate) health: Health,
+    /// Over-temperature threshold of the composite sensor (Set Features 04h), kelvin;
+    /// 0 until set (then 343 K is reported).
+    pub(crate) temp_threshold: u16,
     /// Events delivered through AER completions.
     pub(crate) delivered: u64,
 }
@@ -150,6 +153,34 @@ impl State {
         };
         self.events.masked &= !(1 << ty);
         self.deliver_events();
+    }
+
+    /// Set Features Temperature Threshold (04h), composite sensor, over-temperature: as
+    /// QEMU does, a temperature above the new threshold sets the critical warning and
+    /// raises a temperature event (if the host enabled it).
+    pub(crate) fn set_temperature_threshold(&mut self, cdw11: u32) -> Result<u32, Status> {
+        let (tmpsel, thsel) = ((cdw11 >> 16) & 0xf, (cdw11 >> 20) & 0x3);
+        if tmpsel != 0 || thsel != 0 {
+            return Err(Status::new(0, 0x02)); // only the composite over-temperature one
+        }
+        self.events.temp_threshold = cdw11 as u16;
+        let h = &mut self.events.health;
+        if h.temperature_kelvin > cdw11 as u16 && h.critical_warning & 2 == 0 {
+            h.critical_warning |= 2;
+            if self.events.config & 2 != 0 {
+                let e = AsyncEvent::Health(nvme_dio_queue::event::HealthEvent::Temperature);
+                self.raise(AsyncEventInfo::for_event(e).to_dw0());
+            }
+        }
+        Ok(0)
+    }
+
+    /// Get Features Temperature Threshold (04h), current value.
+    pub(crate) fn temperature_threshold(&self) -> u32 {
+        match self.events.temp_threshold {
+            0 => 343,
+            t => t as u32,
+        }
     }
 
     /// A Namespace Attribute Changed notice for `nsid`, if the host enabled them.

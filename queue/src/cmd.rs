@@ -488,6 +488,12 @@ impl SetFeatures {
         }
     }
 
+    /// Any feature without a data buffer: identifier `fid` (see
+    /// [`crate::opcode::feature`]), value `cdw11` as the spec lays it out.
+    pub fn raw(fid: u8, cdw11: u32) -> Self {
+        SetFeatures { fid, cdw11 }
+    }
+
     /// Volatile Write Cache (FID 06h): WCE (bit 0).
     pub fn volatile_write_cache(enable: bool) -> Self {
         SetFeatures {
@@ -862,6 +868,8 @@ mod tests {
         assert_eq!((s.nsid, s.cdw10), (0, 0x04 | 1023 << 16));
         let s = SetFeatures::async_event_config(0x1f, true, true).build();
         assert_eq!((s.cdw10, s.cdw11), (0x0b, 0x1f | 1 << 8 | 1 << 9));
+        let s = SetFeatures::raw(0x04, 343).build();
+        assert_eq!((s.opc, s.cdw10, s.cdw11), (0x09, 0x04, 343));
         let g = GetFeatures::fid(0x04).build();
         assert_eq!((g.opc, g.cdw10), (0x0a, 0x04));
         let a = AsyncEventRequest::new().build();

@@ -225,3 +225,25 @@ fn namespaces_added_resized_and_removed_at_run_time_are_seen() {
     );
     assert!(dev.ub_events().is_empty(), "{:?}", dev.ub_events());
 }
+
+#[test]
+fn a_temperature_threshold_below_the_temperature_raises_a_health_event() {
+    use nvme_dio::spec::opcode::feature;
+    let (_dev, ctrl) = bring_up(one_ns(), Mode::Inline);
+    assert_eq!(
+        ctrl.get_feature(feature::TEMPERATURE_THRESHOLD).unwrap(),
+        343
+    );
+    // 40 C now; a 30 C (303 K) over-temperature threshold is crossed at once.
+    ctrl.set_feature(feature::TEMPERATURE_THRESHOLD, 303)
+        .unwrap();
+    assert_eq!(
+        ctrl.poll_events().unwrap(),
+        vec![Event::Health(HealthEvent::Temperature)]
+    );
+    assert!(ctrl.smart_log().unwrap().critical_warning.temperature());
+    assert_eq!(
+        ctrl.get_feature(feature::TEMPERATURE_THRESHOLD).unwrap(),
+        303
+    );
+}
