@@ -21,6 +21,15 @@
 //!   on its MSI-X eventfd ([`CompletionMode`]), and handed out as [`Completion`]s carrying
 //!   the caller's tag, the result and the buffers.
 //!
+//! - Many queue pairs (on one or several controllers) can be driven by one thread as a
+//!   [`PollGroup`], with one wait over all of them and hybrid completion (spin while I/O
+//!   flows, sleep on one epoll over the MSI-X eventfds when idle).
+//! - A long-running service also hears from the device: [`Controller::poll_events`]
+//!   (Asynchronous Event Requests kept outstanding; health warnings, namespace changes with
+//!   the list refreshed), the SMART / Health, Error and Firmware logs as typed structures,
+//!   Get/Set Features, interrupt coalescing ([`ControllerOptions::coalescing`]), and a
+//!   [`DeviceWatcher`] for controllers bound to vfio-pci after start or gone while idle.
+//!
 //! The data path, file by file: `submit.rs` (the [`Io`] request, plan, data pointer, entry
 //! into the SQ slot) -> `ring.rs` (doorbell without a lock, CQ slot, phase) -> `qpair.rs`
 //! (CQEs fed to the core, deadlines, resets) -> `completion.rs` ([`Completion`]). Every
@@ -101,6 +110,7 @@ mod recovery;
 mod regio;
 mod ring;
 mod submit;
+mod watcher;
 
 pub use completion::{Bufs, Completion, Completions, QueueStats, Rejected};
 pub use controller::{Controller, ControllerInfo, ControllerOptions};
@@ -126,3 +136,4 @@ pub use poll_group::{
     AddRejected, GroupCounters, GroupMode, GroupStats, GroupWaker, MemberId, PollGroup,
 };
 pub use qpair::{CompletionMode, DEFAULT_RETRIES, IoQueuePair, QueuePairOptions};
+pub use watcher::{DeviceEvent, DeviceWatcher};
