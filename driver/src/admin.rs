@@ -82,7 +82,14 @@ impl AdminQueue {
 
     /// Submits Asynchronous Event Requests until `want` are outstanding (they complete
     /// only when an event occurs, and each holds an admin slot meanwhile).
-    pub(crate) fn arm_aers<B: Bar0>(&mut self, bar: &B, want: u32) {
+    ///
+    /// Then it waits for one ordinary admin command (Get Features, Number of Queues): an
+    /// AER never completes, so nothing else says the controller has fetched its entry, and
+    /// a controller dropped right after (its admin SQ unmapped) would then read freed
+    /// memory. That command's completion reports an SQ head past the AERs: they were
+    /// consumed. (Seen in the VM suite: QEMU fetched an AER entry after the controller was
+    /// dropped, an IOMMU fault and CSTS.CFS.)
+    pub(crate) fn arm_aers<B: Bar0>(&mut self, bar: &B, want: u32, timeout: Duration) {
         let mut placed = false;
         while self.aers < want {
             let sqe = nvme_dio_queue::cmd::AsyncEventRequest::new().build();
@@ -100,6 +107,10 @@ impl AdminQueue {
         if placed && let Some(tail) = self.core.take_sq_doorbell() {
             nvme_dio_dma::barrier::wmb();
             bar.write32(self.sq_db, tail);
+        }
+        if placed {
+            let fence = nvme_dio_queue::cmd::GetFeatures::number_of_queues().build();
+            let _ = self.execute(bar, fence, timeout);
         }
     }
 

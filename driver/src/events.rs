@@ -101,7 +101,7 @@ pub(crate) fn arm_events<B: Bar0>(
     let oaes = id.oaes();
     let cfg = SetFeatures::async_event_config(0xff, oaes & 1 << 8 != 0, oaes & 1 << 9 != 0);
     let _ = admin.execute(bar, cfg.build(), t);
-    admin.arm_aers(bar, aers_for(id.aerl()));
+    admin.arm_aers(bar, aers_for(id.aerl()), t);
 }
 
 impl<D: PciFunction> Shared<D> {
@@ -219,7 +219,7 @@ impl<D: PciFunction> Controller<D> {
             let changes = s.refresh_namespaces(&mut admin)?;
             out.push(Event::Namespaces(changes));
         }
-        admin.arm_aers(bar, aers_for(s.info.identify.aerl()));
+        admin.arm_aers(bar, aers_for(s.info.identify.aerl()), s.admin_timeout);
         Ok(out)
     }
 

@@ -247,3 +247,25 @@ fn a_temperature_threshold_below_the_temperature_raises_a_health_event() {
         303
     );
 }
+
+/// An AER never completes, so nothing but a later command says the controller fetched it:
+/// a controller dropped right after bring-up must not leave an AER entry unfetched in an
+/// admin SQ that is unmapped next (the VM suite saw QEMU read it: an IOMMU fault, CFS).
+/// The threaded emulator fetches entries on its own thread, as QEMU does.
+#[test]
+fn a_controller_dropped_at_once_leaves_no_aer_unfetched() {
+    for i in 0..40 {
+        let cfg = EmuConfig {
+            mode: Mode::Thread,
+            ..EmuConfig::default()
+        };
+        let dev = Arc::new(EmuFunction::new(cfg).unwrap());
+        let opts = ControllerOptions::default().memory(MemoryOptions::any_pages(16 << 20));
+        let ctrl = Controller::new(Arc::clone(&dev), opts).unwrap();
+        drop(ctrl);
+        // Let the controller's thread run whatever it still had.
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(dev.err_events(), Vec::<String>::new(), "run {i}");
+        assert_eq!(dev.outstanding_aers(), 4, "run {i}: every AER was fetched");
+    }
+}
