@@ -441,6 +441,15 @@ pub enum Feature {
         "an interrupt eventfd on a poll-mode queue pair (create it with CompletionMode::Interrupt)"
     )]
     InterruptFd,
+    /// Interrupt coalescing (Set Features 08h) refused by the controller.
+    #[error(
+        "interrupt coalescing (Set Features 08h refused with {status}; QEMU 7.2 does so: leave \
+         ControllerOptions::coalescing unset)"
+    )]
+    InterruptCoalescing {
+        /// What the controller answered.
+        status: Status,
+    },
 }
 
 /// Why a request in flight was aborted.

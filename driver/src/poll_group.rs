@@ -499,7 +499,9 @@ impl<D: PciFunction> PollGroup<D> {
             if left.is_zero() {
                 return Ok(0);
             }
-            let slice = left.min(self.slice());
+            // epoll counts whole milliseconds and rounds down: round up instead, so a
+            // remainder under a millisecond is one short sleep, not a spin of zero-length ones.
+            let slice = ceil_ms(left.min(self.slice()));
             bump(&self.counters.sleeps);
             let (irq, woken) = {
                 let events = self
@@ -578,6 +580,11 @@ impl<D: PciFunction> PollGroup<D> {
         out.extend(std::iter::from_fn(|| self.next_completion()));
         Ok(out)
     }
+}
+
+/// `d` rounded up to whole milliseconds.
+fn ceil_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX))
 }
 
 impl<D: PciFunction> AsRawFd for PollGroup<D> {

@@ -162,7 +162,14 @@ pub(crate) fn set_coalescing<B: Bar0>(
     timeout: Duration,
 ) -> Result<(), Error> {
     let sqe = SetFeatures::interrupt_coalescing(c.threshold, c.time_100us).build();
-    admin.execute(bar, sqe, timeout).map(|_| ())
+    match admin.execute(bar, sqe, timeout) {
+        Ok(_) => Ok(()),
+        // The controller answered: it does not do it (QEMU 7.2: Feature Not Changeable).
+        Err(Error::Command { status, .. }) => Err(Error::NotSupported(
+            crate::error::Feature::InterruptCoalescing { status },
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// A queue deletion's result: true if the controller no longer has the queue (deleted, or

@@ -140,8 +140,25 @@ fn vm_services_hybrid_sleeps_on_msix_and_wakes_on_completions() {
 #[test]
 #[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
 fn vm_services_smart_error_firmware_logs_and_features_from_qemu() {
+    // QEMU 7.2 has no interrupt coalescing: Set Features 08h is refused with Feature Not
+    // Changeable, and bring-up says so clearly.
+    vm::expect_trace_err("pci_nvme_err_req_status");
     let c = Coalescing::new(8, Duration::from_micros(200)).unwrap();
-    let ctrl = open("default", ControllerOptions::default().coalescing(Some(c)));
+    let bdf = vm::controller("default").unwrap().bdf;
+    let dev = VfioFunction::open(&bdf).unwrap();
+    let e = Controller::new(
+        Arc::new(dev),
+        ControllerOptions::default().coalescing(Some(c)),
+    )
+    .unwrap_err();
+    println!("{}", e.report());
+    assert_eq!(e.kind(), nvme_dio::ErrorKind::Unsupported, "{}", e.report());
+    assert!(
+        e.report().contains("Feature Not Changeable"),
+        "{}",
+        e.report()
+    );
+    let ctrl = open("default", ControllerOptions::default());
     // A few reads so the counters move.
     let ns = ctrl.namespace(1).unwrap();
     let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
@@ -171,7 +188,12 @@ fn vm_services_smart_error_firmware_logs_and_features_from_qemu() {
     let f = ctrl.firmware_slot_log().unwrap();
     println!("QEMU firmware slots: {f:?}");
     assert_eq!(f.active_slot, 1);
-    assert_eq!(f.slots[0].as_deref(), Some(ctrl.info().firmware.trim()));
+    // QEMU 7.2 reports "1.0" in slot 1 while Identify's firmware revision is its own
+    // version ("7.2.22"): only that slot 1 holds something is checked.
+    assert!(
+        f.slots[0].as_deref().is_some_and(|r| !r.is_empty()),
+        "{f:?}"
+    );
 
     // Error Recovery is per namespace (QEMU refuses NSID 0): not read here.
     for (fid, name) in COMMON_FEATURES {
@@ -183,15 +205,9 @@ fn vm_services_smart_error_firmware_logs_and_features_from_qemu() {
             .unwrap_or_else(|e| panic!("{name}: {}", e.report()));
         println!("{name}: {v:#x} {:?}", decode_feature(fid, v));
     }
-    // The coalescing the controller option asked for reached QEMU.
+    // QEMU keeps no coalescing: threshold 0 (one completion), time 0.
     let ic = ctrl.get_feature(feature::INTERRUPT_COALESCING).unwrap();
-    assert_eq!(
-        decode_feature(feature::INTERRUPT_COALESCING, ic),
-        [
-            ("aggregation threshold", 8),
-            ("aggregation time (100 us)", 2)
-        ]
-    );
+    assert_eq!(ic & 0xffff, 0, "{ic:#x}");
     let aec = ctrl.get_feature(feature::ASYNC_EVENT_CONFIG).unwrap();
     assert_eq!(aec & 0xff, 0xff, "SMART warnings enabled: {aec:#x}");
 }
@@ -217,4 +233,30 @@ fn vm_services_qemu_reports_a_temperature_event_through_an_aer() {
     assert!(ctrl.smart_log().unwrap().critical_warning.temperature());
     ctrl.set_feature(feature::TEMPERATURE_THRESHOLD, was & 0xffff)
         .unwrap();
+}
+
+#[test]
+#[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
+fn vm_services_watcher_finds_the_vfio_bound_controllers_and_an_idle_one_gone() {
+    use nvme_dio::{DeviceEvent, DeviceWatcher};
+    let matrix = vm::matrix().expect("in the VM guest");
+    let mut w = DeviceWatcher::new();
+    let arrived: Vec<String> = w
+        .scan()
+        .into_iter()
+        .filter_map(|e| match e {
+            DeviceEvent::Arrived(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    println!("bound to vfio-pci: {arrived:?}");
+    // The hotplug controller may have been unplugged by an earlier test of this boot.
+    for c in matrix.iter().filter(|c| c.role != "hotplug") {
+        assert!(arrived.contains(&c.bdf), "{} not found: {arrived:?}", c.bdf);
+    }
+    assert_eq!(w.scan(), [], "nothing changed");
+    // A watched controller that stays up is not reported.
+    let ctrl = open("default", ControllerOptions::default());
+    w.watch(vm::controller("default").unwrap().bdf, ctrl.clone());
+    assert_eq!(w.scan(), []);
 }
