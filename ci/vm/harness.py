@@ -46,6 +46,9 @@ VM_TESTS: list[tuple[str, str]] = [
     ("nvme-dio-tests", "vm_cli"),
     ("nvme-dio-tests", "vm_examples"),
     ("nvme-dio-tests", "vm_fio"),
+    # Issue 15 (services): poll groups, hybrid completion, events, logs. Uses the default
+    # and mdts0 controllers; no devices of its own.
+    ("nvme-dio-tests", "vm_services"),
 ]
 # EXTRA_BINS: other binaries copied to the guest's /bin (a test may run them by name):
 # ("bin", package, name) or ("example", package, name). A missing one fails the build.

@@ -34,6 +34,12 @@ pub enum Command {
     Reset(ResetArgs),
     /// Overlay the latency CDFs and histograms of several `bench --json` runs in one SVG.
     Plot(PlotArgs),
+    /// Show the SMART / Health log (nvme-cli's smart-log).
+    SmartLog(crate::health::SmartLogArgs),
+    /// Show the Error Information log (nvme-cli's error-log).
+    ErrorLog(crate::health::ErrorLogArgs),
+    /// Show a feature, or all the common ones (nvme-cli's get-feature).
+    GetFeature(crate::health::GetFeatureArgs),
 }
 
 /// Which device to drive.

@@ -7,6 +7,8 @@
 //! - `list`: the NVMe controllers in sysfs, their drivers, IOMMU groups, NUMA nodes, disks.
 //! - `identify`: what a controller and its namespaces report.
 //! - `plot`: the latency CDFs and histograms of several `bench --json` runs in one SVG.
+//! - `smart-log`, `error-log`, `get-feature`: health, errors and features, nvme-cli style
+//!   (`health.rs`).
 //! - `setup` / `reset`: bind controllers to vfio-pci (one, several, or every one not in use,
 //!   with `PCI_ALLOWED` / `PCI_BLOCKED`; the safety checks: mounts, swap, holders, IOMMU
 //!   group viability, RLIMIT_MEMLOCK), reserve hugepages (per NUMA node too), `setup status`,
@@ -26,6 +28,7 @@
 pub mod args;
 pub mod bench;
 pub mod error;
+pub mod health;
 pub mod identify;
 pub mod list;
 pub mod out;
@@ -49,5 +52,8 @@ pub fn run(cli: args::Cli) -> Result<(), CliError> {
         args::Command::Setup(a) => setup::setup(&sysfs::Sysfs::host(), &a),
         args::Command::Reset(a) => setup::reset(&sysfs::Sysfs::host(), &a),
         args::Command::Plot(a) => plot::run(&a),
+        args::Command::SmartLog(a) => health::smart_log(&a),
+        args::Command::ErrorLog(a) => health::error_log(&a),
+        args::Command::GetFeature(a) => health::get_feature(&a),
     }
 }

@@ -27,7 +27,14 @@ pub(crate) struct AdminQueue {
     /// Completions nobody waited for: an Abort's, or one that came after its command had
     /// timed out.
     pub(crate) late: u64,
+    /// Asynchronous Event Requests outstanding (tags from [`AER_TAG`] up).
+    pub(crate) aers: u32,
+    /// Completion DW0s of AERs that completed successfully, not yet handed out.
+    pub(crate) events: Vec<u32>,
 }
+
+/// Tags of Asynchronous Event Requests: never those of `execute` (which counts up from 0).
+const AER_TAG: u64 = 1 << 63;
 
 /// The admin queue's sink: entries only (admin commands carry their own data pointer).
 struct AdminSink<'a>(&'a SqMem);
@@ -61,6 +68,8 @@ impl AdminQueue {
             cq_db: regs::cq_head_doorbell(Qid::ADMIN, dstrd),
             next_tag: 0,
             late: 0,
+            aers: 0,
+            events: Vec::new(),
         })
     }
 
@@ -70,6 +79,70 @@ impl AdminQueue {
         self.cq.clear();
         self.core.on_teardown(Teardown::Reset, 0);
         while self.core.next_delivery().is_some() {}
+        // The controller forgot its AERs with its queues: the caller arms new ones.
+        self.aers = 0;
+    }
+
+    /// Submits Asynchronous Event Requests until `want` are outstanding (they complete
+    /// only when an event occurs, and each holds an admin slot meanwhile).
+    ///
+    /// Then it waits for one ordinary admin command (Get Features, Number of Queues): an
+    /// AER never completes, so nothing else says the controller has fetched its entry, and
+    /// a controller dropped right after (its admin SQ unmapped) would then read freed
+    /// memory. That command's completion reports an SQ head past the AERs: they were
+    /// consumed. (Seen in the VM suite: QEMU fetched an AER entry after the controller was
+    /// dropped, an IOMMU fault and CSTS.CFS.)
+    pub(crate) fn arm_aers<B: Bar0>(&mut self, bar: &B, want: u32, timeout: Duration) {
+        let mut placed = false;
+        while self.aers < want {
+            let sqe = nvme_dio_queue::cmd::AsyncEventRequest::new().build();
+            let tag = AER_TAG | self.next_tag;
+            self.next_tag += 1;
+            let r = self.core.submit(&mut AdminSink(&self.sq), tag, (), |_, _| {
+                Ok::<_, std::convert::Infallible>(sqe)
+            });
+            if r.is_err() {
+                break; // the ring is full: fewer AERs, events still come through them
+            }
+            self.aers += 1;
+            placed = true;
+        }
+        if placed && let Some(tail) = self.core.take_sq_doorbell() {
+            nvme_dio_dma::barrier::wmb();
+            bar.write32(self.sq_db, tail);
+        }
+        if placed {
+            let fence = nvme_dio_queue::cmd::GetFeatures::number_of_queues().build();
+            let _ = self.execute(bar, fence, timeout);
+        }
+    }
+
+    /// Reaps what the admin CQ holds without waiting: AER completions become `events`,
+    /// anything else is a late completion.
+    pub(crate) fn reap<B: Bar0>(&mut self, bar: &B) {
+        while let Some(cqe) = self.cq.read_new(self.core.cq_head(), self.core.cq_phase()) {
+            self.core.on_cqe(cqe);
+            if let Some(head) = self.core.take_cq_doorbell() {
+                bar.write32(self.cq_db, head);
+            }
+            while let Some(d) = self.core.next_delivery() {
+                self.route_other(d.tag, &d.outcome, d.result);
+            }
+        }
+    }
+
+    /// A delivery that is not the command `execute` waits for.
+    fn route_other(&mut self, tag: u64, outcome: &Outcome, result: u32) {
+        if tag & AER_TAG == 0 {
+            self.late += 1;
+            return;
+        }
+        self.aers = self.aers.saturating_sub(1);
+        // An AER that failed (Abort Requested when the controller is reset, AER Limit
+        // Exceeded) carries no event.
+        if matches!(outcome, Outcome::Success) {
+            self.events.push(result);
+        }
     }
 
     /// Never frees the rings (the controller may still write them).
@@ -154,7 +227,7 @@ impl AdminQueue {
                 }
                 while let Some(d) = self.core.next_delivery() {
                     if d.tag != tag {
-                        self.late += 1;
+                        self.route_other(d.tag, &d.outcome, d.result);
                         continue;
                     }
                     return match d.outcome {

@@ -5,7 +5,7 @@
 //! threads and create one [`IoQueuePair`] per thread.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use nvme_dio_dma::{Bar0, DmaMemory, PciFunction};
@@ -23,7 +23,8 @@ use crate::namespace::Namespace;
 pub use crate::options::{ControllerInfo, ControllerOptions};
 use crate::qpair::{IoQueuePair, IrqParts, Parts, QueuePairOptions};
 use crate::regio::{
-    disable, enable, read_cap, read32, ready_timeout, set_number_of_queues, shutdown_timeout,
+    disable, enable, read_cap, read32, ready_timeout, set_coalescing, set_number_of_queues,
+    shutdown_timeout,
 };
 use crate::ring::DoorbellGate;
 
@@ -33,7 +34,8 @@ pub(crate) struct Shared<D: PciFunction> {
     pub(crate) page: PageSize,
     pub(crate) dstrd: u8,
     pub(crate) info: ControllerInfo,
-    pub(crate) namespaces: Vec<Namespace>,
+    /// The active namespaces; replaced by a refresh (Namespace Attribute Changed).
+    pub(crate) namespaces: RwLock<Vec<Namespace>>,
     pub(crate) admin: Mutex<AdminQueue>,
     pub(crate) admin_timeout: Duration,
     pub(crate) prp_list_pages: usize,
@@ -58,6 +60,71 @@ pub(crate) struct Shared<D: PciFunction> {
     pub(crate) resets: AtomicU64,
     pub(crate) admin_size: QueueSize,
     pub(crate) ready_limit: Duration,
+}
+
+/// What turning Identify Namespace into a [`Namespace`] needs from the controller.
+pub(crate) struct NsContext<'a> {
+    pub(crate) id: &'a IdentifyController,
+    pub(crate) mpsmin: PageSize,
+    pub(crate) page: PageSize,
+    pub(crate) list_pages: usize,
+    pub(crate) sgl: bool,
+}
+
+/// The active namespaces, identified one by one (at bring-up, and when a Namespace
+/// Attribute Changed event asks for a refresh). `idbuf` is a 4 KiB DMA buffer.
+pub(crate) fn identify_namespaces<B: Bar0>(
+    bar: &B,
+    admin: &mut AdminQueue,
+    idbuf: &nvme_dio_dma::DmaBuf,
+    t: Duration,
+    cx: &NsContext<'_>,
+) -> Result<Vec<Namespace>, Error> {
+    let mut raw = vec![0u8; 4096];
+    let mut namespaces = Vec::new();
+    idbuf.fill(0);
+    admin.execute_with_buf(
+        bar,
+        |d| Identify::active_namespaces(Nsid(0)).build(d),
+        idbuf,
+        t,
+    )?;
+    idbuf.copy_to_slice(0, &mut raw)?;
+    let nsids =
+        ActiveNamespaceList::parse(&raw).map_err(|e| Error::Nonsense(Nonsense::Identify(e)))?;
+    for nsid in nsids {
+        idbuf.fill(0);
+        admin.execute_with_buf(bar, |d| Identify::namespace(nsid).build(d), idbuf, t)?;
+        idbuf.copy_to_slice(0, &mut raw)?;
+        let ns = IdentifyNamespace::from_bytes(&raw)
+            .map_err(|e| Error::Nonsense(Nonsense::Identify(e)))?;
+        if ns.nsze() == 0 {
+            continue; // allocated but inactive
+        }
+        if ns.flbas_index() >= ns.nlbaf() {
+            return Err(Error::Nonsense(Nonsense::LbaFormatIndex {
+                nsid,
+                index: ns.flbas_index(),
+                count: ns.nlbaf(),
+            }));
+        }
+        let fmt = ns.current_lba_format();
+        if !(512..=65536).contains(&fmt.data_size) || !fmt.data_size.is_power_of_two() {
+            return Err(Error::Nonsense(Nonsense::LbaSize {
+                nsid,
+                size: fmt.data_size,
+            }));
+        }
+        namespaces.push(Namespace::from_identify(
+            nsid,
+            &ns,
+            cx.id,
+            (cx.mpsmin, cx.page),
+            cx.list_pages,
+            cx.sgl,
+        ));
+    }
+    Ok(namespaces)
 }
 
 /// The controller works.
@@ -198,62 +265,15 @@ impl<D: PciFunction> Controller<D> {
         let sgl = opts.use_sgl && id.sgls().supported;
 
         // Stage: namespaces.
-        let mut namespaces = Vec::new();
-        let nsids = {
-            admin
-                .execute_with_buf(
-                    bar,
-                    |d| Identify::active_namespaces(Nsid(0)).build(d),
-                    &idbuf,
-                    t,
-                )
-                .map_err(|e| e.at(Stage::IdentifyNamespaces))?;
-            idbuf
-                .copy_to_slice(0, &mut raw)
-                .map_err(|e| Error::from(e).at(Stage::IdentifyNamespaces))?;
-            ActiveNamespaceList::parse(&raw)
-                .map_err(|e| Error::Nonsense(Nonsense::Identify(e)).at(Stage::IdentifyNamespaces))?
+        let cx = NsContext {
+            id: &id,
+            mpsmin,
+            page,
+            list_pages: opts.prp_list_pages.max(1),
+            sgl,
         };
-        for nsid in nsids {
-            idbuf.fill(0);
-            admin
-                .execute_with_buf(bar, |d| Identify::namespace(nsid).build(d), &idbuf, t)
-                .map_err(|e| e.at(Stage::IdentifyNamespaces))?;
-            idbuf
-                .copy_to_slice(0, &mut raw)
-                .map_err(|e| Error::from(e).at(Stage::IdentifyNamespaces))?;
-            let ns = IdentifyNamespace::from_bytes(&raw).map_err(|e| {
-                Error::Nonsense(Nonsense::Identify(e)).at(Stage::IdentifyNamespaces)
-            })?;
-            if ns.nsze() == 0 {
-                continue; // allocated but inactive
-            }
-            if ns.flbas_index() >= ns.nlbaf() {
-                return Err(Error::Nonsense(Nonsense::LbaFormatIndex {
-                    nsid,
-                    index: ns.flbas_index(),
-                    count: ns.nlbaf(),
-                })
-                .at(Stage::IdentifyNamespaces));
-            }
-            let fmt = ns.current_lba_format();
-            if !(512..=65536).contains(&fmt.data_size) || !fmt.data_size.is_power_of_two() {
-                return Err(Error::Nonsense(Nonsense::LbaSize {
-                    nsid,
-                    size: fmt.data_size,
-                })
-                .at(Stage::IdentifyNamespaces));
-            }
-            let list_pages = opts.prp_list_pages.max(1);
-            namespaces.push(Namespace::from_identify(
-                nsid,
-                &ns,
-                &id,
-                (mpsmin, page),
-                list_pages,
-                sgl,
-            ));
-        }
+        let namespaces = identify_namespaces(bar, &mut admin, &idbuf, t, &cx)
+            .map_err(|e| e.at(Stage::IdentifyNamespaces))?;
 
         // Stage: number of queues.
         let granted = set_number_of_queues(bar, &mut admin, opts.io_queues.max(1), t)
@@ -271,6 +291,14 @@ impl<D: PciFunction> Controller<D> {
                 .map_err(|e| Error::from(e).at(Stage::Interrupts))?;
         }
 
+        // Stage: interrupt coalescing (the admin queue is never coalesced).
+        if let Some(c) = opts.coalescing {
+            set_coalescing(bar, &mut admin, c, t).map_err(|e| e.at(Stage::InterruptCoalescing))?;
+        }
+
+        // Asynchronous events: enabled, and AERs kept outstanding (`events.rs`).
+        crate::events::arm_events(bar, &mut admin, &id, t);
+
         let info = ControllerInfo {
             vid: id.vid(),
             serial: id.serial(),
@@ -287,6 +315,7 @@ impl<D: PciFunction> Controller<D> {
             max_namespaces: id.nn(),
             ready_timeout: limit,
             shutdown_timeout: shutdown_timeout(id.rtd3e(), cap),
+            coalescing: opts.coalescing,
             identify: Arc::new(id),
         };
         let quarantine = Quarantine {
@@ -299,7 +328,7 @@ impl<D: PciFunction> Controller<D> {
             page,
             dstrd,
             info,
-            namespaces,
+            namespaces: RwLock::new(namespaces),
             admin: Mutex::new(admin),
             admin_timeout: t,
             prp_list_pages: opts.prp_list_pages.max(1),
@@ -319,30 +348,43 @@ impl<D: PciFunction> Controller<D> {
         })
     }
 
+    pub(crate) fn shared(&self) -> &Shared<D> {
+        &self.shared
+    }
+
     /// What the controller reported about itself.
     pub fn info(&self) -> &ControllerInfo {
         &self.shared.info
     }
 
-    /// The active namespaces.
-    pub fn namespaces(&self) -> &[Namespace] {
-        &self.shared.namespaces
+    /// The active namespaces (a copy of the current list: it changes when a Namespace
+    /// Attribute Changed event is handled, see [`Controller::poll_events`]).
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        self.shared
+            .namespaces
+            .read()
+            .expect("namespace list poisoned")
+            .clone()
     }
 
-    /// The namespace `nsid`.
+    /// The namespace `nsid`, as the controller last described it.
     ///
     /// # Errors
     ///
     /// [`Error::NoSuchNamespace`] if it is not active on this controller.
-    pub fn namespace(&self, nsid: impl Into<Nsid>) -> Result<&Namespace, Error> {
+    pub fn namespace(&self, nsid: impl Into<Nsid>) -> Result<Namespace, Error> {
         let nsid = nsid.into();
-        self.shared
+        let list = self
+            .shared
             .namespaces
-            .iter()
+            .read()
+            .expect("namespace list poisoned");
+        list.iter()
             .find(|n| n.id() == nsid)
+            .cloned()
             .ok_or_else(|| Error::NoSuchNamespace {
                 nsid,
-                active: self.shared.namespaces.iter().map(|n| n.id().0).collect(),
+                active: list.iter().map(|n| n.id().0).collect(),
             })
     }
 

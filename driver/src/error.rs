@@ -23,6 +23,8 @@ pub enum Stage {
     SetNumberOfQueues,
     /// Enabling MSI-X vectors for interrupt-driven queue pairs.
     Interrupts,
+    /// Set Features: Interrupt Coalescing (`ControllerOptions::coalescing`).
+    InterruptCoalescing,
 }
 
 impl std::fmt::Display for Stage {
@@ -36,6 +38,7 @@ impl std::fmt::Display for Stage {
             Stage::IdentifyNamespaces => "identifying namespaces",
             Stage::SetNumberOfQueues => "Set Features (Number of Queues)",
             Stage::Interrupts => "enabling MSI-X",
+            Stage::InterruptCoalescing => "Set Features (Interrupt Coalescing)",
         })
     }
 }
@@ -127,6 +130,15 @@ pub enum Error {
     /// The request's arguments are out of range.
     #[error("invalid request: {0}")]
     Bad(BadRequest),
+    /// I/O on a namespace the controller removed while it ran.
+    #[error(
+        "namespace {nsid} was removed from the controller (Namespace Attribute Changed); take \
+         the current list from Controller::namespaces()"
+    )]
+    NamespaceRemoved {
+        /// The namespace.
+        nsid: Nsid,
+    },
     /// A request named a namespace the controller does not have.
     #[error("namespace {nsid} does not exist on this controller (active: {active:?})")]
     NoSuchNamespace {
@@ -288,6 +300,9 @@ pub enum Nonsense {
     /// An Identify page could not be parsed.
     #[error("an Identify page")]
     Identify(#[source] nvme_dio_queue::IdentifyError),
+    /// A log page that does not parse.
+    #[error("a log page")]
+    Log(#[source] nvme_dio_queue::log::LogError),
     /// A namespace's current LBA format is not one it lists.
     #[error("namespace {nsid} uses LBA format {index} of the {count} it lists")]
     LbaFormatIndex {
@@ -390,6 +405,25 @@ pub enum BadOption {
         /// Vectors enabled.
         enabled: usize,
     },
+    /// `Coalescing::new` out of range.
+    #[error(
+        "interrupt coalescing threshold {threshold} (1..=255) or time {time:?} (at most 25.5 ms)"
+    )]
+    Coalescing {
+        /// The threshold given.
+        threshold: u8,
+        /// The time given.
+        time: std::time::Duration,
+    },
+    /// A poll-mode queue pair offered to a poll group that sleeps on interrupts.
+    #[error(
+        "queue pair {qid} has no interrupt, and this poll group sleeps on interrupts: create it \
+         with CompletionMode::Interrupt, or use GroupMode::Poll"
+    )]
+    GroupNeedsInterrupt {
+        /// The queue pair's qid.
+        qid: u16,
+    },
 }
 
 /// Something a namespace or controller may lack.
@@ -407,6 +441,15 @@ pub enum Feature {
         "an interrupt eventfd on a poll-mode queue pair (create it with CompletionMode::Interrupt)"
     )]
     InterruptFd,
+    /// Interrupt coalescing (Set Features 08h) refused by the controller.
+    #[error(
+        "interrupt coalescing (Set Features 08h refused with {status}; QEMU 7.2 does so: leave \
+         ControllerOptions::coalescing unset)"
+    )]
+    InterruptCoalescing {
+        /// What the controller answered.
+        status: Status,
+    },
 }
 
 /// Why a request in flight was aborted.
@@ -515,7 +558,9 @@ impl Error {
             | Error::Bad(_)
             | Error::BadOption(_)
             | Error::ForeignBuffer { .. } => ErrorKind::InvalidInput,
-            Error::NoSuchNamespace { .. } | Error::OutOfRange { .. } => ErrorKind::OutOfRange,
+            Error::NoSuchNamespace { .. }
+            | Error::NamespaceRemoved { .. }
+            | Error::OutOfRange { .. } => ErrorKind::OutOfRange,
             Error::QueueFull { .. } | Error::NoFreeQueue { .. } => ErrorKind::QueueFull,
             Error::Aborted(AbortReason::Reset | AbortReason::QueueDeleted) => ErrorKind::Aborted,
             Error::Aborted(AbortReason::ResetFailed | AbortReason::AdminPoisoned) => {

@@ -21,6 +21,15 @@
 //!   on its MSI-X eventfd ([`CompletionMode`]), and handed out as [`Completion`]s carrying
 //!   the caller's tag, the result and the buffers.
 //!
+//! - Many queue pairs (on one or several controllers) can be driven by one thread as a
+//!   [`PollGroup`], with one wait over all of them and hybrid completion (spin while I/O
+//!   flows, sleep on one epoll over the MSI-X eventfds when idle).
+//! - A long-running service also hears from the device: [`Controller::poll_events`]
+//!   (Asynchronous Event Requests kept outstanding; health warnings, namespace changes with
+//!   the list refreshed), the SMART / Health, Error and Firmware logs as typed structures,
+//!   Get/Set Features, interrupt coalescing ([`ControllerOptions::coalescing`]), and a
+//!   [`DeviceWatcher`] for controllers bound to vfio-pci after start or gone while idle.
+//!
 //! The data path, file by file: `submit.rs` (the [`Io`] request, plan, data pointer, entry
 //! into the SQ slot) -> `ring.rs` (doorbell without a lock, CQ slot, phase) -> `qpair.rs`
 //! (CQEs fed to the core, deadlines, resets) -> `completion.rs` ([`Completion`]). Every
@@ -105,16 +114,20 @@ mod completion;
 mod controller;
 mod device;
 pub mod error;
+mod events;
 mod future;
+mod health;
 mod hybrid;
 mod io;
 mod namespace;
 mod options;
+mod poll_group;
 mod qpair;
 mod recovery;
 mod regio;
 mod ring;
 mod submit;
+mod watcher;
 
 pub use completion::{Bufs, Completion, Completions, QueueStats, Rejected};
 pub use controller::{Controller, ControllerInfo, ControllerOptions};
@@ -122,7 +135,12 @@ pub use device::{
     Device, DeviceSpec, DeviceSpecError, EMU_NULL_BYTES, EMU_RAM_BYTES, EmuSpec, OpenError,
 };
 pub use error::{Error, ErrorKind, Report, Stage};
+pub use events::{AERS, AsyncEvent, ErrorEvent, Event, HealthEvent, NamespaceChanges};
 pub use future::{AsyncQueuePair, InterruptFd, IoFailed, IoFuture};
+pub use health::{
+    COMMON_FEATURES, CriticalWarning, ErrorLogEntry, FirmwareSlotLog, LogError, SmartLog,
+    decode_feature, feature_name,
+};
 pub use io::Io;
 pub use namespace::Namespace;
 /// The DMA layer's errors (inside [`Error::Dma`]).
@@ -134,6 +152,11 @@ pub use nvme_dio_dma::{
 /// The NVMe spec types and command builders (for [`IoQueuePair::submit_raw`]).
 pub use nvme_dio_queue as spec;
 pub use nvme_dio_queue::{Lba, Nsid, Status};
+pub use options::Coalescing;
+pub use poll_group::{
+    AddRejected, GroupCounters, GroupMode, GroupStats, GroupWaker, MemberId, PollGroup,
+};
 pub use qpair::{
     CompletionMode, DEFAULT_HYBRID_SPIN, DEFAULT_RETRIES, IoQueuePair, QueuePairOptions,
 };
+pub use watcher::{DeviceEvent, DeviceWatcher};

@@ -1,5 +1,8 @@
 //! Namespaces: geometry, limits and supported commands, from Identify Namespace.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use nvme_dio_queue::identify::{IdentifyController, IdentifyNamespace};
 use nvme_dio_queue::plan::Limits;
 use nvme_dio_queue::{Nsid, PageSize};
@@ -8,6 +11,12 @@ use nvme_dio_queue::{Nsid, PageSize};
 ///
 /// A plain value: cheap to clone, and it carries the planner limits so that submitting an
 /// I/O needs no lookup.
+///
+/// It is a snapshot of Identify Namespace: when the namespace changes while the controller
+/// runs (a Namespace Attribute Changed event, [`crate::Controller::poll_events`]), take the
+/// new value from [`crate::Controller::namespace`]. One thing every clone learns at once:
+/// that the namespace was removed; I/O submitted on it then fails with
+/// [`crate::Error::NamespaceRemoved`].
 #[derive(Clone, Debug)]
 pub struct Namespace {
     nsid: Nsid,
@@ -22,6 +31,8 @@ pub struct Namespace {
     volatile_write_cache: bool,
     /// The whole Identify Namespace page, for tools (`nvme-dio identify`).
     identify: std::sync::Arc<IdentifyNamespace>,
+    /// Shared by every clone: set when a refresh found the namespace gone.
+    removed: Arc<AtomicBool>,
 }
 
 impl Namespace {
@@ -47,12 +58,38 @@ impl Namespace {
             deallocate: ctrl.oncs().dataset_management(),
             volatile_write_cache: ctrl.vwc_present(),
             identify: std::sync::Arc::new(ns.clone()),
+            removed: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// The whole Identify Namespace page the controller returned at bring-up.
+    /// The whole Identify Namespace page the controller returned (at bring-up, or at the
+    /// last refresh).
     pub fn identify(&self) -> &IdentifyNamespace {
         &self.identify
+    }
+
+    /// True once the controller no longer has this namespace (found by a refresh).
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Relaxed);
+    }
+
+    /// Refuses a namespace that was removed.
+    #[inline]
+    pub(crate) fn check_present(&self) -> Result<(), crate::Error> {
+        if self.is_removed() {
+            return Err(crate::Error::NamespaceRemoved { nsid: self.nsid });
+        }
+        Ok(())
+    }
+
+    /// The same namespace with new Identify data: the removal flag stays shared.
+    pub(crate) fn updated(&self, mut new: Namespace) -> Namespace {
+        new.removed = Arc::clone(&self.removed);
+        new
     }
 
     /// The namespace identifier.

@@ -304,6 +304,11 @@ impl<D: PciFunction> IoQueuePair<D> {
         Some((self.vector?, self.irq.as_ref()?.shared))
     }
 
+    /// How often the queue pair looks at its deadlines while commands are in flight.
+    pub(crate) fn tick_every(&self) -> Duration {
+        self.tick_every
+    }
+
     /// The interrupt eventfd of an interrupt-mode queue pair, for an external reactor
     /// (epoll, tokio's `AsyncFd`): when it is readable, call [`IoQueuePair::poll`].
     pub fn eventfd(&self) -> Option<&EventFd> {

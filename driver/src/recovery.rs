@@ -16,7 +16,8 @@ use crate::controller::{DEAD, GONE, LIVE, Shared};
 use crate::error::{AbortReason, Error, Nonsense, Stage};
 use crate::qpair::IoQueuePair;
 use crate::regio::{
-    CreateFailed, create_io_queues, disable, enable, no_longer_held, read32, set_number_of_queues,
+    CreateFailed, create_io_queues, disable, enable, no_longer_held, read32, set_coalescing,
+    set_number_of_queues,
 };
 
 /// Attempts of a controller reset before it is declared dead.
@@ -174,6 +175,13 @@ impl<D: PciFunction> Shared<D> {
                 })
                 .at(Stage::SetNumberOfQueues));
             }
+            // Features go back to their defaults in a reset: program coalescing again.
+            if let Some(c) = self.info.coalescing {
+                set_coalescing(bar, &mut admin, c, self.admin_timeout)
+                    .map_err(|e| e.at(Stage::InterruptCoalescing))?;
+            }
+            // The controller forgot its AERs and its event configuration.
+            crate::events::arm_events(bar, &mut admin, &self.info.identify, self.admin_timeout);
             Ok(())
         };
         // A controller can wedge in its reset (CSTS.CFS after CC.EN = 1, or RDY never

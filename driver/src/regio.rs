@@ -154,6 +154,24 @@ pub(crate) fn set_number_of_queues<B: Bar0>(
     Ok(nsq.min(ncq).min(want))
 }
 
+/// Programs interrupt coalescing (Set Features 08h).
+pub(crate) fn set_coalescing<B: Bar0>(
+    bar: &B,
+    admin: &mut AdminQueue,
+    c: crate::options::Coalescing,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let sqe = SetFeatures::interrupt_coalescing(c.threshold, c.time_100us).build();
+    match admin.execute(bar, sqe, timeout) {
+        Ok(_) => Ok(()),
+        // The controller answered: it does not do it (QEMU 7.2: Feature Not Changeable).
+        Err(Error::Command { status, .. }) => Err(Error::NotSupported(
+            crate::error::Feature::InterruptCoalescing { status },
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 /// A queue deletion's result: true if the controller no longer has the queue (deleted, or
 /// it says there is no such queue: Invalid Queue Identifier).
 pub(crate) fn no_longer_held(r: &Result<nvme_dio_queue::Cqe, Error>) -> bool {

@@ -187,6 +187,9 @@ impl<D: PciFunction> IoQueuePair<D> {
             Io::Read { ns, lba, bufs, fua } => self.submit_rw(ns, lba, bufs, tag, false, fua),
             Io::Write { ns, lba, bufs, fua } => self.submit_rw(ns, lba, bufs, tag, true, fua),
             Io::Flush { ns } => {
+                if let Err(e) = ns.check_present() {
+                    return Err(Rejected::new(e, Bufs::None));
+                }
                 let sqe = Flush::new(ns.id()).build();
                 self.submit_built(sqe, tag, Bufs::None)
             }
@@ -197,7 +200,10 @@ impl<D: PciFunction> IoQueuePair<D> {
                         Bufs::None,
                     ));
                 }
-                if let Err(e) = check_range(ns, lba, blocks as u64, 65_536) {
+                if let Err(e) = ns
+                    .check_present()
+                    .and_then(|()| check_range(ns, lba, blocks as u64, 65_536))
+                {
                     return Err(Rejected::new(e, Bufs::None));
                 }
                 let sqe = WriteZeroes::new(ns.id(), lba, blocks).build();
@@ -237,6 +243,9 @@ impl<D: PciFunction> IoQueuePair<D> {
         write: bool,
         fua: bool,
     ) -> Result<(), Rejected> {
+        if let Err(e) = ns.check_present() {
+            return Err(Rejected::new(e, bufs));
+        }
         if let Err(e) = self.check_buffers(&bufs) {
             return Err(Rejected::new(e, bufs));
         }
@@ -344,6 +353,9 @@ impl<D: PciFunction> IoQueuePair<D> {
         tag: u64,
     ) -> Result<(), Rejected> {
         let reject = |error: Error| Err(Rejected::new(error, Bufs::None));
+        if let Err(e) = ns.check_present() {
+            return reject(e);
+        }
         if !ns.supports_deallocate() {
             return reject(Error::NotSupported(Feature::Deallocate));
         }

@@ -47,6 +47,8 @@ impl State {
             admin::ASYNC_EVENT_REQUEST => {
                 if self.aers > AERL {
                     Err(cs(AER_LIMIT))
+                } else if let Some(dw0) = self.take_event_for_aer() {
+                    Ok(dw0)
                 } else {
                     self.aers += 1;
                     return Outcome::Hold;
@@ -71,7 +73,10 @@ impl State {
                 if s.nsid >= 0xffff_fffe {
                     return Err(generic(sc::INVALID_NAMESPACE));
                 }
-                identify::active_list(self.ns.len(), s.nsid)
+                let ids: Vec<u32> = (1..=self.ns.len() as u32)
+                    .filter(|&id| self.ns[id as usize - 1].active)
+                    .collect();
+                identify::active_list(&ids, s.nsid)
             }
             _ => return Err(generic(sc::INVALID_FIELD)),
         };
@@ -108,6 +113,13 @@ impl State {
                 self.int_coalescing = s.cdw11 & 0xffff;
                 Ok(0)
             }
+            feature::TEMPERATURE_THRESHOLD => self.set_temperature_threshold(s.cdw11),
+            feature::ASYNC_EVENT_CONFIG => {
+                self.events.config = s.cdw11;
+                // Enabled notices may be waiting already.
+                self.deliver_events();
+                Ok(0)
+            }
             feature::VOLATILE_WRITE_CACHE => {
                 if !self.cfg.vwc {
                     return Err(generic(sc::INVALID_FIELD));
@@ -133,6 +145,12 @@ impl State {
             feature::NUMBER_OF_QUEUES
                 | feature::INTERRUPT_COALESCING
                 | feature::VOLATILE_WRITE_CACHE
+                | feature::ASYNC_EVENT_CONFIG
+                | feature::ARBITRATION
+                | feature::POWER_MANAGEMENT
+                | feature::TEMPERATURE_THRESHOLD
+                | feature::ERROR_RECOVERY
+                | feature::WRITE_ATOMICITY
         ) {
             return Err(generic(sc::INVALID_FIELD));
         }
@@ -158,6 +176,21 @@ impl State {
                     0
                 }
             }
+            feature::ASYNC_EVENT_CONFIG => {
+                if current {
+                    self.events.config
+                } else {
+                    0
+                }
+            }
+            // Fixed values, as QEMU reports them: arbitration burst 7 (no limit) with
+            // weights 1; power state 0; over-temperature threshold of the composite sensor
+            // at 343 K (70 C); no time-limited error recovery; normal atomicity on.
+            feature::ARBITRATION => 7,
+            feature::POWER_MANAGEMENT => 0,
+            feature::TEMPERATURE_THRESHOLD => self.temperature_threshold(),
+            feature::ERROR_RECOVERY => 0,
+            feature::WRITE_ATOMICITY => 0,
             _ => {
                 if current {
                     self.vwc_enabled as u32
@@ -301,8 +334,10 @@ impl State {
         let numd = ((s.cdw11 & 0xffff) << 16 | s.cdw10 >> 16) as u64 + 1;
         let lpo = s.cdw12 as u64 | (s.cdw13 as u64) << 32;
         let data = match lid {
-            log::ERROR_INFORMATION => identify::error_log(),
+            log::ERROR_INFORMATION => self.error_log(),
             log::SMART_HEALTH => identify::smart_log(self),
+            log::FIRMWARE_SLOT => self.firmware_slot_log(),
+            log::CHANGED_NAMESPACES => self.changed_namespace_log(),
             _ => return Err(cs(INVALID_LOG_PAGE)),
         };
         if lpo & 3 != 0 || lpo > data.len() as u64 {
@@ -319,6 +354,8 @@ impl State {
         let n = from.len().min(buf.len());
         buf[..n].copy_from_slice(&from[..n]);
         self.transfer(s, false, Dir::ToHost, &mut buf)?;
+        // RAE (CDW10 bit 15) clear: the events this page answers are unmasked.
+        self.log_read(lid, s.cdw10 & 1 << 15 != 0);
         Ok(0)
     }
 

@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use nvme_dio_dma::RangeSet;
 
-use crate::config::{Backing, EmuConfig};
+use crate::config::EmuConfig;
 use crate::fault::{Action, Faults};
 use crate::mem::Table;
 
@@ -136,6 +136,8 @@ pub(crate) struct Namespace {
     pub(crate) durable: Vec<u8>,
     /// Blocks written into the cache and not yet flushed.
     pub(crate) dirty: RangeSet,
+    /// In the active namespace list (false once removed at run time).
+    pub(crate) active: bool,
 }
 
 /// Result of executing one command.
@@ -204,6 +206,8 @@ pub(crate) struct State {
     pub(crate) int_coalescing: u32,
     pub(crate) vwc_enabled: bool,
     pub(crate) aers: u32,
+    /// Asynchronous events, health, logs (`events.rs`).
+    pub(crate) events: crate::events::Events,
     pub(crate) power_on: Instant,
     pub(crate) bytes_read: u64,
     pub(crate) bytes_written: u64,
@@ -236,34 +240,7 @@ impl State {
         let ns = cfg
             .namespaces
             .iter()
-            .map(|n| {
-                let ram = n.backing == Backing::Ram;
-                Namespace {
-                    blocks: n.blocks,
-                    lba_shift: n.lba_size.trailing_zeros(),
-                    ms: n.metadata_size,
-                    ram,
-                    noiob: n.noiob,
-                    data: if ram {
-                        vec![0; (n.blocks * n.lba_size as u64) as usize]
-                    } else {
-                        Vec::new()
-                    },
-                    meta: if ram {
-                        vec![0; (n.blocks * n.metadata_size as u64) as usize]
-                    } else {
-                        Vec::new()
-                    },
-                    // Zeroed lazily by the allocator, like `data`: only flushed blocks
-                    // cost memory.
-                    durable: if ram && cfg.vwc {
-                        vec![0; (n.blocks * n.lba_size as u64) as usize]
-                    } else {
-                        Vec::new()
-                    },
-                    dirty: RangeSet::default(),
-                }
-            })
+            .map(|n| Namespace::from_config(n, cfg.vwc))
             .collect();
         State {
             table: Table::default(),
@@ -298,6 +275,7 @@ impl State {
             int_coalescing: 0,
             vwc_enabled: cfg.vwc,
             aers: 0,
+            events: Default::default(),
             power_on: Instant::now(),
             bytes_read: 0,
             bytes_written: 0,
@@ -514,6 +492,8 @@ impl State {
         self.delayed = 0;
         self.counted = 0;
         self.aers = 0;
+        self.events.masked = 0;
+        self.events.config = 0;
         self.dbbuf = None;
         self.nq = (self.cfg.max_ioqpairs, self.cfg.max_ioqpairs);
         self.int_coalescing = 0;

@@ -320,7 +320,7 @@ fn map_error(op: &'static str, iova: u64, len: usize, e: TableError) -> nvme_dio
 /// The emulated NVMe controller as a PCIe function (see the crate documentation).
 #[derive(Debug)]
 pub struct EmuFunction {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     bar: EmuBar,
     mapper: Arc<EmuMapper>,
     thread: Option<JoinHandle<()>>,
@@ -439,6 +439,15 @@ impl EmuFunction {
         for fd in &s.msix {
             let _ = fd.write(1);
         }
+    }
+
+    /// Interrupt Coalescing as the host last set it (Set Features 08h, CDW11 bits 15:0):
+    /// `(threshold, time)` in the spec's encoding, the threshold 0's based and the time in
+    /// 100 us units; `(0, 0)` after power-on and after every controller reset. Recorded
+    /// only: the emulator still interrupts once per completion batch.
+    pub fn interrupt_coalescing(&self) -> (u8, u8) {
+        let v = self.shared.lock().int_coalescing;
+        (v as u8, (v >> 8) as u8)
     }
 
     /// The counters.
@@ -565,9 +574,15 @@ impl EmuFunction {
         n
     }
 
-    /// Number of commands currently held (dropped, delayed, Async Event Requests).
+    /// Number of commands currently held (dropped or delayed; Asynchronous Event Requests
+    /// waiting for an event are counted by [`EmuFunction::outstanding_aers`]).
     pub fn held_commands(&self) -> usize {
-        self.shared.lock().held.len()
+        self.shared.lock().held.iter().filter(|h| !h.aer).count()
+    }
+
+    /// Asynchronous Event Requests the controller holds, waiting for an event.
+    pub fn outstanding_aers(&self) -> usize {
+        self.shared.lock().held.iter().filter(|h| h.aer).count()
     }
 
     /// A one-line summary of the queues (head, tail, phase, held-for-room entries), for

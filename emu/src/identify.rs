@@ -51,10 +51,14 @@ pub(crate) fn controller(s: &State) -> Vec<u8> {
     p[259] = AERL as u8; // AERL (zero-based)
     p[260] = 0x02; // FRMW: one slot
     p[262] = 3; // ELPE (zero-based: 4 error log entries)
+    put16(&mut p, 266, 343); // WCTEMP: warning composite temperature, 70 C
+    put16(&mut p, 268, 358); // CCTEMP: critical composite temperature, 85 C
     p[263] = 0; // NPSS (zero-based: one power state)
     p[512] = 0x66; // SQES: 64 bytes min and max
     p[513] = 0x44; // CQES: 16 bytes min and max
-    put32(&mut p, 516, s.ns.len() as u32); // NN
+    // NN: namespaces can be added at run time, up to the configuration's limit.
+    put32(&mut p, 516, 1024); // NN
+    put32(&mut p, 92, 1 << 8 | 1 << 9); // OAES: namespace attribute and firmware activation notices
     put16(&mut p, 520, 1 << 2 | 1 << 3); // ONCS: Dataset Management, Write Zeroes
     p[525] = if c.vwc { 0x07 } else { 0 }; // VWC: present, FFFFFFFFh flush supported
     put32(&mut p, 536, if c.sgl { 0x1 } else { 0 }); // SGLS: supported, byte aligned
@@ -93,28 +97,25 @@ pub(crate) fn namespace(ns: &Namespace) -> Vec<u8> {
 }
 
 /// Active Namespace ID list (CNS 02h): active NSIDs greater than `after`, ascending.
-pub(crate) fn active_list(count: usize, after: u32) -> Vec<u8> {
+pub(crate) fn active_list(active: &[u32], after: u32) -> Vec<u8> {
     let mut p = vec![0u8; IDENTIFY_LEN];
-    let ids = (after as u64 + 1..=count as u64).take(1024);
-    for (i, id) in ids.enumerate() {
-        put32(&mut p, i * 4, id as u32);
+    let ids = active.iter().filter(|&&id| id > after).take(1024);
+    for (i, &id) in ids.enumerate() {
+        put32(&mut p, i * 4, id);
     }
     p
-}
-
-/// Error Information log: ELPE+1 entries of 64 bytes, all empty (no errors logged).
-pub(crate) fn error_log() -> Vec<u8> {
-    vec![0u8; 4 * 64]
 }
 
 /// SMART / Health Information log (512 bytes), plausible values from the counters.
 pub(crate) fn smart_log(s: &State) -> Vec<u8> {
     let mut p = vec![0u8; 512];
-    p[0] = s.cfs as u8 * 0x04; // critical warning: reliability degraded when fatal
-    put16(&mut p, 1, 273 + 40); // composite temperature, kelvin (40 C)
-    p[3] = 100; // available spare
-    p[4] = 10; // available spare threshold
-    p[5] = 0; // percentage used
+    let h = &s.events.health;
+    // Critical warning: reliability degraded when fatal.
+    p[0] = h.critical_warning | (s.cfs as u8 * 0x04);
+    put16(&mut p, 1, h.temperature_kelvin); // composite temperature, kelvin
+    p[3] = h.available_spare;
+    p[4] = h.spare_threshold;
+    p[5] = h.percentage_used;
     let put128 = |p: &mut [u8], at: usize, v: u64| p[at..at + 8].copy_from_slice(&v.to_le_bytes());
     // Data units are thousands of 512-byte units, rounded up.
     put128(&mut p, 32, s.bytes_read.div_ceil(512_000));
@@ -123,5 +124,7 @@ pub(crate) fn smart_log(s: &State) -> Vec<u8> {
     put128(&mut p, 80, s.stats.writes);
     put128(&mut p, 112, 1); // power cycles
     put128(&mut p, 128, s.power_on.elapsed().as_secs() / 3600); // power-on hours
+    put128(&mut p, 160, h.media_errors); // media and data integrity errors
+    put128(&mut p, 176, s.events.error_count); // error information log entries
     p
 }

@@ -286,7 +286,7 @@ impl State {
     /// The namespace index for `nsid`, or Invalid Namespace or Format (0/0x0b DNR).
     #[inline]
     pub(crate) fn ns_index(&self, nsid: u32) -> Result<usize, Status> {
-        if nsid == 0 || nsid as usize > self.ns.len() {
+        if nsid == 0 || nsid as usize > self.ns.len() || !self.ns[nsid as usize - 1].active {
             Err(generic(sc::INVALID_NAMESPACE))
         } else {
             Ok(nsid as usize - 1)

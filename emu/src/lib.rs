@@ -35,6 +35,12 @@
 //!   host-side equivalent of QEMU's `pci_nvme_ub_*` trace, and tests assert it is empty.
 //!   Controller-level failures (a rejected enable, a fatal error) go to
 //!   [`EmuFunction::err_events`], like QEMU's `pci_nvme_err_*`.
+//! * **Asynchronous events** (`events.rs`): AERs are held and completed by events
+//!   ([`EmuFunction::raise_event`], [`EmuFunction::set_health`], namespace changes), masked
+//!   per type until the host reads the log page; namespaces can be added, resized and
+//!   removed at run time ([`EmuFunction::add_namespace`] and friends), with the Changed
+//!   Namespace List, Firmware Slot, Error Information ([`EmuFunction::log_error`]) and
+//!   SMART / Health ([`Health`]) log pages.
 //! * **Faults** ([`Fault`], [`EmuFunction::inject`]): error status, dropped, delayed (by
 //!   time or by a count of register accesses), duplicated or stale completions for the Nth
 //!   I/O command or an opcode (a late Create I/O CQ is one); CSTS.CFS; surprise removal;
@@ -85,6 +91,7 @@
 mod admin;
 pub mod config;
 mod ctrl;
+mod events;
 pub mod fault;
 mod function;
 mod identify;
@@ -96,6 +103,7 @@ mod tests;
 
 pub use config::{Backing, EmuConfig, Mode, NsConfig};
 pub use ctrl::EmuStats;
+pub use events::{ErrorEntry, Health};
 pub use fault::{Action, Fault, Target};
 pub use function::{EmuBar, EmuFunction, EmuMapper};
 

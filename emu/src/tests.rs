@@ -528,7 +528,12 @@ fn identify_controller_namespace_and_list() {
         "OACS dbbuf"
     );
     assert_eq!((p[512], p[513]), (0x66, 0x44));
-    assert_eq!(u32::from_le_bytes(p[516..520].try_into().unwrap()), 2, "NN");
+    // NN: the most namespaces there can be (they can be added at run time), not how many are.
+    assert_eq!(
+        u32::from_le_bytes(p[516..520].try_into().unwrap()),
+        1024,
+        "NN"
+    );
     assert_eq!(p[525] & 1, 1, "VWC present");
     assert_eq!(p[536] & 3, 1, "SGLS");
 
@@ -1536,7 +1541,7 @@ fn identify_pages_parse_with_the_drivers_parser() {
     assert_eq!(id.serial(), "deadbeef");
     assert_eq!(id.model(), "nvme-dio emulated controller");
     assert_eq!(id.mdts(), 7);
-    assert_eq!(id.nn(), 1);
+    assert_eq!(id.nn(), 1024);
     assert_eq!(id.ver(), Version(0x0001_0400));
     assert_eq!((id.sqes().required, id.cqes().required), (6, 4));
     assert!(id.vwc_present());

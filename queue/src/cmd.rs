@@ -477,6 +477,23 @@ impl SetFeatures {
         }
     }
 
+    /// Asynchronous Event Configuration (FID 0Bh): which events the controller reports
+    /// through Asynchronous Event Requests. `smart` is the SMART / Health critical warning
+    /// mask (bits 7:0, the bits of the SMART log's Critical Warning byte), `namespace`
+    /// Namespace Attribute Notices (bit 8), `firmware` Firmware Activation Notices (bit 9).
+    pub fn async_event_config(smart: u8, namespace: bool, firmware: bool) -> Self {
+        SetFeatures {
+            fid: feature::ASYNC_EVENT_CONFIG,
+            cdw11: smart as u32 | (namespace as u32) << 8 | (firmware as u32) << 9,
+        }
+    }
+
+    /// Any feature without a data buffer: identifier `fid` (see
+    /// [`crate::opcode::feature`]), value `cdw11` as the spec lays it out.
+    pub fn raw(fid: u8, cdw11: u32) -> Self {
+        SetFeatures { fid, cdw11 }
+    }
+
     /// Volatile Write Cache (FID 06h): WCE (bit 0).
     pub fn volatile_write_cache(enable: bool) -> Self {
         SetFeatures {
@@ -517,6 +534,12 @@ impl GetFeatures {
         GetFeatures {
             fid: feature::VOLATILE_WRITE_CACHE,
         }
+    }
+
+    /// Any feature without a data buffer, by identifier (see [`crate::opcode::feature`]):
+    /// the current value comes back in the completion's DW0.
+    pub fn fid(fid: u8) -> Self {
+        GetFeatures { fid }
     }
 
     /// The entry.
@@ -581,6 +604,10 @@ impl GetLogPage {
     pub const ERROR_ENTRY_LEN: u32 = 64;
     /// Bytes in the SMART / Health Information log.
     pub const SMART_LEN: u32 = 512;
+    /// Bytes in the Firmware Slot Information log.
+    pub const FIRMWARE_SLOT_LEN: u32 = 512;
+    /// Bytes in the Changed Namespace List log.
+    pub const CHANGED_NAMESPACES_LEN: u32 = 4096;
 
     /// The first `entries` entries (1 ..) of the Error Information log (64 bytes each).
     pub fn error_information(entries: u32) -> Self {
@@ -597,6 +624,35 @@ impl GetLogPage {
             lid: log::SMART_HEALTH,
             nsid: Nsid::ALL,
             len: Self::SMART_LEN,
+        }
+    }
+
+    /// The Firmware Slot Information log (512 bytes, controller wide).
+    pub fn firmware_slot() -> Self {
+        GetLogPage {
+            lid: log::FIRMWARE_SLOT,
+            nsid: Nsid::ALL,
+            len: Self::FIRMWARE_SLOT_LEN,
+        }
+    }
+
+    /// The Changed Namespace List log (4 KiB: up to 1 024 NSIDs). Reading it clears it
+    /// and re-enables Namespace Attribute Changed events.
+    pub fn changed_namespaces() -> Self {
+        GetLogPage {
+            lid: log::CHANGED_NAMESPACES,
+            nsid: Nsid(0),
+            len: Self::CHANGED_NAMESPACES_LEN,
+        }
+    }
+
+    /// Any log page `lid` of `len` bytes (at least 4), for namespace `nsid`
+    /// ([`Nsid::ALL`] or 0 for controller-wide pages).
+    pub fn new(lid: u8, nsid: Nsid, len: u32) -> Self {
+        GetLogPage {
+            lid,
+            nsid,
+            len: len.max(4),
         }
     }
 
@@ -806,6 +862,16 @@ mod tests {
         assert_eq!((s.cdw10 >> 16, s.cdw11), (0x000f, 1));
         let s = GetLogPage::smart_health().build(PRP);
         assert_eq!((s.nsid, s.cdw10), (0xffff_ffff, 0x02 | 127 << 16));
+        let s = GetLogPage::firmware_slot().build(PRP);
+        assert_eq!((s.nsid, s.cdw10), (0xffff_ffff, 0x03 | 127 << 16));
+        let s = GetLogPage::changed_namespaces().build(PRP);
+        assert_eq!((s.nsid, s.cdw10), (0, 0x04 | 1023 << 16));
+        let s = SetFeatures::async_event_config(0x1f, true, true).build();
+        assert_eq!((s.cdw10, s.cdw11), (0x0b, 0x1f | 1 << 8 | 1 << 9));
+        let s = SetFeatures::raw(0x04, 343).build();
+        assert_eq!((s.opc, s.cdw10, s.cdw11), (0x09, 0x04, 343));
+        let g = GetFeatures::fid(0x04).build();
+        assert_eq!((g.opc, g.cdw10), (0x0a, 0x04));
         let a = AsyncEventRequest::new().build();
         assert_eq!((a.opc, a.cdw10, a.prp1), (0x0c, 0, 0));
         let d = DoorbellBufferConfig::new(Iova(0x3000), Iova(0x4000)).build();

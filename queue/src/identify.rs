@@ -226,6 +226,43 @@ impl IdentifyController {
         "Async Event Request Limit, zero-based (byte 259); see [`Self::aerl`]."
     );
     le_field!(
+        oaes,
+        set_oaes,
+        u32,
+        92,
+        "Optional Asynchronous Events Supported (bytes 95:92): bit 8 namespace attribute \
+         notices, bit 9 firmware activation notices."
+    );
+    le_field!(
+        frmw,
+        set_frmw,
+        u8,
+        260,
+        "Firmware Updates (byte 260): bit 0 slot 1 read only, bits 3:1 slots, bit 4 \
+         activation without reset."
+    );
+    le_field!(
+        elpe,
+        set_elpe,
+        u8,
+        262,
+        "Error Log Page Entries, zero-based (byte 262)."
+    );
+    le_field!(
+        wctemp,
+        set_wctemp,
+        u16,
+        266,
+        "Warning Composite Temperature Threshold, kelvin (bytes 267:266); 0 = not reported."
+    );
+    le_field!(
+        cctemp,
+        set_cctemp,
+        u16,
+        268,
+        "Critical Composite Temperature Threshold, kelvin (bytes 269:268); 0 = not reported."
+    );
+    le_field!(
         maxcmd,
         set_maxcmd,
         u16,

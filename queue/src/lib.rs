@@ -34,7 +34,9 @@
 
 pub mod cmd;
 pub mod entry;
+pub mod event;
 pub mod identify;
+pub mod log;
 pub mod opcode;
 pub mod plan;
 pub mod prp;

@@ -49,6 +49,20 @@ pub mod feature {
     pub const NUMBER_OF_QUEUES: u8 = 0x07;
     /// Interrupt Coalescing.
     pub const INTERRUPT_COALESCING: u8 = 0x08;
+    /// Arbitration.
+    pub const ARBITRATION: u8 = 0x01;
+    /// Power Management.
+    pub const POWER_MANAGEMENT: u8 = 0x02;
+    /// Temperature Threshold.
+    pub const TEMPERATURE_THRESHOLD: u8 = 0x04;
+    /// Error Recovery.
+    pub const ERROR_RECOVERY: u8 = 0x05;
+    /// Interrupt Vector Configuration.
+    pub const INTERRUPT_VECTOR_CONFIG: u8 = 0x09;
+    /// Write Atomicity Normal.
+    pub const WRITE_ATOMICITY: u8 = 0x0a;
+    /// Asynchronous Event Configuration.
+    pub const ASYNC_EVENT_CONFIG: u8 = 0x0b;
 }
 
 /// Identify CNS values.
@@ -67,4 +81,8 @@ pub mod log {
     pub const ERROR_INFORMATION: u8 = 0x01;
     /// SMART / Health Information.
     pub const SMART_HEALTH: u8 = 0x02;
+    /// Firmware Slot Information.
+    pub const FIRMWARE_SLOT: u8 = 0x03;
+    /// Changed Namespace List.
+    pub const CHANGED_NAMESPACES: u8 = 0x04;
 }

@@ -572,3 +572,33 @@ fn interrupt_mode_shares_vectors_when_the_controller_has_too_few() {
     }
     assert_no_ub(&dev);
 }
+
+#[test]
+fn interrupt_coalescing_reaches_the_controller_and_survives_a_reset() {
+    use nvme_dio::Coalescing;
+    let c = Coalescing::new(8, Duration::from_micros(250)).unwrap();
+    assert_eq!(
+        (c.threshold, c.time_100us),
+        (8, 3),
+        "time rounds up to 100 us units"
+    );
+    let (dev, ctrl) = bring_up(EmuConfig::default(), options().coalescing(Some(c)));
+    // Spec encoding: threshold 0's based, time in 100 us units.
+    assert_eq!(dev.interrupt_coalescing(), (7, 3));
+    assert_eq!(ctrl.info().coalescing, Some(c));
+    // A reset sets features back to their defaults; the driver programs it again.
+    ctrl.reset().unwrap();
+    assert_eq!(
+        dev.interrupt_coalescing(),
+        (7, 3),
+        "programmed again after the reset"
+    );
+    // Without the option the controller's default stays.
+    let (dev, _ctrl) = bring_up(EmuConfig::default(), options());
+    assert_eq!(dev.interrupt_coalescing(), (0, 0));
+    // Out of range: a clear error, nothing sent.
+    for (t, time) in [(0, Duration::ZERO), (1, Duration::from_micros(25_600))] {
+        let e = Coalescing::new(t, time).unwrap_err();
+        assert!(e.to_string().contains("25.5 ms"), "{e}");
+    }
+}
