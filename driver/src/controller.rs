@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use nvme_dio_dma::{Bar0, DmaMemory, PciFunction};
 use nvme_dio_queue::cmd::Identify;
-use nvme_dio_queue::identify::{ActiveNamespaceList, IdentifyController, IdentifyNamespace};
+use nvme_dio_queue::identify::{
+    ActiveNamespaceList, IdentifyController, IdentifyNamespace, IdentifyNvmController,
+    IdentifyNvmNamespace,
+};
 use nvme_dio_queue::regs::{self, Cap, Version};
 use nvme_dio_queue::{Nsid, PageSize, Qid, QueueSize, plan};
 use vmm_sys_util::eventfd::EventFd;
@@ -19,7 +22,7 @@ use vmm_sys_util::poll::{PollContext, WatchingEvents};
 use crate::admin::AdminQueue;
 use crate::completion::Quarantine;
 use crate::error::{BadOption, Error, Nonsense, Stage, Unsupported};
-use crate::namespace::Namespace;
+use crate::namespace::{CommandLimits, Namespace};
 pub use crate::options::{ControllerInfo, ControllerOptions};
 use crate::qpair::{IoQueuePair, IrqParts, Parts, QueuePairOptions};
 use crate::regio::{
@@ -197,6 +200,25 @@ impl<D: PciFunction> Controller<D> {
         let max_transfer = plan::max_transfer(mdts_bytes, page, opts.prp_list_pages.max(1));
         let sgl = opts.use_sgl && id.sgls().supported;
 
+        // The NVM command set's own controller page (CNS 06h): Verify, Write Zeroes and
+        // Dataset Management limits. A controller that refuses it (an error status) simply
+        // has none; anything else (a timeout) fails bring-up as any admin command does.
+        idbuf.fill(0);
+        let nvm_ctrl =
+            match admin.execute_with_buf(bar, |d| Identify::nvm_controller().build(d), &idbuf, t) {
+                Ok(_) => {
+                    idbuf
+                        .copy_to_slice(0, &mut raw)
+                        .map_err(|e| Error::from(e).at(Stage::IdentifyController))?;
+                    Some(IdentifyNvmController::from_bytes(&raw).map_err(|e| {
+                        Error::Nonsense(Nonsense::Identify(e)).at(Stage::IdentifyController)
+                    })?)
+                }
+                Err(Error::Command { .. }) => None,
+                Err(e) => return Err(e.at(Stage::IdentifyController)),
+            };
+        let command_limits = CommandLimits::from_identify(nvm_ctrl.as_ref(), mpsmin);
+
         // Stage: namespaces.
         let mut namespaces = Vec::new();
         let nsids = {
@@ -244,11 +266,39 @@ impl<D: PciFunction> Controller<D> {
                 })
                 .at(Stage::IdentifyNamespaces));
             }
+            // The guard format (16- or 64-bit) is only in the NVM command set's namespace page
+            // (CNS 05h); ask for it only where there is protection information, and take the
+            // 16-bit guard where the controller does not have the page.
+            let nvm_ns = if ns.dps() & 0b111 != 0 {
+                idbuf.fill(0);
+                match admin.execute_with_buf(
+                    bar,
+                    |d| Identify::nvm_namespace(nsid).build(d),
+                    &idbuf,
+                    t,
+                ) {
+                    Ok(_) => {
+                        let mut page = vec![0u8; 4096];
+                        idbuf
+                            .copy_to_slice(0, &mut page)
+                            .map_err(|e| Error::from(e).at(Stage::IdentifyNamespaces))?;
+                        Some(IdentifyNvmNamespace::from_bytes(&page).map_err(|e| {
+                            Error::Nonsense(Nonsense::Identify(e)).at(Stage::IdentifyNamespaces)
+                        })?)
+                    }
+                    Err(Error::Command { .. }) => None,
+                    Err(e) => return Err(e.at(Stage::IdentifyNamespaces)),
+                }
+            } else {
+                None
+            };
             let list_pages = opts.prp_list_pages.max(1);
             namespaces.push(Namespace::from_identify(
                 nsid,
                 &ns,
+                nvm_ns.as_ref(),
                 &id,
+                command_limits,
                 (mpsmin, page),
                 list_pages,
                 sgl,

@@ -107,10 +107,11 @@ pub use device::{
 pub use error::{Error, ErrorKind, Report, Stage};
 pub use future::{AsyncQueuePair, InterruptFd, IoFailed, IoFuture};
 pub use io::Io;
-pub use namespace::Namespace;
+pub use namespace::{AtomicLimits, CommandLimits, CopyLimits, Namespace, PreferredSizes};
 pub use nvme_dio_dma::VfioFunction;
 pub use nvme_dio_dma::{DmaBuf, DmaMemory, DmaPool, MemoryOptions, PageKind, PciFunction};
 /// The NVMe spec types and command builders (for [`IoQueuePair::submit_raw`]).
 pub use nvme_dio_queue as spec;
+pub use nvme_dio_queue::pi::{MetadataFormat, PiFormat, PiTags, PiType, Prinfo, Protection};
 pub use nvme_dio_queue::{Lba, Nsid, Status};
 pub use qpair::{CompletionMode, DEFAULT_RETRIES, IoQueuePair, QueuePairOptions};

@@ -67,6 +67,15 @@ impl State {
                 identify::namespace(&self.ns[i])
             }
             cns::CONTROLLER => identify::controller(self),
+            // CSI (CDW11 bits 31:24) must be the NVM command set's (0).
+            cns::NVM_NAMESPACE if s.cdw11 >> 24 == 0 => {
+                let i = self.ns_index(s.nsid)?;
+                identify::nvm_namespace(&self.ns[i])
+            }
+            cns::NVM_CONTROLLER if s.cdw11 >> 24 == 0 => match &self.cfg.nvm_limits {
+                Some(l) => identify::nvm_controller(l),
+                None => return Err(generic(sc::INVALID_FIELD)),
+            },
             cns::ACTIVE_NAMESPACES => {
                 if s.nsid >= 0xffff_fffe {
                     return Err(generic(sc::INVALID_NAMESPACE));

@@ -125,6 +125,8 @@ pub(crate) struct Namespace {
     pub(crate) ms: u16,
     pub(crate) ram: bool,
     pub(crate) noiob: u16,
+    /// The namespace's configuration (format, PI, atomic and copy parameters).
+    pub(crate) cfg: crate::config::NsConfig,
     pub(crate) data: Vec<u8>,
     pub(crate) meta: Vec<u8>,
     /// The volatile write cache model (RAM namespaces with `EmuConfig::vwc`): what stable
@@ -241,6 +243,7 @@ impl State {
                     ms: n.metadata_size,
                     ram,
                     noiob: n.noiob,
+                    cfg: n.clone(),
                     data: if ram {
                         vec![0; (n.blocks * n.lba_size as u64) as usize]
                     } else {

@@ -94,7 +94,10 @@ mod mem;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Backing, EmuConfig, Mode, NsConfig};
+pub use config::{
+    Backing, CopyLimits, EmuConfig, Mode, NsAtomic, NsConfig, NsOptimal, NvmLimits, PiFormat,
+    PiType, Protection,
+};
 pub use ctrl::EmuStats;
 pub use fault::{Action, Fault, Target};
 pub use function::{EmuBar, EmuFunction, EmuMapper};
