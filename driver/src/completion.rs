@@ -21,6 +21,20 @@ pub enum Bufs {
     One(DmaBuf),
     /// An iovec set (readv, writev).
     Many(Vec<DmaBuf>),
+    /// A single data buffer and the separate metadata buffer ([`crate::Io::metadata`]).
+    OneWithMetadata {
+        /// The data.
+        data: DmaBuf,
+        /// The metadata (MPTR).
+        metadata: DmaBuf,
+    },
+    /// An iovec set and the separate metadata buffer.
+    ManyWithMetadata {
+        /// The data.
+        data: Vec<DmaBuf>,
+        /// The metadata (MPTR).
+        metadata: DmaBuf,
+    },
 }
 
 impl Bufs {
@@ -38,13 +52,37 @@ impl Bufs {
         }
     }
 
-    /// All buffers, in order.
+    /// All buffers, in order: the data, then the metadata buffer if there is one.
     #[inline]
     pub fn into_vec(self) -> Vec<DmaBuf> {
         match self {
             Bufs::None => Vec::new(),
             Bufs::One(b) => vec![b],
             Bufs::Many(v) => v,
+            Bufs::OneWithMetadata { data, metadata } => vec![data, metadata],
+            Bufs::ManyWithMetadata { mut data, metadata } => {
+                data.push(metadata);
+                data
+            }
+        }
+    }
+
+    /// The separate metadata buffer, if there is one.
+    pub fn metadata(&self) -> Option<&DmaBuf> {
+        match self {
+            Bufs::OneWithMetadata { metadata, .. } | Bufs::ManyWithMetadata { metadata, .. } => {
+                Some(metadata)
+            }
+            _ => None,
+        }
+    }
+
+    /// The data buffers (as [`Bufs::One`] / [`Bufs::Many`]) and the metadata buffer apart.
+    pub fn into_parts(self) -> (Bufs, Option<DmaBuf>) {
+        match self {
+            Bufs::OneWithMetadata { data, metadata } => (Bufs::One(data), Some(metadata)),
+            Bufs::ManyWithMetadata { data, metadata } => (Bufs::Many(data), Some(metadata)),
+            b => (b, None),
         }
     }
 }
@@ -155,12 +193,32 @@ fn failure(
 ) -> Error {
     match outcome {
         Outcome::Success => unreachable!("successes are not failures"),
-        Outcome::Status { opcode, status } => Error::Command {
-            qid,
-            opcode,
-            opcode_name: opcode_name(false, opcode),
-            status,
-        },
+        Outcome::Status { opcode, status } => {
+            let opcode_name = opcode_name(false, opcode);
+            match (status.sct(), status.sc()) {
+                (nvme_dio_queue::status::sct::MEDIA, 0x82) => Error::GuardCheck {
+                    qid,
+                    opcode_name,
+                    status,
+                },
+                (nvme_dio_queue::status::sct::MEDIA, 0x83) => Error::AppTagCheck {
+                    qid,
+                    opcode_name,
+                    status,
+                },
+                (nvme_dio_queue::status::sct::MEDIA, 0x84) => Error::RefTagCheck {
+                    qid,
+                    opcode_name,
+                    status,
+                },
+                _ => Error::Command {
+                    qid,
+                    opcode,
+                    opcode_name,
+                    status,
+                },
+            }
+        }
         Outcome::TimedOut { opcode } => Error::Timeout {
             qid,
             opcode_name: opcode_name(false, opcode),

@@ -106,7 +106,7 @@ pub use device::{
 };
 pub use error::{Error, ErrorKind, Report, Stage};
 pub use future::{AsyncQueuePair, InterruptFd, IoFailed, IoFuture};
-pub use io::Io;
+pub use io::{Io, PiOptions, RwOptions};
 pub use namespace::{AtomicLimits, CommandLimits, CopyLimits, Namespace, PreferredSizes};
 pub use nvme_dio_dma::VfioFunction;
 pub use nvme_dio_dma::{DmaBuf, DmaMemory, DmaPool, MemoryOptions, PageKind, PciFunction};

@@ -10,12 +10,12 @@ use nvme_dio_dma::{DmaBuf, PciFunction};
 use nvme_dio_queue::cmd::{DatasetManagement, Dptr, DsmRange, Flush, Read, Write, WriteZeroes};
 use nvme_dio_queue::plan::{self, Command, Plan};
 use nvme_dio_queue::prp::{self, PrpListPages, Segment};
-use nvme_dio_queue::queue_pair::{DptrError, Refusal, Sink, SplitOp};
+use nvme_dio_queue::queue_pair::{DptrError, Refusal, Sink, SplitMeta, SplitOp};
 use nvme_dio_queue::{Iova, Lba, PageSize, Sqe, sgl};
 
 use crate::completion::{Bufs, Rejected};
-use crate::error::{BadRequest, Error, Feature};
-use crate::io::Io;
+use crate::error::{AtomicRefusal, BadRequest, Error, Feature};
+use crate::io::{Io, RwOptions};
 use crate::namespace::Namespace;
 use crate::qpair::IoQueuePair;
 use crate::ring::SqMem;
@@ -184,8 +184,20 @@ impl<D: PciFunction> IoQueuePair<D> {
             return Err(Rejected::new(e, io.into_bufs()));
         }
         match io {
-            Io::Read { ns, lba, bufs, fua } => self.submit_rw(ns, lba, bufs, tag, false, fua),
-            Io::Write { ns, lba, bufs, fua } => self.submit_rw(ns, lba, bufs, tag, true, fua),
+            Io::Read {
+                ns,
+                lba,
+                bufs,
+                fua,
+                opts,
+            } => self.submit_rw(ns, lba, bufs, tag, false, fua, opts),
+            Io::Write {
+                ns,
+                lba,
+                bufs,
+                fua,
+                opts,
+            } => self.submit_rw(ns, lba, bufs, tag, true, fua, opts),
             Io::Flush { ns } => {
                 let sqe = Flush::new(ns.id()).build();
                 self.submit_built(sqe, tag, Bufs::None)
@@ -223,11 +235,12 @@ impl<D: PciFunction> IoQueuePair<D> {
         if let Err(e) = self.sync() {
             return Err(Rejected::new(e, bufs));
         }
-        self.submit_rw(ns, lba, bufs, tag, write, fua)
+        self.submit_rw(ns, lba, bufs, tag, write, fua, RwOptions::NONE)
     }
 
     /// Read or write of an iovec set: plan, then one command (fast path) or a split.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn submit_rw(
         &mut self,
         ns: &Namespace,
@@ -236,20 +249,13 @@ impl<D: PciFunction> IoQueuePair<D> {
         tag: u64,
         write: bool,
         fua: bool,
+        opts: RwOptions,
     ) -> Result<(), Rejected> {
+        if ns.metadata_format().is_some() || !opts.is_none() || bufs.metadata().is_some() {
+            return self.submit_rw_ext(ns, lba, bufs, tag, write, fua, opts);
+        }
         if let Err(e) = self.check_buffers(&bufs) {
             return Err(Rejected::new(e, bufs));
-        }
-        if ns.metadata_size() != 0 {
-            // The format carries separate metadata, which would need a metadata pointer per
-            // command; without one the controller would DMA it to IOVA 0.
-            return Err(Rejected::new(
-                Error::Bad(BadRequest::MetadataFormat {
-                    nsid: ns.id(),
-                    metadata_bytes: ns.metadata_size(),
-                }),
-                bufs,
-            ));
         }
         let one;
         let segs: &[Segment] = match &bufs {
@@ -262,7 +268,8 @@ impl<D: PciFunction> IoQueuePair<D> {
                 self.scratch.extend(v.iter().map(segment_of));
                 &self.scratch
             }
-            Bufs::None => &[],
+            // Buffers with metadata took the path above.
+            Bufs::None | Bufs::OneWithMetadata { .. } | Bufs::ManyWithMetadata { .. } => &[],
         };
         let qid = self.core.qid().0;
         match plan::plan(segs, lba, ns.limits()) {
@@ -296,6 +303,7 @@ impl<D: PciFunction> IoQueuePair<D> {
                     write,
                     fua,
                     nsid: ns.id(),
+                    meta: SplitMeta::default(),
                 };
                 let segs = segs.to_vec();
                 let mut placer = Placer {
@@ -334,6 +342,87 @@ impl<D: PciFunction> IoQueuePair<D> {
             Bufs::None => Ok(()),
             Bufs::One(b) => check(0, b),
             Bufs::Many(v) => v.iter().enumerate().try_for_each(|(i, b)| check(i, b)),
+            Bufs::OneWithMetadata { data, metadata } => {
+                check(0, data)?;
+                check(1, metadata)
+            }
+            Bufs::ManyWithMetadata { data, metadata } => {
+                data.iter().enumerate().try_for_each(|(i, b)| check(i, b))?;
+                check(data.len(), metadata)
+            }
+        }
+    }
+
+    /// A read or write with metadata, PI options or marked atomic (out of line: the plain
+    /// path above stays as it was). Every check that can be made here is made before
+    /// anything is queued.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn submit_rw_ext(
+        &mut self,
+        ns: &Namespace,
+        lba: Lba,
+        bufs: Bufs,
+        tag: u64,
+        write: bool,
+        fua: bool,
+        opts: RwOptions,
+    ) -> Result<(), Rejected> {
+        if let Err(e) = self.check_buffers(&bufs) {
+            return Err(Rejected::new(e, bufs));
+        }
+        let (op, limits) = match rw_meta(ns, lba, &bufs, write, fua, opts) {
+            Ok(x) => x,
+            Err(e) => return Err(Rejected::new(e, bufs)),
+        };
+        let segs: Vec<Segment> = match &bufs {
+            Bufs::One(b) | Bufs::OneWithMetadata { data: b, .. } => vec![segment_of(b)],
+            Bufs::Many(v) | Bufs::ManyWithMetadata { data: v, .. } => {
+                v.iter().map(segment_of).collect()
+            }
+            Bufs::None => Vec::new(),
+        };
+        let planned = match plan::plan(&segs, lba, &limits) {
+            Ok(p) => p,
+            Err(e) => return Err(Rejected::new(plan_error(ns, e), bufs)),
+        };
+        let blocks: u64 = planned.commands().iter().map(|c| c.nlb as u64).sum();
+        if let Err(e) = check_meta_len(ns, &bufs, blocks, op.meta.mptr != 0) {
+            return Err(Rejected::new(e, bufs));
+        }
+        if write && opts.atomic {
+            if let Err(r) = check_atomic(ns, lba, blocks, planned.len()) {
+                return Err(Rejected::new(Error::Bad(BadRequest::NotAtomic(r)), bufs));
+            }
+        }
+        let qid = self.core.qid().0;
+        let mut placer = Placer {
+            sq: &self.sq,
+            lists: &self.lists,
+        };
+        match planned {
+            Plan::One(cmd) => self
+                .core
+                .submit(&mut placer, tag, bufs, |p, slot| {
+                    let dptr = p.range_dptr(slot, &segs, &cmd)?;
+                    Ok(nvme_dio_queue::queue_pair::child_sqe(op, &cmd, dptr))
+                })
+                .map_err(|(r, bufs)| {
+                    Rejected::new(
+                        refusal(r, qid, |source| Error::DataPointer { qid, source }),
+                        bufs,
+                    )
+                }),
+            Plan::Split(children) => self
+                .core
+                .submit_split(&mut placer, tag, bufs, op, segs, children)
+                .map_err(|(r, bufs)| {
+                    Rejected::new(
+                        refusal(r, qid, |source| Error::DataPointer { qid, source }),
+                        bufs,
+                    )
+                }),
         }
     }
 
@@ -610,6 +699,161 @@ fn check_range(ns: &Namespace, lba: Lba, blocks: u64, max: u64) -> Result<(), Er
             blocks,
             ns_blocks: ns.blocks(),
         });
+    }
+    Ok(())
+}
+
+/// The split operation (metadata pointer, PRINFO, tags) and the planner limits of a read or
+/// write on `ns`, or why it is refused.
+fn rw_meta(
+    ns: &Namespace,
+    lba: Lba,
+    bufs: &Bufs,
+    write: bool,
+    fua: bool,
+    opts: RwOptions,
+) -> Result<(SplitOp, nvme_dio_queue::Limits), Error> {
+    let nsid = ns.id();
+    let bad = |b| Err(Error::Bad(b));
+    let mut meta = SplitMeta {
+        slba: lba,
+        ..SplitMeta::default()
+    };
+    let mut limits = *ns.limits();
+    match ns.metadata_format() {
+        None => {
+            if bufs.metadata().is_some() {
+                return bad(BadRequest::MetadataWithoutFormat { nsid });
+            }
+            if opts.pi.is_some() {
+                return bad(BadRequest::PiWithoutProtection { nsid });
+            }
+        }
+        Some(m) => {
+            let mut strips = false;
+            if let Some(o) = opts.pi {
+                let Some(p) = m.pi else {
+                    return bad(BadRequest::PiWithoutProtection { nsid });
+                };
+                if p.format == nvme_dio_queue::pi::PiFormat::Guard32 {
+                    return Err(Error::NotSupported(Feature::Guard32));
+                }
+                let mask = p.format.ref_mask();
+                let reftag = match (p.kind, o.reftag) {
+                    (nvme_dio_queue::pi::PiType::Type1, Some(r)) if r & mask != lba.0 & mask => {
+                        return bad(BadRequest::RefTagNotLba {
+                            nsid,
+                            given: r,
+                            want: lba.0 & mask,
+                        });
+                    }
+                    (nvme_dio_queue::pi::PiType::Type3, _) if o.prinfo.ref_tag => {
+                        return bad(BadRequest::PiOption {
+                            nsid,
+                            what: "PI type 3 has no reference tag to check: drop the reference tag check",
+                        });
+                    }
+                    (_, Some(r)) => r & mask,
+                    (_, None) => lba.0 & mask,
+                };
+                meta.prinfo = o.prinfo;
+                meta.tags = nvme_dio_queue::pi::PiTags {
+                    reftag,
+                    apptag: o.apptag,
+                    appmask: o.appmask,
+                };
+                meta.ref_increments = p.kind.increments();
+                meta.ref_mask = mask;
+                strips = o.prinfo.pract && m.pract_strips();
+            }
+            if m.extended {
+                if bufs.metadata().is_some() {
+                    return bad(BadRequest::MetadataInDataBuffer {
+                        nsid,
+                        block_bytes: ns.buffer_block_size(),
+                    });
+                }
+                if !strips {
+                    limits = *ns.ext_limits().expect("extended formats have ext limits");
+                }
+            } else if !strips {
+                let Some(md) = bufs.metadata() else {
+                    return bad(BadRequest::MetadataMissing {
+                        nsid,
+                        metadata_bytes: m.size,
+                        // The data length in blocks, for the message.
+                        needed: data_len(bufs) / ns.lba_size() as u64 * m.size as u64,
+                    });
+                };
+                if md.iova() & 3 != 0 {
+                    return bad(BadRequest::MetadataNotDwordAligned { iova: md.iova() });
+                }
+                meta.mptr = md.iova();
+                meta.ms = m.size;
+            }
+        }
+    }
+    Ok((
+        SplitOp {
+            write,
+            fua,
+            nsid,
+            meta,
+        },
+        limits,
+    ))
+}
+
+fn data_len(bufs: &Bufs) -> u64 {
+    match bufs {
+        Bufs::One(b) | Bufs::OneWithMetadata { data: b, .. } => b.len() as u64,
+        Bufs::Many(v) | Bufs::ManyWithMetadata { data: v, .. } => {
+            v.iter().map(|b| b.len() as u64).sum()
+        }
+        Bufs::None => 0,
+    }
+}
+
+/// The separate metadata buffer must hold every block's metadata.
+fn check_meta_len(ns: &Namespace, bufs: &Bufs, blocks: u64, used: bool) -> Result<(), Error> {
+    let (Some(md), true) = (bufs.metadata(), used) else {
+        return Ok(());
+    };
+    let needed = blocks * ns.metadata_size() as u64;
+    if (md.len() as u64) < needed {
+        return Err(Error::Bad(BadRequest::MetadataTooSmall {
+            have: md.len(),
+            needed,
+        }));
+    }
+    Ok(())
+}
+
+/// A write marked atomic: within the power-fail atomic unit, inside one boundary, one
+/// command.
+fn check_atomic(
+    ns: &Namespace,
+    lba: Lba,
+    blocks: u64,
+    commands: usize,
+) -> Result<(), AtomicRefusal> {
+    let a = ns.atomic_limits();
+    if blocks > a.power_fail as u64 {
+        return Err(AtomicRefusal::TooLarge {
+            blocks,
+            limit: a.power_fail,
+        });
+    }
+    if a.crosses_power_fail_boundary(lba.0, blocks) {
+        return Err(AtomicRefusal::CrossesBoundary {
+            slba: lba.0,
+            blocks,
+            boundary: a.boundary_power_fail,
+            offset: a.boundary_offset,
+        });
+    }
+    if commands != 1 {
+        return Err(AtomicRefusal::WouldSplit { commands });
     }
     Ok(())
 }

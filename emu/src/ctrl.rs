@@ -232,7 +232,7 @@ pub(crate) const AERL: u32 = 3;
 impl State {
     pub(crate) fn new(cfg: EmuConfig) -> State {
         let nq = cfg.max_ioqpairs as usize + 1;
-        let ns = cfg
+        let mut ns: Vec<Namespace> = cfg
             .namespaces
             .iter()
             .map(|n| {
@@ -265,6 +265,11 @@ impl State {
                 }
             })
             .collect();
+        for n in &mut ns {
+            // Never-written blocks carry the all-ones tuple: reads skip their checks.
+            let blocks = n.blocks;
+            n.escape_pi(0, blocks);
+        }
         State {
             table: Table::default(),
             sqs: (0..nq).map(|_| None).collect(),

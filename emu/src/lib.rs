@@ -90,6 +90,7 @@ mod function;
 mod identify;
 mod io;
 mod mem;
+mod meta;
 
 #[cfg(test)]
 mod tests;

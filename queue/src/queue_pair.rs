@@ -51,8 +51,8 @@ use crate::status::{sc, sct};
 use crate::{Cid, Command, Cqe, PrpError, Qid, QueueSize, Segment, SglError, Sqe, Status};
 
 use ring::{CqIndex, SqIndex};
-pub use split::SplitOp;
 use split::{Parent, Splits};
+pub use split::{SplitMeta, SplitOp};
 use tracker::{NO_PARENT, Slab};
 
 /// A point in time on the shell's monotonic clock, in nanoseconds from any origin.
@@ -750,14 +750,22 @@ impl<B> QueuePairCore<B> {
     }
 }
 
-fn child_sqe(op: SplitOp, cmd: &Command, dptr: Dptr) -> Sqe {
+/// The entry of one command of a read or write: a split's child, or the one command of a
+/// request with metadata or PI (its MPTR and tags moved to the command's first block).
+pub fn child_sqe(op: SplitOp, cmd: &Command, dptr: Dptr) -> Sqe {
+    let (mptr, tags) = op.meta.for_child(cmd.slba);
+    let prinfo = op.meta.prinfo;
     if op.write {
         Write::new(op.nsid, cmd.slba, cmd.nlb)
             .fua(op.fua)
+            .metadata(crate::Iova(mptr))
+            .protection(prinfo, tags)
             .build(dptr)
     } else {
         Read::new(op.nsid, cmd.slba, cmd.nlb)
             .fua(op.fua)
+            .metadata(crate::Iova(mptr))
+            .protection(prinfo, tags)
             .build(dptr)
     }
 }

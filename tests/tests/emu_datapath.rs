@@ -158,3 +158,234 @@ fn a_controller_without_the_cns_06h_page_has_no_command_limits() {
     assert!(ns.copy_limits().is_none());
     assert!(!ns.supports_verify());
 }
+
+// ---- metadata and protection information I/O ----------------------------------------------
+
+use nvme_dio::{Bufs, Error, Io, Lba, PiOptions, QueuePairOptions, error::BadRequest};
+use nvme_dio_tests::datapath;
+
+/// The namespaces of the VM matrix, on one emulated controller with a small MDTS (16 KiB)
+/// so that 40-block transfers split.
+fn matrix() -> Vec<NsConfig> {
+    let mut v = Vec::new();
+    for lba in [512u32, 4096] {
+        v.push(NsConfig {
+            metadata_size: 8,
+            ..NsConfig::ram(256, lba)
+        });
+        v.push(NsConfig {
+            metadata_size: 8,
+            extended: true,
+            ..NsConfig::ram(256, lba)
+        });
+        for (kind, first, ext, ms) in [
+            (PiType::Type1, false, false, 8),
+            (PiType::Type2, true, true, 16),
+            (PiType::Type3, false, false, 16),
+            (PiType::Type1, false, true, 8),
+        ] {
+            v.push(NsConfig {
+                metadata_size: ms,
+                extended: ext,
+                pi: pi(kind, first, PiFormat::Guard16),
+                ..NsConfig::ram(256, lba)
+            });
+        }
+    }
+    v.push(NsConfig {
+        metadata_size: 16,
+        pi: pi(PiType::Type1, false, PiFormat::Guard64),
+        ..NsConfig::ram(256, 4096)
+    });
+    v
+}
+
+fn matrix_ctrl() -> Controller<EmuFunction> {
+    open(EmuConfig {
+        mdts: 2,
+        namespaces: matrix(),
+        ..EmuConfig::default()
+    })
+}
+
+#[test]
+fn metadata_round_trips_single_and_split_on_every_format() {
+    let ctrl = matrix_ctrl();
+    let mut qp = ctrl
+        .create_io_qpair(QueuePairOptions::default().entries(64))
+        .unwrap();
+    for nsid in 1..=ctrl.namespaces().len() as u32 {
+        let ns = ctrl.namespace(nsid).unwrap().clone();
+        let what = format!(
+            "ns {nsid} ({} B, {})",
+            ns.lba_size(),
+            ns.metadata_format().unwrap()
+        );
+        let one = datapath::roundtrip(&ctrl, &mut qp, &ns, 3, 2, 1);
+        assert_eq!(one, 2, "{what}: 2 blocks in one command each way");
+        let splits = qp.stats().split_requests;
+        let n = datapath::roundtrip(&ctrl, &mut qp, &ns, 10, 40, 1);
+        assert!(
+            n > 2,
+            "{what}: 40 blocks over a 16 KiB MDTS must split ({n} commands)"
+        );
+        assert_eq!(qp.stats().split_requests, splits + 2, "{what}");
+        // Several buffers, the split moving the metadata pointer with each child.
+        datapath::roundtrip(&ctrl, &mut qp, &ns, 60, 24, 3);
+    }
+}
+
+#[test]
+fn pi_pract_wrong_guard_and_corrupted_pi() {
+    let ctrl = matrix_ctrl();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    for nsid in 1..=ctrl.namespaces().len() as u32 {
+        let ns = ctrl.namespace(nsid).unwrap().clone();
+        if ns.metadata_format().unwrap().pi.is_none() {
+            continue;
+        }
+        datapath::pract_write_reads_back_valid_pi(&ctrl, &mut qp, &ns, 100, 4);
+        datapath::wrong_guard_write_is_refused(&ctrl, &mut qp, &ns, 120);
+        datapath::corrupted_pi_fails_the_read(&ctrl, &mut qp, &ns, 130);
+    }
+}
+
+#[test]
+fn unwritten_pi_blocks_read_with_every_check_on() {
+    // Never written: the all-ones tuple turns the checks off, as on QEMU.
+    let ctrl = matrix_ctrl();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    let ns = ctrl.namespace(3).unwrap().clone();
+    datapath::read_blocks(&ctrl, &mut qp, &ns, 200, 4, 1, datapath::check_all(&ns, 1)).unwrap();
+}
+
+#[test]
+fn bad_metadata_and_pi_input_is_refused_before_anything_is_queued() {
+    let ctrl = matrix_ctrl();
+    let plain = open(EmuConfig::default());
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    let mut pq = plain.create_io_qpair(QueuePairOptions::default()).unwrap();
+    let sep = ctrl.namespace(1).unwrap().clone(); // 512 B, 8 B separate, no PI
+    let ext = ctrl.namespace(2).unwrap().clone(); // 512 B, 8 B extended
+    let t1 = ctrl.namespace(3).unwrap().clone(); // type 1, separate
+    let t3 = ctrl.namespace(5).unwrap().clone(); // type 3, 16 B separate
+    let none = plain.namespace(1).unwrap().clone();
+    let buf = |c: &Controller<EmuFunction>, n| c.memory().alloc(n, 4096).unwrap();
+    let expect = |r: Result<(), nvme_dio::Rejected>, want: &dyn Fn(&Error) -> bool, what: &str| {
+        let e = r.expect_err(what);
+        assert!(want(&e.error), "{what}: got {}", e.error.report());
+        assert!(!e.bufs.is_none(), "{what}: the buffers come back");
+    };
+    expect(
+        qp.submit(Io::write(&sep, Lba(0), buf(&ctrl, 1024)), 1),
+        &|e| {
+            matches!(
+                e,
+                Error::Bad(BadRequest::MetadataMissing { needed: 16, .. })
+            )
+        },
+        "no metadata buffer",
+    );
+    expect(
+        qp.submit(
+            Io::write(&sep, Lba(0), buf(&ctrl, 4096)).metadata(buf(&ctrl, 4)),
+            1,
+        ),
+        &|e| {
+            matches!(
+                e,
+                Error::Bad(BadRequest::MetadataTooSmall {
+                    have: 4,
+                    needed: 64
+                })
+            )
+        },
+        "metadata buffer too small",
+    );
+    expect(
+        qp.submit(
+            Io::write(&ext, Lba(0), buf(&ctrl, 520)).metadata(buf(&ctrl, 8)),
+            1,
+        ),
+        &|e| {
+            matches!(
+                e,
+                Error::Bad(BadRequest::MetadataInDataBuffer {
+                    block_bytes: 520,
+                    ..
+                })
+            )
+        },
+        "separate metadata on an extended format",
+    );
+    expect(
+        qp.submit(Io::write(&ext, Lba(0), buf(&ctrl, 512)), 1),
+        &|e| matches!(e, Error::Invalid(_)),
+        "an extended buffer that is not whole blocks of data + metadata",
+    );
+    expect(
+        pq.submit(
+            Io::write(&none, Lba(0), buf(&plain, 512)).metadata(buf(&plain, 8)),
+            1,
+        ),
+        &|e| matches!(e, Error::Bad(BadRequest::MetadataWithoutFormat { .. })),
+        "metadata on a namespace without it",
+    );
+    expect(
+        pq.submit(
+            Io::write(&none, Lba(0), buf(&plain, 512)).pi(PiOptions::pract()),
+            1,
+        ),
+        &|e| matches!(e, Error::Bad(BadRequest::PiWithoutProtection { .. })),
+        "PI options on a namespace without metadata",
+    );
+    expect(
+        qp.submit(
+            Io::write(&sep, Lba(0), buf(&ctrl, 512))
+                .metadata(buf(&ctrl, 8))
+                .pi(PiOptions::pract()),
+            1,
+        ),
+        &|e| matches!(e, Error::Bad(BadRequest::PiWithoutProtection { .. })),
+        "PI options on a namespace with metadata but no PI",
+    );
+    expect(
+        qp.submit(
+            Io::read(&t1, Lba(5), buf(&ctrl, 512))
+                .metadata(buf(&ctrl, 8))
+                .pi(PiOptions::check(nvme_dio::Prinfo::CHECK_ALL).ref_tag(6)),
+            1,
+        ),
+        &|e| {
+            matches!(
+                e,
+                Error::Bad(BadRequest::RefTagNotLba {
+                    given: 6,
+                    want: 5,
+                    ..
+                })
+            )
+        },
+        "type 1 with a reference tag that is not the LBA",
+    );
+    expect(
+        qp.submit(
+            Io::read(&t3, Lba(5), buf(&ctrl, 512))
+                .metadata(buf(&ctrl, 16))
+                .pi(PiOptions::check(nvme_dio::Prinfo::CHECK_ALL)),
+            1,
+        ),
+        &|e| matches!(e, Error::Bad(BadRequest::PiOption { .. })),
+        "type 3 with the reference tag check",
+    );
+    assert_eq!(qp.stats().commands, 0, "nothing reached the device");
+    assert_eq!(pq.stats().commands, 0);
+    // PRACT where the metadata is only the tuple: no metadata buffer needed.
+    let (r, bufs) = datapath::run(
+        &mut qp,
+        Io::write(&t1, Lba(0), buf(&ctrl, 512)).pi(PiOptions::pract()),
+        9,
+    );
+    r.unwrap();
+    assert!(matches!(bufs, Bufs::One(_)));
+}

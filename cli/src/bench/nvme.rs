@@ -380,6 +380,9 @@ fn scatter(bufs: &Bufs, stream: &[u8]) {
     match bufs {
         Bufs::One(b) => put(b),
         Bufs::Many(v) => v.iter().for_each(put),
+        // The bench's streams are the data only.
+        Bufs::OneWithMetadata { data, .. } => put(data),
+        Bufs::ManyWithMetadata { data, .. } => data.iter().for_each(put),
         Bufs::None => {}
     }
 }
@@ -395,6 +398,8 @@ fn gather(bufs: &Bufs, stream: &mut [u8]) {
     match bufs {
         Bufs::One(b) => get(b),
         Bufs::Many(v) => v.iter().for_each(get),
+        Bufs::OneWithMetadata { data, .. } => get(data),
+        Bufs::ManyWithMetadata { data, .. } => data.iter().for_each(get),
         Bufs::None => {}
     }
 }
@@ -414,6 +419,7 @@ fn submit<D: PciFunction>(
             lba,
             bufs,
             fua: false,
+            opts: Default::default(),
         }
     } else {
         Io::Read {
@@ -421,6 +427,7 @@ fn submit<D: PciFunction>(
             lba,
             bufs,
             fua: false,
+            opts: Default::default(),
         }
     };
     qp.submit(io, tag)

@@ -211,6 +211,7 @@ impl Model {
                     children as usize
                 ];
                 let op = SplitOp {
+                    meta: Default::default(),
                     write: tag % 2 == 0,
                     fua: false,
                     nsid: Nsid(1),
