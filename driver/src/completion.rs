@@ -312,6 +312,9 @@ pub struct QueueStats {
     /// Requests submitted again after a retryable status or a reset
     /// ([`IoQueuePair::set_retries`]).
     pub retries: u64,
+    /// Flushes completed at once without a command: the controller has no volatile write
+    /// cache, so every completed write is already durable.
+    pub flushes_without_command: u64,
     /// The MSI-X vector of an interrupt-mode queue pair.
     pub vector: Option<u16>,
     /// Other queue pairs share that vector (fewer vectors than queue pairs).
@@ -353,6 +356,7 @@ impl QueueStats {
             resets_requested: shell.resets_requested,
             held: shell.held,
             retries: core.retries,
+            flushes_without_command: core.without_command,
             vector: None,
             vector_shared: false,
         }

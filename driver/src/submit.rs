@@ -199,6 +199,15 @@ impl<D: PciFunction> IoQueuePair<D> {
                 opts,
             } => self.submit_rw(ns, lba, bufs, tag, true, fua, opts),
             Io::Flush { ns } => {
+                if !ns.has_volatile_write_cache() {
+                    // Nothing to flush: without a volatile write cache a write is on the
+                    // medium when it completes. Completed at once, no command, counted.
+                    let qid = self.core.qid().0;
+                    return self
+                        .core
+                        .complete_now(tag, Bufs::None)
+                        .map_err(|(r, bufs)| Rejected::new(refusal(r, qid, |e| match e {}), bufs));
+                }
                 let sqe = Flush::new(ns.id()).build();
                 self.submit_built(sqe, tag, Bufs::None)
             }

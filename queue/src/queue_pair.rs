@@ -217,6 +217,9 @@ pub struct Counters {
     pub teardowns: u64,
     /// Requests placed again: after a retryable status (DNR clear) or a reset.
     pub retries: u64,
+    /// Requests completed at once without a command ([`QueuePairCore::complete_now`]: a
+    /// flush with no volatile write cache).
+    pub without_command: u64,
 }
 
 /// The counters do not add up (a bug in the core).
@@ -398,6 +401,27 @@ impl<B> QueuePairCore<B> {
         }
         self.place(sink, slot, sqe);
         self.counters.submitted += 1;
+        Ok(())
+    }
+
+    /// Accepts a request that needs no command (a flush where there is no volatile write
+    /// cache: every completed write is already durable) and delivers it now, successfully.
+    /// It does not overtake a split still waiting for slots.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::BehindSplit`] with `bufs`.
+    pub fn complete_now(
+        &mut self,
+        tag: u64,
+        bufs: B,
+    ) -> Result<(), (Refusal<core::convert::Infallible>, B)> {
+        if !self.splits.pending.is_empty() {
+            return Err((Refusal::BehindSplit, bufs));
+        }
+        self.counters.submitted += 1;
+        self.counters.without_command += 1;
+        self.deliver(tag, Outcome::Success, bufs, 0);
         Ok(())
     }
 

@@ -389,3 +389,156 @@ fn bad_metadata_and_pi_input_is_refused_before_anything_is_queued() {
     r.unwrap();
     assert!(matches!(bufs, Bufs::One(_)));
 }
+
+// ---- atomic writes -------------------------------------------------------------------------
+
+use nvme_dio::error::AtomicRefusal;
+
+fn atomic_ctrl() -> Controller<EmuFunction> {
+    open(EmuConfig {
+        namespaces: vec![
+            NsConfig {
+                atomic: Some(NsAtomic {
+                    nawun: 8,
+                    nawupf: 8,
+                    nabsn: 16,
+                    nabo: 0,
+                    nabspf: 16,
+                }),
+                ..NsConfig::ram(256, 512)
+            },
+            NsConfig::ram(256, 512),
+        ],
+        ..EmuConfig::default()
+    })
+}
+
+fn atomic_write(
+    ctrl: &Controller<EmuFunction>,
+    qp: &mut nvme_dio::IoQueuePair<EmuFunction>,
+    ns: &nvme_dio::Namespace,
+    lba: u64,
+    bufs: &[usize],
+) -> Result<(), Error> {
+    let v: Vec<_> = bufs
+        .iter()
+        .map(|&n| ctrl.memory().alloc(n, 4096).unwrap())
+        .collect();
+    match qp.submit(Io::writev(ns, Lba(lba), v).atomic(), 5) {
+        Err(r) => Err(*r.error),
+        Ok(()) => {
+            let c = nvme_dio_tests::io::wait_one(qp, std::time::Duration::from_secs(5));
+            c.result
+        }
+    }
+}
+
+#[test]
+fn atomic_writes_go_as_one_command_or_are_refused_naming_the_limit() {
+    let ctrl = atomic_ctrl();
+    let dev = ctrl.device().clone();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    let ns = ctrl.namespace(1).unwrap().clone();
+    // Fits: 8 blocks inside one 16-block boundary: exactly one Write command.
+    let writes = dev.stats().writes;
+    atomic_write(&ctrl, &mut qp, &ns, 16, &[4096]).unwrap();
+    assert_eq!(dev.stats().writes, writes + 1);
+    assert_eq!(qp.stats().split_requests, 0);
+    // Larger than NAWUPF.
+    let e = atomic_write(&ctrl, &mut qp, &ns, 32, &[8192]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Bad(BadRequest::NotAtomic(AtomicRefusal::TooLarge {
+                blocks: 16,
+                limit: 8
+            }))
+        ),
+        "{}",
+        e.report()
+    );
+    assert!(
+        e.to_string().contains("atomic write unit of 8 blocks"),
+        "{e}"
+    );
+    // Crosses the power-fail boundary at block 16.
+    let e = atomic_write(&ctrl, &mut qp, &ns, 12, &[4096]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Bad(BadRequest::NotAtomic(AtomicRefusal::CrossesBoundary {
+                slba: 12,
+                blocks: 8,
+                boundary: 16,
+                ..
+            }))
+        ),
+        "{}",
+        e.report()
+    );
+    // Fits in size, but the buffers break the PRP rule at a block boundary: would split.
+    let e = atomic_write(&ctrl, &mut qp, &ns, 48, &[1024, 1024]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Bad(BadRequest::NotAtomic(AtomicRefusal::WouldSplit {
+                commands: 2
+            }))
+        ),
+        "{}",
+        e.report()
+    );
+    assert_eq!(
+        dev.stats().writes,
+        writes + 1,
+        "refused writes never reached the device"
+    );
+    // Without namespace values the controller's AWUPF (1 block, as QEMU) applies.
+    let plain = ctrl.namespace(2).unwrap().clone();
+    assert_eq!(plain.atomic_limits().power_fail, 1);
+    atomic_write(&ctrl, &mut qp, &plain, 0, &[512]).unwrap();
+    let e = atomic_write(&ctrl, &mut qp, &plain, 0, &[1024]).unwrap_err();
+    assert!(matches!(
+        e,
+        Error::Bad(BadRequest::NotAtomic(AtomicRefusal::TooLarge {
+            limit: 1,
+            ..
+        }))
+    ));
+}
+
+// ---- flush ---------------------------------------------------------------------------------
+
+#[test]
+fn flush_without_a_volatile_write_cache_completes_without_a_command() {
+    for vwc in [false, true] {
+        let ctrl = open(EmuConfig {
+            vwc,
+            ..EmuConfig::default()
+        });
+        let dev = ctrl.device().clone();
+        let ns = ctrl.namespace(1).unwrap().clone();
+        assert_eq!(ns.has_volatile_write_cache(), vwc);
+        let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+        let flushes = dev.stats().flushes;
+        for t in 0..3 {
+            qp.flush(&ns, t).map_err(|r| r.error).unwrap();
+            let c = nvme_dio_tests::io::wait_one(&mut qp, std::time::Duration::from_secs(5));
+            assert_eq!(c.tag, t);
+            c.result.unwrap();
+        }
+        let s = qp.stats();
+        if vwc {
+            assert_eq!(dev.stats().flushes, flushes + 3);
+            assert_eq!(s.flushes_without_command, 0);
+        } else {
+            assert_eq!(
+                dev.stats().flushes,
+                flushes,
+                "no Flush command reached the device"
+            );
+            assert_eq!((s.flushes_without_command, s.commands), (3, 0));
+        }
+        assert_eq!((s.submitted, s.completed), (3, 3));
+    }
+}
