@@ -373,6 +373,12 @@ pub enum BadRequest {
         /// Ranges given.
         ranges: usize,
     },
+    /// A Copy source range list of the wrong length.
+    #[error("{ranges} copy source ranges: Copy takes 1..=256 per request")]
+    CopyRanges {
+        /// Ranges given.
+        ranges: usize,
+    },
     /// A buffer longer than one segment can be.
     #[error("buffer {index} is {bytes} bytes; one buffer holds at most 4 GiB - 1")]
     BufferTooLarge {

@@ -68,6 +68,31 @@ pub enum Io<'a> {
         /// 1 ..= 256 ranges.
         ranges: &'a [(Lba, u32)],
     },
+    /// Verify `blocks` blocks: the controller reads them and checks their integrity (and,
+    /// with PRCHK, their PI) without transferring data. Split at the controller's Verify
+    /// Size Limit (VSL) where it reports one.
+    Verify {
+        /// The namespace.
+        ns: &'a Namespace,
+        /// First block.
+        lba: Lba,
+        /// Block count (1 ..= 65 536).
+        blocks: u32,
+        /// PI checks (no PRACT).
+        pi: Option<PiOptions>,
+    },
+    /// Copy (simple copy): the source ranges `(first block, block count)`, in order, to
+    /// consecutive blocks from `dest`, within the namespace. Split into several Copy commands
+    /// where the ranges exceed MSSRL (blocks per range), MSRC (ranges per command) or MCL
+    /// (blocks per command). The metadata (and PI) is copied as it is.
+    Copy {
+        /// The namespace.
+        ns: &'a Namespace,
+        /// 1 ..= 256 source ranges.
+        ranges: &'a [(Lba, u32)],
+        /// Destination of the first block.
+        dest: Lba,
+    },
     /// A command as built by the caller (see [`Io::raw`]).
     Raw {
         /// The entry; the queue sets its CID and, with a buffer, its PRPs.
@@ -182,6 +207,31 @@ impl<'a> Io<'a> {
         Io::WriteZeroes { ns, lba, blocks }
     }
 
+    /// Verify `blocks` blocks at `lba` (see [`Io::Verify`]).
+    pub fn verify(ns: &'a Namespace, lba: Lba, blocks: u32) -> Io<'a> {
+        Io::Verify {
+            ns,
+            lba,
+            blocks,
+            pi: None,
+        }
+    }
+
+    /// Verify with PI checks.
+    pub fn verify_pi(ns: &'a Namespace, lba: Lba, blocks: u32, pi: PiOptions) -> Io<'a> {
+        Io::Verify {
+            ns,
+            lba,
+            blocks,
+            pi: Some(pi),
+        }
+    }
+
+    /// Copy `ranges` to consecutive blocks from `dest` (see [`Io::Copy`]).
+    pub fn copy(ns: &'a Namespace, ranges: &'a [(Lba, u32)], dest: Lba) -> Io<'a> {
+        Io::Copy { ns, ranges, dest }
+    }
+
     /// Deallocate (trim) `ranges` of `(first block, block count)`.
     pub fn deallocate(ns: &'a Namespace, ranges: &'a [(Lba, u32)]) -> Io<'a> {
         Io::Deallocate { ns, ranges }
@@ -201,7 +251,11 @@ impl<'a> Io<'a> {
         match self {
             Io::Read { bufs, .. } | Io::Write { bufs, .. } => bufs,
             Io::Raw { buf, .. } => buf.map_or(Bufs::None, Bufs::One),
-            Io::Flush { .. } | Io::WriteZeroes { .. } | Io::Deallocate { .. } => Bufs::None,
+            Io::Flush { .. }
+            | Io::WriteZeroes { .. }
+            | Io::Deallocate { .. }
+            | Io::Verify { .. }
+            | Io::Copy { .. } => Bufs::None,
         }
     }
 }

@@ -35,6 +35,10 @@ pub struct EmuStats {
     pub write_zeroes: u64,
     /// Dataset Management commands processed.
     pub dsm: u64,
+    /// Verify commands processed.
+    pub verifies: u64,
+    /// Copy commands processed.
+    pub copies: u64,
     /// Other I/O opcodes (all failed with Invalid Command Opcode).
     pub other_io: u64,
     /// I/O commands completed with an error status.
@@ -801,6 +805,8 @@ impl State {
             nvm::FLUSH => s.flushes += 1,
             nvm::WRITE_ZEROES => s.write_zeroes += 1,
             nvm::DATASET_MANAGEMENT => s.dsm += 1,
+            nvm::VERIFY => s.verifies += 1,
+            nvm::COPY => s.copies += 1,
             _ => s.other_io += 1,
         }
     }

@@ -350,12 +350,21 @@ impl State {
                 self.flush_cache(i);
                 Ok(())
             }
+            nvm::VERIFY if self.cfg.copy_verify => self.verify(s),
+            nvm::COPY if self.cfg.copy_verify => self.copy(s),
             nvm::WRITE_ZEROES => {
                 let i = self.ns_index(s.nsid)?;
                 let (slba, nlb) = (
                     s.cdw10 as u64 | (s.cdw11 as u64) << 32,
                     (s.cdw12 & 0xffff) as u64 + 1,
                 );
+                // WZSL, where the CNS 06h page reports one (stricter than QEMU 7.2, which
+                // reports none): Invalid Field.
+                if let Some(l) = self.cfg.nvm_limits.filter(|l| l.wzsl != 0) {
+                    if nlb << self.ns[i].lba_shift > self.page << l.wzsl {
+                        return Err(generic(sc::INVALID_FIELD));
+                    }
+                }
                 self.check_range(i, slba, nlb)?;
                 self.zero(i, slba, nlb);
                 self.cached(i, slba, nlb, s.cdw12 & FUA != 0);
@@ -376,6 +385,17 @@ impl State {
                     .collect();
                 for &(slba, nlb) in &list {
                     self.check_range(i, slba, nlb)?;
+                }
+                // DMRL / DMRSL / DMSL where reported: Invalid Field (QEMU 7.2 skips a range
+                // over DMRSL silently; a driver that splits never sends one).
+                if let Some(l) = self.cfg.nvm_limits {
+                    let total: u64 = list.iter().map(|r| r.1).sum();
+                    if l.dmrl != 0 && nr > l.dmrl as usize
+                        || l.dmrsl != 0 && list.iter().any(|r| r.1 > l.dmrsl as u64)
+                        || l.dmsl != 0 && total > l.dmsl
+                    {
+                        return Err(generic(sc::INVALID_FIELD));
+                    }
                 }
                 if s.cdw11 & (1 << 2) != 0 {
                     for &(slba, nlb) in &list {

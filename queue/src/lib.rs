@@ -40,6 +40,7 @@ pub mod pi;
 pub mod plan;
 pub mod prp;
 pub mod queue_pair;
+pub mod ranges;
 pub mod regs;
 pub mod sgl;
 pub mod status;

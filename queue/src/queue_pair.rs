@@ -52,7 +52,7 @@ use crate::{Cid, Command, Cqe, PrpError, Qid, QueueSize, Segment, SglError, Sqe,
 
 use ring::{CqIndex, SqIndex};
 use split::{Parent, Splits};
-pub use split::{SplitMeta, SplitOp};
+pub use split::{SplitKind, SplitMeta, SplitOp};
 use tracker::{NO_PARENT, Slab};
 
 /// A point in time on the shell's monotonic clock, in nanoseconds from any origin.
@@ -518,7 +518,12 @@ impl<B> QueuePairCore<B> {
                     .expect("a free tracker (checked)");
                 let p = self.splits.get_mut(idx).expect("live");
                 p.next += 1;
-                match sink.data_pointer(slot, &p.segs, &cmd) {
+                let dptr = if op.kind.has_data() {
+                    sink.data_pointer(slot, &p.segs, &cmd)
+                } else {
+                    Ok(Dptr::None)
+                };
+                match dptr {
                     Ok(dptr) => {
                         p.in_flight += 1;
                         self.place(sink, slot, child_sqe(op, &cmd, dptr));
@@ -779,6 +784,27 @@ impl<B> QueuePairCore<B> {
 pub fn child_sqe(op: SplitOp, cmd: &Command, dptr: Dptr) -> Sqe {
     let (mptr, tags) = op.meta.for_child(cmd.slba);
     let prinfo = op.meta.prinfo;
+    match op.kind {
+        SplitKind::Rw => {}
+        SplitKind::Verify => {
+            return crate::cmd::Verify::new(op.nsid, cmd.slba, cmd.nlb)
+                .protection(prinfo, tags)
+                .build();
+        }
+        SplitKind::WriteZeroes => {
+            return crate::cmd::WriteZeroes::new(op.nsid, cmd.slba, cmd.nlb)
+                .fua(op.fua)
+                .build();
+        }
+        SplitKind::Deallocate => {
+            return crate::cmd::DatasetManagement::deallocate(op.nsid, cmd.nlb).build(dptr);
+        }
+        SplitKind::Copy => {
+            return crate::cmd::Copy::new(op.nsid, cmd.slba, cmd.nlb)
+                .fua(op.fua)
+                .build(dptr);
+        }
+    }
     if op.write {
         Write::new(op.nsid, cmd.slba, cmd.nlb)
             .fua(op.fua)

@@ -542,3 +542,192 @@ fn flush_without_a_volatile_write_cache_completes_without_a_command() {
         assert_eq!((s.submitted, s.completed), (3, 3));
     }
 }
+
+// ---- Copy, Verify, and the split limits of Dataset Management and Write Zeroes -------------
+
+use nvme_dio_emu::CopyLimits;
+
+fn write_pattern(
+    ctrl: &Controller<EmuFunction>,
+    qp: &mut nvme_dio::IoQueuePair<EmuFunction>,
+    ns: &nvme_dio::Namespace,
+    lba: u64,
+    blocks: u64,
+    seed: u64,
+) -> Vec<u8> {
+    let data = nvme_dio_tests::io::pattern(ns.lba_size(), lba, seed, (blocks * 512) as usize);
+    let b = ctrl.memory().alloc(data.len(), 4096).unwrap();
+    b.copy_from_slice(0, &data).unwrap();
+    datapath::run(qp, Io::write(ns, Lba(lba), b), 1).0.unwrap();
+    data
+}
+
+fn read_back(
+    ctrl: &Controller<EmuFunction>,
+    qp: &mut nvme_dio::IoQueuePair<EmuFunction>,
+    ns: &nvme_dio::Namespace,
+    lba: u64,
+    blocks: u64,
+) -> Vec<u8> {
+    let b = ctrl.memory().alloc((blocks * 512) as usize, 4096).unwrap();
+    let (r, bufs) = datapath::run(qp, Io::read(ns, Lba(lba), b), 2);
+    r.unwrap();
+    nvme_dio_tests::io::gather(&bufs.into_vec())
+}
+
+#[test]
+fn copy_splits_at_mssrl_msrc_and_mcl_and_moves_the_data() {
+    let ctrl = open(EmuConfig {
+        namespaces: vec![NsConfig {
+            copy: CopyLimits {
+                mssrl: 4,
+                mcl: 8,
+                msrc: 2,
+            },
+            ..NsConfig::ram(256, 512)
+        }],
+        ..EmuConfig::default()
+    });
+    let dev = ctrl.device().clone();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    let ns = ctrl.namespace(1).unwrap().clone();
+    let a = write_pattern(&ctrl, &mut qp, &ns, 0, 10, 1);
+    let b = write_pattern(&ctrl, &mut qp, &ns, 50, 3, 2);
+    let ranges = [(Lba(0), 10), (Lba(50), 3)];
+    let copies = dev.stats().copies;
+    let (r, _) = datapath::run(&mut qp, Io::copy(&ns, &ranges, Lba(100)), 3);
+    r.unwrap();
+    // 13 blocks, at most 4 per range, 2 ranges and 8 blocks per command: 4+4 | 2+3.
+    assert_eq!(dev.stats().copies, copies + 2);
+    let got = read_back(&ctrl, &mut qp, &ns, 100, 13);
+    assert!(got[..10 * 512] == a[..], "first range copied");
+    assert!(got[10 * 512..] == b[..], "second range copied");
+    // One command when it fits.
+    let (r, _) = datapath::run(&mut qp, Io::copy(&ns, &[(Lba(0), 4)], Lba(200)), 4);
+    r.unwrap();
+    assert_eq!(dev.stats().copies, copies + 3);
+    // Bad input: a source past the end, a destination past the end, no ranges.
+    for (rs, d) in [
+        (&[(Lba(255), 2)][..], Lba(0)),
+        (&[(Lba(0), 2)][..], Lba(255)),
+    ] {
+        let e = qp.submit(Io::copy(&ns, rs, d), 9).unwrap_err();
+        assert!(matches!(*e.error, Error::OutOfRange { .. }), "{}", e.error);
+    }
+    let e = qp.submit(Io::copy(&ns, &[], Lba(0)), 9).unwrap_err();
+    assert!(matches!(
+        *e.error,
+        Error::Bad(BadRequest::CopyRanges { ranges: 0 })
+    ));
+}
+
+#[test]
+fn verify_checks_pi_and_splits_at_vsl() {
+    let ctrl = open(EmuConfig {
+        nvm_limits: Some(NvmLimits {
+            vsl: 1, // 8 KiB: 16 blocks of 512
+            ..NvmLimits::default()
+        }),
+        namespaces: vec![NsConfig {
+            metadata_size: 8,
+            pi: pi(PiType::Type1, false, PiFormat::Guard16),
+            ..NsConfig::ram(256, 512)
+        }],
+        ..EmuConfig::default()
+    });
+    let dev = ctrl.device().clone();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    let ns = ctrl.namespace(1).unwrap().clone();
+    datapath::roundtrip(&ctrl, &mut qp, &ns, 0, 40, 1);
+    let v = dev.stats().verifies;
+    let checks = datapath::check_all(&ns, 0x0042).unwrap();
+    let (r, _) = datapath::run(&mut qp, Io::verify_pi(&ns, Lba(0), 40, checks), 5);
+    r.unwrap();
+    assert_eq!(dev.stats().verifies, v + 3, "40 blocks at 16 per Verify");
+    // A corrupted tuple fails Verify with the guard error.
+    datapath::corrupted_pi_fails_the_read(&ctrl, &mut qp, &ns, 100);
+    let (r, _) = datapath::run(&mut qp, Io::verify_pi(&ns, Lba(100), 1, checks), 6);
+    assert!(matches!(r, Err(Error::GuardCheck { .. })), "{r:?}");
+    // Without checks it passes; PRACT is refused before queuing.
+    let (r, _) = datapath::run(&mut qp, Io::verify(&ns, Lba(100), 1), 7);
+    r.unwrap();
+    let e = qp
+        .submit(Io::verify_pi(&ns, Lba(0), 1, PiOptions::pract()), 8)
+        .unwrap_err();
+    assert!(matches!(*e.error, Error::Bad(BadRequest::PiOption { .. })));
+}
+
+#[test]
+fn deallocate_and_write_zeroes_split_at_the_reported_limits() {
+    let limits = NvmLimits {
+        vsl: 7,
+        wzsl: 1, // 8 KiB: 16 blocks of 512
+        dmrl: 2,
+        dmrsl: 8,
+        dmsl: 12,
+    };
+    let ctrl = open(EmuConfig {
+        nvm_limits: Some(limits),
+        namespaces: vec![NsConfig::ram(256, 512)],
+        ..EmuConfig::default()
+    });
+    let dev = ctrl.device().clone();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    let ns = ctrl.namespace(1).unwrap().clone();
+    write_pattern(&ctrl, &mut qp, &ns, 0, 128, 9);
+    let dsm = dev.stats().dsm;
+    let (r, _) = datapath::run(
+        &mut qp,
+        Io::deallocate(&ns, &[(Lba(0), 20), (Lba(100), 4)]),
+        3,
+    );
+    r.unwrap();
+    // (0,8) | (8,8) (16,4) | (100,4): DMRSL 8, DMSL 12, DMRL 2.
+    assert_eq!(dev.stats().dsm, dsm + 3);
+    assert!(
+        read_back(&ctrl, &mut qp, &ns, 0, 20)
+            .iter()
+            .all(|&b| b == 0)
+    );
+    assert!(
+        read_back(&ctrl, &mut qp, &ns, 100, 4)
+            .iter()
+            .all(|&b| b == 0)
+    );
+    assert!(
+        read_back(&ctrl, &mut qp, &ns, 20, 1)
+            .iter()
+            .any(|&b| b != 0)
+    );
+    let wz = dev.stats().write_zeroes;
+    let (r, _) = datapath::run(&mut qp, Io::write_zeroes(&ns, Lba(30), 40), 4);
+    r.unwrap();
+    assert_eq!(
+        dev.stats().write_zeroes,
+        wz + 3,
+        "40 blocks at 16 per Write Zeroes"
+    );
+    assert!(
+        read_back(&ctrl, &mut qp, &ns, 30, 40)
+            .iter()
+            .all(|&b| b == 0)
+    );
+
+    // The same requests on a controller without the CNS 06h page: one command each.
+    let ctrl = open(EmuConfig {
+        nvm_limits: None,
+        namespaces: vec![NsConfig::ram(256, 512)],
+        ..EmuConfig::default()
+    });
+    let dev = ctrl.device().clone();
+    let mut qp = ctrl.create_io_qpair(QueuePairOptions::default()).unwrap();
+    let ns = ctrl.namespace(1).unwrap().clone();
+    let ranges = [(Lba(0), 20), (Lba(100), 4)];
+    datapath::run(&mut qp, Io::deallocate(&ns, &ranges), 3)
+        .0
+        .unwrap();
+    datapath::run(&mut qp, Io::write_zeroes(&ns, Lba(30), 40), 4)
+        .0
+        .unwrap();
+    assert_eq!((dev.stats().dsm, dev.stats().write_zeroes), (1, 1));
+}

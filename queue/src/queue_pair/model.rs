@@ -212,6 +212,7 @@ impl Model {
                 ];
                 let op = SplitOp {
                     meta: Default::default(),
+                    kind: Default::default(),
                     write: tag % 2 == 0,
                     fua: false,
                     nsid: Nsid(1),

@@ -24,6 +24,34 @@ pub struct SplitOp {
     pub nsid: Nsid,
     /// Metadata and protection information, carried into each child.
     pub meta: SplitMeta,
+    /// The command each child is.
+    pub kind: SplitKind,
+}
+
+/// The command the children of a split are. For [`SplitKind::Deallocate`] and
+/// [`SplitKind::Copy`] a child's `nlb` is its number of ranges and its bytes are its range
+/// list (for Copy its `slba` is the destination); Verify and Write Zeroes children have no
+/// data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SplitKind {
+    /// Read or Write (per [`SplitOp::write`]).
+    #[default]
+    Rw,
+    /// Verify.
+    Verify,
+    /// Write Zeroes.
+    WriteZeroes,
+    /// Dataset Management, deallocate.
+    Deallocate,
+    /// Copy (format 0 source ranges).
+    Copy,
+}
+
+impl SplitKind {
+    /// True if each child has a data pointer.
+    pub fn has_data(self) -> bool {
+        !matches!(self, SplitKind::Verify | SplitKind::WriteZeroes)
+    }
 }
 
 /// What each child of a split read or write carries besides its data: its slice of the

@@ -418,6 +418,7 @@ fn split_children_move_the_metadata_pointer_and_the_reference_tag() {
             ref_increments: true,
             ref_mask: 0xffff_ffff,
         },
+        kind: SplitKind::Rw,
     };
     let segs = vec![
         Segment {
