@@ -218,6 +218,25 @@ impl<D: PciFunction> Controller<D> {
                 Err(e) => return Err(e.at(Stage::IdentifyController)),
             };
         let command_limits = CommandLimits::from_identify(nvm_ctrl.as_ref(), mpsmin);
+        // Commands Supported and Effects: QEMU 7.2 implements Verify and lists it only here,
+        // not in ONCS. A controller without the log page simply has ONCS.
+        let verify_logged = {
+            let log = nvme_dio_queue::cmd::GetLogPage::commands_supported();
+            idbuf.fill(0);
+            match admin.execute_with_buf(bar, |d| log.build(d), &idbuf, t) {
+                Ok(_) => {
+                    idbuf
+                        .copy_to_slice(0, &mut raw)
+                        .map_err(|e| Error::from(e).at(Stage::IdentifyController))?;
+                    nvme_dio_queue::cmd::commands_supported_io(
+                        &raw,
+                        nvme_dio_queue::opcode::nvm::VERIFY,
+                    )
+                }
+                Err(Error::Command { .. }) => false,
+                Err(e) => return Err(e.at(Stage::IdentifyController)),
+            }
+        };
 
         // Stage: namespaces.
         let mut namespaces = Vec::new();
@@ -299,6 +318,7 @@ impl<D: PciFunction> Controller<D> {
                 nvm_ns.as_ref(),
                 &id,
                 command_limits,
+                verify_logged,
                 (mpsmin, page),
                 list_pages,
                 sgl,

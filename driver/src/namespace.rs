@@ -140,6 +140,7 @@ impl Namespace {
         nvm_ns: Option<&IdentifyNvmNamespace>,
         ctrl: &IdentifyController,
         command_limits: CommandLimits,
+        verify_logged: bool,
         (mpsmin, page): (PageSize, PageSize),
         list_pages: usize,
         sgl: bool,
@@ -197,7 +198,7 @@ impl Namespace {
             write_zeroes: ctrl.oncs().write_zeroes(),
             deallocate: ctrl.oncs().dataset_management(),
             volatile_write_cache: ctrl.vwc_present(),
-            verify: ctrl.oncs().verify(),
+            verify: ctrl.oncs().verify() || verify_logged,
             copy,
             atomic,
             preferred,
@@ -271,7 +272,8 @@ impl Namespace {
         self.deallocate
     }
 
-    /// True if Verify is supported (ONCS bit 7).
+    /// True if Verify is supported (ONCS bit 7, or the Commands Supported and Effects log:
+    /// QEMU 7.2 lists it only there).
     pub fn supports_verify(&self) -> bool {
         self.verify
     }

@@ -684,7 +684,7 @@ impl<D: PciFunction> IoQueuePair<D> {
         }
         // The PI checks as a read's (the same refusals, no buffers).
         let opts = RwOptions { pi, atomic: false };
-        let meta = if pi.is_some() {
+        let meta = if let Some(o) = pi {
             match rw_meta(ns, lba, &Bufs::None, false, false, opts) {
                 Ok((op, _)) => SplitMeta {
                     mptr: 0,
@@ -694,7 +694,6 @@ impl<D: PciFunction> IoQueuePair<D> {
                 // A separate format "needs" a metadata buffer for a read; Verify moves none.
                 Err(Error::Bad(BadRequest::MetadataMissing { .. })) => {
                     let m = ns.metadata_format().and_then(|m| m.pi).expect("checked PI");
-                    let o = pi.expect("some");
                     let mask = m.format.ref_mask();
                     SplitMeta {
                         slba: lba,

@@ -312,6 +312,7 @@ impl State {
         let data = match lid {
             log::ERROR_INFORMATION => identify::error_log(),
             log::SMART_HEALTH => identify::smart_log(self),
+            log::COMMANDS_SUPPORTED => identify::commands_supported(self),
             _ => return Err(cs(INVALID_LOG_PAGE)),
         };
         if lpo & 3 != 0 || lpo > data.len() as u64 {

@@ -57,8 +57,10 @@ pub(crate) fn controller(s: &State) -> Vec<u8> {
     put32(&mut p, 516, s.ns.len() as u32); // NN
     put16(&mut p, 526, c.awun - 1); // AWUN (zero-based)
     put16(&mut p, 528, c.awupf - 1); // AWUPF (zero-based)
-    let cv = if c.copy_verify { 1 << 7 | 1 << 8 } else { 0 };
-    put16(&mut p, 520, 1 << 2 | 1 << 3 | cv); // ONCS: DSM, Write Zeroes, (Verify, Copy)
+    // ONCS: DSM, Write Zeroes, Copy. Verify is implemented but, as in QEMU 7.2, only listed
+    // in the Commands Supported and Effects log, not in ONCS.
+    let cv = if c.copy_verify { 1 << 8 } else { 0 };
+    put16(&mut p, 520, 1 << 2 | 1 << 3 | cv);
     put16(&mut p, 534, if c.copy_verify { 0b11 } else { 0 }); // OCFS: formats 0 and 1
     p[525] = if c.vwc { 0x07 } else { 0 }; // VWC: present, FFFFFFFFh flush supported
     put32(&mut p, 536, if c.sgl { 0x1 } else { 0 }); // SGLS: supported, byte aligned
@@ -150,6 +152,42 @@ pub(crate) fn active_list(count: usize, after: u32) -> Vec<u8> {
     let ids = (after as u64 + 1..=count as u64).take(1024);
     for (i, id) in ids.enumerate() {
         put32(&mut p, i * 4, id as u32);
+    }
+    p
+}
+
+/// Commands Supported and Effects log (LID 05h), 4096 bytes: CSUPP (bit 0) for every
+/// admin and I/O opcode the controller implements.
+pub(crate) fn commands_supported(s: &State) -> Vec<u8> {
+    use nvme_dio_queue::opcode::{admin, nvm};
+    let mut p = vec![0u8; 4096];
+    let admin_ops = [
+        admin::DELETE_IO_SQ,
+        admin::CREATE_IO_SQ,
+        admin::GET_LOG_PAGE,
+        admin::DELETE_IO_CQ,
+        admin::CREATE_IO_CQ,
+        admin::IDENTIFY,
+        admin::ABORT,
+        admin::SET_FEATURES,
+        admin::GET_FEATURES,
+        admin::ASYNC_EVENT_REQUEST,
+    ];
+    for op in admin_ops {
+        p[4 * op as usize] = 1;
+    }
+    let mut io = vec![
+        nvm::FLUSH,
+        nvm::WRITE,
+        nvm::READ,
+        nvm::WRITE_ZEROES,
+        nvm::DATASET_MANAGEMENT,
+    ];
+    if s.cfg.copy_verify {
+        io.extend([nvm::VERIFY, nvm::COPY]);
+    }
+    for op in io {
+        p[1024 + 4 * op as usize] = 1;
     }
     p
 }

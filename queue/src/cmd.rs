@@ -821,6 +821,20 @@ impl GetLogPage {
         }
     }
 
+    /// Bytes of the Commands Supported and Effects log.
+    pub const COMMANDS_SUPPORTED_LEN: u32 = 4096;
+
+    /// The Commands Supported and Effects log (Base 2.0, 5.16.1.6; 4096 bytes): one dword
+    /// per admin opcode (bytes 1023:0) and per I/O opcode (bytes 2047:1024), bit 0 CSUPP.
+    /// Decode with [`commands_supported_io`]. QEMU 7.2 lists Verify here but not in ONCS.
+    pub fn commands_supported() -> Self {
+        GetLogPage {
+            lid: log::COMMANDS_SUPPORTED,
+            nsid: Nsid(0),
+            len: Self::COMMANDS_SUPPORTED_LEN,
+        }
+    }
+
     /// The controller-wide SMART / Health Information log (512 bytes, NSID FFFFFFFFh).
     pub fn smart_health() -> Self {
         GetLogPage {
@@ -849,6 +863,13 @@ impl GetLogPage {
         dptr.apply(&mut sqe);
         sqe
     }
+}
+
+/// True if the Commands Supported and Effects log page `page` marks I/O opcode `opc` as
+/// supported (CSUPP, bit 0 of the opcode's dword at byte 1024 + 4 * opc).
+pub fn commands_supported_io(page: &[u8], opc: u8) -> bool {
+    page.get(1024 + 4 * opc as usize)
+        .is_some_and(|b| b & 1 != 0)
 }
 
 /// Asynchronous Event Request (Base 2.0, 5.2): no fields; completes when an event occurs.

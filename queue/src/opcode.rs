@@ -75,4 +75,6 @@ pub mod log {
     pub const ERROR_INFORMATION: u8 = 0x01;
     /// SMART / Health Information.
     pub const SMART_HEALTH: u8 = 0x02;
+    /// Commands Supported and Effects.
+    pub const COMMANDS_SUPPORTED: u8 = 0x05;
 }

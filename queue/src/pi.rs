@@ -274,15 +274,12 @@ pub fn crc64_nvme(data: &[u8]) -> u64 {
 }
 
 /// The guard of one block: its data and, when the tuple is last, the metadata before it.
-fn guard(fmt: &MetadataFormat, p: Protection, data: &[u8], meta_before: &[u8]) -> u64 {
+fn guard(p: Protection, data: &[u8], meta_before: &[u8]) -> u64 {
     match p.format {
         PiFormat::Guard16 | PiFormat::Guard32 => {
             crc16_t10dif(crc16_t10dif(0, data), meta_before) as u64
         }
-        PiFormat::Guard64 => {
-            let _ = fmt;
-            !crc64_nvme_update(crc64_nvme_update(!0, data), meta_before)
-        }
+        PiFormat::Guard64 => !crc64_nvme_update(crc64_nvme_update(!0, data), meta_before),
     }
 }
 
@@ -418,7 +415,7 @@ pub fn generate(
         let d = &data[b * lba_size..(b + 1) * lba_size];
         let m = &mut meta[b * ms..(b + 1) * ms];
         let before = if p.first { &[][..] } else { &m[..off] };
-        let g = guard(fmt, p, d, before);
+        let g = guard(p, d, before);
         Tuple {
             guard: g,
             apptag: tags.apptag,
@@ -456,7 +453,6 @@ pub fn verify(
         let m = &meta[bi * ms..(bi + 1) * ms];
         let t = Tuple::read(p.format, &m[off..]);
         check_tuple(
-            fmt,
             p,
             t,
             d,
@@ -488,7 +484,6 @@ impl PiError {
 /// application tag, reference tag). `reftag` is this block's expected reference tag.
 #[allow(clippy::too_many_arguments)]
 pub fn check_tuple(
-    fmt: &MetadataFormat,
     p: Protection,
     t: Tuple,
     data: &[u8],
@@ -506,7 +501,7 @@ pub fn check_tuple(
         return Ok(());
     }
     if checks.guard {
-        let want = guard(fmt, p, data, meta_before);
+        let want = guard(p, data, meta_before);
         if t.guard != want {
             return Err(PiError::Guard {
                 block: 0,
