@@ -209,6 +209,14 @@ fn bench_on(
                 "this controller does not support SGLs (without them each segment must be whole blocks)",
             )
         };
+        if let Some(f) = ns.metadata_format().filter(|f| !f.pract_strips()) {
+            return Err(CliError::BadArgument(format!(
+                "namespace {} is formatted with {f} of metadata per block: the bench runs on \
+                 formats without metadata, or with PI whose metadata is only the PI tuple (it \
+                 then lets the controller insert and strip the PI: PRACT)",
+                args.nsid
+            )));
+        }
         let job = make_job(args, ns.lba_size(), ns.bytes(), sub_block)?;
         let info = ctrl.info();
         if args.queues > info.io_queues {
@@ -413,13 +421,22 @@ fn submit<D: PciFunction>(
     tag: u64,
 ) -> Result<(), Rejected> {
     let lba = Lba(lba);
+    // A PI format whose metadata is only the tuple: the controller generates the PI on
+    // writes and checks nothing the host sent, and strips it on reads (no metadata buffer).
+    let opts = match ns.metadata_format() {
+        Some(f) if f.pract_strips() => nvme_dio::RwOptions {
+            pi: Some(nvme_dio::PiOptions::pract()),
+            atomic: false,
+        },
+        _ => Default::default(),
+    };
     let io = if write {
         Io::Write {
             ns,
             lba,
             bufs,
             fua: false,
-            opts: Default::default(),
+            opts,
         }
     } else {
         Io::Read {
@@ -427,7 +444,7 @@ fn submit<D: PciFunction>(
             lba,
             bufs,
             fua: false,
-            opts: Default::default(),
+            opts,
         }
     };
     qp.submit(io, tag)
