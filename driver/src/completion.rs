@@ -21,20 +21,19 @@ pub enum Bufs {
     One(DmaBuf),
     /// An iovec set (readv, writev).
     Many(Vec<DmaBuf>),
-    /// A single data buffer and the separate metadata buffer ([`crate::Io::metadata`]).
-    OneWithMetadata {
-        /// The data.
-        data: DmaBuf,
-        /// The metadata (MPTR).
-        metadata: DmaBuf,
-    },
-    /// An iovec set and the separate metadata buffer.
-    ManyWithMetadata {
-        /// The data.
-        data: Vec<DmaBuf>,
-        /// The metadata (MPTR).
-        metadata: DmaBuf,
-    },
+    /// Data buffers ([`Bufs::One`] or [`Bufs::Many`]) and the separate metadata buffer
+    /// ([`crate::Io::metadata`]). Boxed, so that every request without metadata moves a
+    /// `Bufs` no larger than before.
+    WithMetadata(Box<WithMetadata>),
+}
+
+/// A request's data buffers with its separate metadata buffer.
+#[derive(Debug)]
+pub struct WithMetadata {
+    /// The data: [`Bufs::One`] or [`Bufs::Many`].
+    pub data: Bufs,
+    /// The metadata (MPTR).
+    pub metadata: DmaBuf,
 }
 
 impl Bufs {
@@ -59,20 +58,29 @@ impl Bufs {
             Bufs::None => Vec::new(),
             Bufs::One(b) => vec![b],
             Bufs::Many(v) => v,
-            Bufs::OneWithMetadata { data, metadata } => vec![data, metadata],
-            Bufs::ManyWithMetadata { mut data, metadata } => {
-                data.push(metadata);
-                data
+            Bufs::WithMetadata(w) => {
+                let WithMetadata { data, metadata } = *w;
+                let mut v = data.into_vec();
+                v.push(metadata);
+                v
             }
+        }
+    }
+
+    /// The data buffers, in order (not the metadata buffer).
+    pub fn iter(&self) -> std::slice::Iter<'_, DmaBuf> {
+        match self {
+            Bufs::None => [].iter(),
+            Bufs::One(b) => std::slice::from_ref(b).iter(),
+            Bufs::Many(v) => v.iter(),
+            Bufs::WithMetadata(w) => w.data.iter(),
         }
     }
 
     /// The separate metadata buffer, if there is one.
     pub fn metadata(&self) -> Option<&DmaBuf> {
         match self {
-            Bufs::OneWithMetadata { metadata, .. } | Bufs::ManyWithMetadata { metadata, .. } => {
-                Some(metadata)
-            }
+            Bufs::WithMetadata(w) => Some(&w.metadata),
             _ => None,
         }
     }
@@ -80,8 +88,10 @@ impl Bufs {
     /// The data buffers (as [`Bufs::One`] / [`Bufs::Many`]) and the metadata buffer apart.
     pub fn into_parts(self) -> (Bufs, Option<DmaBuf>) {
         match self {
-            Bufs::OneWithMetadata { data, metadata } => (Bufs::One(data), Some(metadata)),
-            Bufs::ManyWithMetadata { data, metadata } => (Bufs::Many(data), Some(metadata)),
+            Bufs::WithMetadata(w) => {
+                let WithMetadata { data, metadata } = *w;
+                (data, Some(metadata))
+            }
             b => (b, None),
         }
     }

@@ -164,13 +164,15 @@ impl<'a> Io<'a> {
     pub fn metadata(mut self, md: DmaBuf) -> Io<'a> {
         if let Io::Read { bufs, .. } | Io::Write { bufs, .. } = &mut self {
             *bufs = match std::mem::take(bufs) {
-                Bufs::One(data) => Bufs::OneWithMetadata { data, metadata: md },
-                Bufs::Many(data) => Bufs::ManyWithMetadata { data, metadata: md },
-                Bufs::OneWithMetadata { data, .. } => Bufs::OneWithMetadata { data, metadata: md },
-                Bufs::ManyWithMetadata { data, .. } => {
-                    Bufs::ManyWithMetadata { data, metadata: md }
-                }
                 Bufs::None => Bufs::None,
+                Bufs::WithMetadata(mut w) => {
+                    w.metadata = md;
+                    Bufs::WithMetadata(w)
+                }
+                data => Bufs::WithMetadata(Box::new(crate::completion::WithMetadata {
+                    data,
+                    metadata: md,
+                })),
             };
         }
         self

@@ -99,7 +99,7 @@ mod regio;
 mod ring;
 mod submit;
 
-pub use completion::{Bufs, Completion, Completions, QueueStats, Rejected};
+pub use completion::{Bufs, Completion, Completions, QueueStats, Rejected, WithMetadata};
 pub use controller::{Controller, ControllerInfo, ControllerOptions};
 pub use device::{
     Device, DeviceSpec, DeviceSpecError, EMU_NULL_BYTES, EMU_RAM_BYTES, EmuSpec, OpenError,

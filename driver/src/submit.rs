@@ -292,7 +292,7 @@ impl<D: PciFunction> IoQueuePair<D> {
                 &self.scratch
             }
             // Buffers with metadata took the path above.
-            Bufs::None | Bufs::OneWithMetadata { .. } | Bufs::ManyWithMetadata { .. } => &[],
+            Bufs::None | Bufs::WithMetadata(_) => &[],
         };
         let qid = self.core.qid().0;
         match plan::plan(segs, lba, ns.limits()) {
@@ -366,13 +366,16 @@ impl<D: PciFunction> IoQueuePair<D> {
             Bufs::None => Ok(()),
             Bufs::One(b) => check(0, b),
             Bufs::Many(v) => v.iter().enumerate().try_for_each(|(i, b)| check(i, b)),
-            Bufs::OneWithMetadata { data, metadata } => {
-                check(0, data)?;
-                check(1, metadata)
-            }
-            Bufs::ManyWithMetadata { data, metadata } => {
-                data.iter().enumerate().try_for_each(|(i, b)| check(i, b))?;
-                check(data.len(), metadata)
+            Bufs::WithMetadata(w) => {
+                let n = match &w.data {
+                    Bufs::One(b) => check(0, b).map(|_| 1)?,
+                    Bufs::Many(v) => {
+                        v.iter().enumerate().try_for_each(|(i, b)| check(i, b))?;
+                        v.len()
+                    }
+                    _ => 0,
+                };
+                check(n, &w.metadata)
             }
         }
     }
@@ -400,12 +403,10 @@ impl<D: PciFunction> IoQueuePair<D> {
             Ok(x) => x,
             Err(e) => return Err(Rejected::new(e, bufs)),
         };
-        let segs: Vec<Segment> = match &bufs {
-            Bufs::One(b) | Bufs::OneWithMetadata { data: b, .. } => vec![segment_of(b)],
-            Bufs::Many(v) | Bufs::ManyWithMetadata { data: v, .. } => {
-                v.iter().map(segment_of).collect()
-            }
-            Bufs::None => Vec::new(),
+        let segs: Vec<Segment> = match data_of(&bufs) {
+            Bufs::One(b) => vec![segment_of(b)],
+            Bufs::Many(v) => v.iter().map(segment_of).collect(),
+            _ => Vec::new(),
         };
         let planned = match plan::plan(&segs, lba, &limits) {
             Ok(p) => p,
@@ -1092,12 +1093,18 @@ fn rw_meta(
 }
 
 fn data_len(bufs: &Bufs) -> u64 {
+    match data_of(bufs) {
+        Bufs::One(b) => b.len() as u64,
+        Bufs::Many(v) => v.iter().map(|b| b.len() as u64).sum(),
+        _ => 0,
+    }
+}
+
+/// The data buffers of a request, without its metadata buffer.
+fn data_of(bufs: &Bufs) -> &Bufs {
     match bufs {
-        Bufs::One(b) | Bufs::OneWithMetadata { data: b, .. } => b.len() as u64,
-        Bufs::Many(v) | Bufs::ManyWithMetadata { data: v, .. } => {
-            v.iter().map(|b| b.len() as u64).sum()
-        }
-        Bufs::None => 0,
+        Bufs::WithMetadata(w) => &w.data,
+        b => b,
     }
 }
 

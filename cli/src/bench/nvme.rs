@@ -389,8 +389,7 @@ fn scatter(bufs: &Bufs, stream: &[u8]) {
         Bufs::One(b) => put(b),
         Bufs::Many(v) => v.iter().for_each(put),
         // The bench's streams are the data only.
-        Bufs::OneWithMetadata { data, .. } => put(data),
-        Bufs::ManyWithMetadata { data, .. } => data.iter().for_each(put),
+        Bufs::WithMetadata(w) => w.data.iter().for_each(put),
         Bufs::None => {}
     }
 }
@@ -406,8 +405,7 @@ fn gather(bufs: &Bufs, stream: &mut [u8]) {
     match bufs {
         Bufs::One(b) => get(b),
         Bufs::Many(v) => v.iter().for_each(get),
-        Bufs::OneWithMetadata { data, .. } => get(data),
-        Bufs::ManyWithMetadata { data, .. } => data.iter().for_each(get),
+        Bufs::WithMetadata(w) => w.data.iter().for_each(get),
         Bufs::None => {}
     }
 }
