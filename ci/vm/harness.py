@@ -100,6 +100,11 @@ CMDLINE = "console=ttyS0 intel_iommu=on quiet panic=-1"
 class Namespace:
     nsid: int
     size_mib: int  # backing size; ignored for null-co
+    # Extra `-device nvme-ns` properties ("ms=8,mset=1,pi=1"); a namespace with any is always
+    # given as its own nvme-ns device. `ms` is its metadata bytes per block: QEMU sizes the
+    # namespace as backing / (lba_size + ms) blocks.
+    props: str = ""
+    ms: int = 0
 
 
 @dataclasses.dataclass
@@ -128,7 +133,8 @@ class Controller:
 
     def matrix_line(self) -> str:
         ns = ",".join(
-            f"{n.nsid}:{n.size_mib * 1024 * 1024 // self.lba_size}" for n in self.namespaces
+            f"{n.nsid}:{n.size_mib * 1024 * 1024 // (self.lba_size + n.ms)}"
+            for n in self.namespaces
         )
         return f"{self.bdf} {self.role} {self.serial} {self.mdts} {self.lba_size} {ns}"
 
@@ -158,12 +164,13 @@ class Controller:
         ctrl = f"nvme,id={cid},serial={self.serial},mdts={self.mdts},{where}"
         if self.msix_qsize is not None:
             ctrl += f",msix_qsize={self.msix_qsize}"
-        if len(self.namespaces) == 1 and self.namespaces[0].nsid == 1:
+        if len(self.namespaces) == 1 and self.namespaces[0].nsid == 1 and not self.namespaces[0].props:
             args += ["-device", f"{ctrl},drive={drives[0]},{blk}"]
         else:
             args += ["-device", ctrl]
             for n, did in zip(self.namespaces, drives):
-                args += ["-device", f"nvme-ns,drive={did},bus={cid},nsid={n.nsid},{blk}"]
+                extra = f",{n.props}" if n.props else ""
+                args += ["-device", f"nvme-ns,drive={did},bus={cid},nsid={n.nsid},{blk}{extra}"]
         return args
 
 
@@ -176,6 +183,30 @@ TEST_MATRIX = [
     # Two MSI-X vectors (admin + one I/O) for several interrupt-mode queue pairs.
     Controller(0x09, "msix2", "msix0002", 7, 4096, [Namespace(1, 32)], msix_qsize=2),
 ]
+
+# ---- issue 16, the data path (tests/tests/vm_datapath.rs): metadata and protection
+# information. Two controllers, one per block size, each with the same seven namespaces;
+# MDTS 2 (16 KiB) so that a 40-block transfer splits. Slots 0x16/0x17 keep clear of the
+# other blocks.
+def _datapath_namespaces() -> list[Namespace]:
+    return [
+        Namespace(1, 8, "ms=8,mset=0", 8),  # 8 B separate metadata (MPTR)
+        Namespace(2, 8, "ms=8,mset=1", 8),  # 8 B extended (interleaved)
+        Namespace(3, 8, "ms=8,mset=0,pi=1,pil=0", 8),  # type 1, tuple last, separate
+        Namespace(4, 8, "ms=16,mset=1,pi=2,pil=1", 16),  # type 2, tuple first, extended
+        Namespace(5, 8, "ms=16,mset=0,pi=3,pil=0", 16),  # type 3, 8 B before the tuple
+        Namespace(6, 8, "ms=8,mset=1,pi=1,pil=1", 8),  # type 1, extended, PRACT strips
+        Namespace(7, 8, "mssrl=4,mcl=8,msrc=1"),  # no metadata; Copy limits that split
+    ]
+
+
+TEST_MATRIX += [
+    Controller(0x16, "meta512", "meta0512", 2, 512, _datapath_namespaces()),
+    Controller(0x17, "meta4k", "meta4096", 2, 4096, _datapath_namespaces()),
+]
+VM_TESTS += [("nvme-dio-tests", "vm_datapath")]
+# ---- end of the data path block
+
 BENCH_MATRIX = [
     Controller(0x04, "bench", "null0001", 7, 4096, [Namespace(1, 1024)], null_co=True),
 ]

@@ -216,6 +216,9 @@ pub struct NamespaceReport {
     pub lba_size_bytes: u32,
     /// The LBA format in use: metadata bytes per block.
     pub metadata_size_bytes: u16,
+    /// The metadata format: extended or separate, PI type, position and guard
+    /// (`8 B separate, PI type 1 (16-bit guard, last bytes)`); `None` without metadata.
+    pub metadata_format: Option<String>,
     /// Max transfer per command, bytes.
     pub max_transfer_bytes: u32,
     /// NOIOB in blocks (0 = none).
@@ -279,6 +282,7 @@ fn describe(
                     bytes: n.bytes(),
                     lba_size_bytes: n.lba_size(),
                     metadata_size_bytes: n.metadata_size(),
+                    metadata_format: n.metadata_format().map(|f| f.to_string()),
                     max_transfer_bytes: n.max_transfer(),
                     optimal_io_boundary_blocks: n.optimal_io_boundary(),
                     write_zeroes: n.supports_write_zeroes(),
@@ -458,7 +462,9 @@ pub fn human(r: &ControllerReport) -> String {
             n.nsid,
             n.blocks,
             n.lba_size_bytes,
-            if n.metadata_size_bytes > 0 {
+            if let Some(f) = &n.metadata_format {
+                format!(" + metadata ({f})")
+            } else if n.metadata_size_bytes > 0 {
                 format!(" + {} metadata", n.metadata_size_bytes)
             } else {
                 String::new()

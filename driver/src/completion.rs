@@ -21,6 +21,19 @@ pub enum Bufs {
     One(DmaBuf),
     /// An iovec set (readv, writev).
     Many(Vec<DmaBuf>),
+    /// Data buffers ([`Bufs::One`] or [`Bufs::Many`]) and the separate metadata buffer
+    /// ([`crate::Io::metadata`]). Boxed, so that every request without metadata moves a
+    /// `Bufs` no larger than before.
+    WithMetadata(Box<WithMetadata>),
+}
+
+/// A request's data buffers with its separate metadata buffer.
+#[derive(Debug)]
+pub struct WithMetadata {
+    /// The data: [`Bufs::One`] or [`Bufs::Many`].
+    pub data: Bufs,
+    /// The metadata (MPTR).
+    pub metadata: DmaBuf,
 }
 
 impl Bufs {
@@ -38,13 +51,48 @@ impl Bufs {
         }
     }
 
-    /// All buffers, in order.
+    /// All buffers, in order: the data, then the metadata buffer if there is one.
     #[inline]
     pub fn into_vec(self) -> Vec<DmaBuf> {
         match self {
             Bufs::None => Vec::new(),
             Bufs::One(b) => vec![b],
             Bufs::Many(v) => v,
+            Bufs::WithMetadata(w) => {
+                let WithMetadata { data, metadata } = *w;
+                let mut v = data.into_vec();
+                v.push(metadata);
+                v
+            }
+        }
+    }
+
+    /// The data buffers, in order (not the metadata buffer).
+    pub fn iter(&self) -> std::slice::Iter<'_, DmaBuf> {
+        match self {
+            Bufs::None => [].iter(),
+            Bufs::One(b) => std::slice::from_ref(b).iter(),
+            Bufs::Many(v) => v.iter(),
+            Bufs::WithMetadata(w) => w.data.iter(),
+        }
+    }
+
+    /// The separate metadata buffer, if there is one.
+    pub fn metadata(&self) -> Option<&DmaBuf> {
+        match self {
+            Bufs::WithMetadata(w) => Some(&w.metadata),
+            _ => None,
+        }
+    }
+
+    /// The data buffers (as [`Bufs::One`] / [`Bufs::Many`]) and the metadata buffer apart.
+    pub fn into_parts(self) -> (Bufs, Option<DmaBuf>) {
+        match self {
+            Bufs::WithMetadata(w) => {
+                let WithMetadata { data, metadata } = *w;
+                (data, Some(metadata))
+            }
+            b => (b, None),
         }
     }
 }
@@ -155,12 +203,32 @@ fn failure(
 ) -> Error {
     match outcome {
         Outcome::Success => unreachable!("successes are not failures"),
-        Outcome::Status { opcode, status } => Error::Command {
-            qid,
-            opcode,
-            opcode_name: opcode_name(false, opcode),
-            status,
-        },
+        Outcome::Status { opcode, status } => {
+            let opcode_name = opcode_name(false, opcode);
+            match (status.sct(), status.sc()) {
+                (nvme_dio_queue::status::sct::MEDIA, 0x82) => Error::GuardCheck {
+                    qid,
+                    opcode_name,
+                    status,
+                },
+                (nvme_dio_queue::status::sct::MEDIA, 0x83) => Error::AppTagCheck {
+                    qid,
+                    opcode_name,
+                    status,
+                },
+                (nvme_dio_queue::status::sct::MEDIA, 0x84) => Error::RefTagCheck {
+                    qid,
+                    opcode_name,
+                    status,
+                },
+                _ => Error::Command {
+                    qid,
+                    opcode,
+                    opcode_name,
+                    status,
+                },
+            }
+        }
         Outcome::TimedOut { opcode } => Error::Timeout {
             qid,
             opcode_name: opcode_name(false, opcode),
@@ -269,6 +337,9 @@ pub struct QueueStats {
     /// Requests submitted again after a retryable status or a reset
     /// ([`IoQueuePair::set_retries`]).
     pub retries: u64,
+    /// Flushes completed at once without a command: the controller has no volatile write
+    /// cache, so every completed write is already durable.
+    pub flushes_without_command: u64,
     /// The MSI-X vector of an interrupt-mode queue pair.
     pub vector: Option<u16>,
     /// Other queue pairs share that vector (fewer vectors than queue pairs).
@@ -316,6 +387,7 @@ impl QueueStats {
             sleeps: shell.sleeps,
             held: shell.held,
             retries: core.retries,
+            flushes_without_command: core.without_command,
             vector: None,
             vector_shared: false,
         }

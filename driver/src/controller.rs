@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use nvme_dio_dma::{Bar0, DmaMemory, PciFunction};
 use nvme_dio_queue::cmd::Identify;
-use nvme_dio_queue::identify::{ActiveNamespaceList, IdentifyController, IdentifyNamespace};
+use nvme_dio_queue::identify::{
+    ActiveNamespaceList, IdentifyController, IdentifyNamespace, IdentifyNvmController,
+    IdentifyNvmNamespace,
+};
 use nvme_dio_queue::regs::{self, Cap, Version};
 use nvme_dio_queue::{Nsid, PageSize, Qid, QueueSize, plan};
 use vmm_sys_util::eventfd::EventFd;
@@ -19,7 +22,7 @@ use vmm_sys_util::poll::{PollContext, WatchingEvents};
 use crate::admin::AdminQueue;
 use crate::completion::Quarantine;
 use crate::error::{BadOption, Error, Nonsense, Stage, Unsupported};
-use crate::namespace::Namespace;
+use crate::namespace::{CommandLimits, Namespace};
 pub use crate::options::{ControllerInfo, ControllerOptions};
 use crate::qpair::{IoQueuePair, IrqParts, Parts, QueuePairOptions};
 use crate::regio::{
@@ -39,6 +42,9 @@ pub(crate) struct Shared<D: PciFunction> {
     pub(crate) admin: Mutex<AdminQueue>,
     pub(crate) admin_timeout: Duration,
     pub(crate) prp_list_pages: usize,
+    /// For namespace refreshes: see [`NsContext`].
+    pub(crate) command_limits: CommandLimits,
+    pub(crate) verify_logged: bool,
     pub(crate) free_qids: Mutex<Vec<u16>>,
     pub(crate) vectors: Vec<Arc<EventFd>>,
     /// [`LIVE`], [`GONE`] (a register read returned all ones) or [`DEAD`] (a reset failed):
@@ -69,6 +75,11 @@ pub(crate) struct NsContext<'a> {
     pub(crate) page: PageSize,
     pub(crate) list_pages: usize,
     pub(crate) sgl: bool,
+    /// The NVM command set's limits (Identify CNS 06h; none if refused).
+    pub(crate) command_limits: CommandLimits,
+    /// Verify is listed in the Commands Supported and Effects log (QEMU 7.2 lists it only
+    /// there, not in ONCS).
+    pub(crate) verify_logged: bool,
 }
 
 /// The active namespaces, identified one by one (at bring-up, and when a Namespace
@@ -115,10 +126,34 @@ pub(crate) fn identify_namespaces<B: Bar0>(
                 size: fmt.data_size,
             }));
         }
+        // The guard format (16- or 64-bit) is only in the NVM command set's namespace page
+        // (CNS 05h); ask for it only where there is protection information, and take the
+        // 16-bit guard where the controller does not have the page.
+        let nvm_ns = if ns.dps() & 0b111 != 0 {
+            idbuf.fill(0);
+            match admin.execute_with_buf(bar, |d| Identify::nvm_namespace(nsid).build(d), idbuf, t)
+            {
+                Ok(_) => {
+                    let mut page = vec![0u8; 4096];
+                    idbuf.copy_to_slice(0, &mut page)?;
+                    Some(
+                        IdentifyNvmNamespace::from_bytes(&page)
+                            .map_err(|e| Error::Nonsense(Nonsense::Identify(e)))?,
+                    )
+                }
+                Err(Error::Command { .. }) => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
         namespaces.push(Namespace::from_identify(
             nsid,
             &ns,
+            nvm_ns.as_ref(),
             cx.id,
+            cx.command_limits,
+            cx.verify_logged,
             (cx.mpsmin, cx.page),
             cx.list_pages,
             cx.sgl,
@@ -264,6 +299,44 @@ impl<D: PciFunction> Controller<D> {
         let max_transfer = plan::max_transfer(mdts_bytes, page, opts.prp_list_pages.max(1));
         let sgl = opts.use_sgl && id.sgls().supported;
 
+        // The NVM command set's own controller page (CNS 06h): Verify, Write Zeroes and
+        // Dataset Management limits. A controller that refuses it (an error status) simply
+        // has none; anything else (a timeout) fails bring-up as any admin command does.
+        idbuf.fill(0);
+        let nvm_ctrl =
+            match admin.execute_with_buf(bar, |d| Identify::nvm_controller().build(d), &idbuf, t) {
+                Ok(_) => {
+                    idbuf
+                        .copy_to_slice(0, &mut raw)
+                        .map_err(|e| Error::from(e).at(Stage::IdentifyController))?;
+                    Some(IdentifyNvmController::from_bytes(&raw).map_err(|e| {
+                        Error::Nonsense(Nonsense::Identify(e)).at(Stage::IdentifyController)
+                    })?)
+                }
+                Err(Error::Command { .. }) => None,
+                Err(e) => return Err(e.at(Stage::IdentifyController)),
+            };
+        let command_limits = CommandLimits::from_identify(nvm_ctrl.as_ref(), mpsmin);
+        // Commands Supported and Effects: QEMU 7.2 implements Verify and lists it only here,
+        // not in ONCS. A controller without the log page simply has ONCS.
+        let verify_logged = {
+            let log = nvme_dio_queue::cmd::GetLogPage::commands_supported();
+            idbuf.fill(0);
+            match admin.execute_with_buf(bar, |d| log.build(d), &idbuf, t) {
+                Ok(_) => {
+                    idbuf
+                        .copy_to_slice(0, &mut raw)
+                        .map_err(|e| Error::from(e).at(Stage::IdentifyController))?;
+                    nvme_dio_queue::cmd::commands_supported_io(
+                        &raw,
+                        nvme_dio_queue::opcode::nvm::VERIFY,
+                    )
+                }
+                Err(Error::Command { .. }) => false,
+                Err(e) => return Err(e.at(Stage::IdentifyController)),
+            }
+        };
+
         // Stage: namespaces.
         let cx = NsContext {
             id: &id,
@@ -271,6 +344,8 @@ impl<D: PciFunction> Controller<D> {
             page,
             list_pages: opts.prp_list_pages.max(1),
             sgl,
+            command_limits,
+            verify_logged,
         };
         let namespaces = identify_namespaces(bar, &mut admin, &idbuf, t, &cx)
             .map_err(|e| e.at(Stage::IdentifyNamespaces))?;
@@ -332,6 +407,8 @@ impl<D: PciFunction> Controller<D> {
             admin: Mutex::new(admin),
             admin_timeout: t,
             prp_list_pages: opts.prp_list_pages.max(1),
+            command_limits,
+            verify_logged,
             free_qids: Mutex::new((1..=granted).rev().collect()),
             vectors,
             state: AtomicU8::new(LIVE),

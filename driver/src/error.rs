@@ -104,6 +104,42 @@ pub enum Error {
         /// The completion status.
         status: Status,
     },
+    /// The controller's End-to-end Guard Check failed (2/0x82): the data does not match
+    /// the guard of its protection information (torn or corrupted data, or a wrong guard).
+    #[error("{opcode_name} failed on queue {qid}: the PI guard does not match the data ({status})")]
+    GuardCheck {
+        /// The queue.
+        qid: u16,
+        /// A readable name of the command.
+        opcode_name: &'static str,
+        /// The completion status.
+        status: Status,
+    },
+    /// The controller's End-to-end Application Tag Check failed (2/0x83).
+    #[error(
+        "{opcode_name} failed on queue {qid}: the PI application tag is not the expected one ({status})"
+    )]
+    AppTagCheck {
+        /// The queue.
+        qid: u16,
+        /// A readable name of the command.
+        opcode_name: &'static str,
+        /// The completion status.
+        status: Status,
+    },
+    /// The controller's End-to-end Reference Tag Check failed (2/0x84): the block is not the
+    /// one asked for (a misdirected write) or the tag was set wrong.
+    #[error(
+        "{opcode_name} failed on queue {qid}: the PI reference tag is not the expected one, a misdirected or stale block ({status})"
+    )]
+    RefTagCheck {
+        /// The queue.
+        qid: u16,
+        /// A readable name of the command.
+        opcode_name: &'static str,
+        /// The completion status.
+        status: Status,
+    },
     /// A command did not complete within its deadline.
     #[error(
         "{opcode_name} on queue {qid} timed out after {after:?} (it was aborted; see the queue pair's counters)"
@@ -352,6 +388,12 @@ pub enum BadRequest {
         /// Ranges given.
         ranges: usize,
     },
+    /// A Copy source range list of the wrong length.
+    #[error("{ranges} copy source ranges: Copy takes 1..=256 per request")]
+    CopyRanges {
+        /// Ranges given.
+        ranges: usize,
+    },
     /// A buffer longer than one segment can be.
     #[error("buffer {index} is {bytes} bytes; one buffer holds at most 4 GiB - 1")]
     BufferTooLarge {
@@ -360,20 +402,126 @@ pub enum BadRequest {
         /// Its length.
         bytes: usize,
     },
-    /// The namespace's format carries separate metadata, which the driver does not transfer.
+    /// The namespace's format carries metadata in a separate buffer and the request has
+    /// none.
     #[error(
-        "namespace {nsid} is formatted with {metadata_bytes} bytes of metadata per block, which \
-         nvme-dio does not transfer: use a format without metadata"
+        "namespace {nsid} is formatted with {metadata_bytes} bytes of separate metadata per \
+         block: give the request a metadata buffer of {needed} bytes (Io::metadata), or use \
+         PRACT where the metadata is only the PI tuple"
     )]
-    MetadataFormat {
+    MetadataMissing {
         /// The namespace.
         nsid: Nsid,
         /// Metadata bytes per block.
         metadata_bytes: u16,
+        /// Bytes the buffer must hold.
+        needed: u64,
     },
+    /// The metadata buffer is smaller than the request's blocks need.
+    #[error("metadata buffer of {have} bytes, the request's blocks need {needed}")]
+    MetadataTooSmall {
+        /// Its length.
+        have: usize,
+        /// Blocks times metadata bytes per block.
+        needed: u64,
+    },
+    /// The metadata buffer's address is not dword aligned (MPTR must be).
+    #[error("metadata buffer at IOVA {iova:#x} is not dword aligned")]
+    MetadataNotDwordAligned {
+        /// Its IOVA.
+        iova: u64,
+    },
+    /// A metadata buffer on a namespace whose format has no metadata.
+    #[error("namespace {nsid} is formatted without metadata: drop the metadata buffer")]
+    MetadataWithoutFormat {
+        /// The namespace.
+        nsid: Nsid,
+    },
+    /// A separate metadata buffer on an extended LBA format.
+    #[error(
+        "namespace {nsid} uses an extended LBA format: its metadata travels in the data buffer \
+         after each block ({block_bytes} bytes per block), not in a separate buffer"
+    )]
+    MetadataInDataBuffer {
+        /// The namespace.
+        nsid: Nsid,
+        /// Data buffer bytes per block.
+        block_bytes: u32,
+    },
+    /// PI options on a namespace without protection information.
+    #[error("namespace {nsid} is formatted without protection information: drop the PI options")]
+    PiWithoutProtection {
+        /// The namespace.
+        nsid: Nsid,
+    },
+    /// A PI option the namespace's PI type does not allow.
+    #[error("namespace {nsid}: {what}")]
+    PiOption {
+        /// The namespace.
+        nsid: Nsid,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// A type 1 request whose initial reference tag is not its LBA's.
+    #[error(
+        "namespace {nsid} has PI type 1: the reference tag must be the LBA's low bits ({want:#x}), not {given:#x}"
+    )]
+    RefTagNotLba {
+        /// The namespace.
+        nsid: Nsid,
+        /// The tag given.
+        given: u64,
+        /// The tag type 1 requires.
+        want: u64,
+    },
+    /// A write marked atomic that cannot be sent as one atomic command.
+    #[error("atomic write refused: {0}")]
+    NotAtomic(AtomicRefusal),
     /// A raw command's buffer cannot be described by PRPs.
     #[error("the buffer cannot be described by PRPs: {0}")]
     NotDescribable(nvme_dio_queue::PrpError),
+}
+
+/// Why a write marked atomic was refused (nothing was queued). The limits are the
+/// namespace's [`crate::AtomicLimits`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AtomicRefusal {
+    /// More blocks than the atomic write unit (power fail).
+    #[error(
+        "{blocks} blocks is more than the namespace's atomic write unit of {limit} blocks \
+         (AWUPF/NAWUPF): write at most {limit} blocks per atomic write"
+    )]
+    TooLarge {
+        /// Blocks asked for.
+        blocks: u64,
+        /// The atomic write unit.
+        limit: u32,
+    },
+    /// The write crosses an atomic boundary (NABSPF/NABO).
+    #[error(
+        "blocks {slba}..{slba}+{blocks} cross an atomic boundary (every {boundary} blocks from \
+         block {offset}): split the write at the boundary"
+    )]
+    CrossesBoundary {
+        /// First block.
+        slba: u64,
+        /// Blocks.
+        blocks: u64,
+        /// Boundary size.
+        boundary: u32,
+        /// Boundary offset.
+        offset: u32,
+    },
+    /// The write would go out as several commands (MDTS, NOIOB, the buffers' shape).
+    #[error(
+        "it would go out as {commands} commands (the transfer limit, the optimal I/O boundary \
+         or the buffers' page alignment): use one page-aligned buffer within max_transfer"
+    )]
+    WouldSplit {
+        /// Commands the planner cut it into.
+        commands: usize,
+    },
 }
 
 /// A controller or queue pair option out of range.
@@ -436,6 +584,15 @@ pub enum Feature {
     /// Dataset Management with deallocate (ONCS bit 2).
     #[error("Dataset Management (deallocate)")]
     Deallocate,
+    /// Protection information with a 32-bit guard (PIF 01b).
+    #[error("protection information with the 32-bit guard format")]
+    Guard32,
+    /// The Verify command (ONCS bit 7).
+    #[error("Verify")]
+    Verify,
+    /// The Copy command with format 0 source ranges (ONCS bit 8, OCFS bit 0).
+    #[error("Copy")]
+    Copy,
     /// An interrupt eventfd on a poll-mode queue pair.
     #[error(
         "an interrupt eventfd on a poll-mode queue pair (create it with CompletionMode::Interrupt)"
@@ -481,7 +638,10 @@ impl Error {
     /// The device status, if this is a command that completed with an error status.
     pub fn status(&self) -> Option<Status> {
         match self {
-            Error::Command { status, .. } => Some(*status),
+            Error::Command { status, .. }
+            | Error::GuardCheck { status, .. }
+            | Error::AppTagCheck { status, .. }
+            | Error::RefTagCheck { status, .. } => Some(*status),
             Error::BringUp { source, .. } => source.status(),
             _ => None,
         }
@@ -553,7 +713,10 @@ impl Error {
             Error::ControllerFatal { .. } | Error::DeviceGone { .. } => ErrorKind::NoDevice,
             Error::Unsupported(_) | Error::NotSupported(_) => ErrorKind::Unsupported,
             Error::Nonsense(_) | Error::DataPointer { .. } => ErrorKind::Internal,
-            Error::Command { .. } => ErrorKind::Device,
+            Error::Command { .. }
+            | Error::GuardCheck { .. }
+            | Error::AppTagCheck { .. }
+            | Error::RefTagCheck { .. } => ErrorKind::Device,
             Error::Invalid(_)
             | Error::Bad(_)
             | Error::BadOption(_)
@@ -609,6 +772,8 @@ pub(crate) fn opcode_name(admin: bool, opc: u8) -> &'static str {
             n::READ => "Read",
             n::WRITE_ZEROES => "Write Zeroes",
             n::DATASET_MANAGEMENT => "Dataset Management",
+            n::VERIFY => "Verify",
+            n::COPY => "Copy",
             _ => "I/O command",
         }
     }

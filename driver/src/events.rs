@@ -116,6 +116,8 @@ impl<D: PciFunction> Shared<D> {
             page: self.page,
             list_pages: self.prp_list_pages,
             sgl: self.info.sgl,
+            command_limits: self.command_limits,
+            verify_logged: self.verify_logged,
         };
         let fresh = identify_namespaces(bar, admin, &idbuf, self.admin_timeout, &cx)?;
         let mut list = self.namespaces.write().expect("namespace list poisoned");

@@ -129,7 +129,7 @@ mod ring;
 mod submit;
 mod watcher;
 
-pub use completion::{Bufs, Completion, Completions, QueueStats, Rejected};
+pub use completion::{Bufs, Completion, Completions, QueueStats, Rejected, WithMetadata};
 pub use controller::{Controller, ControllerInfo, ControllerOptions};
 pub use device::{
     Device, DeviceSpec, DeviceSpecError, EMU_NULL_BYTES, EMU_RAM_BYTES, EmuSpec, OpenError,
@@ -141,8 +141,8 @@ pub use health::{
     COMMON_FEATURES, CriticalWarning, ErrorLogEntry, FirmwareSlotLog, LogError, SmartLog,
     decode_feature, feature_name,
 };
-pub use io::Io;
-pub use namespace::Namespace;
+pub use io::{Io, PiOptions, RwOptions};
+pub use namespace::{AtomicLimits, CommandLimits, CopyLimits, Namespace, PreferredSizes};
 /// The DMA layer's errors (inside [`Error::Dma`]).
 pub use nvme_dio_dma::Error as DmaError;
 pub use nvme_dio_dma::VfioFunction;
@@ -151,6 +151,7 @@ pub use nvme_dio_dma::{
 };
 /// The NVMe spec types and command builders (for [`IoQueuePair::submit_raw`]).
 pub use nvme_dio_queue as spec;
+pub use nvme_dio_queue::pi::{MetadataFormat, PiFormat, PiTags, PiType, Prinfo, Protection};
 pub use nvme_dio_queue::{Lba, Nsid, Status};
 pub use options::Coalescing;
 pub use poll_group::{

@@ -69,6 +69,15 @@ impl State {
                 identify::namespace(&self.ns[i])
             }
             cns::CONTROLLER => identify::controller(self),
+            // CSI (CDW11 bits 31:24) must be the NVM command set's (0).
+            cns::NVM_NAMESPACE if s.cdw11 >> 24 == 0 => {
+                let i = self.ns_index(s.nsid)?;
+                identify::nvm_namespace(&self.ns[i])
+            }
+            cns::NVM_CONTROLLER if s.cdw11 >> 24 == 0 => match &self.cfg.nvm_limits {
+                Some(l) => identify::nvm_controller(l),
+                None => return Err(generic(sc::INVALID_FIELD)),
+            },
             cns::ACTIVE_NAMESPACES => {
                 if s.nsid >= 0xffff_fffe {
                     return Err(generic(sc::INVALID_NAMESPACE));
@@ -338,6 +347,7 @@ impl State {
             log::SMART_HEALTH => identify::smart_log(self),
             log::FIRMWARE_SLOT => self.firmware_slot_log(),
             log::CHANGED_NAMESPACES => self.changed_namespace_log(),
+            log::COMMANDS_SUPPORTED => identify::commands_supported(self),
             _ => return Err(cs(INVALID_LOG_PAGE)),
         };
         if lpo & 3 != 0 || lpo > data.len() as u64 {

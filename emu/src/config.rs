@@ -6,6 +6,79 @@ use std::time::Duration;
 
 use crate::EmuError;
 
+pub use nvme_dio_queue::pi::{PiFormat, PiType, Protection};
+
+/// Namespace atomic write parameters (Identify Namespace NAWUN .. NABSPF, reported with
+/// NSFEAT bit 1). Counts are real block counts; a boundary size of 0 means no boundary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NsAtomic {
+    /// Namespace Atomic Write Unit Normal, blocks (1 ..= 65 536).
+    pub nawun: u32,
+    /// Namespace Atomic Write Unit Power Fail, blocks.
+    pub nawupf: u32,
+    /// Atomic Boundary Size Normal, blocks (0 = none).
+    pub nabsn: u32,
+    /// Atomic Boundary Offset, blocks.
+    pub nabo: u16,
+    /// Atomic Boundary Size Power Fail, blocks (0 = none).
+    pub nabspf: u32,
+}
+
+/// Preferred sizes (Identify Namespace NPWG .. NOWS, reported with NSFEAT bit 4), real
+/// block counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NsOptimal {
+    /// Preferred Write Granularity.
+    pub npwg: u32,
+    /// Preferred Write Alignment.
+    pub npwa: u32,
+    /// Preferred Deallocate Granularity.
+    pub npdg: u32,
+    /// Preferred Deallocate Alignment.
+    pub npda: u32,
+    /// Optimal Write Size.
+    pub nows: u32,
+}
+
+/// Copy limits of a namespace (Identify Namespace MSSRL, MCL, MSRC), as QEMU's `nvme-ns`
+/// properties `mssrl`, `mcl`, `msrc`: real counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyLimits {
+    /// Blocks per source range.
+    pub mssrl: u16,
+    /// Blocks per Copy command.
+    pub mcl: u32,
+    /// Source ranges per Copy command (1 ..= 256).
+    pub msrc: u16,
+}
+
+impl Default for CopyLimits {
+    /// QEMU 7.2's defaults: `mssrl=128`, `mcl=128`, `msrc=127` (zero-based: 128 ranges).
+    fn default() -> CopyLimits {
+        CopyLimits {
+            mssrl: 128,
+            mcl: 128,
+            msrc: 128,
+        }
+    }
+}
+
+/// The I/O command set specific Identify Controller (CNS 06h) limits. Byte-valued limits are
+/// the spec's shifts (`MPSMIN << n` bytes, 0 = none); the others real counts (0 = none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NvmLimits {
+    /// Verify Size Limit (QEMU's `vsl`, default 7).
+    pub vsl: u8,
+    /// Write Zeroes Size Limit.
+    pub wzsl: u8,
+    /// Dataset Management Ranges Limit.
+    pub dmrl: u8,
+    /// Dataset Management Range Size Limit, blocks.
+    pub dmrsl: u32,
+    /// Dataset Management Size Limit, blocks.
+    pub dmsl: u64,
+}
+
 /// Where a namespace keeps its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backing {
@@ -31,6 +104,19 @@ pub struct NsConfig {
     pub backing: Backing,
     /// Namespace Optimal I/O Boundary in blocks (0 = not reported).
     pub noiob: u16,
+    /// Extended LBA (QEMU's `mset=1`): the metadata travels interleaved with the data, at
+    /// the end of each block. Else in a separate buffer (MPTR).
+    pub extended: bool,
+    /// Protection information (QEMU's `pi`, `pil`, `pif`); needs `metadata_size` of at least
+    /// the tuple (8 or 16 bytes).
+    pub pi: Option<Protection>,
+    /// Atomic write parameters, reported with NSFEAT bit 1 (None: not reported, the
+    /// controller's AWUN/AWUPF apply).
+    pub atomic: Option<NsAtomic>,
+    /// Preferred sizes, reported with NSFEAT bit 4.
+    pub optimal: Option<NsOptimal>,
+    /// Copy limits.
+    pub copy: CopyLimits,
 }
 
 impl NsConfig {
@@ -42,6 +128,11 @@ impl NsConfig {
             metadata_size: 0,
             backing: Backing::Ram,
             noiob: 0,
+            extended: false,
+            pi: None,
+            atomic: None,
+            optimal: None,
+            copy: CopyLimits::default(),
         }
     }
 
@@ -114,6 +205,15 @@ pub struct EmuConfig {
     pub vwc: bool,
     /// Namespaces, NSID 1 first.
     pub namespaces: Vec<NsConfig>,
+    /// Atomic Write Unit Normal (Identify Controller AWUN), real blocks: 1 like QEMU.
+    pub awun: u16,
+    /// Atomic Write Unit Power Fail (AWUPF), real blocks: 1 like QEMU.
+    pub awupf: u16,
+    /// The CNS 06h page, or `None` to refuse CNS 06h with Invalid Field (an older
+    /// controller): the driver must then fall back to no limits.
+    pub nvm_limits: Option<NvmLimits>,
+    /// Advertise and implement Copy (ONCS bit 8) and Verify (ONCS bit 7), like QEMU 7.2.
+    pub copy_verify: bool,
     /// Inline or background thread.
     pub mode: Mode,
     /// The freed-write checker: the mapper asks the host's `DmaMemory` to report which
@@ -144,6 +244,13 @@ impl Default for EmuConfig {
             firmware: "1.0".to_string(),
             vwc: true,
             namespaces: vec![NsConfig::default()],
+            awun: 1,
+            awupf: 1,
+            nvm_limits: Some(NvmLimits {
+                vsl: 7,
+                ..NvmLimits::default()
+            }),
+            copy_verify: true,
             mode: Mode::Inline,
             check_freed_writes: true,
         }
@@ -201,6 +308,33 @@ impl EmuConfig {
             }
             if ns.blocks == 0 {
                 return bad(format!("namespace {}: zero blocks", i + 1));
+            }
+            if let Some(p) = ns.pi {
+                if p.format == PiFormat::Guard32 {
+                    return bad(format!(
+                        "namespace {}: the 32-bit guard format is not implemented (QEMU 7.2 neither)",
+                        i + 1
+                    ));
+                }
+                if ns.metadata_size < p.format.tuple_size() {
+                    return bad(format!(
+                        "namespace {}: at least {} bytes of metadata required to enable protection information",
+                        i + 1,
+                        p.format.tuple_size()
+                    ));
+                }
+            }
+            if ns.extended && ns.metadata_size == 0 {
+                return bad(format!(
+                    "namespace {}: extended LBA without metadata",
+                    i + 1
+                ));
+            }
+            if self.awun == 0 || self.awupf == 0 {
+                return bad("awun/awupf are real counts, at least 1".to_string());
+            }
+            if !(1..=256).contains(&ns.copy.msrc) {
+                return bad(format!("namespace {}: copy.msrc must be 1..=256", i + 1));
             }
             if ns.backing == Backing::Ram
                 && ns

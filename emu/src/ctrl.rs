@@ -38,6 +38,10 @@ pub struct EmuStats {
     /// Write and Write Zeroes commands with Force Unit Access set (counted in `writes` or
     /// `write_zeroes` too).
     pub fua_writes: u64,
+    /// Verify commands processed.
+    pub verifies: u64,
+    /// Copy commands processed.
+    pub copies: u64,
     /// Other I/O opcodes (all failed with Invalid Command Opcode).
     pub other_io: u64,
     /// I/O commands completed with an error status.
@@ -128,6 +132,8 @@ pub(crate) struct Namespace {
     pub(crate) ms: u16,
     pub(crate) ram: bool,
     pub(crate) noiob: u16,
+    /// The namespace's configuration (format, PI, atomic and copy parameters).
+    pub(crate) cfg: crate::config::NsConfig,
     pub(crate) data: Vec<u8>,
     pub(crate) meta: Vec<u8>,
     /// The volatile write cache model (RAM namespaces with `EmuConfig::vwc`): what stable
@@ -237,11 +243,16 @@ pub(crate) const AERL: u32 = 3;
 impl State {
     pub(crate) fn new(cfg: EmuConfig) -> State {
         let nq = cfg.max_ioqpairs as usize + 1;
-        let ns = cfg
+        let mut ns: Vec<Namespace> = cfg
             .namespaces
             .iter()
             .map(|n| Namespace::from_config(n, cfg.vwc))
             .collect();
+        for n in &mut ns {
+            // Never-written blocks carry the all-ones tuple: reads skip their checks.
+            let blocks = n.blocks;
+            n.escape_pi(0, blocks);
+        }
         State {
             table: Table::default(),
             sqs: (0..nq).map(|_| None).collect(),
@@ -776,6 +787,8 @@ impl State {
             nvm::FLUSH => s.flushes += 1,
             nvm::WRITE_ZEROES => s.write_zeroes += 1,
             nvm::DATASET_MANAGEMENT => s.dsm += 1,
+            nvm::VERIFY => s.verifies += 1,
+            nvm::COPY => s.copies += 1,
             _ => s.other_io += 1,
         }
         // FUA is bit 30 of CDW12 in both Write and Write Zeroes (NVM Command Set 1.0, 3.2.6, 3.2.8).

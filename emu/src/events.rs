@@ -258,6 +258,7 @@ impl Namespace {
             ms: n.metadata_size,
             ram,
             noiob: n.noiob,
+            cfg: n.clone(),
             data: bytes(n.lba_size as u64),
             meta: bytes(n.metadata_size as u64),
             // Zeroed lazily by the allocator, like `data`: only flushed blocks cost memory.

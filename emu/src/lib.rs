@@ -97,11 +97,15 @@ mod function;
 mod identify;
 mod io;
 mod mem;
+mod meta;
 
 #[cfg(test)]
 mod tests;
 
-pub use config::{Backing, EmuConfig, Mode, NsConfig};
+pub use config::{
+    Backing, CopyLimits, EmuConfig, Mode, NsAtomic, NsConfig, NsOptimal, NvmLimits, PiFormat,
+    PiType, Protection,
+};
 pub use ctrl::EmuStats;
 pub use events::{ErrorEntry, Health};
 pub use fault::{Action, Fault, Target};

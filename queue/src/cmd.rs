@@ -11,6 +11,7 @@
 
 use crate::entry::{PSDT_SGL, Sqe};
 use crate::opcode::{admin, cns, feature, log, nvm};
+use crate::pi::{PiTags, Prinfo};
 use crate::types::{Cid, Iova, Lba, Nsid, Qid, QueueSize};
 
 /// The data pointer of a command.
@@ -65,15 +66,22 @@ fn nlb_zero_based(nlb: u32) -> u32 {
 
 const FUA: u32 = 1 << 30;
 
+/// PRINFO sits in CDW12 bits 29:26 of Read, Write, Write Zeroes, Verify (and Copy's write
+/// side).
+const PRINFO_SHIFT: u32 = 26;
+
 macro_rules! rw_builder {
     ($name:ident, $opc:expr, $what:literal) => {
-        #[doc = concat!($what, " (NVM Command Set 1.0, 3.2): CDW10/11 SLBA, CDW12 NLB (zero-based, bits 15:0) and FUA (bit 30).")]
+        #[doc = concat!($what, " (NVM Command Set 1.0, 3.2): CDW10/11 SLBA, CDW12 NLB (zero-based, bits 15:0), PRINFO (bits 29:26) and FUA (bit 30), MPTR the separate metadata, CDW14 (and CDW3 bits 15:0 for 48-bit tags) the initial reference tag, CDW15 the application tag and mask.")]
         #[derive(Clone, Copy, Debug)]
         pub struct $name {
             nsid: Nsid,
             slba: Lba,
             nlb: u32,
             fua: bool,
+            mptr: u64,
+            prinfo: u8,
+            tags: PiTags,
         }
 
         impl $name {
@@ -85,6 +93,13 @@ macro_rules! rw_builder {
                     slba,
                     nlb,
                     fua: false,
+                    mptr: 0,
+                    prinfo: 0,
+                    tags: PiTags {
+                        reftag: 0,
+                        apptag: 0,
+                        appmask: 0,
+                    },
                 }
             }
 
@@ -92,6 +107,22 @@ macro_rules! rw_builder {
             #[inline]
             pub fn fua(mut self, fua: bool) -> Self {
                 self.fua = fua;
+                self
+            }
+
+            /// The separate metadata buffer (MPTR): contiguous, dword aligned, `nlb * ms`
+            /// bytes.
+            #[inline]
+            pub fn metadata(mut self, mptr: Iova) -> Self {
+                self.mptr = mptr.0;
+                self
+            }
+
+            /// Protection information: PRINFO and the tags the controller checks or inserts.
+            #[inline]
+            pub fn protection(mut self, prinfo: Prinfo, tags: PiTags) -> Self {
+                self.prinfo = prinfo.bits();
+                self.tags = tags;
                 self
             }
 
@@ -106,13 +137,22 @@ macro_rules! rw_builder {
                     slba,
                     nlb,
                     fua,
+                    mptr,
+                    prinfo,
+                    tags,
                 } = self;
                 let mut sqe = Sqe {
                     opc: $opc,
                     nsid: nsid.0,
+                    cdw3: ((tags.reftag >> 32) & 0xffff) as u32,
+                    mptr,
                     cdw10: slba.0 as u32,
                     cdw11: (slba.0 >> 32) as u32,
-                    cdw12: nlb_zero_based(nlb) | if fua { FUA } else { 0 },
+                    cdw12: nlb_zero_based(nlb)
+                        | ((prinfo as u32) & 0xf) << PRINFO_SHIFT
+                        | if fua { FUA } else { 0 },
+                    cdw14: tags.reftag as u32,
+                    cdw15: tags.apptag as u32 | (tags.appmask as u32) << 16,
                     ..Sqe::default()
                 };
                 dptr.apply(&mut sqe);
@@ -124,6 +164,178 @@ macro_rules! rw_builder {
 
 rw_builder!(Read, nvm::READ, "Read");
 rw_builder!(Write, nvm::WRITE, "Write");
+
+/// Verify (NVM Command Set 1.0, 3.2.9): the controller reads the blocks and checks their
+/// integrity (and, with PRCHK, their protection information) without transferring data.
+/// CDW12 NLB, PRINFO, FUA; CDW14/15 the tags.
+#[derive(Clone, Copy, Debug)]
+pub struct Verify {
+    nsid: Nsid,
+    slba: Lba,
+    nlb: u32,
+    prinfo: u8,
+    tags: PiTags,
+}
+
+impl Verify {
+    /// Verify `nlb` blocks (real count, 1 ..= 65 536) at `slba`.
+    pub fn new(nsid: Nsid, slba: Lba, nlb: u32) -> Self {
+        Verify {
+            nsid,
+            slba,
+            nlb,
+            prinfo: 0,
+            tags: PiTags::default(),
+        }
+    }
+
+    /// Protection information checks (PRACT must be clear for Verify).
+    pub fn protection(mut self, prinfo: Prinfo, tags: PiTags) -> Self {
+        self.prinfo = prinfo.bits();
+        self.tags = tags;
+        self
+    }
+
+    /// The entry.
+    ///
+    /// # Panics
+    /// If the block count is not in 1 ..= 65 536.
+    pub fn build(self) -> Sqe {
+        let Verify {
+            nsid,
+            slba,
+            nlb,
+            prinfo,
+            tags,
+        } = self;
+        Sqe {
+            opc: nvm::VERIFY,
+            nsid: nsid.0,
+            cdw3: ((tags.reftag >> 32) & 0xffff) as u32,
+            cdw10: slba.0 as u32,
+            cdw11: (slba.0 >> 32) as u32,
+            cdw12: nlb_zero_based(nlb) | ((prinfo as u32) & 0xf) << PRINFO_SHIFT,
+            cdw14: tags.reftag as u32,
+            cdw15: tags.apptag as u32 | (tags.appmask as u32) << 16,
+            ..Sqe::default()
+        }
+    }
+}
+
+/// One source range of a Copy, source range entry format 0 (NVM Command Set 1.0, Figure
+/// 47): 32 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyRange {
+    /// First source block.
+    pub slba: u64,
+    /// Blocks: a REAL count here (encoded zero-based).
+    pub nlb: u32,
+    /// Expected initial reference tag of the source (EILBRT).
+    pub reftag: u32,
+    /// Expected application tag (ELBAT).
+    pub apptag: u16,
+    /// Its mask (ELBATM).
+    pub appmask: u16,
+}
+
+impl CopyRange {
+    /// Bytes per source range entry (format 0).
+    pub const LEN: usize = 32;
+
+    /// The 32 bytes the controller reads.
+    ///
+    /// # Panics
+    /// If `nlb` is not in 1 ..= 65 536.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        b[8..16].copy_from_slice(&self.slba.to_le_bytes());
+        b[16..18].copy_from_slice(&(nlb_zero_based(self.nlb) as u16).to_le_bytes());
+        b[24..28].copy_from_slice(&self.reftag.to_le_bytes());
+        b[28..30].copy_from_slice(&self.apptag.to_le_bytes());
+        b[30..32].copy_from_slice(&self.appmask.to_le_bytes());
+        b
+    }
+}
+
+/// Copy (NVM Command Set 1.0, 3.2.2), simple copy: CDW10/11 SDLBA, CDW12 NR (zero-based,
+/// bits 7:0), descriptor format 0 (bits 11:8), PRINFOR (bits 15:12), PRINFOW (bits 29:26),
+/// FUA (bit 30); CDW14/15 the destination's tags. The source ranges
+/// ([`CopyRange::to_bytes`]) travel in the data buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct Copy {
+    nsid: Nsid,
+    sdlba: Lba,
+    ranges: u32,
+    fua: bool,
+    prinfor: u8,
+    prinfow: u8,
+    tags: PiTags,
+}
+
+impl Copy {
+    /// Copy `ranges` source ranges (real count, 1 ..= 256) to `sdlba`, in order.
+    pub fn new(nsid: Nsid, sdlba: Lba, ranges: u32) -> Self {
+        Copy {
+            nsid,
+            sdlba,
+            ranges,
+            fua: false,
+            prinfor: 0,
+            prinfow: 0,
+            tags: PiTags::default(),
+        }
+    }
+
+    /// Force Unit Access on the destination.
+    pub fn fua(mut self, v: bool) -> Self {
+        self.fua = v;
+        self
+    }
+
+    /// PRINFO for reading the sources and for writing the destination (with its tags).
+    pub fn protection(mut self, read: Prinfo, write: Prinfo, tags: PiTags) -> Self {
+        self.prinfor = read.bits();
+        self.prinfow = write.bits();
+        self.tags = tags;
+        self
+    }
+
+    /// The entry; `dptr` points at `ranges * 32` bytes of [`CopyRange`]s.
+    ///
+    /// # Panics
+    /// If `ranges` is not in 1 ..= 256.
+    pub fn build(self, dptr: Dptr) -> Sqe {
+        let Copy {
+            nsid,
+            sdlba,
+            ranges,
+            fua,
+            prinfor,
+            prinfow,
+            tags,
+        } = self;
+        assert!(
+            (1..=256).contains(&ranges),
+            "copy range count {ranges} outside 1..=256"
+        );
+        let mut sqe = Sqe {
+            opc: nvm::COPY,
+            nsid: nsid.0,
+            cdw3: ((tags.reftag >> 32) & 0xffff) as u32,
+            cdw10: sdlba.0 as u32,
+            cdw11: (sdlba.0 >> 32) as u32,
+            cdw12: (ranges - 1)
+                | ((prinfor as u32) & 0xf) << 12
+                | ((prinfow as u32) & 0xf) << PRINFO_SHIFT
+                | if fua { FUA } else { 0 },
+            cdw14: tags.reftag as u32,
+            cdw15: tags.apptag as u32 | (tags.appmask as u32) << 16,
+            ..Sqe::default()
+        };
+        dptr.apply(&mut sqe);
+        sqe
+    }
+}
 
 /// Flush (NVM Command Set 1.0, 3.3 / Base 2.0, 7.1).
 #[derive(Clone, Copy, Debug)]
@@ -286,6 +498,24 @@ impl Identify {
         Identify {
             cns: cns::NAMESPACE,
             nsid,
+        }
+    }
+
+    /// I/O Command Set specific Identify Namespace for the NVM command set (CNS 05h, CSI
+    /// 00h): the guard format of each LBA format.
+    pub fn nvm_namespace(nsid: Nsid) -> Self {
+        Identify {
+            cns: cns::NVM_NAMESPACE,
+            nsid,
+        }
+    }
+
+    /// I/O Command Set specific Identify Controller for the NVM command set (CNS 06h, CSI
+    /// 00h): the Verify, Write Zeroes and Dataset Management limits.
+    pub fn nvm_controller() -> Self {
+        Identify {
+            cns: cns::NVM_CONTROLLER,
+            nsid: Nsid(0),
         }
     }
 
@@ -618,6 +848,20 @@ impl GetLogPage {
         }
     }
 
+    /// Bytes of the Commands Supported and Effects log.
+    pub const COMMANDS_SUPPORTED_LEN: u32 = 4096;
+
+    /// The Commands Supported and Effects log (Base 2.0, 5.16.1.6; 4096 bytes): one dword
+    /// per admin opcode (bytes 1023:0) and per I/O opcode (bytes 2047:1024), bit 0 CSUPP.
+    /// Decode with [`commands_supported_io`]. QEMU 7.2 lists Verify here but not in ONCS.
+    pub fn commands_supported() -> Self {
+        GetLogPage {
+            lid: log::COMMANDS_SUPPORTED,
+            nsid: Nsid(0),
+            len: Self::COMMANDS_SUPPORTED_LEN,
+        }
+    }
+
     /// The controller-wide SMART / Health Information log (512 bytes, NSID FFFFFFFFh).
     pub fn smart_health() -> Self {
         GetLogPage {
@@ -677,6 +921,13 @@ impl GetLogPage {
     }
 }
 
+/// True if the Commands Supported and Effects log page `page` marks I/O opcode `opc` as
+/// supported (CSUPP, bit 0 of the opcode's dword at byte 1024 + 4 * opc).
+pub fn commands_supported_io(page: &[u8], opc: u8) -> bool {
+    page.get(1024 + 4 * opc as usize)
+        .is_some_and(|b| b & 1 != 0)
+}
+
 /// Asynchronous Event Request (Base 2.0, 5.2): no fields; completes when an event occurs.
 /// Keep at most `IdentifyController::aerl()` outstanding.
 #[derive(Clone, Copy, Debug, Default)]
@@ -731,6 +982,59 @@ mod tests {
         prp1: 0x1000,
         prp2: 0x2000,
     };
+
+    #[test]
+    fn protection_metadata_verify_and_copy_layout() {
+        let tags = PiTags {
+            reftag: 0x0000_abcd_1234_5678,
+            apptag: 0x1111,
+            appmask: 0xff00,
+        };
+        let s = Write::new(Nsid(1), Lba(7), 2)
+            .metadata(Iova(0x8000))
+            .protection(Prinfo::CHECK_ALL, tags)
+            .build(PRP);
+        assert_eq!(s.mptr, 0x8000);
+        assert_eq!(s.cdw12, 1 | 0b0111 << 26);
+        assert_eq!(s.cdw14, 0x1234_5678);
+        assert_eq!(s.cdw3, 0xabcd);
+        assert_eq!(s.cdw15, 0xff00_1111);
+        let r = Read::new(Nsid(1), Lba(7), 1)
+            .protection(
+                Prinfo {
+                    pract: true,
+                    ..Prinfo::default()
+                },
+                PiTags::default(),
+            )
+            .build(PRP);
+        assert_eq!(r.cdw12, 1 << 29);
+        let v = Verify::new(Nsid(3), Lba(9), 4)
+            .protection(Prinfo::from_bits(0b0100), PiTags::default())
+            .build();
+        assert_eq!((v.opc, v.nsid, v.cdw10, v.cdw12), (0x0c, 3, 9, 3 | 1 << 28));
+        let c = Copy::new(Nsid(1), Lba(0x1_0000_0002), 3)
+            .fua(true)
+            .build(PRP);
+        assert_eq!(
+            (c.opc, c.cdw10, c.cdw11, c.cdw12),
+            (0x19, 2, 1, 2 | 1 << 30)
+        );
+        let e = CopyRange {
+            slba: 0x55,
+            nlb: 8,
+            reftag: 0x55,
+            apptag: 1,
+            appmask: 0xffff,
+        }
+        .to_bytes();
+        assert_eq!(&e[8..16], &0x55u64.to_le_bytes());
+        assert_eq!(&e[16..18], &[7, 0]);
+        assert_eq!(&e[24..32], &[0x55, 0, 0, 0, 1, 0, 0xff, 0xff]);
+        let i = Identify::nvm_controller().build(PRP);
+        assert_eq!((i.cdw10, i.nsid), (6, 0));
+        assert_eq!(Identify::nvm_namespace(Nsid(2)).build(PRP).cdw10, 5);
+    }
 
     #[test]
     fn read_and_write_layout() {

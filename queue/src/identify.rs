@@ -99,6 +99,20 @@ impl Oncs {
     pub const DATASET_MANAGEMENT: u16 = 1 << 2;
     /// Bit 3: Write Zeroes.
     pub const WRITE_ZEROES: u16 = 1 << 3;
+    /// Bit 7: Verify.
+    pub const VERIFY: u16 = 1 << 7;
+    /// Bit 8: Copy.
+    pub const COPY: u16 = 1 << 8;
+
+    /// Verify is supported.
+    pub fn verify(self) -> bool {
+        self.0 & Self::VERIFY != 0
+    }
+
+    /// Copy is supported.
+    pub fn copy(self) -> bool {
+        self.0 & Self::COPY != 0
+    }
 
     /// Write Zeroes is supported.
     pub fn write_zeroes(self) -> bool {
@@ -291,6 +305,27 @@ impl IdentifyController {
         "Volatile Write Cache (byte 525), raw."
     );
     le_field!(
+        awun_raw,
+        set_awun_raw,
+        u16,
+        526,
+        "Atomic Write Unit Normal, zero-based blocks (bytes 527:526); see [`Self::awun`]."
+    );
+    le_field!(
+        awupf_raw,
+        set_awupf_raw,
+        u16,
+        528,
+        "Atomic Write Unit Power Fail, zero-based blocks (bytes 529:528); see [`Self::awupf`]."
+    );
+    le_field!(
+        ocfs,
+        set_ocfs,
+        u16,
+        534,
+        "Optional Copy Formats Supported (bytes 535:534): bit n = source range format n."
+    );
+    le_field!(
         sgls_raw,
         set_sgls,
         u32,
@@ -409,6 +444,18 @@ impl IdentifyController {
     pub fn set_vwc_present(&mut self, present: bool) -> &mut Self {
         let v = (self.vwc_raw() & !1) | present as u8;
         self.set_vwc_raw(v)
+    }
+
+    /// Atomic Write Unit Normal: blocks a write may carry and still be atomic with respect
+    /// to other commands (a real count, AWUN + 1).
+    pub fn awun(&self) -> u32 {
+        self.awun_raw() as u32 + 1
+    }
+
+    /// Atomic Write Unit Power Fail: blocks a write may carry and still be atomic across a
+    /// power failure (a real count, AWUPF + 1).
+    pub fn awupf(&self) -> u32 {
+        self.awupf_raw() as u32 + 1
     }
 
     /// SGL support for the NVM command set.
@@ -558,11 +605,123 @@ impl IdentifyNamespace {
         "Formatted LBA Size (byte 26), raw; see [`Self::flbas_index`]."
     );
     le_field!(
+        mc,
+        set_mc,
+        u8,
+        27,
+        "Metadata Capabilities (byte 27): bit 0 extended LBA supported, bit 1 separate buffer supported."
+    );
+    le_field!(
+        dpc,
+        set_dpc,
+        u8,
+        28,
+        "End-to-end Data Protection Capabilities (byte 28)."
+    );
+    le_field!(
+        dps,
+        set_dps,
+        u8,
+        29,
+        "End-to-end Data Protection Type Settings (byte 29): bits 2:0 the PI type, bit 3 PI in the first bytes of the metadata."
+    );
+    le_field!(
         dlfeat,
         set_dlfeat,
         u8,
         33,
         "Deallocate Logical Block Features (byte 33)."
+    );
+    le_field!(
+        nawun,
+        set_nawun,
+        u16,
+        34,
+        "Namespace Atomic Write Unit Normal, zero-based blocks (bytes 35:34); valid when NSFEAT bit 1."
+    );
+    le_field!(
+        nawupf,
+        set_nawupf,
+        u16,
+        36,
+        "Namespace Atomic Write Unit Power Fail, zero-based (bytes 37:36); valid when NSFEAT bit 1."
+    );
+    le_field!(
+        nabsn,
+        set_nabsn,
+        u16,
+        40,
+        "Namespace Atomic Boundary Size Normal, zero-based (bytes 41:40); 0 = no boundary."
+    );
+    le_field!(
+        nabo,
+        set_nabo,
+        u16,
+        42,
+        "Namespace Atomic Boundary Offset in blocks (bytes 43:42)."
+    );
+    le_field!(
+        nabspf,
+        set_nabspf,
+        u16,
+        44,
+        "Namespace Atomic Boundary Size Power Fail, zero-based (bytes 45:44); 0 = no boundary."
+    );
+    le_field!(
+        npwg,
+        set_npwg,
+        u16,
+        64,
+        "Namespace Preferred Write Granularity, zero-based (bytes 65:64); valid when NSFEAT bit 4."
+    );
+    le_field!(
+        npwa,
+        set_npwa,
+        u16,
+        66,
+        "Namespace Preferred Write Alignment, zero-based (bytes 67:66); valid when NSFEAT bit 4."
+    );
+    le_field!(
+        npdg,
+        set_npdg,
+        u16,
+        68,
+        "Namespace Preferred Deallocate Granularity, zero-based (bytes 69:68); valid when NSFEAT bit 4."
+    );
+    le_field!(
+        npda,
+        set_npda,
+        u16,
+        70,
+        "Namespace Preferred Deallocate Alignment, zero-based (bytes 71:70); valid when NSFEAT bit 4."
+    );
+    le_field!(
+        nows,
+        set_nows,
+        u16,
+        72,
+        "Namespace Optimal Write Size, zero-based (bytes 73:72); valid when NSFEAT bit 4."
+    );
+    le_field!(
+        mssrl,
+        set_mssrl,
+        u16,
+        74,
+        "Maximum Single Source Range Length of a Copy, blocks (bytes 75:74); 0 = none reported."
+    );
+    le_field!(
+        mcl,
+        set_mcl,
+        u32,
+        76,
+        "Maximum Copy Length, blocks (bytes 79:76); 0 = none reported."
+    );
+    le_field!(
+        msrc_raw,
+        set_msrc_raw,
+        u8,
+        80,
+        "Maximum Source Range Count, zero-based (byte 80)."
     );
     le_field!(
         noiob,
@@ -624,6 +783,196 @@ impl IdentifyNamespace {
     /// The LBA format the namespace is formatted with.
     pub fn current_lba_format(&self) -> LbaFormat {
         self.lbaf(self.flbas_index() as usize)
+    }
+
+    /// FLBAS bit 4: metadata is transferred at the end of each block's data (extended LBA).
+    pub fn extended_lba(&self) -> bool {
+        self.flbas() & 0b1_0000 != 0
+    }
+
+    /// Writes FLBAS bit 4.
+    pub fn set_extended_lba(&mut self, on: bool) -> &mut Self {
+        let f = (self.flbas() & !0b1_0000) | (on as u8) << 4;
+        self.set_flbas(f)
+    }
+
+    /// NSFEAT bit 1 (NSABP): NAWUN, NAWUPF, NACWU and the atomic boundaries are valid.
+    pub fn atomics_valid(&self) -> bool {
+        self.nsfeat() & 0b10 != 0
+    }
+
+    /// NSFEAT bit 4 (OPTPERF): NPWG, NPWA, NPDG, NPDA and NOWS are valid.
+    pub fn optimal_perf_valid(&self) -> bool {
+        self.nsfeat() & 0b1_0000 != 0
+    }
+
+    /// Maximum Source Range Count of a Copy: a real count (MSRC + 1).
+    pub fn msrc(&self) -> u16 {
+        self.msrc_raw() as u16 + 1
+    }
+
+    /// The metadata format of the current LBA format, with its protection information, or
+    /// `None` without metadata. `pif` is the guard format of the current format (from the I/O
+    /// command set specific Identify Namespace, [`IdentifyNvmNamespace::pif`]); 16-bit when
+    /// the controller does not report it.
+    pub fn metadata_format(&self, pif: crate::pi::PiFormat) -> Option<crate::pi::MetadataFormat> {
+        let ms = self.current_lba_format().metadata_size;
+        if ms == 0 {
+            return None;
+        }
+        let pi = crate::pi::PiType::from_dps(self.dps()).map(|kind| crate::pi::Protection {
+            kind,
+            first: self.dps() & 0b1000 != 0,
+            format: pif,
+        });
+        Some(crate::pi::MetadataFormat {
+            size: ms,
+            extended: self.extended_lba(),
+            pi,
+        })
+    }
+}
+
+/// I/O Command Set specific Identify Controller for the NVM command set (CNS 06h, CSI 00h;
+/// NVM Command Set 1.0, Figure 99). QEMU 7.2 may refuse it: then none of its limits apply.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdentifyNvmController([u8; IDENTIFY_LEN]);
+
+impl Default for IdentifyNvmController {
+    fn default() -> Self {
+        IdentifyNvmController([0; IDENTIFY_LEN])
+    }
+}
+
+impl fmt::Debug for IdentifyNvmController {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentifyNvmController")
+            .field("vsl", &self.vsl())
+            .field("wzsl", &self.wzsl())
+            .field("dmrl", &self.dmrl())
+            .field("dmrsl", &self.dmrsl())
+            .field("dmsl", &self.dmsl())
+            .finish()
+    }
+}
+
+impl IdentifyNvmController {
+    /// An all-zero page (no limits) to fill with the `set_*` methods.
+    pub fn builder() -> Self {
+        Self::default()
+    }
+
+    /// Parses the page.
+    ///
+    /// # Errors
+    /// [`IdentifyError::WrongLength`] unless `bytes` is exactly 4096 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, IdentifyError> {
+        page_from(bytes).map(IdentifyNvmController)
+    }
+
+    /// The raw page.
+    pub fn as_bytes(&self) -> &[u8; IDENTIFY_LEN] {
+        &self.0
+    }
+
+    le_field!(
+        vsl,
+        set_vsl,
+        u8,
+        0,
+        "Verify Size Limit (byte 0): `MPSMIN << vsl` bytes, 0 = none."
+    );
+    le_field!(
+        wzsl,
+        set_wzsl,
+        u8,
+        1,
+        "Write Zeroes Size Limit (byte 1): `MPSMIN << wzsl` bytes, 0 = none."
+    );
+    le_field!(
+        dmrl,
+        set_dmrl,
+        u8,
+        3,
+        "Dataset Management Ranges Limit (byte 3): ranges per command, 0 = none (256)."
+    );
+    le_field!(
+        dmrsl,
+        set_dmrsl,
+        u32,
+        4,
+        "Dataset Management Range Size Limit (bytes 7:4): blocks per range, 0 = none."
+    );
+    le_field!(
+        dmsl,
+        set_dmsl,
+        u64,
+        8,
+        "Dataset Management Size Limit (bytes 15:8): blocks per command, 0 = none."
+    );
+}
+
+/// I/O Command Set specific Identify Namespace for the NVM command set (CNS 05h, CSI 00h;
+/// NVM Command Set 1.0b / 2.0, Figure 100): the extended LBA formats with their guard
+/// format.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdentifyNvmNamespace([u8; IDENTIFY_LEN]);
+
+impl Default for IdentifyNvmNamespace {
+    fn default() -> Self {
+        IdentifyNvmNamespace([0; IDENTIFY_LEN])
+    }
+}
+
+impl fmt::Debug for IdentifyNvmNamespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentifyNvmNamespace")
+            .field("elbaf0", &self.elbaf(0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdentifyNvmNamespace {
+    /// An all-zero page to fill with the `set_*` methods.
+    pub fn builder() -> Self {
+        Self::default()
+    }
+
+    /// Parses the page.
+    ///
+    /// # Errors
+    /// [`IdentifyError::WrongLength`] unless `bytes` is exactly 4096 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, IdentifyError> {
+        page_from(bytes).map(IdentifyNvmNamespace)
+    }
+
+    /// The raw page.
+    pub fn as_bytes(&self) -> &[u8; IDENTIFY_LEN] {
+        &self.0
+    }
+
+    /// Extended LBA format `i` (bytes 12 + 4i), raw.
+    ///
+    /// # Panics
+    /// If `i >= 64`.
+    pub fn elbaf(&self, i: usize) -> u32 {
+        assert!(i < MAX_LBA_FORMATS, "LBA format index {i} >= 64");
+        let o = 12 + 4 * i;
+        u32::from_le_bytes(self.0[o..o + 4].try_into().expect("4 bytes"))
+    }
+
+    /// Writes extended LBA format `i`.
+    pub fn set_elbaf(&mut self, i: usize, v: u32) -> &mut Self {
+        assert!(i < MAX_LBA_FORMATS, "LBA format index {i} >= 64");
+        let o = 12 + 4 * i;
+        self.0[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    /// The guard format of LBA format `i` (PIF, bits 8:7); 16-bit for a reserved value.
+    pub fn pif(&self, i: usize) -> crate::pi::PiFormat {
+        crate::pi::PiFormat::from_pif(((self.elbaf(i) >> 7) & 0b11) as u8)
+            .unwrap_or(crate::pi::PiFormat::Guard16)
     }
 }
 

@@ -38,9 +38,11 @@ pub mod event;
 pub mod identify;
 pub mod log;
 pub mod opcode;
+pub mod pi;
 pub mod plan;
 pub mod prp;
 pub mod queue_pair;
+pub mod ranges;
 pub mod regs;
 pub mod sgl;
 pub mod status;
@@ -49,9 +51,10 @@ pub mod types;
 pub use cmd::Dptr;
 pub use entry::{Cqe, Sqe};
 pub use identify::{
-    ActiveNamespaceList, IdentifyController, IdentifyError, IdentifyNamespace, LbaFormat,
-    SglSupport,
+    ActiveNamespaceList, IdentifyController, IdentifyError, IdentifyNamespace,
+    IdentifyNvmController, IdentifyNvmNamespace, LbaFormat, SglSupport,
 };
+pub use pi::{MetadataFormat, PiFormat, PiTags, PiType, Prinfo, Protection};
 pub use plan::{Command, Limits, Plan, PlanError, SglLimits, SplitReason};
 pub use prp::{PrpError, PrpListPages, SegRange, Segment};
 pub use sgl::{SglError, SglListPages};

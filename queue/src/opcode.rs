@@ -39,6 +39,10 @@ pub mod nvm {
     pub const WRITE_ZEROES: u8 = 0x08;
     /// Dataset Management.
     pub const DATASET_MANAGEMENT: u8 = 0x09;
+    /// Verify.
+    pub const VERIFY: u8 = 0x0c;
+    /// Copy.
+    pub const COPY: u8 = 0x19;
 }
 
 /// Feature identifiers for Set/Get Features.
@@ -73,6 +77,10 @@ pub mod cns {
     pub const CONTROLLER: u8 = 0x01;
     /// Active Namespace ID list.
     pub const ACTIVE_NAMESPACES: u8 = 0x02;
+    /// I/O Command Set specific Identify Namespace (with a CSI).
+    pub const NVM_NAMESPACE: u8 = 0x05;
+    /// I/O Command Set specific Identify Controller (with a CSI).
+    pub const NVM_CONTROLLER: u8 = 0x06;
 }
 
 /// Log page identifiers.
@@ -85,4 +93,6 @@ pub mod log {
     pub const FIRMWARE_SLOT: u8 = 0x03;
     /// Changed Namespace List.
     pub const CHANGED_NAMESPACES: u8 = 0x04;
+    /// Commands Supported and Effects.
+    pub const COMMANDS_SUPPORTED: u8 = 0x05;
 }

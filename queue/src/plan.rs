@@ -259,16 +259,15 @@ pub fn max_transfer(mdts_bytes: Option<u64>, page: PageSize, list_pages: usize) 
 /// # Errors
 /// See [`PlanError`]; nothing is half-planned.
 ///
+/// The block size need not be a power of two: a transfer that carries each block's
+/// metadata in the data buffer (an extended LBA format) plans with blocks of data + metadata
+/// bytes (520, 4104, ...), and split points fall on those.
+///
 /// # Panics
-/// If `limits.lba_size` is not a power of two.
+/// If `limits.lba_size` is 0.
 #[inline(always)]
 pub fn plan(segs: &[Segment], slba: Lba, limits: &Limits) -> Result<Plan, PlanError> {
-    assert!(
-        limits.lba_size.is_power_of_two(),
-        "lba_size {} is not a power of two",
-        limits.lba_size
-    );
-    let sh = limits.lba_size.trailing_zeros();
+    assert!(limits.lba_size != 0, "lba_size 0");
 
     // Fast path: one segment that fits one command.
     if let [s] = segs {
@@ -287,14 +286,14 @@ pub fn plan(segs: &[Segment], slba: Lba, limits: &Limits) -> Result<Plan, PlanEr
                 },
             }));
         }
-        return plan_slow(segs, slba, blocks, limits, sh);
+        return plan_slow(segs, slba, blocks, limits);
     }
-    plan_multi(segs, slba, limits, sh)
+    plan_multi(segs, slba, limits)
 }
 
 /// Several segments: check them all, then one command if the set fits, else split.
 #[inline(never)]
-fn plan_multi(segs: &[Segment], slba: Lba, limits: &Limits, sh: u32) -> Result<Plan, PlanError> {
+fn plan_multi(segs: &[Segment], slba: Lba, limits: &Limits) -> Result<Plan, PlanError> {
     let mask = limits.page.bytes() as u64 - 1;
     let mut total = 0u64;
     let mut prp_ok = true;
@@ -326,7 +325,7 @@ fn plan_multi(segs: &[Segment], slba: Lba, limits: &Limits, sh: u32) -> Result<P
             }));
         }
     }
-    plan_slow(segs, slba, blocks, limits, sh)
+    plan_slow(segs, slba, blocks, limits)
 }
 
 #[inline]
@@ -359,13 +358,18 @@ fn check_segment(i: usize, s: &Segment) -> Result<(), PlanError> {
 /// Checks the total and the range; returns the block count.
 #[inline]
 fn check_total(total: u64, slba: Lba, limits: &Limits) -> Result<u64, PlanError> {
-    if total & (limits.lba_size as u64 - 1) != 0 {
+    let bs = limits.lba_size as u64;
+    let (rem, blocks) = if bs.is_power_of_two() {
+        (total & (bs - 1), total >> bs.trailing_zeros())
+    } else {
+        (total % bs, total / bs)
+    };
+    if rem != 0 {
         return Err(PlanError::LengthNotBlockMultiple {
             len: total,
             lba_size: limits.lba_size,
         });
     }
-    let blocks = total >> limits.lba_size.trailing_zeros();
     match slba.0.checked_add(blocks) {
         Some(end) if end <= limits.ns_blocks => Ok(blocks),
         _ => Err(PlanError::OutOfRange {
@@ -398,23 +402,18 @@ fn fits(slba: u64, blocks: u64, bytes: u64, limits: &Limits) -> bool {
 /// boundaries are multiples of the block size.
 #[cold]
 #[inline(never)]
-fn plan_slow(
-    segs: &[Segment],
-    slba: Lba,
-    blocks: u64,
-    limits: &Limits,
-    sh: u32,
-) -> Result<Plan, PlanError> {
-    let total = blocks << sh;
+fn plan_slow(segs: &[Segment], slba: Lba, blocks: u64, limits: &Limits) -> Result<Plan, PlanError> {
+    let bs = limits.lba_size as u64;
+    let total = blocks * bs;
     let mask = limits.page.bytes() as u64 - 1;
-    let mt_blocks = (limits.max_transfer >> sh) as u64;
+    let mt_blocks = limits.max_transfer as u64 / bs;
     if mt_blocks == 0 {
         return Err(PlanError::CannotSplit {
             index: 0,
             reason: SplitReason::MaxTransferBelowBlock,
         });
     }
-    let round = |p: u64| p >> sh << sh;
+    let round = |p: u64| p / bs * bs;
     let breaks = |j: usize| {
         let (a, b) = (segs[j], segs[j + 1]);
         (a.iova.0 + a.len as u64) & mask != 0 || b.iova.0 & mask != 0
@@ -424,12 +423,12 @@ fn plan_slow(
     // Cursor: segment index, offset in it, byte position, byte position of the segment start.
     let (mut si, mut so, mut pos, mut seg_start) = (0usize, 0u32, 0u64, 0u64);
     while pos < total {
-        let lba = slba.0 + (pos >> sh);
-        let cap_blocks = ((total - pos) >> sh)
+        let lba = slba.0 + pos / bs;
+        let cap_blocks = ((total - pos) / bs)
             .min(mt_blocks)
             .min(MAX_BLOCKS_PER_COMMAND as u64)
             .min(noiob_left(lba, limits.noiob));
-        let cap_end = pos + (cap_blocks << sh);
+        let cap_end = pos + cap_blocks * bs;
 
         // PRP reach: up to the first boundary that breaks the page rule, rounded down to a
         // block; the data after it must start a new command.
@@ -487,7 +486,7 @@ fn plan_slow(
         let last_end = (end - kstart) as u32;
         let cmd = Command {
             slba: Lba(lba),
-            nlb: ((end - pos) >> sh) as u32,
+            nlb: ((end - pos) / bs) as u32,
             sgl,
             segs: SegRange {
                 first: si,
@@ -701,6 +700,33 @@ mod tests {
         let p = plan(&segs, Lba(0), &l).unwrap();
         let nlbs: Vec<u32> = p.commands().iter().map(|c| c.nlb).collect();
         assert_eq!(nlbs, [65_536, 1]);
+    }
+
+    #[test]
+    fn extended_blocks_of_data_and_metadata_split_on_their_own_boundaries() {
+        // 520-byte blocks (512 data + 8 metadata) in one buffer, 4 KiB per command: 7 blocks
+        // (3640 bytes) fit, children start mid-page at multiples of 520 (dword aligned).
+        let mut l = limits();
+        l.lba_size = 520;
+        l.max_transfer = 4096;
+        let segs = [Segment::new(0x10_0000, 16 * 520)];
+        let p = plan(&segs, Lba(0), &l).unwrap();
+        let shape: Vec<(u64, u32, u32)> = p
+            .commands()
+            .iter()
+            .map(|c| (c.slba.0, c.nlb, c.segs.first_offset))
+            .collect();
+        assert_eq!(shape, [(0, 7, 0), (7, 7, 3640), (14, 2, 7280)]);
+        assert_eq!(execute(&segs, 0, &l, &p), vec![(0x10_0000, 16 * 520)]);
+        assert_eq!(
+            plan(&[Segment::new(0x10_0000, 1024)], Lba(0), &l),
+            Err(PlanError::LengthNotBlockMultiple {
+                len: 1024,
+                lba_size: 520
+            })
+        );
+        let one = plan(&[Segment::new(0x10_0000, 2 * 520)], Lba(3), &l).unwrap();
+        assert!(matches!(one, Plan::One(Command { nlb: 2, .. })));
     }
 
     #[test]

@@ -51,8 +51,8 @@ use crate::status::{sc, sct};
 use crate::{Cid, Command, Cqe, PrpError, Qid, QueueSize, Segment, SglError, Sqe, Status};
 
 use ring::{CqIndex, SqIndex};
-pub use split::SplitOp;
 use split::{Parent, Splits};
+pub use split::{SplitKind, SplitMeta, SplitOp};
 use tracker::{NO_PARENT, Slab};
 
 /// A point in time on the shell's monotonic clock, in nanoseconds from any origin.
@@ -223,6 +223,9 @@ pub struct Counters {
     pub teardowns: u64,
     /// Requests placed again: after a retryable status (DNR clear) or a reset.
     pub retries: u64,
+    /// Requests completed at once without a command ([`QueuePairCore::complete_now`]: a
+    /// flush with no volatile write cache).
+    pub without_command: u64,
 }
 
 /// The counters do not add up (a bug in the core).
@@ -438,6 +441,27 @@ impl<B> QueuePairCore<B> {
         Ok(())
     }
 
+    /// Accepts a request that needs no command (a flush where there is no volatile write
+    /// cache: every completed write is already durable) and delivers it now, successfully.
+    /// It does not overtake a split still waiting for slots.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::BehindSplit`] with `bufs`.
+    pub fn complete_now(
+        &mut self,
+        tag: u64,
+        bufs: B,
+    ) -> Result<(), (Refusal<core::convert::Infallible>, B)> {
+        if !self.splits.pending.is_empty() {
+            return Err((Refusal::BehindSplit, bufs));
+        }
+        self.counters.submitted += 1;
+        self.counters.without_command += 1;
+        self.deliver(tag, Outcome::Success, bufs, 0);
+        Ok(())
+    }
+
     /// A new request may be accepted: nothing waits ahead of it and a tracker and an SQ
     /// slot are free.
     #[inline]
@@ -534,7 +558,12 @@ impl<B> QueuePairCore<B> {
                     .expect("a free tracker (checked)");
                 let p = self.splits.get_mut(idx).expect("live");
                 p.next += 1;
-                match sink.data_pointer(slot, &p.segs, &cmd) {
+                let dptr = if op.kind.has_data() {
+                    sink.data_pointer(slot, &p.segs, &cmd)
+                } else {
+                    Ok(Dptr::None)
+                };
+                match dptr {
                     Ok(dptr) => {
                         p.in_flight += 1;
                         let sqe = child_sqe(op, &cmd, dptr);
@@ -824,14 +853,43 @@ impl<B> QueuePairCore<B> {
     }
 }
 
-fn child_sqe(op: SplitOp, cmd: &Command, dptr: Dptr) -> Sqe {
+/// The entry of one command of a read or write: a split's child, or the one command of a
+/// request with metadata or PI (its MPTR and tags moved to the command's first block).
+pub fn child_sqe(op: SplitOp, cmd: &Command, dptr: Dptr) -> Sqe {
+    let (mptr, tags) = op.meta.for_child(cmd.slba);
+    let prinfo = op.meta.prinfo;
+    match op.kind {
+        SplitKind::Rw => {}
+        SplitKind::Verify => {
+            return crate::cmd::Verify::new(op.nsid, cmd.slba, cmd.nlb)
+                .protection(prinfo, tags)
+                .build();
+        }
+        SplitKind::WriteZeroes => {
+            return crate::cmd::WriteZeroes::new(op.nsid, cmd.slba, cmd.nlb)
+                .fua(op.fua)
+                .build();
+        }
+        SplitKind::Deallocate => {
+            return crate::cmd::DatasetManagement::deallocate(op.nsid, cmd.nlb).build(dptr);
+        }
+        SplitKind::Copy => {
+            return crate::cmd::Copy::new(op.nsid, cmd.slba, cmd.nlb)
+                .fua(op.fua)
+                .build(dptr);
+        }
+    }
     if op.write {
         Write::new(op.nsid, cmd.slba, cmd.nlb)
             .fua(op.fua)
+            .metadata(crate::Iova(mptr))
+            .protection(prinfo, tags)
             .build(dptr)
     } else {
         Read::new(op.nsid, cmd.slba, cmd.nlb)
             .fua(op.fua)
+            .metadata(crate::Iova(mptr))
+            .protection(prinfo, tags)
             .build(dptr)
     }
 }

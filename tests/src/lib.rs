@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod datapath;
 pub mod io;
 pub mod load;
 pub mod vm;

@@ -373,7 +373,7 @@ fn bad_input_at_setup_is_refused_with_a_clear_error() {
 }
 
 #[test]
-fn bad_input_io_on_a_namespace_with_metadata_is_refused() {
+fn bad_input_io_on_a_namespace_with_metadata_and_no_metadata_buffer_is_refused() {
     let cfg = EmuConfig {
         namespaces: vec![NsConfig {
             metadata_size: 8,
@@ -390,8 +390,9 @@ fn bad_input_io_on_a_namespace_with_metadata_is_refused() {
         .unwrap_err();
     assert_eq!(
         r.error.report(),
-        "invalid request: namespace 1 is formatted with 8 bytes of metadata per block, which \
-         nvme-dio does not transfer: use a format without metadata"
+        "invalid request: namespace 1 is formatted with 8 bytes of separate metadata per block: \
+         give the request a metadata buffer of 8 bytes (Io::metadata), or use PRACT where the \
+         metadata is only the PI tuple"
     );
     assert_eq!(qp.stats().commands, 0);
 }

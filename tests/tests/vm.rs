@@ -23,11 +23,10 @@ fn matrix_has_the_harness_roles() {
         return;
     };
     let roles: BTreeSet<&str> = m.iter().map(|c| c.role.as_str()).collect();
-    assert_eq!(
-        roles,
-        BTreeSet::from(["default", "hotplug", "mdts0", "mdts2", "msix2", "ns512"]),
-        "{m:?}"
-    );
+    // At least these: other blocks of the harness add their own controllers (the data
+    // path's meta512/meta4k, ...).
+    let base = BTreeSet::from(["default", "hotplug", "mdts0", "mdts2", "msix2", "ns512"]);
+    assert!(base.is_subset(&roles), "{m:?}");
     let ns512 = vm::controller("ns512").unwrap();
     assert_eq!(ns512.lba_size, 512);
     assert_eq!(ns512.namespaces.len(), 2);

@@ -284,6 +284,13 @@ fn bench_on(
                     "this controller does not support SGLs (without them each segment must be whole blocks)",
                 )
             };
+            if let Some(f) = ns.metadata_format().filter(|f| !f.pract_strips()) {
+                return Err(CliError::BadArgument(format!(
+                    "{dev}: namespace {nsid} is formatted with {f} of metadata per block: the \
+                     bench runs on formats without metadata, or with PI whose metadata is only \
+                     the PI tuple (it then lets the controller insert and strip the PI: PRACT)"
+                )));
+            }
             let job = make_job(args, ns.lba_size(), ns.bytes(), sub_block)?;
             check_entries(ctrl, &job, &mut notes)?;
             if job.shapes.len() > 1 && targets.is_empty() {
@@ -573,6 +580,8 @@ fn scatter(bufs: &Bufs, stream: &[u8]) {
     match bufs {
         Bufs::One(b) => put(b),
         Bufs::Many(v) => v.iter().for_each(put),
+        // The bench's streams are the data only.
+        Bufs::WithMetadata(w) => w.data.iter().for_each(put),
         Bufs::None => {}
     }
 }
@@ -588,6 +597,7 @@ fn gather(bufs: &Bufs, stream: &mut [u8]) {
     match bufs {
         Bufs::One(b) => get(b),
         Bufs::Many(v) => v.iter().for_each(get),
+        Bufs::WithMetadata(w) => w.data.iter().for_each(get),
         Bufs::None => {}
     }
 }
@@ -610,6 +620,10 @@ fn submit<D: PciFunction>(
     tag: u64,
 ) -> Result<(), Rejected> {
     let l = Lba(lba);
+    if ns.metadata_format().is_some() {
+        // PI (PRACT) options ride on the request: the general path.
+        return submit_other(qp, ns, kind, lba, blocks, fua, bufs, tag);
+    }
     match (kind, bufs) {
         (Kind::Read, Bufs::One(b)) => qp.read(ns, l, b, tag),
         (Kind::Write, Bufs::One(b)) if fua => qp.write_fua(ns, l, b, tag),
@@ -634,13 +648,29 @@ fn submit_other<D: PciFunction>(
     tag: u64,
 ) -> Result<(), Rejected> {
     let lba = Lba(lba);
+    // A PI format whose metadata is only the tuple: the controller generates the PI on
+    // writes and checks nothing the host sent, and strips it on reads (no metadata buffer).
+    let opts = match ns.metadata_format() {
+        Some(f) if f.pract_strips() => nvme_dio::RwOptions {
+            pi: Some(nvme_dio::PiOptions::pract()),
+            atomic: false,
+        },
+        _ => Default::default(),
+    };
     let io = match kind {
-        Kind::Write => Io::Write { ns, lba, bufs, fua },
+        Kind::Write => Io::Write {
+            ns,
+            lba,
+            bufs,
+            fua,
+            opts,
+        },
         Kind::Read => Io::Read {
             ns,
             lba,
             bufs,
             fua: false,
+            opts,
         },
         Kind::Trim => {
             return qp.submit(

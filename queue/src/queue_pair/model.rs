@@ -213,6 +213,8 @@ impl Model {
                     children as usize
                 ];
                 let op = SplitOp {
+                    meta: Default::default(),
+                    kind: Default::default(),
                     write: tag % 2 == 0,
                     fua: false,
                     nsid: Nsid(1),

@@ -8,7 +8,8 @@
 
 use std::collections::VecDeque;
 
-use crate::{Command, Nsid, Segment};
+use crate::pi::{PiTags, Prinfo};
+use crate::{Command, Lba, Nsid, Segment};
 
 use super::Outcome;
 
@@ -21,6 +22,74 @@ pub struct SplitOp {
     pub fua: bool,
     /// The namespace.
     pub nsid: Nsid,
+    /// Metadata and protection information, carried into each child.
+    pub meta: SplitMeta,
+    /// The command each child is.
+    pub kind: SplitKind,
+}
+
+/// The command the children of a split are. For [`SplitKind::Deallocate`] and
+/// [`SplitKind::Copy`] a child's `nlb` is its number of ranges and its bytes are its range
+/// list (for Copy its `slba` is the destination); Verify and Write Zeroes children have no
+/// data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SplitKind {
+    /// Read or Write (per [`SplitOp::write`]).
+    #[default]
+    Rw,
+    /// Verify.
+    Verify,
+    /// Write Zeroes.
+    WriteZeroes,
+    /// Dataset Management, deallocate.
+    Deallocate,
+    /// Copy (format 0 source ranges).
+    Copy,
+}
+
+impl SplitKind {
+    /// True if each child has a data pointer.
+    pub fn has_data(self) -> bool {
+        !matches!(self, SplitKind::Verify | SplitKind::WriteZeroes)
+    }
+}
+
+/// What each child of a split read or write carries besides its data: its slice of the
+/// separate metadata buffer (the pointer moves with the child's first block) and its PI
+/// fields (the initial reference tag moves with it for types 1 and 2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SplitMeta {
+    /// The parent's first block.
+    pub slba: Lba,
+    /// MPTR of the parent's first block, 0 = no separate metadata.
+    pub mptr: u64,
+    /// Metadata bytes per block.
+    pub ms: u16,
+    /// PRINFO of every child.
+    pub prinfo: Prinfo,
+    /// The parent's tags (its first block's reference tag).
+    pub tags: PiTags,
+    /// The reference tag counts up per block (PI types 1 and 2).
+    pub ref_increments: bool,
+    /// Mask of the reference tag (32 or 48 bits).
+    pub ref_mask: u64,
+}
+
+impl SplitMeta {
+    /// The child's MPTR and tags for a child starting at `slba`.
+    pub fn for_child(&self, slba: Lba) -> (u64, PiTags) {
+        let off = slba.0.wrapping_sub(self.slba.0);
+        let mptr = if self.mptr == 0 {
+            0
+        } else {
+            self.mptr + off * self.ms as u64
+        };
+        let mut tags = self.tags;
+        if self.ref_increments {
+            tags.reftag = tags.reftag.wrapping_add(off) & self.ref_mask;
+        }
+        (mptr, tags)
+    }
 }
 
 /// A request that goes out as several commands.

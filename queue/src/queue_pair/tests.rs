@@ -506,3 +506,55 @@ fn with_retries_a_split_survives_a_reset() {
     m.take();
     assert_eq!(m.core.counters().failed, 1);
 }
+
+#[test]
+fn split_children_move_the_metadata_pointer_and_the_reference_tag() {
+    use crate::pi::{PiTags, Prinfo};
+    let mut m = Model::new(8);
+    let tags = PiTags {
+        reftag: 100,
+        apptag: 7,
+        appmask: 0xffff,
+    };
+    let op = SplitOp {
+        write: true,
+        fua: false,
+        nsid: crate::Nsid(1),
+        meta: SplitMeta {
+            slba: crate::Lba(0),
+            mptr: 0x9000,
+            ms: 8,
+            prinfo: Prinfo::CHECK_ALL,
+            tags,
+            ref_increments: true,
+            ref_mask: 0xffff_ffff,
+        },
+        kind: SplitKind::Rw,
+    };
+    let segs = vec![
+        Segment {
+            iova: crate::Iova(0x10000),
+            len: 4096
+        };
+        3
+    ];
+    m.core
+        .submit_split(&mut m.sink, 1, Token(1), op, segs, Model::children(3))
+        .unwrap();
+    let got: Vec<(u64, u32, u32, u32)> = m
+        .sink
+        .ring
+        .iter()
+        .flatten()
+        .map(|s| (s.mptr, s.cdw14, s.cdw15, s.cdw12 >> 26))
+        .collect();
+    // Children at blocks 0, 8 and 16 of 8 blocks each: MPTR moves 64 bytes, the tag 8.
+    assert_eq!(
+        got,
+        [
+            (0x9000, 100, 0xffff_0007, 0b0111),
+            (0x9040, 108, 0xffff_0007, 0b0111),
+            (0x9080, 116, 0xffff_0007, 0b0111)
+        ]
+    );
+}
