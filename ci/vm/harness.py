@@ -795,8 +795,13 @@ class RoundSampler:
         self.pid: int | None = None
         self.begin: dict[int, bench.LoadSample] = {}
         self.loads: dict[int, bench.RoundLoad] = {}
+        # Host wall-clock times of each step's VM-BEGIN and VM-END (--trace windows).
+        self.steps: dict[str, list[float]] = {}
 
     def __call__(self, line: str) -> None:
+        m = re.match(r"^VM-(?:BEGIN|END) (\S+)", line)
+        if m:
+            self.steps.setdefault(m.group(1), []).append(time.time())
         m = re.match(r"^VM-ROUND-(BEGIN|END) (\d+)$", line)
         if not m:
             return
@@ -857,6 +862,10 @@ def mode_bench(args) -> int:
         shutil.rmtree(out)
     out.mkdir()
     bdf = BENCH_MATRIX[0].bdf
+    if args.trace:
+        import timeline  # ci/vm/timeline.py
+
+        return timeline.run(args, kdir, out, bdf, files, bench_boot, guest_failures)
     quick = args.quick
     qds = bench.QDS_QUICK if quick else bench.QDS
     rounds = 1 if quick else args.rounds
@@ -912,6 +921,8 @@ def main() -> int:
                     help="measured rounds per boot, after one discarded round (default 3)")
     bn.add_argument("--quick", action="store_true",
                     help="development: one round, QD 1 and 32, 2 s per figure")
+    bn.add_argument("--trace", action="store_true",
+                    help="instead: QD 1 with QEMU's nvme trace events, a per-I/O timeline")
     bn.add_argument("--cli", metavar="PATH",
                     help="use this prebuilt static nvme-dio binary instead of building it")
     args = ap.parse_args()
