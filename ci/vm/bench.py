@@ -139,6 +139,9 @@ def json_object(text: str) -> dict | None:
 CASES = [
     Case("nvme-dio poll", "vfio", nvme_dio_cmd("poll"), parse_nvme_dio),
     Case("nvme-dio irq", "vfio", nvme_dio_cmd("irq"), parse_nvme_dio),
+    # Shadow doorbells (Doorbell Buffer Config): the same runs with --shadow-doorbells.
+    Case("nvme-dio poll shadow", "vfio", nvme_dio_cmd("poll --shadow-doorbells"), parse_nvme_dio),
+    Case("nvme-dio irq shadow", "vfio", nvme_dio_cmd("irq --shadow-doorbells"), parse_nvme_dio),
     Case("t/io_uring poll", "kernel", t_io_uring_cmd(True), parse_t_io_uring),
     Case("t/io_uring irq", "kernel", t_io_uring_cmd(False), parse_t_io_uring),
     Case("fio io_uring irq", "kernel", fio_io_uring_cmd, parse_fio),
@@ -148,6 +151,8 @@ RATIOS = [
     ("nvme-dio poll", "t/io_uring poll"),
     ("nvme-dio irq", "t/io_uring irq"),
     ("nvme-dio irq", "fio io_uring irq"),
+    ("nvme-dio poll shadow", "nvme-dio poll"),
+    ("nvme-dio irq shadow", "nvme-dio irq"),
 ]
 
 # The two boots: label, extra kernel command line.
@@ -159,6 +164,15 @@ BOOT_CMDLINE = "nvme.poll_queues=1"
 
 # A round with more than this share of one host core spent outside QEMU is marked.
 FOREIGN_LOAD_LIMIT = 0.25
+
+
+def select(cases: list[Case], only: str | None) -> list[Case]:
+    """The cases whose name contains one of the comma-separated words of `only` (all if
+    None)."""
+    if not only:
+        return list(cases)
+    words = [w.strip() for w in only.split(",") if w.strip()]
+    return [c for c in cases if any(w in c.name for w in words)]
 
 
 def step_name(rnd: int, case: Case, qd: int) -> str:

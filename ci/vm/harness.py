@@ -871,9 +871,15 @@ def mode_bench(args) -> int:
     rounds = 1 if quick else args.rounds
     seconds = args.seconds if args.seconds is not None else (2 if quick else 5)
     warmup = 1 if quick else 2
-    cases = bench.CASES
+    cases = bench.select(bench.CASES, args.only)
+    if not cases:
+        die(f"--only {args.only!r} matches no case: {[c.name for c in bench.CASES]}")
+    boots = [b for b in bench.BOOTS if not args.boots or b[0] in args.boots.split(",")]
+    if not boots:
+        die(f"--boots {args.boots!r} names no boot: {[b[0] for b in bench.BOOTS]}")
+    ratios = [(a, b) for a, b in bench.RATIOS if {a, b} <= {c.name for c in cases}]
     results, problems = [], []
-    for label, extra in bench.BOOTS:
+    for label, extra in boots:
         script, steps = bench.guest_script(cases, qds, rounds, seconds, warmup, bdf)
         b, sampler = bench_boot(args, kdir, out, label, extra, script, files)
         problems += [f"{label}: {p}" for p in guest_failures(b, steps)]
@@ -895,7 +901,7 @@ def mode_bench(args) -> int:
         for line in bench.rounds_table(res, cases, qds):
             print(f"vm-bench:   {line}")
     print("vm-bench: IOPS ratios, median of the per-round ratios (range)")
-    for line in bench.ratio_table(results, qds, bench.RATIOS):
+    for line in bench.ratio_table(results, qds, ratios):
         print(f"vm-bench:   {line}")
     for p in problems:
         print(f"vm-bench: {p}")
@@ -921,6 +927,11 @@ def main() -> int:
                     help="measured rounds per boot, after one discarded round (default 3)")
     bn.add_argument("--quick", action="store_true",
                     help="development: one round, QD 1 and 32, 2 s per figure")
+    bn.add_argument("--only", metavar="WORDS",
+                    help="only the cases whose name contains one of these comma-separated "
+                         "words (e.g. 'nvme-dio' or 'poll')")
+    bn.add_argument("--boots", metavar="LABELS",
+                    help="only these boots, comma separated: viommu, passthrough")
     bn.add_argument("--trace", action="store_true",
                     help="instead: QD 1 with QEMU's nvme trace events, a per-I/O timeline")
     bn.add_argument("--cli", metavar="PATH",

@@ -102,6 +102,14 @@ def result(label, figs, rounds, loads=None):
     return bench.BootResult(label, rounds, figs, loads or {}, [])
 
 
+class Selection(unittest.TestCase):
+    def test_only_filters_by_words_in_the_name(self):
+        names = [c.name for c in bench.select(bench.CASES, "t/io_uring, shadow")]
+        self.assertEqual(names, ["nvme-dio poll shadow", "nvme-dio irq shadow",
+                                 "t/io_uring poll", "t/io_uring irq"])
+        self.assertEqual(len(bench.select(bench.CASES, None)), len(bench.CASES))
+
+
 class Tables(unittest.TestCase):
     def test_guest_script_alternates_and_discards_round_zero(self):
         script, steps = bench.guest_script(bench.CASES, [1], 2, 5, 2, "0000:00:04.0")

@@ -71,7 +71,7 @@ pub mod vfio;
 pub use device::{Bar0, DmaMapper, PciFunction};
 pub use iova::{IOVA_FLOOR, IovaAllocator, RangeSet};
 pub use memory::{
-    DmaBuf, DmaMemory, DmaPool, DmaStopped, MemoryOptions, PageKind, QuarantineStats,
+    DmaBuf, DmaMemory, DmaPool, DmaStopped, MemoryOptions, PageKind, QuarantineStats, SharedWords,
 };
 pub use vfio::{VfioBar, VfioFunction, VfioMapper, parse_bdf};
 

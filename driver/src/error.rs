@@ -23,6 +23,8 @@ pub enum Stage {
     SetNumberOfQueues,
     /// Enabling MSI-X vectors for interrupt-driven queue pairs.
     Interrupts,
+    /// Doorbell Buffer Config (shadow doorbells, [`crate::ControllerOptions::shadow_doorbells`]).
+    DoorbellBufferConfig,
 }
 
 impl std::fmt::Display for Stage {
@@ -36,6 +38,7 @@ impl std::fmt::Display for Stage {
             Stage::IdentifyNamespaces => "identifying namespaces",
             Stage::SetNumberOfQueues => "Set Features (Number of Queues)",
             Stage::Interrupts => "enabling MSI-X",
+            Stage::DoorbellBufferConfig => "Doorbell Buffer Config (shadow doorbells)",
         })
     }
 }

@@ -18,7 +18,7 @@
 //! (`vfio`|`io_uring`), `settings` {workload, read_pct, io_size_bytes, lba_size_bytes,
 //! queue_depth, queues, segments, segment_shapes [[in-page offset, len]..], mode, batch,
 //! time_s, warmup_s, ios, working_set_bytes, verify, seed, pinned, emu_mode, iopoll,
-//! sqpoll}, `ios`, `bytes`, `elapsed_s`, `iops`, `mib_s`, `cpu_ns_per_io` (the worker
+//! sqpoll, shadow_doorbells}, `ios`, `bytes`, `elapsed_s`, `iops`, `mib_s`, `cpu_ns_per_io` (the worker
 //! threads' own CPU time), `wall_ns_per_io`, `latency` {avg_ns, min_ns, max_ns, p50_ns,
 //! p90_ns, p99_ns, p99_9_ns, p99_99_ns} (successful I/Os only; zeroes if none succeeded),
 //! `errors`, `first_error`, `verify` {checked_blocks, mismatches, first_mismatch} or null,
@@ -132,7 +132,8 @@ pub struct QueueCounters {
     pub split_requests: Option<u64>,
     /// Commands placed in the SQ.
     pub commands: Option<u64>,
-    /// Doorbell writes, SQ tail plus CQ head.
+    /// Doorbell register (MMIO) writes, SQ tail plus CQ head (fewer than their sum when
+    /// shadow doorbells spared some).
     pub doorbell_writes: Option<u64>,
     /// SQ tail doorbell writes.
     pub sq_doorbells: Option<u64>,
@@ -245,6 +246,8 @@ pub struct Settings {
     pub iopoll: bool,
     /// io_uring SQPOLL.
     pub sqpoll: bool,
+    /// Shadow doorbells asked for (vfio engine; in use if the controller offers them).
+    pub shadow_doorbells: bool,
 }
 
 /// Verify results.
@@ -427,6 +430,11 @@ fn check_args(a: &BenchArgs) -> Result<(), CliError> {
     if a.emu_thread && !a.device.is_emu() {
         return bad(
             "--emu-thread applies to the emulated controller only (--device emu or emu:ram)".into(),
+        );
+    }
+    if a.shadow_doorbells && a.engine() != Engine::Vfio {
+        return bad(
+            "--shadow-doorbells is a vfio engine option (the kernel decides its own)".into(),
         );
     }
     if (a.iopoll || a.sqpoll) && a.engine() != Engine::IoUring {
@@ -758,6 +766,7 @@ pub fn report(
             }),
             iopoll: args.iopoll,
             sqpoll: args.sqpoll,
+            shadow_doorbells: args.shadow_doorbells,
         },
         ios,
         bytes,

@@ -173,16 +173,20 @@ pub fn check_pci(s: &crate::sysfs::Sysfs, bdf: &str) -> Result<(), CliError> {
 /// Device, geometry and setup errors; I/O failures and mismatches come back in the report.
 pub fn run(args: &BenchArgs) -> Result<Report, CliError> {
     let emu = match &args.device {
-        DeviceSpec::Emu(e) => emu_config(
-            e.ram,
-            args.emu_lba_size(),
-            args.size,
-            args.emu_thread || e.thread,
-            args.emu_sgl,
-        ),
+        DeviceSpec::Emu(e) => EmuConfig {
+            dbbuf: args.shadow_doorbells,
+            ..emu_config(
+                e.ram,
+                args.emu_lba_size(),
+                args.size,
+                args.emu_thread || e.thread,
+                args.emu_sgl,
+            )
+        },
         _ => EmuConfig::default(),
     };
-    let opts = controller_options(args.queues, args.mode == Mode::Irq, !args.no_sgl);
+    let opts = controller_options(args.queues, args.mode == Mode::Irq, !args.no_sgl)
+        .shadow_doorbells(args.shadow_doorbells);
     let (ctrl, description) = open_controller(&args.device, emu, opts)?;
     bench_on(args, ctrl, description)
 }
@@ -588,7 +592,11 @@ fn diff(a: &QueueStats, b: &QueueStats, r: &mut QueueResult) {
     c.commands = Some(b.commands - a.commands);
     c.sq_doorbells = Some(b.sq_doorbells - a.sq_doorbells);
     c.cq_doorbells = Some(b.cq_doorbells - a.cq_doorbells);
-    c.doorbell_writes = Some(c.sq_doorbells.unwrap_or(0) + c.cq_doorbells.unwrap_or(0));
+    // MMIO writes: with shadow doorbells some values went to the shadow page only.
+    c.doorbell_writes = Some(
+        c.sq_doorbells.unwrap_or(0) + c.cq_doorbells.unwrap_or(0)
+            - (b.shadow_only_doorbells - a.shadow_only_doorbells),
+    );
     c.polls = b.polls - a.polls;
     c.empty_polls = b.empty_polls - a.empty_polls;
     c.timeouts = Some(b.timeouts - a.timeouts);
