@@ -168,11 +168,14 @@ FOREIGN_LOAD_LIMIT = 0.25
 
 def select(cases: list[Case], only: str | None) -> list[Case]:
     """The cases whose name contains one of the comma-separated words of `only` (all if
-    None)."""
+    None, or if every word is an exclusion), and none of its `!word`s."""
     if not only:
         return list(cases)
     words = [w.strip() for w in only.split(",") if w.strip()]
-    return [c for c in cases if any(w in c.name for w in words)]
+    want = [w for w in words if not w.startswith("!")]
+    skip = [w[1:] for w in words if w.startswith("!")]
+    return [c for c in cases
+            if (not want or any(w in c.name for w in want)) and not any(w in c.name for w in skip)]
 
 
 def step_name(rnd: int, case: Case, qd: int) -> str:

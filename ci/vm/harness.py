@@ -929,7 +929,7 @@ def main() -> int:
                     help="development: one round, QD 1 and 32, 2 s per figure")
     bn.add_argument("--only", metavar="WORDS",
                     help="only the cases whose name contains one of these comma-separated "
-                         "words (e.g. 'nvme-dio' or 'poll')")
+                         "words (e.g. 'nvme-dio' or 'poll'); '!word' leaves out those with it")
     bn.add_argument("--boots", metavar="LABELS",
                     help="only these boots, comma separated: viommu, passthrough")
     bn.add_argument("--trace", action="store_true",

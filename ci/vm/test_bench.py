@@ -108,6 +108,9 @@ class Selection(unittest.TestCase):
         self.assertEqual(names, ["nvme-dio poll shadow", "nvme-dio irq shadow",
                                  "t/io_uring poll", "t/io_uring irq"])
         self.assertEqual(len(bench.select(bench.CASES, None)), len(bench.CASES))
+        names = [c.name for c in bench.select(bench.CASES, "!shadow,!fio")]
+        self.assertEqual(names, ["nvme-dio poll", "nvme-dio irq", "t/io_uring poll",
+                                 "t/io_uring irq"])
 
 
 class Tables(unittest.TestCase):
