@@ -3,7 +3,8 @@
 #
 #   fio/build.sh            -> target/fio/libnvme_dio_fio.so   (prints its path last)
 #   fio/build.sh --with-fio -> also target/fio/fio, fio built from that same source (the VM
-#                              suite's guest has no Debian packages: it gets this one)
+#                              suite's guest has no Debian packages: it gets this one), and
+#                              target/fio/t_io_uring (fio's t/io_uring, static: ci/vm-bench)
 #
 # Idempotent. What it does, each step skipped when already done:
 #  1. installs Debian's `fio` binary package (the fio that runs the engine) if missing;
@@ -107,5 +108,16 @@ if [ -n "$with_fio" ]; then
     exit 1
   }
   cp "$tree/fio" "$out/fio.tmp" && mv "$out/fio.tmp" "$out/fio"
+  # fio's t/io_uring (the kernel's best path, for ci/vm-bench), linked statically: the
+  # guest's busybox initramfs has no shared libraries beyond the ones fio itself brings.
+  iou="t/io_uring.o lib/rand.o lib/pattern.o lib/strntol.o"
+  if [ ! -f "$out/t_io_uring" ] || [ "$tree/t/io_uring.c" -nt "$out/t_io_uring" ]; then
+    (cd "$tree" && locked make -s $iou >>"$out/make.log" 2>&1 \
+      && locked cc -static -o "$out/t_io_uring.tmp" $iou -lpthread -lm) || {
+      echo "fio/build.sh: building t/io_uring failed; see $out/make.log" >&2
+      exit 1
+    }
+    mv "$out/t_io_uring.tmp" "$out/t_io_uring"
+  fi
 fi
 echo "$so"

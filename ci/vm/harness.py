@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+import bench  # ci/vm/bench.py (this file's directory is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "ci" / "cache"
 OUT = ROOT / "ci" / "out"
@@ -521,12 +523,16 @@ class Boot:
 
 
 def boot(work: Path, kdir: Path, initrd: Path, matrix: list[Controller], trace: Path,
-         timeout: float, console_log: Path, echo) -> Boot:
+         timeout: float, console_log: Path, echo, cmdline: str = CMDLINE,
+         extra_args: list[str] = ()) -> Boot:
+    """`cmdline`: the guest kernel's; `extra_args`: more QEMU arguments (ci/vm-bench's
+    trace events)."""
     imgdir = work / "disks"
     imgdir.mkdir(exist_ok=True)
     cmd = [*QEMU_BASE, "-kernel", str(kdir / "vmlinuz"), "-initrd", str(initrd),
-           "-append", CMDLINE,
-           "-trace", "pci_nvme_ub_*", "-trace", "pci_nvme_err_*", "-D", str(trace)]
+           "-append", cmdline,
+           "-trace", "pci_nvme_ub_*", "-trace", "pci_nvme_err_*", "-D", str(trace),
+           *extra_args]
     for c in matrix:
         cmd += c.qemu_args(imgdir)
     qmp_path = work / "qmp.sock"
@@ -625,13 +631,13 @@ def boot_once_more(b: Boot) -> bool:
 
 
 def boot_judged(work: Path, kdir: Path, initrd: Path, matrix: list[Controller], trace: Path,
-                timeout: float, console_log: Path, echo) -> Boot:
-    b = boot(work, kdir, initrd, matrix, trace, timeout, console_log, echo)
+                timeout: float, console_log: Path, echo, **kw) -> Boot:
+    b = boot(work, kdir, initrd, matrix, trace, timeout, console_log, echo, **kw)
     if boot_once_more(b):
         first = console_log.with_name("console.crashed-boot.log")
         console_log.rename(first)
         log(f"the guest kernel crashed before any test ran ({first}); booting once more")
-        b = boot(work, kdir, initrd, matrix, trace, timeout, console_log, echo)
+        b = boot(work, kdir, initrd, matrix, trace, timeout, console_log, echo, **kw)
     return b
 
 
@@ -771,53 +777,23 @@ def shq(s: str) -> str:
 
 
 BENCH_BIN = ("bin", "nvme-dio-cli", "nvme-dio")
-# `"iops": 123.4` (the CLI's --json) or `iops=123.4k`.
-IOPS = re.compile(r"\biops\b\"?\s*[:=]\s*([0-9][0-9_,.]*(?:[eE][+-]?[0-9]+)?)\s*([kKmM])?", re.I)
-
-
-def section_iops(text: str) -> float | None:
-    """The top-level "iops" of the JSON object a step printed (--json), else `iops=N`."""
-    m = re.search(r"^\{$.*?^\}$", text, re.M | re.S)
-    if m:
-        try:
-            v = json.loads(m.group(0)).get("iops")
-            if isinstance(v, (int, float)):
-                return float(v)
-        except json.JSONDecodeError:
-            pass
-    m = IOPS.search(text)
-    if not m:
-        return None
-    v = float(m.group(1).replace("_", "").replace(",", "").rstrip("."))
-    return v * {"k": 1e3, "m": 1e6}.get((m.group(2) or "").lower(), 1)
-
-
-def fio_figures(text: str) -> tuple[float, float, float] | None:
-    """(read IOPS, clat p50 us, clat p99 us) of the first job of a fio JSON report, or None
-    if the job failed or there is no report."""
-    m = re.search(r"^\{$.*?^\}$", text, re.M | re.S)
-    if not m:
-        return None
-    try:
-        job = json.loads(m.group(0))["jobs"][0]
-        if job["error"] != 0:
-            return None
-        r = job["read"]
-        pct = r["clat_ns"]["percentile"]
-        return float(r["iops"]), pct["50.000000"] / 1e3, pct["99.000000"] / 1e3
-    except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-        return None
+# fio's t/io_uring, built statically from the same Debian fio source by fio/build.sh --with-fio.
+T_IO_URING = ROOT / "target" / "fio" / "t_io_uring"
 
 
 class JsonQuiet:
     """Echoes console lines, folding each top-level JSON object (a bench's --json output)
-    into one line; the whole text stays in console.log."""
+    into one line; the whole text stays in console.log. `on_line` (if given) sees every
+    line first (ci/vm-bench samples the host's load on the round markers)."""
 
-    def __init__(self):
+    def __init__(self, on_line=None):
         self.depth = 0
         self.lines = 0
+        self.on_line = on_line
 
     def __call__(self, line: str) -> None:
+        if self.on_line:
+            self.on_line(line)
         if self.depth == 0 and line == "{":
             self.depth, self.lines = 1, 1
             return
@@ -830,9 +806,52 @@ class JsonQuiet:
         print(line, flush=True)
 
 
-def mode_bench(args) -> int:
-    t0 = time.monotonic()
-    kdir = prepare(args.timeout)
+def qemu_pid_of(work: Path) -> int | None:
+    """The QEMU process booted from `work` (its command line names that directory)."""
+    key = str(work).encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"qemu-system-x86_64") and any(key in a for a in argv):
+            return int(d.name)
+    return None
+
+
+class RoundSampler:
+    """Samples the host's load when the guest prints VM-ROUND-BEGIN n / VM-ROUND-END n."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.pid: int | None = None
+        self.begin: dict[int, bench.LoadSample] = {}
+        self.loads: dict[int, bench.RoundLoad] = {}
+        # Host wall-clock times of each step's VM-BEGIN and VM-END (--trace windows).
+        self.steps: dict[str, list[float]] = {}
+
+    def __call__(self, line: str) -> None:
+        m = re.match(r"^VM-(?:BEGIN|END) (\S+)", line)
+        if m:
+            self.steps.setdefault(m.group(1), []).append(time.time())
+        m = re.match(r"^VM-ROUND-(BEGIN|END) (\d+)$", line)
+        if not m:
+            return
+        if self.pid is None:
+            self.pid = qemu_pid_of(self.work)
+        s = bench.sample_load(self.pid)
+        n = int(m.group(2))
+        if m.group(1) == "BEGIN":
+            self.begin[n] = s
+        elif n in self.begin:
+            self.loads[n] = bench.round_load(self.begin[n], s)
+            print(f"vm-bench: round {n}: {self.loads[n].describe()}", flush=True)
+
+
+def bench_guest_files(args) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]] | int:
+    """(bins, files) for the bench guest, or an exit status."""
     if args.cli:
         bins = [("nvme-dio", Path(args.cli))]
     else:
@@ -842,69 +861,85 @@ def mode_bench(args) -> int:
         print("vm-bench: the nvme-dio CLI (package nvme-dio-cli, bin nvme-dio) does not build "
               "for the guest yet; nothing to benchmark", file=sys.stderr)
         return 2
+    fio_files = build_fio()
+    if fio_files is None or not T_IO_URING.is_file():
+        die("fio, t/io_uring or the fio engine did not build (fio/build.sh --with-fio)")
+    bins.append(("t_io_uring", T_IO_URING))
+    return bins, fio_files
+
+
+def bench_boot(args, kdir: Path, out: Path, label: str, extra_cmdline: str, script: str,
+               files, extra_qemu: list[str] = ()) -> tuple[Boot, RoundSampler]:
+    bins, fio_files = files
+    with tempfile.TemporaryDirectory(prefix="nvme-dio-vm-") as tmp:
+        work = Path(tmp)
+        initrd = pack_initramfs(work, kdir, BENCH_MATRIX, [], bins, script, fio_files)
+        cmdline = " ".join(x for x in (CMDLINE, bench.BOOT_CMDLINE, extra_cmdline) if x)
+        log(f"booting bench guest [{label}]: {cmdline}; timeout {args.timeout:.0f} s")
+        sampler = RoundSampler(work)
+        b = boot_judged(work, kdir, initrd, BENCH_MATRIX, out / f"trace-{label}.log",
+                        args.timeout, out / f"console-{label}.log",
+                        echo=JsonQuiet(sampler), cmdline=cmdline, extra_args=list(extra_qemu))
+        shutil.copy(work / "qemu.cmd", out / f"qemu-{label}.cmd")
+    return b, sampler
+
+
+def mode_bench(args) -> int:
+    t0 = time.monotonic()
+    kdir = prepare(args.timeout)
+    files = bench_guest_files(args)
+    if isinstance(files, int):
+        return files
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / "vm-bench"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir()
-    fio_files = build_fio()
-    if fio_files is None:
-        die("fio or the fio engine did not build (fio/build.sh --with-fio)")
     bdf = BENCH_MATRIX[0].bdf
-    script = (VM_DIR / "bench.sh").read_text().replace("@BDF@", bdf).replace(
-        "@FIO_BDF@", bdf.replace(":", ".")).replace("@SECONDS@", str(args.seconds))
-    with tempfile.TemporaryDirectory(prefix="nvme-dio-vm-") as tmp:
-        work = Path(tmp)
-        initrd = pack_initramfs(work, kdir, BENCH_MATRIX, [], bins, script, fio_files)
-        log(f"booting bench guest, timeout {args.timeout:.0f} s")
-        trace = out / "trace.log"
-        b = boot_judged(work, kdir, initrd, BENCH_MATRIX, trace, args.timeout, out / "console.log",
-                        echo=JsonQuiet())
-    fio_steps = [f"fio-{e}-{qd}" for e in ("nvme-dio", "io_uring") for qd in ("qd1", "qd32")]
-    problems = guest_failures(b, ["vfio-qd1", "vfio-qd32", "io_uring-qd1", "io_uring-qd32",
-                                  *fio_steps])
-    text = "\n".join(b.console)
-    figures: dict[str, float] = {}
-    for name in ["vfio-qd1", "vfio-qd32", "io_uring-qd1", "io_uring-qd32"]:
-        sect = re.search(rf"^VM-BEGIN {re.escape(name)}$(.*?)^VM-END {re.escape(name)} rc=0$",
-                         text, re.M | re.S)
-        if not sect:
-            problems.append(f"{name}: no successful run")
-            continue
-        v = section_iops(sect.group(1))
-        if v is None:
-            problems.append(f"{name}: no IOPS figure in its output")
-            continue
-        figures[name] = v
-    fio_figs: dict[str, tuple[float, float, float]] = {}
-    for name in fio_steps:
-        sect = re.search(rf"^VM-BEGIN {re.escape(name)}$(.*?)^VM-END {re.escape(name)} rc=0$",
-                         text, re.M | re.S)
-        f = fio_figures(sect.group(1)) if sect else None
-        if f is None:
-            problems.append(f"{name}: no successful fio run with a JSON report")
-            continue
-        fio_figs[name] = f
-    bad, _ = trace_violations(trace, b.console)
-    if bad:
-        problems.append(f"trace oracle: {len(bad)} unexpected QEMU NVMe event(s), first: {bad[0]}")
+    if args.trace:
+        import timeline  # ci/vm/timeline.py
+
+        return timeline.run(args, kdir, out, bdf, files, bench_boot, guest_failures)
+    quick = args.quick
+    qds = bench.QDS_QUICK if quick else bench.QDS
+    rounds = 1 if quick else args.rounds
+    seconds = args.seconds if args.seconds is not None else (2 if quick else 5)
+    warmup = 1 if quick else 2
+    cases = bench.select(bench.CASES, args.only)
+    if not cases:
+        die(f"--only {args.only!r} matches no case: {[c.name for c in bench.CASES]}")
+    boots = [b for b in bench.BOOTS if not args.boots or b[0] in args.boots.split(",")]
+    if not boots:
+        die(f"--boots {args.boots!r} names no boot: {[b[0] for b in bench.BOOTS]}")
+    ratios = [(a, b) for a, b in bench.RATIOS if {a, b} <= {c.name for c in cases}]
+    results, problems = [], []
+    for label, extra in boots:
+        script, steps = bench.guest_script(cases, qds, rounds, seconds, warmup, bdf)
+        b, sampler = bench_boot(args, kdir, out, label, extra, script, files)
+        problems += [f"{label}: {p}" for p in guest_failures(b, steps)]
+        bad, _ = trace_violations(out / f"trace-{label}.log", b.console)
+        if bad:
+            problems.append(f"{label}: trace oracle: {len(bad)} unexpected QEMU NVMe event(s), "
+                            f"first: {bad[0]}")
+        res = bench.collect(label, "\n".join(b.console), cases, qds, rounds, warmup,
+                            sampler.loads)
+        problems += res.problems
+        results.append(res)
     print()
-    for qd in ("qd1", "qd32"):
-        v, k = figures.get(f"vfio-{qd}"), figures.get(f"io_uring-{qd}")
-        if v and k:
-            print(f"vm-bench: 4k randread {qd.upper():5} nvme-dio {v/1e3:8.1f} k IOPS   "
-                  f"kernel io_uring {k/1e3:8.1f} k IOPS   ratio {v/k:5.2f}x")
-    if fio_figs:
-        print("vm-bench: fio 3.33, 4k randread, one thread, fio's own figures (clat p50/p99 us):")
-        print(f"vm-bench:   {'':5} {'nvme-dio engine':>37}   {'kernel io_uring':>37}   ratio")
-    for qd in ("qd1", "qd32"):
-        v, k = fio_figs.get(f"fio-nvme-dio-{qd}"), fio_figs.get(f"fio-io_uring-{qd}")
-        if v and k:
-            print(f"vm-bench:   {qd.upper():5} {v[0]/1e3:8.1f} k IOPS {v[1]:9.1f} {v[2]:9.1f} us   "
-                  f"{k[0]/1e3:8.1f} k IOPS {k[1]:9.1f} {k[2]:9.1f} us   {v[0]/k[0]:5.2f}x")
+    print(f"vm-bench: 4 KiB random read, null-co controller, one core, {seconds} s per figure "
+          f"({warmup} s warm-up), QEMU TCG; only ratios within one boot mean anything")
+    for res in results:
+        print(f"vm-bench: [{res.label}] medians (IOPS / p50 us; t/io_uring measures no latency)")
+        for line in bench.figures_table(res, cases, qds):
+            print(f"vm-bench:   {line}")
+        for line in bench.rounds_table(res, cases, qds):
+            print(f"vm-bench:   {line}")
+    print("vm-bench: IOPS ratios, median of the per-round ratios (range)")
+    for line in bench.ratio_table(results, qds, ratios):
+        print(f"vm-bench:   {line}")
     for p in problems:
         print(f"vm-bench: {p}")
-    print(f"vm-bench: console {out / 'console.log'}; wall {time.monotonic() - t0:.1f} s")
+    print(f"vm-bench: console/trace/qemu.cmd in {out}; wall {time.monotonic() - t0:.1f} s")
     return 1 if problems else 0
 
 
@@ -917,9 +952,22 @@ def main() -> int:
     t.add_argument("--test-bin", action="append", default=[], metavar="NAME=PATH",
                    help="run this prebuilt static test binary instead of building VM_TESTS")
     t.add_argument("filter", nargs="*", help="libtest arguments for every test binary (e.g. a name filter)")
-    bn = sub.add_parser("bench", help="nvme-dio vs the kernel's io_uring path, one boot")
-    bn.add_argument("--timeout", type=float, default=float(os.environ.get("VM_TIMEOUT", 900)))
-    bn.add_argument("--seconds", type=int, default=10, help="run time of each bench figure")
+    bn = sub.add_parser("bench", help="nvme-dio vs the kernel's io_uring paths, two boots")
+    bn.add_argument("--timeout", type=float, default=float(os.environ.get("VM_TIMEOUT", 1800)),
+                    help="kill a guest after this many seconds (default 1800, env VM_TIMEOUT)")
+    bn.add_argument("--seconds", type=int, default=None,
+                    help="measured seconds of each figure (default 5; 2 with --quick)")
+    bn.add_argument("--rounds", type=int, default=3,
+                    help="measured rounds per boot, after one discarded round (default 3)")
+    bn.add_argument("--quick", action="store_true",
+                    help="development: one round, QD 1 and 32, 2 s per figure")
+    bn.add_argument("--only", metavar="WORDS",
+                    help="only the cases whose name contains one of these comma-separated "
+                         "words (e.g. 'nvme-dio' or 'poll'); '!word' leaves out those with it")
+    bn.add_argument("--boots", metavar="LABELS",
+                    help="only these boots, comma separated: viommu, passthrough")
+    bn.add_argument("--trace", action="store_true",
+                    help="instead: QD 1 with QEMU's nvme trace events, a per-I/O timeline")
     bn.add_argument("--cli", metavar="PATH",
                     help="use this prebuilt static nvme-dio binary instead of building it")
     args = ap.parse_args()

@@ -887,6 +887,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub emu_sgl: bool,
 
+    /// vfio engine: shadow doorbells (Doorbell Buffer Config) where the controller offers
+    /// them; on the emulated controller this also makes it offer them.
+    #[arg(long)]
+    pub shadow_doorbells: bool,
+
     /// io_uring: IORING_SETUP_IOPOLL (the kernel polls the device; needs poll queues).
     #[arg(long)]
     pub iopoll: bool,

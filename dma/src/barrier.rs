@@ -48,3 +48,13 @@ pub fn rmb() {
     #[cfg(not(target_arch = "x86_64"))]
     fence(std::sync::atomic::Ordering::SeqCst);
 }
+
+/// Full barrier: memory writes before this call are visible (to the device too) before any
+/// memory read after it is satisfied. Shadow doorbells need it: the host writes its shadow
+/// doorbell, then reads the controller's EventIdx, while the controller writes EventIdx, then
+/// reads the shadow doorbell (Linux's `mb()` in `nvme_dbbuf_update_and_check_event`). A store
+/// followed by a load is the one reordering x86's TSO allows, so this is a real `mfence`.
+#[inline(always)]
+pub fn mb() {
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+}

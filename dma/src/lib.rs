@@ -74,6 +74,7 @@ pub use iova::{IOVA_FLOOR, IovaAllocator, RangeSet};
 pub use memmap2::MmapMut;
 pub use memory::{
     DmaBuf, DmaMemory, DmaPool, DmaStopped, MemoryOptions, PageKind, QuarantineStats, Registration,
+    SharedWords,
 };
 pub use vfio::{VfioBar, VfioFunction, VfioMapper, parse_bdf};
 

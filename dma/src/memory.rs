@@ -20,7 +20,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crossbeam_queue::ArrayQueue;
@@ -795,6 +795,76 @@ fn map_ordinary(len: usize) -> Result<MmapRaw, Error> {
     // them regardless, so a failure here (RLIMIT_MEMLOCK) is not an error.
     let _ = m.lock();
     Ok(m)
+}
+
+/// A DMA buffer that several threads use at once, as 32-bit words only, each load and store
+/// an atomic (relaxed) operation: memory the host and the device both touch word by word,
+/// from several host threads (the shadow doorbell and EventIdx pages). Ordering between
+/// words is the caller's (fences, or its own synchronisation).
+#[derive(Debug)]
+pub struct SharedWords {
+    buf: DmaBuf,
+}
+
+// SAFETY: `DmaBuf` is not `Sync` because its accessors are plain volatile accesses, which
+// race if two threads use one buffer. `SharedWords` only ever touches the memory through
+// `AtomicU32` operations on aligned words (`load`, `store`, `zero`), which do not race with
+// each other; the `DmaBuf` inside is never handed out, and dropping it needs `&mut self`.
+unsafe impl Sync for SharedWords {}
+
+impl SharedWords {
+    /// Takes over `buf`; its length must be a multiple of 4.
+    pub fn new(buf: DmaBuf) -> SharedWords {
+        assert!(
+            buf.len() % 4 == 0,
+            "SharedWords: {} bytes is not whole words",
+            buf.len()
+        );
+        SharedWords { buf }
+    }
+
+    /// The bus address of the first byte.
+    pub fn iova(&self) -> u64 {
+        self.buf.iova()
+    }
+
+    /// Bytes.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True if empty.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    fn word(&self, off: usize, what: &str) -> &AtomicU32 {
+        let p = self.buf.word_ptr(off, 4, 4, what) as *mut u32;
+        // SAFETY: in bounds and 4-byte aligned (checked by word_ptr); the region stays mapped
+        // while `self.buf` lives, which outlives the returned reference. An `AtomicU32` is an
+        // `UnsafeCell`: a shared reference to it allows the concurrent writes (the device's,
+        // other threads' atomics) that a reference to plain memory would not.
+        unsafe { AtomicU32::from_ptr(p) }
+    }
+
+    /// Atomic (relaxed) load of the word at byte offset `off`.
+    #[inline]
+    pub fn load(&self, off: usize) -> u32 {
+        self.word(off, "load").load(Ordering::Relaxed)
+    }
+
+    /// Atomic (relaxed) store of the word at byte offset `off`.
+    #[inline]
+    pub fn store(&self, off: usize, v: u32) {
+        self.word(off, "store").store(v, Ordering::Relaxed);
+    }
+
+    /// Stores 0 in every word.
+    pub fn zero(&self) {
+        for off in (0..self.len()).step_by(4) {
+            self.store(off, 0);
+        }
+    }
 }
 
 /// A DMA buffer: `len` bytes at a fixed IOVA, accessed only through volatile word accessors

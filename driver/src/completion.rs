@@ -305,6 +305,9 @@ pub struct QueueStats {
     pub sq_doorbells: u64,
     /// CQ head doorbell writes.
     pub cq_doorbells: u64,
+    /// Of `sq_doorbells + cq_doorbells`, those written to the shadow doorbell only: the
+    /// controller's EventIdx said it would read them there, so no MMIO write was made.
+    pub shadow_only_doorbells: u64,
     /// Calls to poll.
     pub polls: u64,
     /// Polls that found nothing.
@@ -359,6 +362,8 @@ pub(crate) struct ShellCounters {
     pub(crate) sleeps: u64,
     /// Doorbell values dropped because a reset began first.
     pub(crate) doorbells_dropped: u64,
+    /// Doorbell values written to the shadow doorbell only (no MMIO).
+    pub(crate) shadow_only_doorbells: u64,
     /// Requests whose buffers were held (see [`Quarantine`]).
     pub(crate) held: u64,
 }
@@ -373,6 +378,7 @@ impl QueueStats {
             commands: core.commands,
             sq_doorbells: core.sq_doorbells - shell.doorbells_dropped.min(core.sq_doorbells),
             cq_doorbells: core.cq_doorbells,
+            shadow_only_doorbells: shell.shadow_only_doorbells,
             polls: shell.polls,
             empty_polls: shell.empty_polls,
             timeouts: core.timeouts,

@@ -26,10 +26,10 @@ use crate::namespace::{CommandLimits, Namespace};
 pub use crate::options::{ControllerInfo, ControllerOptions};
 use crate::qpair::{IoQueuePair, IrqParts, Parts, QueuePairOptions};
 use crate::regio::{
-    disable, enable, read_cap, read32, ready_timeout, set_coalescing, set_number_of_queues,
-    shutdown_timeout,
+    config_shadow_doorbells, disable, enable, read_cap, read32, ready_timeout, set_coalescing,
+    set_number_of_queues, shutdown_timeout,
 };
-use crate::ring::DoorbellGate;
+use crate::ring::{DoorbellGate, ShadowDoorbells};
 
 pub(crate) struct Shared<D: PciFunction> {
     pub(crate) dev: Arc<D>,
@@ -60,6 +60,9 @@ pub(crate) struct Shared<D: PciFunction> {
     /// One "in doorbell" flag per queue pair: see `ring.rs` for why no doorbell from before a
     /// reset reaches the controller after it, without a lock on the doorbell path.
     pub(crate) gate: DoorbellGate,
+    /// Shadow doorbell and EventIdx pages, when in use (`ring.rs`): configured at bring-up
+    /// and again after every reset.
+    pub(crate) shadow: Option<ShadowDoorbells>,
     /// The quarantine rule (`completion.rs`): buffers the device may still write are held
     /// until DMA is proven stopped.
     pub(crate) quarantine: Quarantine,
@@ -357,6 +360,20 @@ impl<D: PciFunction> Controller<D> {
             return Err(Error::Nonsense(Nonsense::ZeroQueues).at(Stage::SetNumberOfQueues));
         }
 
+        // Stage: Doorbell Buffer Config, before any I/O queue exists.
+        let shadow = if opts.shadow_doorbells && id.oacs().doorbell_buffer_config() {
+            let pages = (|| {
+                let p = page.bytes();
+                Ok::<_, Error>(ShadowDoorbells::new(mem.alloc(p, p)?, mem.alloc(p, p)?))
+            })()
+            .map_err(|e| e.at(Stage::DoorbellBufferConfig))?;
+            config_shadow_doorbells(bar, &mut admin, &pages, t)
+                .map_err(|e| e.at(Stage::DoorbellBufferConfig))?;
+            Some(pages)
+        } else {
+            None
+        };
+
         // Stage: interrupts. Vector 0 is the admin queue's; I/O queue `qid` uses vector `qid`.
         let mut vectors = Vec::new();
         if opts.interrupts && dev.msix_vectors() > 1 {
@@ -387,6 +404,7 @@ impl<D: PciFunction> Controller<D> {
             io_queues: granted,
             msix_vectors: vectors.len() as u32,
             sgl,
+            shadow_doorbells: shadow.is_some(),
             max_namespaces: id.nn(),
             ready_timeout: limit,
             shutdown_timeout: shutdown_timeout(id.rtd3e(), cap),
@@ -415,6 +433,7 @@ impl<D: PciFunction> Controller<D> {
             epoch: AtomicU64::new(0),
             settled: AtomicU64::new(0),
             gate: DoorbellGate::new(granted),
+            shadow,
             quarantine,
             resets: AtomicU64::new(0),
             admin_size,

@@ -25,6 +25,8 @@ pub enum Stage {
     Interrupts,
     /// Set Features: Interrupt Coalescing (`ControllerOptions::coalescing`).
     InterruptCoalescing,
+    /// Doorbell Buffer Config (shadow doorbells, [`crate::ControllerOptions::shadow_doorbells`]).
+    DoorbellBufferConfig,
 }
 
 impl std::fmt::Display for Stage {
@@ -39,6 +41,7 @@ impl std::fmt::Display for Stage {
             Stage::SetNumberOfQueues => "Set Features (Number of Queues)",
             Stage::Interrupts => "enabling MSI-X",
             Stage::InterruptCoalescing => "Set Features (Interrupt Coalescing)",
+            Stage::DoorbellBufferConfig => "Doorbell Buffer Config (shadow doorbells)",
         })
     }
 }

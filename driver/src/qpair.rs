@@ -39,7 +39,7 @@ use vmm_sys_util::poll::PollContext;
 use crate::completion::{Bufs, Completion, Completions, Quarantine, QueueStats, ShellCounters};
 use crate::controller::{GONE, LIVE, Shared};
 use crate::error::Error;
-use crate::ring::{CqMem, Doorbells, SqMem};
+use crate::ring::{CqMem, Doorbells, Rung, SqMem};
 use crate::submit::ListMem;
 
 /// How a queue pair learns about completions.
@@ -324,14 +324,22 @@ impl<D: PciFunction> IoQueuePair<D> {
             return;
         };
         let s = &*self.shared;
-        if !self
-            .doorbells
-            .ring_sq(s.dev.bar0(), &s.gate, &s.epoch, self.core.epoch(), tail)
-        {
-            // A reset began: these entries never reach the controller; catching up with the
-            // reset retires them.
-            self.counters.doorbells_dropped += 1;
-            self.catch_up();
+        match self.doorbells.ring_sq(
+            s.dev.bar0(),
+            &s.gate,
+            &s.epoch,
+            self.core.epoch(),
+            s.shadow.as_ref(),
+            tail,
+        ) {
+            Rung::Mmio => {}
+            Rung::ShadowOnly => self.counters.shadow_only_doorbells += 1,
+            Rung::Refused => {
+                // A reset began: these entries never reach the controller; catching up
+                // with the reset retires them.
+                self.counters.doorbells_dropped += 1;
+                self.catch_up();
+            }
         }
     }
 
@@ -562,9 +570,17 @@ impl<D: PciFunction> IoQueuePair<D> {
         if let Some(head) = self.core.take_cq_doorbell() {
             let s = &*self.shared;
             // Refused only when a reset began; the new queues start from head 0 anyway.
-            let _ =
-                self.doorbells
-                    .ring_cq(s.dev.bar0(), &s.gate, &s.epoch, self.core.epoch(), head);
+            let rung = self.doorbells.ring_cq(
+                s.dev.bar0(),
+                &s.gate,
+                &s.epoch,
+                self.core.epoch(),
+                s.shadow.as_ref(),
+                head,
+            );
+            if rung == Rung::ShadowOnly {
+                self.counters.shadow_only_doorbells += 1;
+            }
         }
         n
     }

@@ -16,8 +16,8 @@ use crate::controller::{DEAD, GONE, LIVE, Shared};
 use crate::error::{AbortReason, Error, Nonsense, Stage};
 use crate::qpair::IoQueuePair;
 use crate::regio::{
-    CreateFailed, create_io_queues, disable, enable, no_longer_held, read32, set_coalescing,
-    set_number_of_queues,
+    CreateFailed, config_shadow_doorbells, create_io_queues, disable, enable, no_longer_held,
+    read32, set_coalescing, set_number_of_queues,
 };
 
 /// Attempts of a controller reset before it is declared dead.
@@ -67,6 +67,14 @@ impl<D: PciFunction> Shared<D> {
         let mut admin = lock_admin(self).map_err(not_held)?;
         self.check_live().map_err(not_held)?;
         let epoch = self.epoch.load(Ordering::Acquire);
+        if let Some(sh) = &self.shadow {
+            // A qid used before left its last shadow values and EventIdx there; the new
+            // queues start from 0. Nothing rings these doorbells while they are created.
+            sh.clear_queue(
+                regs::sq_tail_doorbell(q, self.dstrd),
+                regs::cq_head_doorbell(q, self.dstrd),
+            );
+        }
         let result = create_io_queues(
             self.dev.bar0(),
             &mut admin,
@@ -174,6 +182,14 @@ impl<D: PciFunction> Shared<D> {
                     before: self.info.io_queues,
                 })
                 .at(Stage::SetNumberOfQueues));
+            }
+            // The controller forgot its shadow doorbells. No doorbell of the old epoch can
+            // still be written (the gate closed before the disable: `ring.rs`), so the pages
+            // can be zeroed for the new queues before the controller is told of them again.
+            if let Some(sh) = &self.shadow {
+                sh.clear();
+                config_shadow_doorbells(bar, &mut admin, sh, self.admin_timeout)
+                    .map_err(|e| e.at(Stage::DoorbellBufferConfig))?;
             }
             // Features go back to their defaults in a reset: program coalescing again.
             if let Some(c) = self.info.coalescing {

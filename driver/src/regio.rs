@@ -172,6 +172,21 @@ pub(crate) fn set_coalescing<B: Bar0>(
     }
 }
 
+/// Doorbell Buffer Config: the controller reads I/O queue doorbells from `shadow`'s first
+/// page and writes EventIdx to its second (see `ring.rs`).
+pub(crate) fn config_shadow_doorbells<B: Bar0>(
+    bar: &B,
+    admin: &mut AdminQueue,
+    shadow: &crate::ring::ShadowDoorbells,
+    timeout: Duration,
+) -> Result<(), Error> {
+    use nvme_dio_queue::Iova;
+    use nvme_dio_queue::cmd::DoorbellBufferConfig;
+    let sqe =
+        DoorbellBufferConfig::new(Iova(shadow.shadow_iova()), Iova(shadow.eventidx_iova())).build();
+    admin.execute(bar, sqe, timeout).map(|_| ())
+}
+
 /// A queue deletion's result: true if the controller no longer has the queue (deleted, or
 /// it says there is no such queue: Invalid Queue Identifier).
 pub(crate) fn no_longer_held(r: &Result<nvme_dio_queue::Cqe, Error>) -> bool {

@@ -39,12 +39,109 @@
 //!
 //! The cost on the doorbell path is two stores and a load to a cache line of the queue
 //! pair's own (the flags are padded apart), instead of a controller-wide lock.
+//!
+//! ## Shadow doorbells (Doorbell Buffer Config) under the same gate
+//!
+//! With shadow doorbells ([`ShadowDoorbells`], I/O queues only, as Linux), D3 becomes
+//!
+//! ```text
+//! D3a old = shadow[db]; shadow[db] = value          (memory the controller reads any time)
+//! D3b mb(); ei = eventidx[db]
+//! D3c if need_event(ei, value, old): MMIO write of the doorbell
+//! ```
+//!
+//! The shadow store is a doorbell too (the controller may act on it without any MMIO), so
+//! it stays between D2 and D4: by the argument above, every shadow store of epoch `e`
+//! happens before R3 of the reset that ends `e`. That reset zeroes both pages after R3 and
+//! before it sends Doorbell Buffer Config again, so the new epoch's queues start from
+//! shadow values of 0 and no store from the old epoch can land on top of them. A queue
+//! pair zeroes its own two entries before it creates its queues (a qid used before left its
+//! last values there). D3b is Linux's `nvme_dbbuf_update_and_check_event`: a full fence
+//! between the shadow store and the EventIdx load (the controller fences between its
+//! EventIdx store and its shadow load), so one of the two sides always sees the other's
+//! write: either the controller reads the new shadow value, or the host sees an EventIdx
+//! that asks for the MMIO write.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
-use nvme_dio_dma::{Bar0, DmaBuf, barrier};
+use nvme_dio_dma::{Bar0, DmaBuf, SharedWords, barrier};
+use nvme_dio_queue::regs::DOORBELL_BASE;
 use nvme_dio_queue::{Cqe, QueueSize, Sqe};
+
+/// The shadow doorbell and EventIdx pages of Doorbell Buffer Config (NVMe Base 2.0, 5.8),
+/// one per controller. Entry offsets are the doorbells' own offsets from 0x1000 (same
+/// stride).
+#[derive(Debug)]
+pub(crate) struct ShadowDoorbells {
+    shadow: SharedWords,
+    eventidx: SharedWords,
+}
+
+/// Linux's `nvme_dbbuf_need_event`: did the index move from `old` to `new` past
+/// `event_idx` (the controller asked to be told by MMIO once it does)? 16-bit wrapping
+/// arithmetic, as the spec's indices are.
+#[inline]
+pub(crate) fn need_event(event_idx: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event_idx).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+impl ShadowDoorbells {
+    /// Two pages, each page aligned in IOVA space.
+    pub(crate) fn new(shadow: DmaBuf, eventidx: DmaBuf) -> ShadowDoorbells {
+        let s = ShadowDoorbells {
+            shadow: SharedWords::new(shadow),
+            eventidx: SharedWords::new(eventidx),
+        };
+        s.clear();
+        s
+    }
+
+    pub(crate) fn shadow_iova(&self) -> u64 {
+        self.shadow.iova()
+    }
+
+    pub(crate) fn eventidx_iova(&self) -> u64 {
+        self.eventidx.iova()
+    }
+
+    /// Zeroes both pages (bring-up and every reset, after the controller was disabled).
+    pub(crate) fn clear(&self) {
+        self.shadow.zero();
+        self.eventidx.zero();
+    }
+
+    /// Zeroes the entries of one queue pair (before its queues are created).
+    pub(crate) fn clear_queue(&self, sq_doorbell: usize, cq_doorbell: usize) {
+        for off in [sq_doorbell, cq_doorbell] {
+            self.shadow.store(off - DOORBELL_BASE, 0);
+            self.eventidx.store(off - DOORBELL_BASE, 0);
+        }
+    }
+
+    /// D3a and D3b: stores `value` as the shadow doorbell at MMIO offset `doorbell`, and
+    /// says whether the controller also needs the MMIO write.
+    #[inline]
+    fn update_and_check(&self, doorbell: usize, value: u32) -> bool {
+        let off = doorbell - DOORBELL_BASE;
+        let old = self.shadow.load(off);
+        self.shadow.store(off, value);
+        barrier::mb();
+        let ei = self.eventidx.load(off);
+        need_event(ei as u16, value as u16, old as u16)
+    }
+}
+
+/// What a doorbell write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rung {
+    /// Written to the register (and to the shadow doorbell, if in use).
+    Mmio,
+    /// Written to the shadow doorbell only: the controller's EventIdx said it will read it.
+    ShadowOnly,
+    /// Not written: a reset began (the entries never reach the controller).
+    Refused,
+}
 
 /// One "in doorbell" flag per queue id (see the module docs for the protocol).
 #[derive(Debug)]
@@ -90,9 +187,9 @@ impl Doorbells {
     }
 
     /// Writes the SQ tail doorbell unless the controller was reset since `my_epoch`
-    /// (returns false then: the entries never reach it). The entries themselves must be
+    /// ([`Rung::Refused`] then: the entries never reach it). The entries themselves must be
     /// visible in memory before the controller can see the new tail: the write fence is
-    /// here, next to the store it orders.
+    /// here, next to the store it orders (the shadow doorbell's store too).
     #[inline]
     pub(crate) fn ring_sq<B: Bar0>(
         &self,
@@ -100,10 +197,11 @@ impl Doorbells {
         gate: &DoorbellGate,
         epoch: &AtomicU64,
         my_epoch: u64,
+        shadow: Option<&ShadowDoorbells>,
         tail: u32,
-    ) -> bool {
+    ) -> Rung {
         barrier::wmb();
-        self.ring(bar, gate, epoch, my_epoch, self.sq_tail, tail)
+        self.ring(bar, gate, epoch, my_epoch, shadow, self.sq_tail, tail)
     }
 
     /// Writes the CQ head doorbell unless the controller was reset since `my_epoch`. The
@@ -115,32 +213,41 @@ impl Doorbells {
         gate: &DoorbellGate,
         epoch: &AtomicU64,
         my_epoch: u64,
+        shadow: Option<&ShadowDoorbells>,
         head: u32,
-    ) -> bool {
-        self.ring(bar, gate, epoch, my_epoch, self.cq_head, head)
+    ) -> Rung {
+        self.ring(bar, gate, epoch, my_epoch, shadow, self.cq_head, head)
     }
 
-    /// D1..D4 of the module docs.
+    /// D1..D4 of the module docs (D3a..D3c with shadow doorbells).
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn ring<B: Bar0>(
         &self,
         bar: &B,
         gate: &DoorbellGate,
         epoch: &AtomicU64,
         my_epoch: u64,
+        shadow: Option<&ShadowDoorbells>,
         offset: usize,
         value: u32,
-    ) -> bool {
+    ) -> Rung {
         let flag = &gate.flags[self.qid];
         flag.store(true, Ordering::SeqCst); // D1
         if epoch.load(Ordering::SeqCst) != my_epoch {
             // D2: a reset began; it may already be disabling the controller.
             flag.store(false, Ordering::Release);
-            return false;
+            return Rung::Refused;
         }
-        bar.write32(offset, value); // D3
+        let rung = match shadow {
+            Some(s) if !s.update_and_check(offset, value) => Rung::ShadowOnly, // D3a, D3b
+            _ => {
+                bar.write32(offset, value); // D3 (D3c)
+                Rung::Mmio
+            }
+        };
         flag.store(false, Ordering::Release); // D4
-        true
+        rung
     }
 }
 
@@ -220,5 +327,24 @@ impl CqMem {
     /// Keeps the memory allocated forever (the device may still write it).
     pub(crate) fn leak(&mut self) {
         self.mem.leak_on_drop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::need_event;
+
+    #[test]
+    fn need_event_is_linux_s() {
+        // The controller consumed up to 5 and asks to hear of anything past it.
+        assert!(need_event(5, 6, 5));
+        assert!(need_event(5, 9, 5));
+        // It has not caught up with 7 yet (EventIdx still 5): moving 7 -> 9 needs no MMIO.
+        assert!(!need_event(5, 9, 7));
+        // Nothing moved.
+        assert!(!need_event(5, 5, 5));
+        // Across the 16-bit wrap.
+        assert!(need_event(0xffff, 1, 0xffff));
+        assert!(!need_event(0xfffe, 1, 0xffff));
     }
 }

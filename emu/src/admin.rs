@@ -387,12 +387,22 @@ impl State {
             eventidx,
             hint: h,
         });
-        // Existing I/O queues: publish where we are, so the host's first event check works.
+        self.stats.dbbuf_configs += 1;
+        // Existing I/O queues: as QEMU 7.2 (`nvme_dbbuf_config`), the controller writes its
+        // current tails and heads into the shadow buffer, so the host's next shadow value
+        // follows on from them; and publishes EventIdx = tail, so its first event check
+        // asks for an MMIO write.
         for qid in 1..self.sqs.len() {
             if let Some(sq) = &self.sqs[qid] {
                 let off = self.db_offset(2 * qid);
                 let t = sq.tail;
+                self.table.write_u32(shadow + off, t, &mut h);
                 self.table.write_u32(eventidx + off, t, &mut h);
+            }
+            if let Some(cq) = self.cqs.get(qid).and_then(|c| c.as_ref()) {
+                let off = self.db_offset(2 * qid + 1);
+                let head = cq.head;
+                self.table.write_u32(shadow + off, head, &mut h);
             }
         }
         Ok(0)

@@ -67,6 +67,9 @@ pub struct EmuStats {
     pub all_ones_reads: u64,
     /// Blocks whose unflushed writes a [`crate::EmuFunction::power_cut`] lost.
     pub lost_blocks: u64,
+    /// Doorbell Buffer Config commands accepted (shadow doorbells set up; a controller
+    /// reset forgets them).
+    pub dbbuf_configs: u64,
 }
 
 /// An I/O or admin submission queue.
@@ -634,6 +637,7 @@ impl State {
             return; // a failed controller processes nothing; not the host's fault
         }
         let qid = idx / 2;
+        let value = self.shadow_agrees(idx, value);
         if idx % 2 == 0 {
             self.sq_tail(qid, value);
         } else {
@@ -696,6 +700,38 @@ impl State {
                 let mut h = db.hint;
                 self.table.write_u32(db.eventidx + off, value, &mut h);
             }
+        }
+    }
+
+    /// With shadow doorbells on, QEMU 7.2 takes an I/O queue's tail and head from the shadow
+    /// doorbell buffer even after an MMIO doorbell write (`nvme_process_sq` and
+    /// `nvme_post_cqes` re-read it; only the admin queue's MMIO value is copied into the
+    /// buffer). A host that writes the register without the shadow entry (or a different
+    /// value) is acted on with the shadow value there: flagged as undefined behaviour here,
+    /// and the shadow value used, as QEMU would.
+    fn shadow_agrees(&mut self, idx: usize, value: u32) -> u32 {
+        let Some(db) = self.dbbuf else {
+            return value;
+        };
+        if idx < 2 {
+            return value; // the admin queue: MMIO only
+        }
+        let off = self.db_offset(idx);
+        let mut h = db.hint;
+        match self.table.read_u32(db.shadow + off, &mut h) {
+            Some(v) if v == value => value,
+            Some(v) => {
+                let (kind, qid) = if idx % 2 == 0 {
+                    ("SQ", idx / 2)
+                } else {
+                    ("CQ", idx / 2)
+                };
+                self.ub(format!(
+                    "{kind} {qid} doorbell written with {value} by MMIO while its shadow doorbell holds {v}: QEMU acts on the shadow value (write the shadow doorbell first)"
+                ));
+                v
+            }
+            None => value,
         }
     }
 

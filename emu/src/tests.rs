@@ -1459,6 +1459,97 @@ fn shadow_doorbells_are_honoured() {
     h.assert_no_ub();
 }
 
+/// Inline mode, shadow doorbells configured at `LIST` (shadow) and `LIST + 0x1000` (EventIdx).
+fn inline_with_dbbuf() -> (Host, usize, usize) {
+    let mut h = Host::new(EmuConfig {
+        dbbuf: true,
+        ..EmuConfig::default()
+    });
+    h.enable();
+    h.create_pair(QSIZE, QSIZE, false, 0);
+    let (shadow, ei) = (LIST, LIST + 0x1000);
+    let c = h.admin(Sqe {
+        opc: admin::DOORBELL_BUFFER_CONFIG,
+        prp1: h.mem.iova(shadow),
+        prp2: h.mem.iova(ei),
+        ..Sqe::default()
+    });
+    assert!(c.status.is_success(), "{}", c.status);
+    (h, shadow, ei)
+}
+
+#[test]
+fn an_mmio_doorbell_without_its_shadow_entry_is_ub_and_the_shadow_value_wins() {
+    // QEMU 7.2 re-reads an I/O queue's tail from the shadow buffer when it processes the
+    // queue, so an MMIO write alone submits nothing there.
+    let (mut h, _shadow, _ei) = inline_with_dbbuf();
+    h.push_io(&Sqe {
+        opc: nvm::FLUSH,
+        nsid: 1,
+        cid: 5,
+        ..Sqe::default()
+    });
+    h.ring_io(); // the register only
+    assert!(
+        h.peek_io().is_none(),
+        "acted on the MMIO value, not the shadow's"
+    );
+    let ub = h.f.ub_events();
+    assert_eq!(ub.len(), 1, "{ub:?}");
+    assert!(ub[0].contains("shadow doorbell holds 0"), "{ub:?}");
+}
+
+#[test]
+fn shadow_then_mmio_is_what_the_host_must_do() {
+    let (mut h, shadow, ei) = inline_with_dbbuf();
+    h.push_io(&Sqe {
+        opc: nvm::FLUSH,
+        nsid: 1,
+        cid: 6,
+        ..Sqe::default()
+    });
+    h.mem.write(shadow + 8, &h.sq1_tail.to_le_bytes());
+    h.ring_io();
+    let c = h.peek_io().expect("completion");
+    assert_eq!(c.cid, 6);
+    assert_eq!(h.mem.read_u32(ei + 8), 1, "EventIdx = the tail consumed");
+    h.mem.write(shadow + 12, &h.cq1_head.to_le_bytes());
+    h.ring_cq1();
+    h.assert_no_ub();
+}
+
+#[test]
+fn doorbell_buffer_config_writes_the_current_tails_and_heads_into_the_shadow_buffer() {
+    // As QEMU's nvme_dbbuf_config: queues that exist keep going from where they are.
+    let mut h = Host::new(EmuConfig {
+        dbbuf: true,
+        ..EmuConfig::default()
+    });
+    h.enable();
+    h.create_pair(QSIZE, QSIZE, false, 0);
+    for cid in 0..3 {
+        let c = h.io(Sqe {
+            opc: nvm::FLUSH,
+            nsid: 1,
+            cid,
+            ..Sqe::default()
+        });
+        assert!(c.status.is_success());
+    }
+    let (shadow, ei) = (LIST, LIST + 0x1000);
+    h.mem.write(shadow, &[0xffu8; 16]);
+    let c = h.admin(Sqe {
+        opc: admin::DOORBELL_BUFFER_CONFIG,
+        prp1: h.mem.iova(shadow),
+        prp2: h.mem.iova(ei),
+        ..Sqe::default()
+    });
+    assert!(c.status.is_success(), "{}", c.status);
+    assert_eq!(h.mem.read_u32(shadow + 8), 3, "SQ 1 tail");
+    assert_eq!(h.mem.read_u32(shadow + 12), 3, "CQ 1 head");
+    h.assert_no_ub();
+}
+
 #[test]
 fn doorbell_buffer_config_is_an_invalid_opcode_when_not_advertised() {
     let mut h = Host::started(|_| {});

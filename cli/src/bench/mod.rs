@@ -274,7 +274,8 @@ pub struct QueueCounters {
     pub split_requests: Option<u64>,
     /// Commands placed in the SQ.
     pub commands: Option<u64>,
-    /// Doorbell writes, SQ tail plus CQ head.
+    /// Doorbell register (MMIO) writes, SQ tail plus CQ head (fewer than their sum when
+    /// shadow doorbells spared some).
     pub doorbell_writes: Option<u64>,
     /// SQ tail doorbell writes.
     pub sq_doorbells: Option<u64>,
@@ -456,6 +457,8 @@ pub struct Settings {
     pub rate_iops: Option<u64>,
     /// The percentiles reported (--percentiles).
     pub percentiles: Vec<f64>,
+    /// Shadow doorbells asked for (vfio engine; in use if the controller offers them).
+    pub shadow_doorbells: bool,
 }
 
 /// CPU time per I/O from the kernel's own accounting (getrusage), split into user and
@@ -928,6 +931,11 @@ fn check_args(a: &BenchArgs) -> Result<(), CliError> {
     if a.emu_thread && !a.all_emu() {
         return bad(
             "--emu-thread applies to the emulated controller only (--device emu or emu:ram)".into(),
+        );
+    }
+    if a.shadow_doorbells && a.engine() != Engine::Vfio {
+        return bad(
+            "--shadow-doorbells is a vfio engine option (the kernel decides its own)".into(),
         );
     }
     if (a.iopoll || a.sqpoll) && a.engine() != Engine::IoUring {
@@ -1511,6 +1519,7 @@ pub fn report(
             fsync: job.fsync,
             rate_iops: job.rate_iops,
             percentiles: pcts.clone(),
+            shadow_doorbells: args.shadow_doorbells,
         },
         ios,
         bytes,

@@ -212,13 +212,16 @@ pub fn run(args: &BenchArgs) -> Result<Report, CliError> {
             }
         });
         let emu = match device {
-            DeviceSpec::Emu(e) => emu_config(
-                e.ram,
-                args.emu_lba_size(),
-                ns_size,
-                args.emu_thread || e.thread,
-                args.emu_sgl,
-            ),
+            DeviceSpec::Emu(e) => EmuConfig {
+                dbbuf: args.shadow_doorbells,
+                ..emu_config(
+                    e.ram,
+                    args.emu_lba_size(),
+                    ns_size,
+                    args.emu_thread || e.thread,
+                    args.emu_sgl,
+                )
+            },
             _ => EmuConfig::default(),
         };
         // Every target of this device is `d * nsids + n`.
@@ -226,7 +229,8 @@ pub fn run(args: &BenchArgs) -> Result<Report, CliError> {
             .map(|n| layout.lanes_on(d * args.nsids.len() + n))
             .sum();
         let want = u16::try_from(lanes).unwrap_or(u16::MAX);
-        let opts = controller_options(want, args.mode.uses_interrupts(), !args.no_sgl);
+        let opts = controller_options(want, args.mode.uses_interrupts(), !args.no_sgl)
+            .shadow_doorbells(args.shadow_doorbells);
         let (ctrl, description) = open_controller(device, emu, opts)?;
         descriptions.push(if args.devices.len() > 1 {
             format!("{}: {description}", labels[d])
@@ -911,7 +915,11 @@ fn diff(a: &QueueStats, b: &QueueStats, c: &mut QueueCounters) {
     c.commands = Some(b.commands - a.commands);
     c.sq_doorbells = Some(b.sq_doorbells - a.sq_doorbells);
     c.cq_doorbells = Some(b.cq_doorbells - a.cq_doorbells);
-    c.doorbell_writes = Some(c.sq_doorbells.unwrap_or(0) + c.cq_doorbells.unwrap_or(0));
+    // MMIO writes: with shadow doorbells some values went to the shadow page only.
+    c.doorbell_writes = Some(
+        c.sq_doorbells.unwrap_or(0) + c.cq_doorbells.unwrap_or(0)
+            - (b.shadow_only_doorbells - a.shadow_only_doorbells),
+    );
     c.polls = b.polls - a.polls;
     c.empty_polls = b.empty_polls - a.empty_polls;
     c.timeouts = Some(b.timeouts - a.timeouts);
