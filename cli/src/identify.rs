@@ -576,7 +576,7 @@ mod tests {
             "Identify Controller (CNS 01h)",
             "  vid       : 0x1b36",
             "  ieee      : 0x525400",
-            "  oncs      : 0xc  (Dataset Management, Write Zeroes)",
+            "  oncs      : 0x10c  (Dataset Management, Write Zeroes, Copy)",
             "  subnqn    : nqn.2024-01.invalid.nvme-dio:emu:",
             "  ps    0 : mp:25.00W operational enlat:0 exlat:0 rrt:0 rrl:0",
             "Identify Namespace 1 (CNS 00h)",
@@ -585,7 +585,7 @@ mod tests {
         ] {
             assert!(h.contains(line), "missing {line:?} in\n{h}");
         }
-        assert_eq!(r.identify_controller.show("nn").as_deref(), Some("1"));
+        assert_eq!(r.identify_controller.show("nn").as_deref(), Some("1024"));
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["identify_controller"]["vid"], 0x1b36);
         assert_eq!(j["identify_controller"]["sqes"], 0x66);
