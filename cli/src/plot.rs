@@ -166,10 +166,13 @@ pub fn series(name: &str, v: &Value) -> Result<Vec<Series>, String> {
         h.retain(|(d, _)| !d.is_empty());
     }
     if !h.is_empty() {
+        // One direction only (a read-only or write-only run): it needs no direction in its
+        // name.
+        let one = h.len() == 1;
         return Ok(h
             .into_iter()
             .map(|(d, b)| Series {
-                label: label(&d),
+                label: label(if one { "" } else { &d }),
                 cdf: cdf_from_bins(&b),
                 bins: Some(b),
             })

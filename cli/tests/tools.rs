@@ -92,8 +92,8 @@ fn identify_prints_every_controller_and_namespace_field_as_nvme_cli_does() {
         "  ver       : 0x10400",
         "  sqes      : 0x66",
         "  cqes      : 0x44",
-        "  nn        : 1",
-        "  oncs      : 0xc  (Dataset Management, Write Zeroes)",
+        "  nn        : 1024",
+        "  oncs      : 0x10c  (Dataset Management, Write Zeroes, Copy)",
         "  vwc       : 0x7  (volatile write cache present)",
         "  ps    0 : mp:25.00W operational",
         "Identify Namespace 1 (CNS 00h)",
@@ -206,7 +206,7 @@ fn identify_json_carries_the_fields_power_states_and_lba_formats() {
     assert_eq!(c["vid"], 0x1b36);
     assert_eq!(c["sn"], "deadbeef");
     assert_eq!(c["mdts"], 7);
-    assert_eq!(c["nn"], 1);
+    assert_eq!(c["nn"], 1024);
     assert_eq!(c["sqes"], 0x66);
     assert_eq!(c["fguid"], "00000000000000000000000000000000");
     assert!(c["subnqn"].as_str().unwrap().starts_with("nqn."), "{c}");
