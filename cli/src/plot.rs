@@ -562,9 +562,12 @@ mod tests {
         );
         assert_eq!(s[0].quantile(0.5), Some(2000.0));
         assert!(s[1].label.starts_with("b (write): "));
-        // A map keyed by direction works too.
-        let v = json!({"latency_histogram_ns": {"read": [{"le_ns": 5, "count": 1}]}});
+        // A map keyed by direction works too; one direction alone needs no name.
+        let v = json!({"latency_histogram_ns": {
+            "read": [{"le_ns": 5, "count": 1}], "write": [{"le_ns": 9, "count": 1}]}});
         assert_eq!(series("c", &v).unwrap()[0].label, "c (read)");
+        let v = json!({"latency_histogram_ns": {"read": [{"le_ns": 5, "count": 1}]}});
+        assert_eq!(series("c", &v).unwrap()[0].label, "c");
         // Only a total: one series without a direction.
         let v = json!({"latency_histogram_ns": [{"le_ns": 5, "count": 1}]});
         assert_eq!(series("d", &v).unwrap()[0].label, "d");
