@@ -623,32 +623,42 @@ fn vm_default_io_in_place_from_registered_caller_memory() {
     );
 }
 
-/// Issue 13, item 4: hybrid completion through MSI-X on QEMU: every wait either finds its
-/// completion spinning or arms the vector and sleeps until it fires; QD 1 reads all
-/// complete once, and nothing needed the wait's timeout to be found (no lost interrupt).
+/// Issue 13, item 4: hybrid completion through MSI-X on QEMU: with the default spin cap
+/// and with none at all (every wait arms the vector at once), QD 1 reads all complete once
+/// and no completion needed the wait's timeout to be found (no lost interrupt). How many
+/// waits ended spinning and how many slept is printed, not asserted: that is QEMU's timing.
 #[test]
 #[ignore = "VM suite: needs the QEMU guest, run ci/vm-test"]
 fn vm_default_hybrid_mode_spins_then_sleeps_on_msix() {
     let (_c, ctrl) = open("default", ControllerOptions::default());
     let ns = ctrl.namespace(1).unwrap().clone();
-    let mut qp = ctrl
-        .create_io_qpair(QueuePairOptions::default().mode(CompletionMode::Hybrid))
-        .unwrap();
-    for tag in 0..50u64 {
-        let buf = ctrl.memory().alloc(4096, 4096).unwrap();
-        qp.read(&ns, Lba(10_500 + tag), buf, tag)
-            .map_err(|r| r.error)
+    for cap in [nvme_dio::DEFAULT_HYBRID_SPIN, 0] {
+        let mut qp = ctrl
+            .create_io_qpair(
+                QueuePairOptions::default()
+                    .mode(CompletionMode::Hybrid)
+                    .hybrid_spin(cap),
+            )
             .unwrap();
-        let c = wait_one(&mut qp, Duration::from_secs(30));
-        assert_eq!(c.tag, tag);
-        c.result.unwrap();
+        for tag in 0..50u64 {
+            let buf = ctrl.memory().alloc(4096, 4096).unwrap();
+            qp.read(&ns, Lba(10_500 + tag), buf, tag)
+                .map_err(|r| r.error)
+                .unwrap();
+            let c = wait_one(&mut qp, Duration::from_secs(30));
+            assert_eq!(c.tag, tag);
+            c.result.unwrap();
+        }
+        let st = qp.stats();
+        assert_eq!((st.completed, st.errors), (50, 0), "{st:?}");
+        assert!(st.spin_completions + st.sleeps <= 50, "{st:?}");
+        assert_eq!(st.lost_interrupts, 0, "{st:?}");
+        if cap == 0 {
+            assert_eq!(st.spin_completions, 0, "no spin at cap 0: {st:?}");
+        }
+        eprintln!(
+            "hybrid cap {cap} on QEMU: {} of 50 found spinning, {} slept, {} interrupts",
+            st.spin_completions, st.sleeps, st.interrupts
+        );
     }
-    let st = qp.stats();
-    assert_eq!((st.completed, st.errors), (50, 0), "{st:?}");
-    assert!(st.spin_completions + st.sleeps >= 50, "{st:?}");
-    assert_eq!(st.lost_interrupts, 0, "{st:?}");
-    eprintln!(
-        "hybrid on QEMU: {} of 50 found spinning, {} slept",
-        st.spin_completions, st.sleeps
-    );
 }
