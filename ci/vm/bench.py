@@ -139,6 +139,8 @@ def json_object(text: str) -> dict | None:
 CASES = [
     Case("nvme-dio poll", "vfio", nvme_dio_cmd("poll"), parse_nvme_dio),
     Case("nvme-dio irq", "vfio", nvme_dio_cmd("irq"), parse_nvme_dio),
+    # Spin an adaptive while, then sleep on MSI-X (CompletionMode::Hybrid).
+    Case("nvme-dio hybrid", "vfio", nvme_dio_cmd("hybrid"), parse_nvme_dio),
     # Shadow doorbells (Doorbell Buffer Config): the same runs with --shadow-doorbells.
     Case("nvme-dio poll shadow", "vfio", nvme_dio_cmd("poll --shadow-doorbells"), parse_nvme_dio),
     Case("nvme-dio irq shadow", "vfio", nvme_dio_cmd("irq --shadow-doorbells"), parse_nvme_dio),
@@ -151,6 +153,8 @@ RATIOS = [
     ("nvme-dio poll", "t/io_uring poll"),
     ("nvme-dio irq", "t/io_uring irq"),
     ("nvme-dio irq", "fio io_uring irq"),
+    ("nvme-dio hybrid", "t/io_uring irq"),
+    ("nvme-dio hybrid", "nvme-dio irq"),
     ("nvme-dio poll shadow", "nvme-dio poll"),
     ("nvme-dio irq shadow", "nvme-dio irq"),
 ]

@@ -109,8 +109,8 @@ class Selection(unittest.TestCase):
                                  "t/io_uring poll", "t/io_uring irq"])
         self.assertEqual(len(bench.select(bench.CASES, None)), len(bench.CASES))
         names = [c.name for c in bench.select(bench.CASES, "!shadow,!fio")]
-        self.assertEqual(names, ["nvme-dio poll", "nvme-dio irq", "t/io_uring poll",
-                                 "t/io_uring irq"])
+        self.assertEqual(names, ["nvme-dio poll", "nvme-dio irq", "nvme-dio hybrid",
+                                 "t/io_uring poll", "t/io_uring irq"])
 
 
 class Tables(unittest.TestCase):
