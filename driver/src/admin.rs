@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nvme_dio_dma::{Bar0, DmaBuf, DmaMemory};
 use nvme_dio_queue::cmd::Dptr;
-use nvme_dio_queue::queue_pair::{DptrError, Outcome, QueuePairCore, Sink, Teardown};
+use nvme_dio_queue::queue_pair::{Delivery, DptrError, Outcome, QueuePairCore, Sink, Teardown};
 use nvme_dio_queue::{Command, Cqe, PrpError, Qid, QueueSize, Segment, Sqe, regs};
 
 use crate::error::{Error, opcode_name};
@@ -117,20 +117,6 @@ impl AdminQueue {
         }
     }
 
-    /// Reaps what the admin CQ holds without waiting: AER completions become `events`,
-    /// anything else is a late completion.
-    pub(crate) fn reap<B: Bar0>(&mut self, bar: &B) {
-        while let Some(cqe) = self.cq.read_new(self.core.cq_head(), self.core.cq_phase()) {
-            self.core.on_cqe(cqe);
-            if let Some(head) = self.core.take_cq_doorbell() {
-                bar.write32(self.cq_db, head);
-            }
-            while let Some(d) = self.core.next_delivery() {
-                self.route_other(d.tag, &d.outcome, d.result);
-            }
-        }
-    }
-
     /// A delivery that is not the command `execute` waits for.
     fn route_other(&mut self, tag: u64, outcome: &Outcome, result: u32) {
         if tag & AER_TAG == 0 {
@@ -159,17 +145,29 @@ impl AdminQueue {
         self.cq.iova()
     }
 
-    /// Reaps completions nobody waits for (they only free their slots).
-    fn reap_unwaited<B: Bar0>(&mut self, bar: &B) {
+    /// Reaps every completion posted so far and writes the CQ head doorbell once. The one
+    /// for `want` comes back with its CQE; every other one goes to `route_other` (an AER's
+    /// event, an Abort's answer, a late answer).
+    pub(crate) fn reap<B: Bar0>(
+        &mut self,
+        bar: &B,
+        want: Option<u64>,
+    ) -> Option<(Delivery<()>, Cqe)> {
+        let mut found = None;
         while let Some(cqe) = self.cq.read_new(self.core.cq_head(), self.core.cq_phase()) {
             self.core.on_cqe(cqe);
+            while let Some(d) = self.core.next_delivery() {
+                if found.is_none() && Some(d.tag) == want {
+                    found = Some((d, cqe));
+                } else {
+                    self.route_other(d.tag, &d.outcome, d.result);
+                }
+            }
         }
         if let Some(head) = self.core.take_cq_doorbell() {
             bar.write32(self.cq_db, head);
         }
-        while self.core.next_delivery().is_some() {
-            self.late += 1;
-        }
+        found
     }
 
     /// Places `sqe` and rings the doorbell; returns its tag. `None` if the queue is full:
@@ -192,7 +190,7 @@ impl AdminQueue {
     /// Sends `sqe` without waiting for its completion (the next command reaps it). False
     /// if it could not be placed.
     pub(crate) fn send<B: Bar0>(&mut self, bar: &B, sqe: Sqe) -> bool {
-        self.reap_unwaited(bar);
+        self.reap(bar, None);
         self.start(bar, sqe).is_some()
     }
 
@@ -214,36 +212,26 @@ impl AdminQueue {
             opcode_name: opcode_name(true, opc),
             after: timeout,
         };
-        self.reap_unwaited(bar);
+        self.reap(bar, None);
         // Full: every slot holds a command that timed out and never came back.
         let tag = self.start(bar, sqe).ok_or_else(timed_out)?;
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
-            while let Some(cqe) = self.cq.read_new(self.core.cq_head(), self.core.cq_phase()) {
-                self.core.on_cqe(cqe);
-                if let Some(head) = self.core.take_cq_doorbell() {
-                    bar.write32(self.cq_db, head);
-                }
-                while let Some(d) = self.core.next_delivery() {
-                    if d.tag != tag {
-                        self.route_other(d.tag, &d.outcome, d.result);
-                        continue;
-                    }
-                    return match d.outcome {
-                        Outcome::Success => Ok(Cqe {
-                            result: d.result,
-                            ..cqe
-                        }),
-                        Outcome::Status { opcode, status } => Err(Error::Command {
-                            qid: 0,
-                            opcode,
-                            opcode_name: opcode_name(true, opcode),
-                            status,
-                        }),
-                        _ => Err(timed_out()),
-                    };
-                }
+            if let Some((d, cqe)) = self.reap(bar, Some(tag)) {
+                return match d.outcome {
+                    Outcome::Success => Ok(Cqe {
+                        result: d.result,
+                        ..cqe
+                    }),
+                    Outcome::Status { opcode, status } => Err(Error::Command {
+                        qid: 0,
+                        opcode,
+                        opcode_name: opcode_name(true, opcode),
+                        status,
+                    }),
+                    _ => Err(timed_out()),
+                };
             }
             spins += 1;
             if spins % 1024 == 0 {

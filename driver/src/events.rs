@@ -179,7 +179,7 @@ impl<D: PciFunction> Controller<D> {
         s.check_live()?;
         let mut admin = lock_admin(s)?;
         let bar = s.dev.bar0();
-        admin.reap(bar);
+        admin.reap(bar, None);
         let raw = std::mem::take(&mut admin.events);
         let mut out = Vec::with_capacity(raw.len());
         let mut refresh = false;
