@@ -720,6 +720,11 @@ impl State {
         let mut h = db.hint;
         match self.table.read_u32(db.shadow + off, &mut h) {
             Some(v) if v == value => value,
+            // The host wrote the shadow entry, then the register, and has moved the shadow
+            // on since: in thread mode a doorbell write is processed after the host went on.
+            // Shadow at or past the register's value, counting from where the controller
+            // is: what QEMU does too (it takes the newer shadow value). Not a fault.
+            Some(v) if self.shadow_is_ahead(idx, value, v) => v,
             Some(v) => {
                 let (kind, qid) = if idx % 2 == 0 {
                     ("SQ", idx / 2)
@@ -733,6 +738,28 @@ impl State {
             }
             None => value,
         }
+    }
+
+    /// For doorbell `idx` (SQ tail if even, CQ head if odd): from the controller's current
+    /// index of that queue, `shadow` is at least as far on as `mmio` (ring order).
+    fn shadow_is_ahead(&self, idx: usize, mmio: u32, shadow: u32) -> bool {
+        let qid = idx / 2;
+        let (cur, size) = if idx % 2 == 0 {
+            match self.sqs.get(qid) {
+                Some(Some(q)) => (q.tail, q.size),
+                _ => return false,
+            }
+        } else {
+            match self.cqs.get(qid) {
+                Some(Some(q)) => (q.head, q.size),
+                _ => return false,
+            }
+        };
+        if mmio >= size || shadow >= size {
+            return false;
+        }
+        let dist = |to: u32| (to + size - cur) % size;
+        dist(mmio) <= dist(shadow)
     }
 
     pub(crate) fn db_offset(&self, idx: usize) -> u64 {
@@ -1147,6 +1174,29 @@ impl State {
         else {
             return false;
         };
+        self.release_held(i, 0, status);
+        true
+    }
+
+    /// Posts every dropped command's completion (see `EmuFunction::release_dropped`), with
+    /// the result it was executed with (a Set Features' granted queues, say).
+    pub(crate) fn release_dropped(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(i) = self
+            .held
+            .iter()
+            .position(|h| h.deadline.is_none() && h.after.is_none() && !h.aer)
+        {
+            let h = self.held[i];
+            self.release_held(i, h.result, h.status);
+            n += 1;
+        }
+        n
+    }
+
+    /// Takes held command `i` off the list (and out of the counts it is in) and posts its
+    /// completion, if its SQ still exists.
+    fn release_held(&mut self, i: usize, result: u32, status: Status) {
         let h = self.held.remove(i);
         self.forget_late_page(h.data);
         if h.deadline.is_some() || h.after.is_some() {
@@ -1158,29 +1208,10 @@ impl State {
         if h.aer {
             self.aers -= 1;
         }
-        if let Some(Some(sq)) = self.sqs.get(sqid as usize) {
+        if let Some(Some(sq)) = self.sqs.get(h.sqid as usize) {
             let cqid = sq.cqid;
-            self.post(cqid, sqid, cid, 0, status);
+            self.post(cqid, h.sqid, h.cid, result, status);
         }
-        true
-    }
-
-    /// Posts every dropped command's completion (see `EmuFunction::release_dropped`).
-    pub(crate) fn release_dropped(&mut self) -> usize {
-        let (dropped, kept) = self
-            .held
-            .drain(..)
-            .partition::<Vec<Held>, _>(|h| h.deadline.is_none() && h.after.is_none() && !h.aer);
-        self.held = kept;
-        for h in &dropped {
-            self.forget_late_page(h.data);
-            // With the result it was executed with (a Set Features' granted queues, say).
-            if let Some(Some(sq)) = self.sqs.get(h.sqid as usize) {
-                let cqid = sq.cqid;
-                self.post(cqid, h.sqid, h.cid, h.result, h.status);
-            }
-        }
-        dropped.len()
     }
 
     /// A readable summary for `Debug`-style diagnostics in tests.
